@@ -1,0 +1,125 @@
+"""Seeded synthetic interactions with planted structure, for tests and benchmarks.
+
+The generative story (everything drawn from one `np.random.Generator(seed)`):
+
+* users and items have latent factors in R^d; items belong to `num_categories` clusters
+  (the item's `category` feature), users to `num_segments` segments (their `segment`
+  feature) that share a preferred category, so side features carry signal;
+* item popularity is power-law (Zipf exponent `popularity_exponent`): impressions are
+  drawn by popularity, so the log looks like a real feed;
+* each impression is engaged with probability sigmoid(u·v/sqrt(d) + engagement bias of the
+  item's type + popularity term) -- rows with engaged=0 are the shown-but-not-engaged
+  impressions;
+* engaged rows get a 1-5 rating driven by a separate *quality* factor per item (plus the
+  item type's quality bias and noise), not by the engagement score. Item type
+  "clickbait" is engaging but low quality; "niche" is the opposite. A model that learns
+  only engagement cannot predict quality.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pandas as pd
+
+from features.schema import Dataset, FeatureSpec
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_SPEC = FeatureSpec(
+    user_categorical=("segment",),
+    user_numeric=("activity",),
+    item_categorical=("category", "item_type"),
+)  # items also carry `true_quality`, for analysis only: it is the label, never a feature
+ITEM_TYPES = ("regular", "clickbait", "niche")
+# (engagement logit bias, quality bias in rating points) per item type.
+_TYPE_EFFECTS = {"regular": (0.0, 0.0), "clickbait": (1.5, -1.5), "niche": (-1.0, 1.2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Size and shape of the synthetic log. `num_interactions` counts impressions (all rows)."""
+
+    num_users: int = 1000
+    num_items: int = 500
+    num_interactions: int = 50_000
+    dim: int = 8
+    num_categories: int = 10
+    num_segments: int = 10
+    popularity_exponent: float = 0.8
+    clickbait_fraction: float = 0.1
+    niche_fraction: float = 0.1
+    seed: int = 0
+
+
+def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int = 2_000_000) -> Dataset:
+    """Generates the dataset; memory is O(rows) and work is vectorised in chunks."""
+    if min(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.dim) <= 0:
+        raise ValueError(f"synthetic sizes must be positive, got {cfg}")
+    rng = np.random.default_rng(cfg.seed)
+    d = cfg.dim
+    # Category centroids; items sit near their category's centroid.
+    centroids = rng.normal(size=(cfg.num_categories, d))
+    item_cat = rng.integers(0, cfg.num_categories, cfg.num_items)
+    item_vec = centroids[item_cat] + 0.5 * rng.normal(size=(cfg.num_items, d))
+    segment_cat = rng.integers(0, cfg.num_categories, cfg.num_segments)  # each segment's favourite
+    user_seg = rng.integers(0, cfg.num_segments, cfg.num_users)
+    user_vec = centroids[segment_cat[user_seg]] + 0.7 * rng.normal(size=(cfg.num_users, d))
+
+    types = rng.choice(len(ITEM_TYPES), cfg.num_items,
+                       p=[1 - cfg.clickbait_fraction - cfg.niche_fraction, cfg.clickbait_fraction, cfg.niche_fraction])
+    eng_bias = np.array([_TYPE_EFFECTS[ITEM_TYPES[t]][0] for t in types])
+    qual_bias = np.array([_TYPE_EFFECTS[ITEM_TYPES[t]][1] for t in types])
+    quality_factor = rng.normal(size=cfg.num_items)  # independent of item_vec
+
+    # Power-law popularity over a random permutation of items.
+    ranks = rng.permutation(cfg.num_items) + 1
+    pop = ranks.astype(float) ** -cfg.popularity_exponent
+    pop /= pop.sum()
+    activity = rng.lognormal(0.0, 1.0, cfg.num_users)
+    activity /= activity.sum()
+
+    users, items, ts, engaged, rating = [], [], [], [], []
+    remaining = cfg.num_interactions
+    while remaining > 0:
+        n = min(chunk_rows, remaining)
+        remaining -= n
+        u = rng.choice(cfg.num_users, n, p=activity)
+        # Half the impressions follow popularity, half follow the user's taste (a feed mixes both).
+        i = rng.choice(cfg.num_items, n, p=pop)
+        taste = rng.random(n) < 0.5
+        cand = rng.choice(cfg.num_items, (int(taste.sum()), 4), p=pop)
+        aff = np.einsum("nd,nkd->nk", user_vec[u[taste]], item_vec[cand])
+        i[taste] = cand[np.arange(len(cand)), aff.argmax(1)]
+        logit = (np.einsum("nd,nd->n", user_vec[u], item_vec[i]) / np.sqrt(d) - 1.0
+                 + eng_bias[i] + 0.3 * np.log(pop[i] * cfg.num_items))
+        e = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+        q = 3.0 + 0.9 * quality_factor[i] + qual_bias[i] + 0.5 * rng.normal(size=n)
+        r = np.where(e, np.clip(np.rint(q), 1, 5), np.nan)
+        users.append(u)
+        items.append(i)
+        ts.append(rng.integers(1_600_000_000, 1_700_000_000, n))
+        engaged.append(e.astype("int8"))
+        rating.append(r)
+    u = np.concatenate(users)
+    i = np.concatenate(items)
+    uid = np.array([f"u{k}" for k in range(cfg.num_users)], dtype=object)
+    iid = np.array([f"i{k}" for k in range(cfg.num_items)], dtype=object)
+    interactions = pd.DataFrame({
+        "user_id": uid[u], "item_id": iid[i], "timestamp": np.concatenate(ts),
+        "rating": np.concatenate(rating), "engaged": np.concatenate(engaged),
+    })
+    users_df = pd.DataFrame({
+        "user_id": uid, "segment": [f"s{s}" for s in user_seg],
+        "activity": np.log(activity * cfg.num_users),
+    }).set_index("user_id")
+    items_df = pd.DataFrame({
+        "item_id": iid, "category": [f"c{c}" for c in item_cat],
+        "item_type": [ITEM_TYPES[t] for t in types],
+        "true_quality": 3.0 + 0.9 * quality_factor + qual_bias,
+    }).set_index("item_id")
+    log.info("synthetic: %d rows, %d users, %d items, engaged %.1f%%", len(interactions), cfg.num_users,
+             cfg.num_items, 100 * interactions["engaged"].mean())
+    return Dataset("synthetic", interactions, users_df, items_df, SYNTHETIC_SPEC,
+                   provenance={"source": "synthetic", **dataclasses.asdict(cfg)})

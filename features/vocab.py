@@ -1,0 +1,171 @@
+"""Vocabularies, popularity and side-feature lookup, all fit on the training split only.
+
+These are the statistics that training, Beam and serving must agree on, so they are
+fit once (`fit_feature_store`), saved beside the model (`FeatureStore.save`) and loaded
+by every consumer (`FeatureStore.load`). Index 0 of every vocabulary is the OOV bucket,
+the same convention as `tf.keras.layers.StringLookup(num_oov_indices=1, mask_token=None)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.schema import Dataset, FeatureSpec, split_multi
+from recsys.errors import ArtifactError
+
+OOV_TOKEN = "[OOV]"
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+
+def tokenize_text(text: str) -> list[str]:
+    """Lower-cased alphanumeric word tokens; the one tokenizer for titles everywhere."""
+    return _TOKEN_RE.findall(str(text).lower())
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """Token → index with index 0 reserved for out-of-vocabulary tokens."""
+
+    tokens: tuple[str, ...]  # without the OOV token; index i+1 is tokens[i]
+
+    @classmethod
+    def fit(cls, values: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
+        """Most frequent first, ties broken by token, so the order is deterministic."""
+        counts = Counter(values)
+        ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls(tuple(ranked[:max_size] if max_size else ranked))
+
+    def __len__(self) -> int:
+        """Size including the OOV bucket."""
+        return len(self.tokens) + 1
+
+    def lookup(self, values: Sequence[str]) -> np.ndarray:
+        """[n] int64 indices; unknown tokens map to 0."""
+        index = self._index
+        return np.fromiter((index.get(v, 0) for v in values), dtype=np.int64, count=len(values))
+
+    @property
+    def _index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_cache")
+        if cached is None:
+            cached = {t: i + 1 for i, t in enumerate(self.tokens)}
+            object.__setattr__(self, "_cache", cached)
+        return cached
+
+
+@dataclasses.dataclass
+class FeatureStore:
+    """Everything fit on train that later stages need to turn raw ids into model inputs.
+
+    Attributes:
+      spec: which side-feature columns exist.
+      vocabularies: name → Vocabulary for user_id, item_id, each categorical column, each
+        multi-valued column (its tokens) and each text column (its word tokens).
+      item_counts: item_id → number of engaged train interactions (popularity, logQ).
+      users, items: the side-feature tables (raw values), indexed by id.
+      numeric_stats: column → (mean, std) over train users/items, for normalisation.
+    """
+
+    spec: FeatureSpec
+    vocabularies: dict[str, Vocabulary]
+    item_counts: dict[str, int]
+    users: pd.DataFrame
+    items: pd.DataFrame
+    numeric_stats: dict[str, tuple[float, float]]
+
+    # -- raw feature rows, the inputs of every exported model's signature -----------------
+    def user_features(self, user_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw user features for `user_ids` (unknown users get "" / the train mean)."""
+        return self._side_features(self.users, user_ids, self.spec.user_categorical, self.spec.user_numeric, (), (),
+                                   "user_id")
+
+    def item_features(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw item features for `item_ids` (unknown items get "" / the train mean)."""
+        return self._side_features(self.items, item_ids, self.spec.item_categorical, self.spec.item_numeric,
+                                   self.spec.item_multi, self.spec.item_text, "item_id")
+
+    def _side_features(self, table, ids, categorical, numeric, multi, text, id_name) -> dict[str, np.ndarray]:
+        ids = np.asarray([str(i) for i in ids], dtype=object)
+        rows = table.reindex(ids)
+        out: dict[str, np.ndarray] = {id_name: ids}
+        for col in (*categorical, *multi, *text):
+            out[col] = rows[col].fillna("").astype(str).to_numpy(dtype=object)
+        for col in numeric:
+            mean = self.numeric_stats.get(col, (0.0, 1.0))[0]
+            out[col] = rows[col].astype("float64").fillna(mean).to_numpy(dtype=np.float32)
+        return out
+
+    def popularity(self, item_ids: Sequence[str]) -> np.ndarray:
+        """[n] train engagement counts (0 for items unseen in train)."""
+        return np.array([self.item_counts.get(str(i), 0) for i in item_ids], dtype=np.int64)
+
+    @property
+    def catalogue(self) -> list[str]:
+        """Every item id the system may recommend: the items table's ids, in table order."""
+        return list(self.items.index)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | pathlib.Path) -> None:
+        d = pathlib.Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "spec": dataclasses.asdict(self.spec),
+            "vocabularies": {k: list(v.tokens) for k, v in self.vocabularies.items()},
+            "item_counts": self.item_counts,
+            "numeric_stats": {k: list(v) for k, v in self.numeric_stats.items()},
+        }
+        (d / "features.json").write_text(json.dumps(meta))
+        self.users.to_parquet(d / "users.parquet")
+        self.items.to_parquet(d / "items.parquet")
+
+    @classmethod
+    def load(cls, directory: str | pathlib.Path) -> "FeatureStore":
+        d = pathlib.Path(directory)
+        try:
+            meta = json.loads((d / "features.json").read_text())
+            users = pd.read_parquet(d / "users.parquet")
+            items = pd.read_parquet(d / "items.parquet")
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"cannot load feature store from {d}: {e}") from e
+        spec = FeatureSpec(**{k: tuple(v) for k, v in meta["spec"].items()})
+        return cls(spec, {k: Vocabulary(tuple(v)) for k, v in meta["vocabularies"].items()},
+                   {k: int(v) for k, v in meta["item_counts"].items()}, users, items,
+                   {k: (float(v[0]), float(v[1])) for k, v in meta["numeric_stats"].items()})
+
+
+def fit_feature_store(dataset: Dataset, train: pd.DataFrame, min_count: int = 1) -> FeatureStore:
+    """Fits vocabularies, popularity and normalisation on `train` rows only.
+
+    user_id/item_id vocabularies contain only ids seen in train (others go to OOV);
+    side-feature vocabularies are fit on the features of train users/items.
+    """
+    spec = dataset.spec
+    train_users = dataset.users.reindex(pd.unique(train["user_id"]))
+    train_items = dataset.items.reindex(pd.unique(train["item_id"]))
+    vocabs = {
+        "user_id": Vocabulary.fit(train["user_id"], min_count),
+        "item_id": Vocabulary.fit(train["item_id"], min_count),
+    }
+    for col in (*spec.user_categorical,):
+        vocabs[col] = Vocabulary.fit(train_users[col].dropna().astype(str))
+    for col in spec.item_categorical:
+        vocabs[col] = Vocabulary.fit(train_items[col].dropna().astype(str))
+    for col in spec.item_multi:
+        vocabs[col] = Vocabulary.fit(t for v in train_items[col].dropna() for t in split_multi(v))
+    for col in spec.item_text:
+        vocabs[col] = Vocabulary.fit((t for v in train_items[col].dropna() for t in tokenize_text(v)), min_count=2)
+    stats = {}
+    for table, cols in ((train_users, spec.user_numeric), (train_items, spec.item_numeric)):
+        for col in cols:
+            values = table[col].astype("float64")
+            stats[col] = (float(values.mean()), float(values.std(ddof=0) or 1.0))
+    counts = train.loc[train["engaged"] == 1, "item_id"].value_counts()
+    return FeatureStore(spec, vocabs, {str(k): int(v) for k, v in counts.items()},
+                        dataset.users.copy(), dataset.items.copy(), stats)

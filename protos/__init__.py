@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the recsys.v1 API."""

@@ -1,0 +1,40 @@
+"""`recsys data`: fetch a source, describe it, and show split statistics."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from recsys.commands._common import add_data_args, data_config_from_args, load_split
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="fetch, describe and split a data source",
+                       description="Loads a data source (downloading MovieLens-100k into the cache on first use), "
+                                   "prints its description and the train/validation/test split statistics.")
+    add_data_args(p)
+    p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON document instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = data_config_from_args(args)
+    dataset, split = load_split(cfg)
+    info = {"dataset": dataset.describe(), "split": split.stats()}
+    if args.as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    d = info["dataset"]
+    print(f"{d['name']}: {d['interactions']:,} interactions ({d['engaged']:,} engaged, "
+          f"{d['impressions_not_engaged']:,} shown-not-engaged), {d['users']:,} users, {d['items']:,} items "
+          f"(catalogue {d['catalogue_items']:,}), density {d['density']:.4f}, {d['rated']:,} rated")
+    print(f"  user features: {', '.join(d['user_features']) or 'none'}; item features: "
+          f"{', '.join(d['item_features']) or 'none'}")
+    s = info["split"]
+    print(f"split {s['config']['strategy']} (test {s['config']['test_fraction']}, validation "
+          f"{s['config']['val_fraction']} of train):")
+    for part in ("train", "validation", "test"):
+        x = s[part]
+        print(f"  {part:<10} {x['rows']:>10,} rows {x['engaged']:>10,} engaged {x['users']:>8,} users {x['items']:>8,} items")
+    print(f"  test items unseen in train: {s['test_items_unseen_in_train']}; "
+          f"test users unseen in train: {s['test_users_unseen_in_train']}")
+    return 0

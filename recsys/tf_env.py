@@ -1,0 +1,37 @@
+"""The one place TensorFlow is imported: forces Keras 2 (`tf_keras`), which TFRS needs.
+
+`TF_USE_LEGACY_KERAS=1` must be set before TensorFlow is first imported, so every module
+that needs TensorFlow imports it from here: `from recsys.tf_env import tf, keras, tfrs`.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+if not tf.keras.__name__.startswith("tf_keras") and "tf_keras" not in getattr(tf.keras, "__file__", ""):
+    # TensorFlow was imported elsewhere before this module, so tf.keras is Keras 3.
+    raise ImportError(
+        "TensorFlow was imported before recsys.tf_env, so it bound Keras 3; TFRS needs Keras 2. "
+        "Set TF_USE_LEGACY_KERAS=1 in the environment or import recsys.tf_env first."
+    )
+
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+
+def set_seed(seed: int) -> None:
+    """Seeds TensorFlow's global generator and makes ops deterministic where TF can."""
+    keras.utils.set_random_seed(seed)
+
+
+def limit_threads(intra_op: int = 0, inter_op: int = 0) -> None:
+    """Caps TensorFlow's thread pools (0 = TF's default); call before the first op runs."""
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+__all__ = ["tf", "keras", "tfrs", "set_seed", "limit_threads"]
