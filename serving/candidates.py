@@ -1,0 +1,93 @@
+"""A user's ranked candidate set with both head scores: the unit that is cached and precomputed.
+
+One entry serves any blend weights: the blender runs on the stored `engagement` and
+`quality` at request time, so changing weights never re-runs retrieval or the ranker.
+The Redis cache and the Beam batch job read and write exactly this encoding.
+
+Wire format (little-endian), version 1:
+  b"RC" | u8 format version | u32 n | u16 len(model_version) | model_version utf-8
+  | f32[n] retrieval_scores | f32[n] engagement | f32[n] quality
+  | u32 len(ids blob) | item ids utf-8 joined by "\\x00"
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import numpy as np
+
+_MAGIC = b"RC"
+_FORMAT = 1
+_HEAD = struct.Struct("<2sBIH")
+
+
+class CorruptEntryError(ValueError):
+    """Bytes that are not a candidate set of this format (corrupt, truncated or foreign)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateSet:
+    """Candidates for one user, in retrieval order.
+
+    Attributes:
+      item_ids: [n] item ids (str).
+      retrieval_scores: [n] float32 inner products from the two-tower model.
+      engagement: [n] float32 engagement head outputs in [0, 1].
+      quality: [n] float32 quality head outputs in [0, 1].
+      model_version: the artifact version that produced the scores.
+    """
+
+    item_ids: np.ndarray
+    retrieval_scores: np.ndarray
+    engagement: np.ndarray
+    quality: np.ndarray
+    model_version: str
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        for name in ("retrieval_scores", "engagement", "quality"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"CandidateSet.{name} has {len(getattr(self, name))} values for {n} items")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def to_bytes(self) -> bytes:
+        version = self.model_version.encode()
+        ids = "\x00".join(str(i) for i in self.item_ids).encode()
+        n = len(self.item_ids)
+        return b"".join((
+            _HEAD.pack(_MAGIC, _FORMAT, n, len(version)), version,
+            np.asarray(self.retrieval_scores, dtype="<f4").tobytes(),
+            np.asarray(self.engagement, dtype="<f4").tobytes(),
+            np.asarray(self.quality, dtype="<f4").tobytes(),
+            struct.pack("<I", len(ids)), ids,
+        ))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CandidateSet":
+        """Decodes `to_bytes` output; raises CorruptEntryError for anything else."""
+        try:
+            magic, fmt, n, vlen = _HEAD.unpack_from(data, 0)
+            if magic != _MAGIC or fmt != _FORMAT:
+                raise CorruptEntryError(f"not a candidate set (magic {magic!r}, format {fmt})")
+            off = _HEAD.size
+            version = data[off:off + vlen].decode()
+            off += vlen
+            arrays = []
+            for _ in range(3):
+                arrays.append(np.frombuffer(data, dtype="<f4", count=n, offset=off).astype(np.float32))
+                off += 4 * n
+            (blen,) = struct.unpack_from("<I", data, off)
+            off += 4
+            blob = data[off:off + blen]
+            if len(blob) != blen or off + blen != len(data):
+                raise CorruptEntryError("candidate set length mismatch")
+            ids = np.array(blob.decode().split("\x00") if n else [], dtype=object)
+            if len(ids) != n:
+                raise CorruptEntryError(f"candidate set has {len(ids)} ids for {n} scores")
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            if isinstance(e, CorruptEntryError):
+                raise
+            raise CorruptEntryError(f"corrupt candidate set: {e}") from e
+        return cls(ids, arrays[0], arrays[1], arrays[2], version)
