@@ -1,0 +1,1 @@
+"""The recsys API protos (package recsys.*)."""

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from recsys import registry
+from recsys.errors import ArtifactError, ArtifactMismatchError
+
+
+def _make_version(root, name="v1"):
+    d = registry.start_version(root, name)
+    (d / "retrieval").mkdir()
+    (d / "retrieval" / "items.npz").write_bytes(b"embeddings")
+    registry.finalize_version(d, {"data": {"source": "test"}})
+    return d
+
+
+def test_version_is_written_once_and_verified(tmp_path):
+    d = _make_version(tmp_path)
+    manifest = registry.verify_version(d)
+    assert manifest["version"] == "v1" and "retrieval/items.npz" in manifest["checksums"]
+    with pytest.raises(ArtifactError, match="already exists"):
+        registry.start_version(tmp_path, "v1")
+
+
+def test_tampered_or_missing_file_fails_verification(tmp_path):
+    d = _make_version(tmp_path)
+    (d / "retrieval" / "items.npz").write_bytes(b"corrupt")
+    with pytest.raises(ArtifactMismatchError, match="changed.*items.npz"):
+        registry.verify_version(d)
+    (d / "retrieval" / "items.npz").unlink()
+    with pytest.raises(ArtifactMismatchError, match="missing.*items.npz"):
+        registry.verify_version(d)
+
+
+def test_promote_switches_pointer_and_refuses_bad_versions(tmp_path):
+    _make_version(tmp_path, "v1")
+    bad = _make_version(tmp_path, "v2")
+    registry.promote(tmp_path, "v1")
+    assert registry.current_version(tmp_path) == "v1"
+    assert registry.resolve_version(tmp_path) == tmp_path / "v1"
+    (bad / "retrieval" / "items.npz").write_bytes(b"x")
+    with pytest.raises(ArtifactMismatchError):
+        registry.promote(tmp_path, "v2")
+    assert registry.current_version(tmp_path) == "v1"  # unchanged
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".CURRENT")]  # no temp files left
+    assert registry.list_versions(tmp_path) == ["v1", "v2"]
+
+
+def test_missing_pointer_and_version_say_what_to_do(tmp_path):
+    with pytest.raises(ArtifactError, match="recsys train"):
+        registry.current_version(tmp_path)
+    with pytest.raises(ArtifactError, match="not found"):
+        registry.resolve_version(tmp_path, "nope")
+    with pytest.raises(ArtifactError, match="letters, digits"):
+        registry.start_version(tmp_path, "../escape")
+    (tmp_path / "v9").mkdir()
+    (tmp_path / "v9" / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="unreadable"):
+        registry.read_manifest(tmp_path / "v9")
