@@ -87,27 +87,61 @@ class Recommender(Protocol):
         train items; -1 pads rows with fewer than k candidates."""
 
 
-def top_k_excluding(scores: np.ndarray, exclude: sp.csr_matrix, k: int) -> np.ndarray:
+def top_k_excluding(scores: np.ndarray, exclude: sp.spmatrix | sp.sparray, k: int) -> np.ndarray:
     """Top-k columns of `scores` [b, I] after removing `exclude` [b, I] nonzeros.
 
-    Ties are broken by lower column index (a stable, documented order), so results are
-    reproducible across runs and platforms.
+    This is where a model's scores become a ranking, so it is where ties are decided:
+    equal scores are ordered by lower column index (a stable, documented order), so
+    results are reproducible across runs, batch sizes and platforms. Non-finite scores
+    (NaN, ±inf) mean "not a candidate" and are never returned, like excluded columns.
+
+    Args:
+      scores: [b, I] higher is better.
+      exclude: [b, I] sparse; nonzero (row, column) pairs are never returned.
+      k: how many columns to return per row, >= 0.
+
+    Returns:
+      [b, k] int64 column indices, best first; rows with fewer than k candidates are
+      padded with -1 at the end.
     """
     scores = np.array(scores, dtype=np.float64, copy=True)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D [users, items], got shape {scores.shape}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
     b, n = scores.shape
-    coo = exclude.tocoo()
+    if exclude.shape != scores.shape:
+        raise ValueError(f"exclude has shape {exclude.shape}, scores {scores.shape}; they must match")
+    scores[~np.isfinite(scores)] = -np.inf
+    coo = sp.coo_matrix(exclude)
     scores[coo.row, coo.col] = -np.inf
     k_eff = min(k, n)
-    # argpartition for speed, then a stable sort of the k survivors by (-score, column).
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else np.tile(np.arange(n), (b, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    # The k-th best score may be tied with columns outside the partition: include them.
-    kth = part_scores.min(axis=1, keepdims=True)
     out = np.full((b, k), -1, dtype=np.int64)
-    for r in range(b):
-        cand = np.flatnonzero(scores[r] >= kth[r]) if np.isfinite(kth[r, 0]) else part[r]
-        cand = cand[np.isfinite(scores[r, cand])]
-        order = np.lexsort((cand, -scores[r, cand]))[:k_eff]
-        chosen = cand[order]
-        out[r, : len(chosen)] = chosen
+    if b == 0 or k_eff == 0:
+        return out
+    # The k-th best score per row; everything strictly above it is in, and the ties at
+    # it are filled in by ascending column until the row holds k_eff columns.
+    kth = -np.partition(-scores, k_eff - 1, axis=1)[:, k_eff - 1]
+    chosen = scores > kth[:, None]
+    need = k_eff - chosen.sum(axis=1)
+    tie_r, tie_c = np.nonzero((scores == kth[:, None]) & np.isfinite(kth)[:, None])  # row-major: ascending column
+    keep = _rank_within_rows(tie_r, b) < need[tie_r]
+    chosen[tie_r[keep], tie_c[keep]] = True
+    rows, cols = np.nonzero(chosen)
+    pos = _rank_within_rows(rows, b)
+    top_cols = np.full((b, k_eff), -1, dtype=np.int64)
+    top_scores = np.full((b, k_eff), -np.inf)
+    top_cols[rows, pos] = cols
+    top_scores[rows, pos] = scores[rows, cols]
+    # Columns are ascending within each row, so a stable sort by score keeps ties by column;
+    # empty slots (-inf) sort last.
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    out[:, :k_eff] = np.take_along_axis(top_cols, order, axis=1)
     return out
+
+
+def _rank_within_rows(rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """For row indices sorted ascending, each entry's 0-based position within its row."""
+    counts = np.bincount(rows, minlength=num_rows)
+    starts = np.cumsum(counts) - counts
+    return np.arange(len(rows)) - starts[rows]

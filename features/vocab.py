@@ -71,6 +71,9 @@ class FeatureStore:
       item_counts: item_id → number of engaged train interactions (popularity, logQ).
       users, items: the side-feature tables (raw values), indexed by id.
       numeric_stats: column → (mean, std) over train users/items, for normalisation.
+      seen: user_id → the item ids the user engaged with in train, oldest first (each once,
+        at its latest engagement): never recommended to that user again (serving, Beam
+        and offline evaluation exclude them), and the user's recent history feature.
     """
 
     spec: FeatureSpec
@@ -79,6 +82,7 @@ class FeatureStore:
     users: pd.DataFrame
     items: pd.DataFrame
     numeric_stats: dict[str, tuple[float, float]]
+    seen: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     # -- raw feature rows, the inputs of every exported model's signature -----------------
     def user_features(self, user_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -106,6 +110,14 @@ class FeatureStore:
         """[n] train engagement counts (0 for items unseen in train)."""
         return np.array([self.item_counts.get(str(i), 0) for i in item_ids], dtype=np.int64)
 
+    def seen_items(self, user_ids: Sequence[str]) -> list[frozenset[str]]:
+        """Each user's train-engaged item ids (empty for users unseen in train)."""
+        return [frozenset(self.seen.get(str(u), ())) for u in user_ids]
+
+    def history(self, user_ids: Sequence[str], length: int) -> list[tuple[str, ...]]:
+        """Each user's `length` most recent train-engaged item ids, oldest first (() if unknown)."""
+        return [self.seen.get(str(u), ())[-length:] if length > 0 else () for u in user_ids]
+
     @property
     def catalogue(self) -> list[str]:
         """Every item id the system may recommend: the items table's ids, in table order."""
@@ -124,6 +136,9 @@ class FeatureStore:
         (d / "features.json").write_text(json.dumps(meta))
         self.users.to_parquet(d / "users.parquet")
         self.items.to_parquet(d / "items.parquet")
+        pairs = [(u, i) for u, items in self.seen.items() for i in items]
+        pd.DataFrame({"user_id": [u for u, _ in pairs], "item_id": [i for _, i in pairs]},
+                     dtype=object).to_parquet(d / "seen.parquet")
 
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> "FeatureStore":
@@ -132,12 +147,21 @@ class FeatureStore:
             meta = json.loads((d / "features.json").read_text())
             users = pd.read_parquet(d / "users.parquet")
             items = pd.read_parquet(d / "items.parquet")
+            seen = _seen_from_pairs(pd.read_parquet(d / "seen.parquet")) if (d / "seen.parquet").exists() else {}
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot load feature store from {d}: {e}") from e
         spec = FeatureSpec(**{k: tuple(v) for k, v in meta["spec"].items()})
         return cls(spec, {k: Vocabulary(tuple(v)) for k, v in meta["vocabularies"].items()},
                    {k: int(v) for k, v in meta["item_counts"].items()}, users, items,
-                   {k: (float(v[0]), float(v[1])) for k, v in meta["numeric_stats"].items()})
+                   {k: (float(v[0]), float(v[1])) for k, v in meta["numeric_stats"].items()}, seen)
+
+
+def _seen_from_pairs(pairs: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+    """(user_id, item_id) rows in time order → user_id → item ids, each once at its last position."""
+    if len(pairs) == 0:
+        return {}
+    pairs = pairs.astype({"user_id": str, "item_id": str}).drop_duplicates(["user_id", "item_id"], keep="last")
+    return {str(u): tuple(items) for u, items in pairs.groupby("user_id", sort=False)["item_id"]}
 
 
 def fit_feature_store(dataset: Dataset, train: pd.DataFrame, min_count: int = 1) -> FeatureStore:
@@ -167,5 +191,7 @@ def fit_feature_store(dataset: Dataset, train: pd.DataFrame, min_count: int = 1)
             values = table[col].astype("float64")
             stats[col] = (float(values.mean()), float(values.std(ddof=0) or 1.0))
     counts = train.loc[train["engaged"] == 1, "item_id"].value_counts()
+    engaged = train.loc[train["engaged"] == 1, ["user_id", "item_id", "timestamp"]]
+    engaged = engaged.sort_values("timestamp", kind="stable")[["user_id", "item_id"]]
     return FeatureStore(spec, vocabs, {str(k): int(v) for k, v in counts.items()},
-                        dataset.users.copy(), dataset.items.copy(), stats)
+                        dataset.users.copy(), dataset.items.copy(), stats, _seen_from_pairs(engaged))

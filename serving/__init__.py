@@ -1,1 +1,16 @@
-"""TODO"""
+"""Serving stage: the gRPC Recommender (online retrieve → rank → blend), its cache and metrics.
+
+Importing this package does not import TensorFlow; loading a model version does.
+"""
+from serving.cache import (CacheConfig, CandidateCache, LocalCandidateStore, RedisCandidateStore, cache_key,
+                           precomputed_key, redis_client)
+from serving.candidates import CandidateSet, CorruptEntryError
+from serving.metrics import JsonFormatter, ServingMetrics
+from serving.server import RecommenderServicer, RecommendServer, ServerConfig, serve
+from serving.validation import RequestLimits
+
+__all__ = [
+    "CacheConfig", "CandidateCache", "LocalCandidateStore", "RedisCandidateStore", "cache_key", "precomputed_key",
+    "redis_client", "CandidateSet", "CorruptEntryError", "JsonFormatter", "ServingMetrics", "RecommenderServicer",
+    "RecommendServer", "ServerConfig", "serve", "RequestLimits",
+]

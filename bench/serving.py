@@ -1,0 +1,463 @@
+"""Serving throughput and latency on loopback, as ratios measured side by side in one run.
+
+  .venv/bin/python bench/serving.py --version-dir artifacts/<version> --json bench/out/serving.json
+  .venv/bin/python bench/serving.py --train-synthetic          # trains a small version first
+
+Bounded concurrent load (`--concurrency` requests in flight, a grpc.aio client in this
+process, the server in child processes) for:
+  (a) an empty RPC on the same server stack (same grpc.server, thread pool, limits) — the reference
+  (b) Recommend answered from the Redis cache
+  (c) Recommend on a cache miss: the full online path (user tower → FAISS → ranker → blend)
+  (d) the same online computation as (c) called in-process, without gRPC, at the same concurrency
+Targets: throughput(b) >= 0.8 × throughput(a); latency(c) <= 1.5 × latency(d) at p50/p95/p99.
+(a) and (b) alternate round by round, and so do (c) and (d), so machine noise hits both.
+
+`--compare-stacks` also measures the server models the server could use — the sync
+thread pool, grpc.aio, and several sync processes sharing the port (SO_REUSEPORT) — on
+(a) and, where the stack serves it, (b).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import os
+import pathlib
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Awaitable, Callable
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+EMPTY_METHOD = "/recsys.bench.Bench/Empty"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- child process: one server ----------------------------------------------------------
+def _empty_handler():
+    import grpc
+
+    return grpc.method_handlers_generic_handler("recsys.bench.Bench", {
+        "Empty": grpc.unary_unary_rpc_method_handler(lambda request, context: b""),
+    })
+
+
+def child_main(argv: list[str]) -> int:
+    """`bench/serving.py child ...`: runs one server until stdin closes."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--stack", choices=["sync", "aio"], default="sync")
+    p.add_argument("--version-dir", default="")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--redis-url", default="")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--max-concurrent-rpcs", type=int, default=256)
+    a = p.parse_args(argv)
+    if a.stack == "aio":
+        import grpc
+
+        async def run_aio() -> None:
+            server = grpc.aio.server(handlers=[_empty_handler()], maximum_concurrent_rpcs=a.max_concurrent_rpcs)
+            server.add_insecure_port(f"127.0.0.1:{a.port}")
+            await server.start()
+            print("READY", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            await server.stop(0)
+
+        asyncio.run(run_aio())
+        return 0
+    from serving import CacheConfig, RecommendServer, ServerConfig
+
+    server = RecommendServer(
+        ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, max_concurrent_rpcs=a.max_concurrent_rpcs,
+                     metrics_port=0),
+        CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers)),
+        extra_handlers=(_empty_handler(),)).start()
+    if a.version_dir:
+        server.load(a.version_dir, verify=False)
+    print("READY", flush=True)
+    sys.stdin.read()  # the parent closes stdin to stop us
+    server.stop(0)
+    return 0
+
+
+class ServerProcesses:
+    """`processes` child servers sharing one port (SO_REUSEPORT, gRPC's default on Linux)."""
+
+    def __init__(self, stack: str, processes: int, version_dir: str, redis_url: str, workers: int) -> None:
+        self.port = free_port()
+        self.procs = []
+        for _ in range(processes):
+            cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "child", "--stack", stack,
+                   "--port", str(self.port), "--redis-url", redis_url, "--workers", str(workers)]
+            if version_dir:
+                cmd += ["--version-dir", version_dir]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+            self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                               env=env, cwd=ROOT))
+        for proc in self.procs:
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                self.close()
+                raise RuntimeError(f"bench server did not start (got {line!r}); run it alone to see its error")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start_redis(workdir: str) -> tuple[subprocess.Popen, int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed: run scripts/setup.sh")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", workdir], stdout=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(500):
+        try:
+            client.ping()
+            return proc, port
+        except redis.ConnectionError:
+            time.sleep(0.01)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
+# -- load generation --------------------------------------------------------------------
+def summarize(latencies: list[float], elapsed: float, **extra) -> dict:
+    lat = np.asarray(latencies) * 1e3
+    return {"requests": len(lat), "seconds": round(elapsed, 3), "throughput_rps": round(len(lat) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p95_ms": round(float(np.percentile(lat, 95)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3), **extra}
+
+
+async def drive(call: Callable[[int], Awaitable], concurrency: int, seconds: float,
+                max_requests: int | None = None) -> tuple[list[float], float]:
+    """Keeps `concurrency` calls in flight for `seconds` (or until `max_requests`)."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    end = start + seconds
+
+    async def worker() -> None:
+        while True:
+            n = next(counter)
+            if (max_requests is not None and n >= max_requests) or time.perf_counter() >= end:
+                return
+            t = time.perf_counter()
+            await call(n)
+            latencies.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - start
+
+
+def drive_threads(call: Callable[[int], object], concurrency: int, seconds: float,
+                  max_requests: int | None = None) -> tuple[list[float], float]:
+    """drive() for in-process calls: `concurrency` threads."""
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    end = start + seconds
+
+    def worker() -> None:
+        while True:
+            with lock:
+                n = next(counter)
+            if (max_requests is not None and n >= max_requests) or time.perf_counter() >= end:
+                return
+            t = time.perf_counter()
+            call(n)
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt)
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    return latencies, time.perf_counter() - start
+
+
+class Client:
+    """grpc.aio channels to one port; several channels so SO_REUSEPORT servers all get connections."""
+
+    def __init__(self, port: int, channels: int) -> None:
+        import grpc
+
+        from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+        self.channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                         for _ in range(channels)]
+        self.stubs = [pb_grpc.RecommenderStub(c) for c in self.channels]
+        self.empty = [c.unary_unary(EMPTY_METHOD) for c in self.channels]
+
+    async def close(self) -> None:
+        for c in self.channels:
+            await c.close()
+
+
+def rpc_rounds(port: int, cases: dict[str, Callable[["Client", int], Awaitable]], concurrency: int, seconds: float,
+               rounds: int, channels: int, warmup_s: float = 1.0, max_requests: dict[str, int] | None = None,
+               before_round: Callable[[str], None] | None = None) -> dict[str, list[tuple[list[float], float]]]:
+    """Runs each case for `rounds` rounds, alternating cases, after a warm-up of each."""
+    max_requests = max_requests or {}
+
+    async def run() -> dict:
+        client = Client(port, channels)
+        out: dict[str, list] = {name: [] for name in cases}
+        try:
+            for name, case in cases.items():
+                if before_round:
+                    before_round(name)
+                await drive(lambda n, c=case: c(client, n), concurrency, warmup_s, max_requests.get(name))
+            for _ in range(rounds):
+                for name, case in cases.items():
+                    if before_round:
+                        before_round(name)
+                    out[name].append(await drive(lambda n, c=case: c(client, n), concurrency, seconds,
+                                                 max_requests.get(name)))
+        finally:
+            await client.close()
+        return out
+
+    return asyncio.run(run())
+
+
+def merge(rounds: list[tuple[list[float], float]], **extra) -> dict:
+    latencies = [x for lat, _ in rounds for x in lat]
+    return summarize(latencies, sum(e for _, e in rounds), rounds=len(rounds),
+                     round_rps=[round(len(lat) / e, 1) for lat, e in rounds], **extra)
+
+
+# -- the benchmark ----------------------------------------------------------------------
+def train_synthetic(workdir: str, users: int, items: int, interactions: int) -> str:
+    from recsys.cli import main as recsys_main
+
+    root = pathlib.Path(workdir) / "artifacts"
+    argv = ["train", "--artifacts", str(root), "--version", "bench", "--source", "synthetic",
+            "--synthetic-num-users", str(users), "--synthetic-num-items", str(items),
+            "--synthetic-num-interactions", str(interactions), "--epochs", "1"]
+    print("training:", "recsys", " ".join(argv), flush=True)
+    if recsys_main(argv):
+        raise SystemExit("training the bench version failed")
+    return str(root / "bench")
+
+
+def known_users(version_dir: str, n: int, seed: int) -> list[str]:
+    from features import FeatureStore
+
+    store = FeatureStore.load(pathlib.Path(version_dir) / "features")
+    users = list(store.vocabularies["user_id"].tokens)
+    random.Random(seed).shuffle(users)
+    return users[:n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["child"]:
+        return child_main(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--version-dir", help="a trained version directory (artifacts/<version>)")
+    src.add_argument("--train-synthetic", action="store_true", help="train a small synthetic version first")
+    p.add_argument("--synthetic-users", type=int, default=3000)
+    p.add_argument("--synthetic-items", type=int, default=1000)
+    p.add_argument("--synthetic-interactions", type=int, default=60000)
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=3.0, help="per round of (a)/(b) (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default: %(default)s)")
+    p.add_argument("--miss-requests", type=int, default=600, help="distinct users per (c)/(d) round")
+    p.add_argument("--hit-users", type=int, default=256, help="users cycled through in (b)")
+    p.add_argument("--num-results", type=int, default=10)
+    p.add_argument("--workers", type=int, default=8, help="server handler threads per process")
+    p.add_argument("--processes", type=int, default=1, help="server processes for (a)-(c)")
+    p.add_argument("--channels", type=int, default=4, help="client channels (TCP connections)")
+    p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="", help="write config, hardware and results here")
+    a = p.parse_args(argv)
+
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    tmp = tempfile.mkdtemp(prefix="bench-serving-")
+    redis_proc, redis_port = start_redis(tmp)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    import redis
+
+    rclient = redis.Redis(port=redis_port)
+    results: dict = {}
+    try:
+        version_dir = a.version_dir or train_synthetic(tmp, a.synthetic_users, a.synthetic_items,
+                                                       a.synthetic_interactions)
+        users = known_users(version_dir, a.hit_users + a.miss_requests, a.seed)
+        hit_users, miss_users = users[:a.hit_users], users[a.hit_users:]
+        n_miss = len(miss_users)
+        if n_miss < 50:
+            raise SystemExit(f"only {n_miss} users left for the cache-miss rounds; use a bigger version")
+        k = a.num_results
+        hit_requests = [pb.RecommendRequest(user_id=u, num_results=k) for u in hit_users]
+        miss_requests = [pb.RecommendRequest(user_id=u, num_results=k) for u in miss_users]
+        sources: dict[str, dict[int, int]] = {"hit": {}, "miss": {}}
+
+        async def empty(c: Client, n: int):
+            await c.empty[n % len(c.empty)](b"")
+
+        async def hit(c: Client, n: int):
+            r = await c.stubs[n % len(c.stubs)].Recommend(hit_requests[n % len(hit_requests)], timeout=10)
+            sources["hit"][r.source] = sources["hit"].get(r.source, 0) + 1
+
+        async def miss(c: Client, n: int):
+            r = await c.stubs[n % len(c.stubs)].Recommend(miss_requests[n], timeout=30)
+            sources["miss"][r.source] = sources["miss"].get(r.source, 0) + 1
+
+        def flush_before_miss(name: str) -> None:
+            if name == "miss":
+                rclient.flushdb()
+
+        servers = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers)
+        try:
+            asyncio.run(_warm(servers.port, hit_requests))
+            ab = rpc_rounds(servers.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds, a.channels)
+            c_rounds = rpc_rounds(servers.port, {"miss": miss}, a.concurrency, 1e9, a.rounds, a.channels,
+                                  max_requests={"miss": n_miss}, before_round=flush_before_miss, warmup_s=0.0)
+        finally:
+            servers.close()
+
+        # (d): the same servicer code, in this process, on the same Redis, without gRPC.
+        from serving import CacheConfig, RecommendServer, ServerConfig
+        from serving.validation import RequestLimits, validate_recommend
+
+        local = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=1, metrics_port=0),
+                                CacheConfig(redis_url=redis_url))
+        local.load(version_dir, verify=False)
+        limits = RequestLimits()
+        queries = [validate_recommend(r, limits) for r in miss_requests]
+        d_rounds = []
+        d_sources: dict[str, int] = {}
+
+        def in_process(n: int) -> None:
+            _, source = local.servicer.answer(queries[n])
+            d_sources[source] = d_sources.get(source, 0) + 1
+
+        for _ in range(a.rounds):
+            rclient.flushdb()
+            d_rounds.append(drive_threads(in_process, a.concurrency, 1e9, n_miss))
+        local.stop(0)
+
+        results["a_empty_rpc"] = merge(ab["empty"])
+        results["b_cache_hit"] = merge(ab["hit"], sources={pb.Source.Name(s): c for s, c in sources["hit"].items()})
+        results["c_cache_miss_rpc"] = merge(c_rounds["miss"],
+                                            sources={pb.Source.Name(s): c for s, c in sources["miss"].items()})
+        results["d_online_in_process"] = merge(d_rounds, sources=d_sources)
+        ra, rb, rc, rd = (results[x] for x in ("a_empty_rpc", "b_cache_hit", "c_cache_miss_rpc",
+                                                "d_online_in_process"))
+        per_round = [len(b[0]) / b[1] / (len(e[0]) / e[1]) for e, b in zip(ab["empty"], ab["hit"])]
+        results["ratios"] = {
+            "b_over_a_throughput": round(rb["throughput_rps"] / ra["throughput_rps"], 3),
+            "b_over_a_throughput_per_round": [round(x, 3) for x in per_round],
+            "c_over_d_p50": round(rc["p50_ms"] / rd["p50_ms"], 3),
+            "c_over_d_p95": round(rc["p95_ms"] / rd["p95_ms"], 3),
+            "c_over_d_p99": round(rc["p99_ms"] / rd["p99_ms"], 3),
+        }
+
+        if a.compare_stacks:
+            stacks = {}
+            for label, stack, procs, with_model in (("sync", "sync", 1, True), ("aio", "aio", 1, False),
+                                                     ("sync x2 processes", "sync", 2, True)):
+                srv = ServerProcesses(stack, procs, version_dir if with_model else "", redis_url, a.workers)
+                try:
+                    if with_model:
+                        asyncio.run(_warm(srv.port, hit_requests))
+                    cases = {"empty": empty, **({"hit": hit} if with_model else {})}
+                    out = rpc_rounds(srv.port, cases, a.concurrency, a.seconds, a.rounds, a.channels)
+                finally:
+                    srv.close()
+                stacks[label] = {name: merge(r) for name, r in out.items()}
+            results["stacks"] = stacks
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print_table(results, a)
+    if a.json:
+        path = pathlib.Path(a.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"args": vars(a), "hardware": hardware(), "results": results}, indent=2))
+    return 0
+
+
+async def _warm(port: int, requests: list) -> None:
+    client = Client(port, 1)
+    for r in requests:
+        await client.stubs[0].Recommend(r, timeout=30)
+    await client.close()
+
+
+def hardware() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def print_table(results: dict, a: argparse.Namespace) -> None:
+    print(f"\nconcurrency {a.concurrency}, {a.rounds} rounds, server: sync thread pool x {a.workers} workers, "
+          f"{a.processes} process(es)")
+    print(f"| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for key, label in (("a_empty_rpc", "(a) empty RPC (reference)"), ("b_cache_hit", "(b) Recommend, cache hit"),
+                       ("c_cache_miss_rpc", "(c) Recommend, cache miss (online)"),
+                       ("d_online_in_process", "(d) online path in-process")):
+        r = results[key]
+        src = ", ".join(f"{k} {v}" for k, v in r.get("sources", {}).items())
+        print(f"| {label} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | "
+              f"{r['p99_ms']} | {src} |")
+    ratios = results["ratios"]
+    print(f"\n(b)/(a) throughput: {ratios['b_over_a_throughput']} (per round {ratios['b_over_a_throughput_per_round']})"
+          f"  target >= 0.8")
+    print(f"(c)/(d) latency: p50 {ratios['c_over_d_p50']}, p95 {ratios['c_over_d_p95']}, "
+          f"p99 {ratios['c_over_d_p99']}  target <= 1.5")
+    if "stacks" in results:
+        print("\n| server stack | empty RPC rps | cache-hit rps | hit/empty |")
+        print("|---|---:|---:|---:|")
+        for label, r in results["stacks"].items():
+            e = r["empty"]["throughput_rps"]
+            h = r.get("hit", {}).get("throughput_rps")
+            print(f"| {label} | {e} | {h if h is not None else 'n/a'} | "
+                  f"{round(h / e, 3) if h is not None else 'n/a'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

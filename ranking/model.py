@@ -1,0 +1,339 @@
+"""Wide & deep multi-task ranker (Cheng et al. 2016) with an engagement and a quality head.
+
+Input: one row per (user, item) pair, the raw features of `FeatureStore.user_features`
+and `item_features` merged with the prefixes `u__` and `i__` (see `ranker_inputs`); every
+lookup (vocabularies fit on train, index 0 = OOV; hashed crosses) runs inside the graph,
+so the exported SavedModel takes raw strings and floats.
+
+  wide:  Σ weights of hashed crossed categorical features (e.g. occupation × genre, user ×
+         genre), one weight per head — memorisation of co-occurrences.
+  deep:  embeddings of user/item ids, side features (bags averaged for multi-valued and
+         text features) and the user's recent history (a bag of the item ids they engaged
+         with in train, sharing the item id embedding), plus the element-wise products
+         item·user and item·history → shared ReLU MLP bottom — generalisation.
+  heads: engagement = σ(tower_e(bottom) + wide_e), quality = σ(tower_q(bottom) + wide_q);
+         quality predicts the normalised rating (rating - 1) / 4 in [0, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore, Vocabulary
+from recsys.tf_env import keras, tf
+
+USER_PREFIX = "u__"
+ITEM_PREFIX = "i__"
+HISTORY = "history"  # the user's recent train items, MULTI_VALUE_SEP-joined: see user_inputs
+HEADS = ("engagement", "quality")
+RATING_MIN, RATING_MAX = 1.0, 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig:
+    """Architecture, head loss weights and training settings; every field is a CLI flag.
+
+    The defaults are the settings measured on MovieLens-100k (bench/RESULTS.md, ranking).
+    """
+
+    id_dim: int = 32                   # user_id / item_id embedding width
+    feature_dim: int = 8               # width of each side-feature embedding
+    history_length: int = 50           # most recent train items of the user as a feature (0 = off)
+    hidden: tuple[int, ...] = (128, 64)  # shared-bottom ReLU layers
+    head_hidden: int = 32              # one ReLU layer per head on top of the shared bottom (0 = none)
+    dropout: float = 0.1               # after each shared-bottom layer
+    crosses: tuple[str, ...] = ()      # wide crosses "user_col*item_col", e.g. occupation*genres; empty = auto
+    wide_buckets: int = 200_003        # hash buckets shared by all crossed features
+    engagement_weight: float = 1.0     # loss weight of the engagement head (BCE)
+    quality_weight: float = 1.0        # loss weight of the quality head (masked MSE on normalised rating)
+    l2: float = 1e-6                   # L2 penalty on embedding tables (per example)
+    learning_rate: float = 2e-3        # Adam
+    batch_size: int = 1024
+    epochs: int = 4
+    seed: int = 42
+    progress: bool = True              # Keras progress bars
+
+    def __post_init__(self) -> None:
+        for name in ("id_dim", "feature_dim", "wide_buckets", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.history_length < 0:
+            raise ValueError(f"--history-length must be >= 0, got {self.history_length}")
+        if any(h <= 0 for h in self.hidden) or self.head_hidden < 0:
+            raise ValueError(f"--hidden sizes must be positive and --head-hidden >= 0, got {self.hidden}, "
+                             f"{self.head_hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("engagement_weight", "quality_weight", "l2"):
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {getattr(self, name)}")
+        if self.engagement_weight == 0 and self.quality_weight == 0:
+            raise ValueError("--engagement-weight and --quality-weight are both 0; nothing would be trained")
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        for cross in self.crosses:
+            if cross.count("*") != 1 or not all(cross.split("*")):
+                raise ValueError(f"--crosses entry {cross!r}: expected USER_COLUMN*ITEM_COLUMN, e.g. occupation*genres")
+
+
+def normalize_rating(rating: np.ndarray) -> np.ndarray:
+    """1-5 rating → [0, 1] quality label; NaN (unobserved) stays NaN."""
+    return (np.asarray(rating, dtype=np.float64) - RATING_MIN) / (RATING_MAX - RATING_MIN)
+
+
+def denormalize_quality(quality: np.ndarray) -> np.ndarray:
+    """Quality head output in [0, 1] → rating units (1-5)."""
+    return RATING_MIN + (RATING_MAX - RATING_MIN) * np.asarray(quality, dtype=np.float64)
+
+
+def user_inputs(features: FeatureStore, user_ids: Sequence[str], history_length: int,
+                leave_out: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The user half of the ranker's input: `features.user_features(user_ids)` + history.
+
+    `history` [n] is each user's `history_length` most recent train-engaged item ids
+    (FeatureStore.history), joined with MULTI_VALUE_SEP; omitted when history_length is 0.
+    `leave_out[r]`, if given, is dropped from row r's history first: a training positive
+    must not see itself in its own history, because a served candidate never does (seen
+    items are excluded from candidates).
+    """
+    out = features.user_features(user_ids)
+    if history_length <= 0:
+        return out
+    if leave_out is None:
+        hist = features.history(user_ids, history_length)
+        out[HISTORY] = np.array([MULTI_VALUE_SEP.join(h) for h in hist], dtype=object)
+        return out
+    hist = features.history(user_ids, history_length + 1)
+    joined = []
+    for h, item in zip(hist, leave_out):
+        if item in h:
+            h = tuple(x for x in h if x != item)
+        joined.append(MULTI_VALUE_SEP.join(h[-history_length:]))
+    out[HISTORY] = np.array(joined, dtype=object)
+    return out
+
+
+def ranker_inputs(user_features: Mapping[str, np.ndarray], item_features: Mapping[str, np.ndarray]) -> dict:
+    """Merges the raw user and item feature dicts of n pairs into the ranker's input dict.
+
+    Both dicts hold [n] arrays (row i of each is pair i); keys are prefixed `u__`/`i__`
+    so a user and an item column of the same name cannot collide.
+    """
+    out = {USER_PREFIX + k: v for k, v in user_features.items()}
+    out.update({ITEM_PREFIX + k: v for k, v in item_features.items()})
+    return out
+
+
+def input_specs(features: FeatureStore, history_length: int = 0) -> dict[str, tf.TensorSpec]:
+    """The ranker's inputs: name → TensorSpec([None]) (strings, or float32 for numerics)."""
+    spec = features.spec
+    specs = {USER_PREFIX + "user_id": tf.TensorSpec([None], tf.string, name=USER_PREFIX + "user_id")}
+    if history_length > 0:
+        specs[USER_PREFIX + HISTORY] = tf.TensorSpec([None], tf.string, name=USER_PREFIX + HISTORY)
+    for c in spec.user_categorical:
+        specs[USER_PREFIX + c] = tf.TensorSpec([None], tf.string, name=USER_PREFIX + c)
+    for c in spec.user_numeric:
+        specs[USER_PREFIX + c] = tf.TensorSpec([None], tf.float32, name=USER_PREFIX + c)
+    specs[ITEM_PREFIX + "item_id"] = tf.TensorSpec([None], tf.string, name=ITEM_PREFIX + "item_id")
+    for c in (*spec.item_categorical, *spec.item_multi, *spec.item_text):
+        specs[ITEM_PREFIX + c] = tf.TensorSpec([None], tf.string, name=ITEM_PREFIX + c)
+    for c in spec.item_numeric:
+        specs[ITEM_PREFIX + c] = tf.TensorSpec([None], tf.float32, name=ITEM_PREFIX + c)
+    return specs
+
+
+def default_crosses(spec: FeatureSpec) -> tuple[str, ...]:
+    """Every (user_id or user categorical) × (item categorical or multi-valued) pair."""
+    return tuple(f"{u}*{i}" for u, i in itertools.product(("user_id", *spec.user_categorical),
+                                                          (*spec.item_categorical, *spec.item_multi)))
+
+
+def _lookup(vocab: Vocabulary) -> keras.layers.StringLookup:
+    # Same convention as features.Vocabulary: index 0 is the OOV bucket, no mask token.
+    return keras.layers.StringLookup(vocabulary=list(vocab.tokens) or ["\x00"], num_oov_indices=1, mask_token=None)
+
+
+def _split_multi(x: tf.Tensor) -> tf.RaggedTensor:
+    """features.split_multi in TF: 'Action|Comedy' → ['Action', 'Comedy'], empty tokens dropped."""
+    parts = tf.strings.split(x, sep=MULTI_VALUE_SEP)
+    return tf.ragged.boolean_mask(parts, tf.strings.length(parts) > 0)
+
+
+def _tokenize(x: tf.Tensor) -> tf.RaggedTensor:
+    """features.tokenize_text in TF: lower-case [a-z0-9]+ words."""
+    lowered = tf.strings.lower(x, encoding="utf-8")
+    return tf.strings.split(tf.strings.strip(tf.strings.regex_replace(lowered, "[^a-z0-9]+", " ")))
+
+
+def _reg(l2: float):
+    return keras.regularizers.l2(l2) if l2 > 0 else None
+
+
+class _BagEmbedding(keras.layers.Layer):
+    """Mean of the token embeddings of a ragged [b, (n)] string bag; zeros for an empty bag.
+
+    Owns its lookup and table, or shares another feature's (`shared=(lookup, embedding)`).
+    """
+
+    def __init__(self, vocab: Vocabulary | None, dim: int, l2: float, shared: tuple | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if shared is not None:
+            self.lookup, self.embedding = shared
+        else:
+            self.lookup = _lookup(vocab)
+            self.embedding = keras.layers.Embedding(len(vocab), dim, embeddings_regularizer=_reg(l2))
+
+    def call(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+        ids = tf.ragged.map_flat_values(self.lookup, tokens)
+        vectors = tf.ragged.map_flat_values(self.embedding, ids)  # [b, (n), dim]
+        total = tf.reduce_sum(vectors, axis=1)
+        count = tf.cast(tf.maximum(ids.row_lengths(), 1), total.dtype)[:, None]
+        return total / count
+
+
+class _WideCrosses(keras.layers.Layer):
+    """Σ over hashed crossed tokens of a learned [buckets, num_heads] weight: the wide logits.
+
+    Each cross "a*b" turns a row's token of user column a and every token of item column
+    b into the strings "a*b=tok_a\\x01tok_b", hashed (FarmHash) into `buckets` shared
+    buckets; a row's wide logit for each head is the sum of its crossed tokens' weights.
+    """
+
+    def __init__(self, crosses: Sequence[tuple[str, str, bool]], buckets: int, l2: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.crosses = tuple(crosses)  # (user input key, item input key, item column is multi-valued)
+        self.buckets = buckets
+        self.weights_table = keras.layers.Embedding(buckets, len(HEADS), embeddings_initializer="zeros",
+                                                    embeddings_regularizer=_reg(l2), name="wide_weights")
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        batch = tf.shape(next(iter(inputs.values())))[0]
+        rows, tokens = [], []
+        for user_key, item_key, multi in self.crosses:
+            left = inputs[user_key]
+            right = _split_multi(inputs[item_key]) if multi else tf.RaggedTensor.from_tensor(inputs[item_key][:, None])
+            row = tf.cast(right.value_rowids(), tf.int32)
+            crossed = tf.strings.join([f"{user_key}*{item_key}=", tf.gather(left, row), "\x01", right.flat_values])
+            rows.append(row)
+            tokens.append(crossed)
+        ids = tf.strings.to_hash_bucket_fast(tf.concat(tokens, axis=0), self.buckets)
+        weights = self.weights_table(ids)  # [total crossed tokens, heads]
+        return tf.math.unsorted_segment_sum(weights, tf.concat(rows, axis=0), batch)  # [b, heads]
+
+
+class WideDeepRanker(keras.Model):
+    """The ranker. call(inputs) → {"engagement": [b, 1], "quality": [b, 1]}, both in [0, 1].
+
+    `inputs` is the dict of `ranker_inputs` (keys of `input_specs`), each value [b]. The
+    heads keep a trailing unit axis so Keras applies per-example loss weights (the
+    quality mask) row by row; the exported signature returns them as [b].
+    """
+
+    def __init__(self, features: FeatureStore, config: RankerConfig, **kwargs) -> None:
+        super().__init__(name="wide_deep_ranker", **kwargs)
+        self.config = config
+        spec, vocabs = features.spec, features.vocabularies
+        self.specs = input_specs(features, config.history_length)
+        self.embedders: dict[str, keras.layers.Layer] = {}
+        self.bags: dict[str, tuple[keras.layers.Layer, bool]] = {}  # key → (bag layer, is text)
+        for prefix, col, dim in ((USER_PREFIX, "user_id", config.id_dim), (ITEM_PREFIX, "item_id", config.id_dim),
+                                 *((USER_PREFIX, c, config.feature_dim) for c in spec.user_categorical),
+                                 *((ITEM_PREFIX, c, config.feature_dim) for c in spec.item_categorical)):
+            if not vocabs[col].tokens:  # a column whose train vocabulary is empty carries no signal
+                continue
+            self.embedders[prefix + col] = keras.Sequential([
+                _lookup(vocabs[col]),
+                keras.layers.Embedding(len(vocabs[col]), dim, embeddings_regularizer=_reg(config.l2))],
+                name=f"{prefix}{col}_embedding")
+        for c, is_text in ((c, False) for c in spec.item_multi):
+            if vocabs[c].tokens:
+                self.bags[ITEM_PREFIX + c] = (_BagEmbedding(vocabs[c], config.feature_dim, config.l2,
+                                                            name=f"i__{c}_bag"), is_text)
+        for c in spec.item_text:
+            if vocabs[c].tokens:
+                self.bags[ITEM_PREFIX + c] = (_BagEmbedding(vocabs[c], config.feature_dim, config.l2,
+                                                            name=f"i__{c}_words"), True)
+        item_key, user_key = ITEM_PREFIX + "item_id", USER_PREFIX + "user_id"
+        self.history_bag = None
+        if config.history_length > 0 and item_key in self.embedders:
+            item_layers = self.embedders[item_key].layers
+            self.history_bag = _BagEmbedding(None, config.id_dim, config.l2, shared=(item_layers[0], item_layers[1]),
+                                         name="u__history_bag")
+        self.products = [(item_key, user_key)] if item_key in self.embedders and user_key in self.embedders else []
+        self.numeric = {USER_PREFIX + c: features.numeric_stats.get(c, (0.0, 1.0)) for c in spec.user_numeric}
+        self.numeric.update({ITEM_PREFIX + c: features.numeric_stats.get(c, (0.0, 1.0)) for c in spec.item_numeric})
+        self.cross_keys = _resolve_crosses(spec, config.crosses or default_crosses(spec))
+        self.wide = _WideCrosses(self.cross_keys, config.wide_buckets, config.l2, name="wide") if self.cross_keys else None
+        self.bottom = []
+        for h in config.hidden:
+            self.bottom.append(keras.layers.Dense(h, activation="relu"))
+            if config.dropout:
+                self.bottom.append(keras.layers.Dropout(config.dropout, seed=config.seed))
+        self.towers = {head: keras.Sequential(
+            ([keras.layers.Dense(config.head_hidden, activation="relu")] if config.head_hidden else [])
+            + [keras.layers.Dense(1)], name=f"{head}_tower") for head in HEADS}
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        embedded = {key: layer(inputs[key]) for key, layer in self.embedders.items()}
+        parts = list(embedded.values())
+        # Explicit element-wise products: an MLP learns dot-product matches poorly on its own.
+        parts.extend(embedded[a] * embedded[b] for a, b in self.products)
+        if self.history_bag is not None:
+            history = self.history_bag(_split_multi(inputs[USER_PREFIX + HISTORY]))
+            parts.extend([history, history * embedded[ITEM_PREFIX + "item_id"]])
+        for key, (layer, is_text) in self.bags.items():
+            parts.append(layer(_tokenize(inputs[key]) if is_text else _split_multi(inputs[key])))
+        for key, (mean, std) in self.numeric.items():
+            parts.append(((tf.cast(inputs[key], tf.float32) - mean) / (std or 1.0))[:, None])
+        x = tf.concat(parts, axis=1)
+        for layer in self.bottom:
+            x = layer(x, training=training)
+        wide = self.wide(inputs) if self.wide is not None else None
+        out = {}
+        for h, head in enumerate(HEADS):
+            logit = self.towers[head](x)
+            if wide is not None:
+                logit = logit + wide[:, h:h + 1]
+            out[head] = tf.sigmoid(logit)
+        return out
+
+
+def _resolve_crosses(spec: FeatureSpec, crosses: Sequence[str]) -> list[tuple[str, str, bool]]:
+    user_cols = ("user_id", *spec.user_categorical)
+    item_cols = (*spec.item_categorical, *spec.item_multi, "item_id")
+    out = []
+    for cross in crosses:
+        u, i = cross.split("*")
+        if u not in user_cols:
+            raise ValueError(f"--crosses {cross!r}: {u!r} is not a user categorical column; have {list(user_cols)}")
+        if i not in item_cols:
+            raise ValueError(f"--crosses {cross!r}: {i!r} is not an item categorical or multi-valued column; "
+                             f"have {list(item_cols)}")
+        out.append((USER_PREFIX + u, ITEM_PREFIX + i, i in spec.item_multi))
+    return out
+
+
+def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig()) -> WideDeepRanker:
+    """A compiled WideDeepRanker for `features` (vocabularies fit on train).
+
+    Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
+    on the normalised rating, weighted by a 0/1 mask so rows without an observed rating
+    contribute nothing. Total = engagement_weight · L_e + quality_weight · L_q.
+    """
+    model = WideDeepRanker(features, config)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},
+        loss_weights={"engagement": config.engagement_weight, "quality": config.quality_weight},
+        weighted_metrics={"engagement": [keras.metrics.AUC(name="auc")],
+                          "quality": [keras.metrics.RootMeanSquaredError(name="rmse")]},
+    )
+    model(_dummy_batch(model.specs))  # build every variable now, so saving and loading need no data
+    return model
+
+
+def _dummy_batch(specs: Mapping[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
+    return {k: tf.zeros([1], s.dtype) if s.dtype != tf.string else tf.constant([""]) for k, s in specs.items()}

@@ -1,0 +1,235 @@
+"""`recsys serve` (the gRPC server) and `recsys recommend` (a command-line client for it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from recsys.config import add_config_args, config_from_args, config_to_dict
+from recsys.errors import RecsysError
+from recsys.registry import default_root, resolve_version
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from serving import CacheConfig, RequestLimits, ServerConfig
+
+    p = sub.add_parser("serve", help="serve Recommend/SimilarItems over gRPC",
+                       description="Starts the gRPC Recommender server for a trained version: health "
+                                   "(grpc.health.v1), reflection, Prometheus metrics, Redis or in-process "
+                                   "candidate cache. SIGTERM stops it gracefully; SIGHUP reloads the version "
+                                   "the registry points at.")
+    p.add_argument("--artifacts", default=str(default_root()), help="artifacts root (default: %(default)s)")
+    p.add_argument("--version", default="current",
+                   help="version name under --artifacts, 'current' (the registry pointer) or a directory")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="check the version's checksums before serving it")
+    p.add_argument("--log-format", choices=["text", "json"], default="json",
+                   help="json: one structured object per line (default); text: human-readable")
+    add_config_args(p.add_argument_group("server"), ServerConfig, help_text={
+        "workers": "handler threads", "max_concurrent_rpcs": "RPCs in flight before RESOURCE_EXHAUSTED",
+        "metrics_port": "Prometheus /metrics port (0 = off)", "grace_s": "seconds in-flight RPCs get on SIGTERM",
+        "engagement_weight": "default blend weight (< 0: the version's)",
+        "quality_weight": "default blend weight (< 0: the version's)",
+        "min_deadline_s": "refuse online computations with less time left than this"})
+    add_config_args(p.add_argument_group("cache"), CacheConfig, help_text={
+        "redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
+        "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure"})
+    add_config_args(p.add_argument_group("request limits"), RequestLimits)
+    p.set_defaults(func=run_serve)
+
+    c = sub.add_parser("recommend", help="call a running server (Recommend or SimilarItems)",
+                       description="A command-line client: recommendations for --user, or items similar to --item.")
+    who = c.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="user id to recommend for")
+    who.add_argument("--item", help="item id to find similar items for (SimilarItems)")
+    c.add_argument("--target", default="localhost:50051", help="server host:port (default: %(default)s)")
+    c.add_argument("-k", "--num-results", type=int, default=10, help="items to return (default: %(default)s)")
+    c.add_argument("--engagement-weight", type=float, help="blend weight; give both weights or neither")
+    c.add_argument("--quality-weight", type=float, help="blend weight; give both weights or neither")
+    c.add_argument("--exclude", nargs="*", default=[], metavar="ITEM", help="item ids not to return")
+    c.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE", help="request context entries")
+    c.add_argument("--explain", action="store_true", help="show retrieval score and stage ranks")
+    c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default: %(default)s)")
+    c.add_argument("--json", dest="as_json", action="store_true", help="print the response as JSON")
+    c.set_defaults(func=run_recommend)
+
+    d = sub.add_parser("serve-demo", help="start Redis and the server, call Recommend, show the answers",
+                       description="The serving tour: starts a local redis-server (in-process cache if none is "
+                                   "installed) and the gRPC server on free ports, calls Recommend for a known user "
+                                   "(online, then cached, then re-weighted from the same cache entry), an unknown "
+                                   "user (popularity fallback) and SimilarItems, then shuts everything down.")
+    d.add_argument("--artifacts", default=str(default_root()), help="artifacts root (default: %(default)s)")
+    d.add_argument("--version", default="current", help="version to serve (default: %(default)s)")
+    d.add_argument("--user", default="", help="user to recommend for (default: the most active train user)")
+    d.add_argument("-k", "--num-results", type=int, default=5)
+    d.set_defaults(func=run_serve_demo)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from serving import CacheConfig, RequestLimits, ServerConfig, serve
+    from serving.metrics import JsonFormatter
+
+    if args.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+    try:
+        config = config_from_args(ServerConfig, args)
+        cache_config = config_from_args(CacheConfig, args)
+        limits = config_from_args(RequestLimits, args)
+    except ValueError as e:
+        raise RecsysError(str(e)) from e
+    version_dir = resolve_version(args.artifacts, args.version)  # fail fast on a bad --version
+    log.info("starting", extra={"event": "config", "version_dir": str(version_dir),
+                                "server": config_to_dict(config), "cache": config_to_dict(cache_config),
+                                "limits": config_to_dict(limits)})
+    resolve = (lambda: resolve_version(args.artifacts, args.version))
+    return serve(resolve, config, cache_config, limits, verify=args.verify)
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from protos.recsys.v1 import recommender_pb2 as pb
+    from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    if (args.engagement_weight is None) != (args.quality_weight is None):
+        raise RecsysError("give both --engagement-weight and --quality-weight, or neither")
+    context = {}
+    for entry in args.context:
+        if "=" not in entry:
+            raise RecsysError(f"--context {entry!r}: expected KEY=VALUE")
+        key, value = entry.split("=", 1)
+        context[key] = value
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        try:
+            if args.item is not None:
+                response = stub.SimilarItems(pb.SimilarItemsRequest(item_id=args.item, num_results=args.num_results),
+                                             timeout=args.timeout)
+            else:
+                request = pb.RecommendRequest(user_id=args.user, num_results=args.num_results,
+                                              exclude_item_ids=args.exclude, context=context, explain=args.explain)
+                if args.engagement_weight is not None:
+                    request.weights.engagement = args.engagement_weight
+                    request.weights.quality = args.quality_weight
+                response = stub.Recommend(request, timeout=args.timeout)
+        except grpc.RpcError as e:
+            print(f"recsys recommend: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    if args.as_json:
+        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return 0
+    if args.item is not None:
+        print(f"items similar to {args.item} (model {response.model_version}):")
+        for rank, item in enumerate(response.items, 1):
+            print(f"{rank:>4}  {item.item_id:<20} {item.score:9.4f}")
+        return 0
+    print_recommendations(args.user, response, args.explain)
+    return 0
+
+
+def print_recommendations(user: str, response, explain: bool = False) -> None:
+    """A RecommendResponse as a table."""
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    print(f"user {user}: {len(response.items)} items from {pb.Source.Name(response.source)} "
+          f"(model {response.model_version})")
+    header = f"{'rank':>4}  {'item_id':<20} {'score':>9} {'engagement':>10} {'quality':>8}"
+    if explain:
+        header += f" {'retrieval':>9} {'r_rank':>6} {'e_rank':>6} {'q_rank':>6}"
+    print(header)
+    for rank, item in enumerate(response.items, 1):
+        line = f"{rank:>4}  {item.item_id:<20} {item.score:9.4f} {item.engagement:10.4f} {item.quality:8.4f}"
+        if explain:
+            x = item.explanation
+            line += f" {x.retrieval_score:9.4f} {x.retrieval_rank:>6} {x.engagement_rank:>6} {x.quality_rank:>6}"
+        print(line)
+
+
+def _start_local_redis(workdir: str):
+    """A throwaway redis-server on a free loopback port, or None when it is not installed."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, ""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    for _ in range(500):
+        try:
+            client.ping()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    return None, ""
+
+
+def run_serve_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from protos.recsys.v1 import recommender_pb2 as pb
+    from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+    from serving import CacheConfig, RecommendServer, ServerConfig
+
+    version_dir = resolve_version(args.artifacts, args.version)
+    with tempfile.TemporaryDirectory(prefix="recsys-redis-") as workdir:
+        redis_proc, redis_url = _start_local_redis(workdir)
+        print(f"cache: {'redis-server at ' + redis_url if redis_url else 'in-process LRU (redis-server not installed)'}")
+        server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, metrics_port=0),
+                                 CacheConfig(redis_url=redis_url)).start()
+        try:
+            target = f"127.0.0.1:{server.port}"
+            print(f"server: {target}, loading {version_dir.name} ...", flush=True)
+            model = server.load(version_dir)
+            with grpc.insecure_channel(target) as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                print(f"health: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
+                stub = pb_grpc.RecommenderStub(channel)
+                user = args.user or model.example_user()
+                k = args.num_results
+                calls = [
+                    (f"$ recsys recommend --user {user} -k {k} --explain   (first call: computed online)",
+                     pb.RecommendRequest(user_id=user, num_results=k, explain=True), True),
+                    ("same request again: answered from the cache",
+                     pb.RecommendRequest(user_id=user, num_results=k), False),
+                    ("quality-heavy weights: re-ranked from the same cache entry, no ranker run",
+                     pb.RecommendRequest(user_id=user, num_results=k, weights=pb.BlendWeights(engagement=0.1,
+                                                                                            quality=1.0)), False),
+                    ("an unknown user: popularity fallback",
+                     pb.RecommendRequest(user_id="no-such-user", num_results=k), False),
+                ]
+                for title, request, explain in calls:
+                    print(f"\n{title}")
+                    print_recommendations(request.user_id, stub.Recommend(request, timeout=30), explain)
+                first = stub.Recommend(pb.RecommendRequest(user_id=user, num_results=1), timeout=30).items[0].item_id
+                similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id=first, num_results=k), timeout=30)
+                print(f"\nitems similar to {first}: " + ", ".join(f"{i.item_id} ({i.score:.3f})" for i in similar.items))
+            m = server.metrics
+            print(f"\nmetrics: cache hit ratio {m.value('recsys_cache_hit_ratio'):.2f}, online computations "
+                  f"{m.value('recsys_online_computations_total'):.0f}, fallbacks {m.value('recsys_fallbacks_total'):.0f}")
+        finally:
+            server.stop(grace=1)
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait()
+    return 0

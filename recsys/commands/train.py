@@ -1,0 +1,192 @@
+"""`recsys train`: data → split → features → each stage's steps → one sealed, promoted version.
+
+A step is a function of a `TrainContext` that writes its artifacts into the version
+directory and adds its section to the manifest. `STEPS` lists them in order, each tagged
+with its stage; `--stages` picks stages. Adding a stage (ranking) is one more entry:
+
+    STEPS.append(Step("ranking", "train the ranker", train_ranking))
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import pathlib
+import shutil
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from features import Dataset, FeatureStore, Split, fit_feature_store
+from recsys import registry
+from recsys.commands._common import DataConfig, add_data_args, data_config_from_args, load_split
+from recsys.config import add_config_args, config_from_args, config_to_dict
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainContext:
+    """What every step sees. Steps add their manifest section and may leave objects in `state`."""
+
+    args: argparse.Namespace
+    data_config: DataConfig
+    dataset: Dataset
+    split: Split
+    features: FeatureStore
+    version_dir: pathlib.Path
+    manifest: dict[str, Any]
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    stage: str
+    title: str
+    run: Callable[[TrainContext], None]
+
+
+def train_retrieval(ctx: TrainContext) -> None:
+    """Trains the two-tower model, exports the user tower and items.npz, records metrics."""
+    from retrieval import RetrievalEvaluator, TwoTowerConfig, export_model, train_two_tower
+
+    overrides = {"epochs": ctx.args.epochs} if getattr(ctx.args, "epochs", 0) else {}
+    try:
+        config = config_from_args(TwoTowerConfig, ctx.args, prefix="retrieval_", **overrides)
+    except ValueError as e:
+        raise RecsysError(str(e).replace("--", "--retrieval-", 1)) from e
+    result = train_two_tower(ctx.features, ctx.split, config)
+    exported = export_model(result.model, ctx.features, ctx.version_dir)
+    # Test metrics here are informational (nothing is selected on them); `recsys evaluate`
+    # gives the full table through the FAISS index.
+    test = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test).evaluate(result.model)
+    ctx.manifest["retrieval"] = {
+        "config": config_to_dict(config),
+        "metrics": {"validation": result.validation, "test_exact": test,
+                    "definition": "binary gain over engaged held-out items, full catalogue, the user's earlier "
+                                  "items excluded; recall@k = hits/|relevant|"},
+        "training_seconds": round(result.training_seconds, 2),
+        "epochs_run": result.epochs_run,
+        **{k: v for k, v in result.summary().items() if k not in ("training_seconds", "epochs_run")},
+        "export": exported,
+    }
+    ctx.state["retrieval_model"] = result.model
+    log.info("two-tower: test (exact) %s", ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
+
+
+def build_index(ctx: TrainContext) -> None:
+    """Builds the FAISS index over this version's items.npz and records recall vs exact."""
+    from retrieval import INDEX_DIR, IndexConfig, ItemIndex, UserTower, load_items
+
+    try:
+        config = config_from_args(IndexConfig, ctx.args, prefix="index_")
+    except ValueError as e:
+        raise RecsysError(str(e).replace("--", "--index-", 1)) from e
+    item_ids, embeddings = load_items(ctx.version_dir)
+    # Recall is measured on the queries the index will really see: train users' embeddings.
+    users = np.asarray(sorted(ctx.split.train["user_id"].unique()), dtype=object)
+    queries = UserTower.load(ctx.version_dir).embed_ids(ctx.features, users)
+    index = _build(item_ids, embeddings, config, queries)
+    index.save(ctx.version_dir / INDEX_DIR)
+    ctx.manifest["index"] = {"config": config_to_dict(config), **index.info}
+
+
+def _build(item_ids, embeddings, config, queries):
+    from retrieval import ItemIndex
+    try:
+        return ItemIndex.build(item_ids, embeddings, config, queries)
+    except ValueError as e:
+        raise RecsysError(str(e).replace("--", "--index-")) from e
+
+
+STEPS: list[Step] = [
+    Step("retrieval", "train the two-tower model and export it", train_retrieval),
+    Step("retrieval", "build the FAISS index", build_index),
+]
+
+
+def _stages() -> list[str]:
+    return list(dict.fromkeys(s.stage for s in STEPS))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from retrieval import IndexConfig, TwoTowerConfig
+
+    p = sub.add_parser("train", help="train every stage, export, index, and promote one new version",
+                       description="Loads the data, splits it, fits the feature store on train, trains each stage "
+                                   "(two-tower retrieval + FAISS index, ...) into a new version directory "
+                                   "<artifacts>/<version>/, seals it with a checksummed manifest.json and points "
+                                   "CURRENT at it.")
+    add_data_args(p)
+    g = p.add_argument_group("run")
+    g.add_argument("--artifacts", default=str(registry.default_root()),
+                   help="artifacts root (default: $RECSYS_ARTIFACTS or ./artifacts)")
+    g.add_argument("--version", default="", help="version name (default: v<UTC time>-<random>)")
+    g.add_argument("--stages", nargs="+", default=_stages(), choices=_stages(), help="stages to train (default: all)")
+    g.add_argument("--promote", action=argparse.BooleanOptionalAction, default=True,
+                   help="point CURRENT at the new version when done")
+    g.add_argument("--epochs", type=int, default=0,
+                   help="override every stage's maximum epochs (0 = each stage's own default); for smoke runs")
+    add_config_args(p.add_argument_group("two-tower retrieval model"), TwoTowerConfig, prefix="retrieval_",
+                    help_text={"monitor": "validation metric that selects the epoch count",
+                               "refit": "retrain on all of train for the selected epochs",
+                               "logq": "sampling-bias (logQ) correction"})
+    add_config_args(p.add_argument_group("FAISS index"), IndexConfig, prefix="index_",
+                    help_text={"factory": "faiss.index_factory string: Flat, IVF1024,Flat, HNSW32, IVF1024,PQ16 ..."})
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    data_config = data_config_from_args(args)
+    dataset, split = load_split(data_config)
+    features = fit_feature_store(dataset, split.train)
+    version_dir = registry.start_version(args.artifacts, args.version or None)
+    log.info("training version %s", version_dir)
+    manifest: dict[str, Any] = {
+        "data": config_to_dict(data_config),
+        "dataset": dataset.describe(),
+        "split": split.stats(),
+        "stages": list(args.stages),
+    }
+    ctx = TrainContext(args, data_config, dataset, split, features, version_dir, manifest)
+    try:
+        features.save(version_dir / "features")
+        for step in STEPS:
+            if step.stage in args.stages:
+                log.info("[%s] %s", step.stage, step.title)
+                step.run(ctx)
+        manifest["sizes"] = {
+            "users": len(features.vocabularies["user_id"]) - 1, "items": len(features.catalogue),
+            "vocabularies": {k: len(v) for k, v in features.vocabularies.items()},
+            "bytes": sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file()),
+        }
+        manifest["train_seconds"] = round(time.perf_counter() - started, 1)
+        registry.finalize_version(version_dir, manifest)
+    except BaseException:
+        # An unfinished version has no manifest and can never be served; remove it so the
+        # same --version can be retried.
+        shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+    if args.promote:
+        registry.promote(args.artifacts, version_dir.name)
+    _print_summary(manifest, version_dir, args.promote)
+    return 0
+
+
+def _print_summary(manifest: dict, version_dir: pathlib.Path, promoted: bool) -> None:
+    print(f"version {version_dir.name} written to {version_dir}{' and promoted (CURRENT)' if promoted else ''} "
+          f"in {manifest['train_seconds']:.0f} s")
+    r = manifest.get("retrieval")
+    if r:
+        val = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"]["validation"].items())
+        test = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"]["test_exact"].items())
+        print(f"  two-tower: best epoch {r['best_epoch']} of {r['epochs_run']} (validation {val}); final model "
+              f"trained on {r['trained_on']} for {r['final_epochs']} epochs in {r['training_seconds']:.0f} s")
+        print(f"  two-tower test (exact search): {test}")
+    i = manifest.get("index")
+    if i:
+        print(f"  index {i['factory']}: {i['size']} items × {i['dim']}, recall@{i.get('recall_n')} vs exact "
+              f"{i.get('recall_at_n', float('nan')):.4f}")

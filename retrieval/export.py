@@ -1,0 +1,142 @@
+"""Exports the trained towers: the user tower as a SavedModel, the item embeddings as items.npz.
+
+Layout inside a version directory (DESIGN.md §5):
+  retrieval/user_tower/   SavedModel, signature "serving_default": the raw user feature dict
+                          of `FeatureStore.user_features` ([b] each) → {"embedding": [b, d]}
+  retrieval/items.npz     item_ids [I] str, embeddings [I, d] float32 (the whole catalogue)
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from features import FeatureStore
+from recsys.errors import ArtifactError, InvalidRequestError
+from recsys.tf_env import tf
+from retrieval.two_tower import Tower, TwoTowerModel, embed_in_batches
+
+USER_TOWER_DIR = "retrieval/user_tower"
+ITEMS_FILE = "retrieval/items.npz"
+
+
+def _signature_specs(features: FeatureStore) -> dict[str, tf.TensorSpec]:
+    """One [None] input per raw user feature: strings, float32 for numeric columns."""
+    numeric = set(features.spec.user_numeric)
+    keys = features.user_features([]).keys()
+    return {k: tf.TensorSpec([None], tf.float32 if k in numeric else tf.string, name=k) for k in keys}
+
+
+def export_user_tower(tower: Tower, features: FeatureStore, version_dir: str | os.PathLike) -> pathlib.Path:
+    """Saves `tower` with an explicit serving signature over every raw user feature.
+
+    The signature takes every key of `features.user_features(ids)` even when the tower
+    ignores some, so any caller can pass that dict unchanged.
+    """
+    path = pathlib.Path(version_dir) / USER_TOWER_DIR
+    specs = _signature_specs(features)
+
+    @tf.function(input_signature=[specs])
+    def serve(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {"embedding": tower({k: inputs[k] for k in tower.feature_names}, training=False)}
+
+    # A signature function's inputs are keyword arguments; wrap so callers pass them by name.
+    @tf.function(input_signature=list(specs.values()))
+    def serving_default(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+        return serve(dict(zip(specs, args)))
+
+    module = tf.Module()
+    module.tower = tower
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serving_default})
+    return path
+
+
+def export_items(item_tower: Tower, features: FeatureStore, version_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Embeds the whole catalogue and writes items.npz; returns (item_ids [I], embeddings [I, d])."""
+    item_ids = np.asarray(features.catalogue).astype(str)
+    embeddings = embed_in_batches(item_tower, features.item_features(item_ids))
+    path = pathlib.Path(version_dir) / ITEMS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, item_ids=item_ids, embeddings=embeddings)
+    return item_ids, embeddings
+
+
+def load_items(version_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reads items.npz: (item_ids [I] str, embeddings [I, d] float32)."""
+    path = pathlib.Path(version_dir) / ITEMS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            item_ids, embeddings = z["item_ids"].astype(str), z["embeddings"].astype(np.float32)
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{path} not found: was the retrieval stage of this version trained?") from e
+    except (OSError, ValueError, KeyError) as e:
+        raise ArtifactError(f"{path} is unreadable ({e}); retrain this version") from e
+    if embeddings.ndim != 2 or len(item_ids) != len(embeddings):
+        raise ArtifactError(f"{path}: {len(item_ids)} ids for embeddings of shape {embeddings.shape}")
+    return item_ids, embeddings
+
+
+def export_model(model: TwoTowerModel, features: FeatureStore, version_dir: str | os.PathLike) -> dict:
+    """Writes both exports; returns their sizes for the manifest."""
+    export_user_tower(model.user_tower, features, version_dir)
+    item_ids, embeddings = export_items(model.item_tower, features, version_dir)
+    return {"items": int(len(item_ids)), "dim": int(embeddings.shape[1]),
+            "user_tower_inputs": sorted(_signature_specs(features))}
+
+
+class UserTower:
+    """The exported user tower: raw user features in, [b, d] embeddings out."""
+
+    def __init__(self, loaded, path: pathlib.Path) -> None:
+        self._fn = loaded.signatures["serving_default"]
+        self.path = path
+        self.input_specs: dict[str, tf.TensorSpec] = dict(self._fn.structured_input_signature[1])
+        self.dim = int(self._fn.structured_outputs["embedding"].shape[-1])
+
+    @classmethod
+    def load(cls, version_dir: str | os.PathLike) -> "UserTower":
+        """Loads `<version_dir>/retrieval/user_tower`; ArtifactError if missing or unreadable."""
+        path = pathlib.Path(version_dir) / USER_TOWER_DIR
+        if not (path / "saved_model.pb").is_file():
+            raise ArtifactError(f"user tower SavedModel not found at {path}: was the retrieval stage trained?")
+        try:
+            loaded = tf.saved_model.load(str(path))
+        except Exception as e:  # TF raises many kinds (OSError, DataLossError, ValueError...) for bad files
+            raise ArtifactError(f"cannot load the user tower SavedModel at {path}: "
+                                f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ''}") from e
+        if "serving_default" not in loaded.signatures:
+            raise ArtifactError(f"{path} has no 'serving_default' signature; re-export it")
+        return cls(loaded, path)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self.input_specs)
+
+    def embed(self, user_features: dict[str, np.ndarray]) -> np.ndarray:
+        """[b, d] float32 embeddings for the raw features of b users (`FeatureStore.user_features`)."""
+        missing = [k for k in self.input_specs if k not in user_features]
+        if missing:
+            raise InvalidRequestError(f"user features missing {missing}; the user tower takes {list(self.input_specs)}")
+        sizes = {k: len(user_features[k]) for k in self.input_specs}
+        if len(set(sizes.values())) > 1:
+            raise InvalidRequestError(f"user features must all have the same length, got {sizes}")
+        args = {}
+        for k, spec in self.input_specs.items():
+            v = np.asarray(user_features[k])
+            if spec.dtype == tf.string:
+                args[k] = tf.constant(v.astype(str), dtype=tf.string)
+            else:
+                try:
+                    args[k] = tf.constant(v.astype(np.float32))
+                except ValueError as e:
+                    raise InvalidRequestError(f"user feature {k!r} must be numeric: {e}") from e
+        if not sizes or next(iter(sizes.values())) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._fn(**args)["embedding"].numpy()
+
+    def embed_ids(self, features: FeatureStore, user_ids: Sequence[str]) -> np.ndarray:
+        """[b, d] embeddings for raw user ids (unknown ids use the OOV bucket and default features)."""
+        return self.embed(features.user_features(list(user_ids)))

@@ -1,0 +1,209 @@
+"""Trains the two-tower model: epochs chosen on the validation carve, then (by default) a refit on train.
+
+Protocol: train on `split.fit` and score `split.validation` after every epoch (full
+catalogue, the user's fit items excluded); stop after `patience` epochs without
+improvement of `config.monitor`. With `config.refit` a fresh model is then trained on all
+of `split.train` for the best epoch count (the validation rows are each user's most recent
+train history, which matters most for a temporal test); otherwise the best epoch's weights
+are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from features import FeatureStore, Split
+from recsys.tf_env import keras, set_seed, tf
+from retrieval.two_tower import TwoTowerConfig, TwoTowerModel, embed_in_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """A trained model and how it was chosen.
+
+    Attributes:
+      model: the final model (refit on train, or the best epoch on fit).
+      history: one dict per selection epoch: loss, val_recall_at_100, val_ndcg_at_10.
+      best_epoch: 1-based epoch with the best validation `config.monitor` (0 if no validation).
+      epochs_run: epochs of the selection run; final_epochs: epochs of the final model.
+      validation: the validation metrics at best_epoch.
+      trained_on: "train" (refit) or "fit" (best selection weights kept).
+    """
+
+    model: TwoTowerModel
+    config: TwoTowerConfig
+    history: list[dict]
+    best_epoch: int
+    epochs_run: int
+    final_epochs: int
+    validation: dict
+    trained_on: str
+    training_seconds: float
+
+    def summary(self) -> dict:
+        """The manifest's view of the run."""
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "final_epochs": self.final_epochs,
+                "trained_on": self.trained_on, "validation": self.validation, "history": self.history,
+                "training_seconds": round(self.training_seconds, 2)}
+
+
+def engaged_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """The positives the retrieval model learns from: engaged rows only."""
+    return df.loc[df["engaged"] == 1, ["user_id", "item_id"]]
+
+
+def make_dataset(features: FeatureStore, pairs: pd.DataFrame, config: TwoTowerConfig,
+                 counts_from: pd.DataFrame | None = None) -> tf.data.Dataset:
+    """A shuffled, batched tf.data pipeline of {"user", "item", "log_q"} dicts.
+
+    log_q is log(count(item) / total) over `counts_from` (default `pairs`): the probability
+    that the item is a batch's candidate, for logQ correction.
+    """
+    if len(pairs) == 0:
+        raise ValueError("no engaged interactions to train the two-tower model on")
+    source = pairs if counts_from is None else counts_from
+    counts = source["item_id"].value_counts()
+    q = pairs["item_id"].map(counts).fillna(1).to_numpy(dtype=np.float64) / max(1, int(counts.sum()))
+    users = {k: _tf_values(v) for k, v in features.user_features(pairs["user_id"].to_numpy()).items()}
+    items = {k: _tf_values(v) for k, v in features.item_features(pairs["item_id"].to_numpy()).items()}
+    ds = tf.data.Dataset.from_tensor_slices({"user": users, "item": items, "log_q": np.log(q).astype(np.float32)})
+    return (ds.shuffle(len(pairs), seed=config.seed, reshuffle_each_iteration=True)
+            .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def _tf_values(v: np.ndarray) -> np.ndarray:
+    return v.astype(str) if v.dtype == object else v.astype(np.float32)
+
+
+def top_k_scores(scores: np.ndarray, k: int) -> np.ndarray:
+    """[b, k] column indices of the k largest scores per row, best first (ties: lower column)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part.sort(axis=1)  # lower column first, so the stable sort below breaks ties by column
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def recall_ndcg(top: np.ndarray, relevant: Sequence[set[int]], k_recall: int = 100, k_ndcg: int = 10) -> dict:
+    """Binary-gain metrics over users with >= 1 relevant item.
+
+    recall@k = |top-k ∩ relevant| / |relevant|; NDCG@k = Σ_{i≤k} rel_i / log2(i+1) divided by
+    the ideal DCG over min(k, |relevant|) hits. Means over users.
+    """
+    discounts = 1.0 / np.log2(np.arange(2, k_ndcg + 2))
+    recalls, ndcgs = [], []
+    for row, rel in zip(top, relevant):
+        if not rel:
+            continue
+        hits = np.fromiter((c in rel for c in row[:max(k_recall, k_ndcg)]), dtype=bool)
+        recalls.append(hits[:k_recall].sum() / len(rel))
+        dcg = (hits[:k_ndcg] * discounts[:len(hits[:k_ndcg])]).sum()
+        ndcgs.append(dcg / discounts[:min(k_ndcg, len(rel))].sum())
+    return {f"recall_at_{k_recall}": float(np.mean(recalls)) if recalls else 0.0,
+            f"ndcg_at_{k_ndcg}": float(np.mean(ndcgs)) if ndcgs else 0.0}
+
+
+class RetrievalEvaluator:
+    """Scores a model on held-out pairs: full catalogue, each user's `seen` items excluded."""
+
+    def __init__(self, features: FeatureStore, seen: pd.DataFrame, heldout: pd.DataFrame) -> None:
+        self.features = features
+        self.catalogue = np.asarray(features.catalogue, dtype=object)
+        col = pd.Index(self.catalogue)
+        heldout = engaged_pairs(heldout)
+        self.user_ids = np.asarray(sorted(heldout["user_id"].unique()), dtype=object)
+        row = pd.Index(self.user_ids)
+        seen = engaged_pairs(seen)
+        seen = seen.loc[seen["user_id"].isin(row)]
+        r, c = row.get_indexer(seen["user_id"]), col.get_indexer(seen["item_id"])
+        self.exclude = (r[c >= 0], c[c >= 0])
+        rel = [set() for _ in self.user_ids]
+        for u, i in zip(row.get_indexer(heldout["user_id"]), col.get_indexer(heldout["item_id"])):
+            if i >= 0:
+                rel[u].add(int(i))
+        self.relevant = rel
+        self.user_features = features.user_features(self.user_ids)
+        self.item_features = features.item_features(self.catalogue)
+
+    def evaluate(self, model: TwoTowerModel) -> dict:
+        items = embed_in_batches(model.item_tower, self.item_features)
+        users = embed_in_batches(model.user_tower, self.user_features)
+        scores = users @ items.T
+        scores[self.exclude] = -np.inf
+        return recall_ndcg(top_k_scores(scores, 100), self.relevant)
+
+
+class _SelectEpochs(keras.callbacks.Callback):
+    """Validation metrics each epoch into the Keras logs; early stopping keeping the best weights."""
+
+    def __init__(self, evaluator: RetrievalEvaluator, monitor: str, patience: int) -> None:
+        super().__init__()
+        self.evaluator, self.monitor, self.patience = evaluator, monitor, patience
+        self.history: list[dict] = []
+        self.best, self.best_epoch, self.best_weights, self.best_metrics = -np.inf, 0, None, {}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = self.evaluator.evaluate(self.model)
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in metrics.items()})
+        self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)),
+                             **{f"val_{k}": round(v, 6) for k, v in metrics.items()}})
+        log.info("epoch %d: validation %s", epoch + 1, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if metrics[self.monitor] > self.best:
+            self.best, self.best_epoch, self.best_metrics = metrics[self.monitor], epoch + 1, metrics
+            self.best_weights = self.model.get_weights()
+        elif epoch + 1 - self.best_epoch >= max(1, self.patience):
+            log.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)", self.monitor,
+                     epoch + 1 - self.best_epoch, self.best, self.best_epoch)
+            self.model.stop_training = True
+
+
+def build_model(features: FeatureStore, config: TwoTowerConfig) -> TwoTowerModel:
+    """A compiled, seeded, untrained model."""
+    set_seed(config.seed)
+    model = TwoTowerModel(features, config)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate))
+    return model
+
+
+def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig = TwoTowerConfig()) -> TrainResult:
+    """Selects the epoch count on split.fit → split.validation, then builds the final model.
+
+    With no validation rows, trains on split.train for config.epochs with no selection.
+    """
+    started = time.perf_counter()
+    verbose = 1 if config.progress else 0
+    history: list[dict] = []
+    best_epoch, epochs_run, validation = 0, 0, {}
+    have_validation = len(engaged_pairs(split.validation)) > 0
+    model = None
+    if have_validation:
+        fit = engaged_pairs(split.fit)
+        model = build_model(features, config)
+        select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation), config.monitor,
+                               config.patience)
+        log.info("two-tower: selecting epochs on %d fit pairs, validating on %d users", len(fit),
+                 len(select.evaluator.user_ids))
+        model.fit(make_dataset(features, fit, config), epochs=config.epochs, callbacks=[select], verbose=verbose)
+        history, best_epoch, epochs_run, validation = (select.history, select.best_epoch, len(select.history),
+                                                       select.best_metrics)
+        if select.best_weights is not None:
+            model.set_weights(select.best_weights)
+    if have_validation and not config.refit:
+        final_epochs, trained_on = best_epoch, "fit"
+    else:
+        final_epochs = best_epoch if have_validation else config.epochs
+        trained_on = "train"
+        train = engaged_pairs(split.train)
+        log.info("two-tower: training the final model on %d train pairs for %d epochs", len(train), final_epochs)
+        model = build_model(features, config)
+        model.fit(make_dataset(features, train, config), epochs=final_epochs, verbose=verbose)
+    return TrainResult(model, config, history, best_epoch, epochs_run, final_epochs, validation, trained_on,
+                       time.perf_counter() - started)

@@ -1,0 +1,309 @@
+"""Candidate-set cache: Redis (shared, precomputed by Beam) or an in-process LRU, with single-flight.
+
+Key layout — the contract with the Beam precompute job (beam_jobs/), which must write
+exactly these keys and values:
+
+  recsys:{model_version}:pre:{user_id}     written by the batch job; answers are PRECOMPUTED
+  recsys:{model_version}:cache:{user_id}   written by the server after an online computation,
+                                           with a TTL (CacheConfig.ttl_s); answers are CACHE
+
+The value of both is `CandidateSet.to_bytes()` (serving/candidates.py): the user's
+candidates with the retrieval score and BOTH ranker heads, so requests with any blend
+weights are served from one entry. Keys are namespaced by model version, so a new version
+never reads an old version's scores; a value whose embedded model_version differs from
+its key's is treated as corrupt. One lookup is one MGET of both keys; a precomputed entry
+wins when both exist (they hold the same scores for the same version).
+
+Redis trouble is never an RPC failure: every redis.RedisError is caught, counted in
+`recsys_redis_faults_total` and the request goes on to the online path. After a
+connection error or timeout Redis is skipped for `circuit_open_s` (counted as
+`circuit_open`), so an outage costs one timeout per interval rather than one per request.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable, Protocol, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from serving.candidates import CandidateSet, CorruptEntryError
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CACHE = "cache"
+PRECOMPUTED = "precomputed"
+ONLINE = "online"
+
+
+def cache_key(model_version: str, user_id: str) -> str:
+    """The key the server writes after computing a user's candidates online."""
+    return f"recsys:{model_version}:cache:{user_id}"
+
+
+def precomputed_key(model_version: str, user_id: str) -> str:
+    """The key the Beam batch job writes a user's precomputed candidates under."""
+    return f"recsys:{model_version}:pre:{user_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+    """Where candidate sets are cached and how hard to try reaching Redis."""
+
+    redis_url: str = ""              # e.g. redis://localhost:6379/0; "" = in-process LRU
+    ttl_s: int = 3600                # lifetime of online-computed entries (precomputed ones: the job's)
+    local_max_entries: int = 100_000  # in-process LRU size when no Redis is configured
+    socket_timeout_s: float = 0.05   # per Redis command; a slower Redis counts as a fault
+    connect_timeout_s: float = 0.05
+    retries: int = 1                 # retries after a connection error/timeout, exponential backoff
+    retry_backoff_s: float = 0.002   # first backoff; doubles, capped at 4x
+    circuit_open_s: float = 1.0      # skip Redis this long after a connection error or timeout
+    max_connections: int = 64        # connection pool size (>= server worker threads)
+
+    def __post_init__(self) -> None:
+        if self.ttl_s < 1:
+            raise ValueError(f"--ttl-s must be >= 1 second, got {self.ttl_s}")
+        if self.local_max_entries < 1:
+            raise ValueError(f"--local-max-entries must be >= 1, got {self.local_max_entries}")
+        for name in ("socket_timeout_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.retries < 0 or self.max_connections < 1 or self.circuit_open_s < 0:
+            raise ValueError("--retries and --circuit-open-s must be >= 0 and --max-connections >= 1")
+
+
+class CandidateStore(Protocol):
+    """Where candidate sets live between requests."""
+
+    def get(self, model_version: str, user_id: str) -> tuple[CandidateSet, str] | None:
+        """(candidates, CACHE or PRECOMPUTED), or None on a miss or any store fault."""
+
+    def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
+        """Stores an online-computed entry; faults are counted, never raised."""
+
+    def close(self) -> None: ...
+
+
+class LocalCandidateStore:
+    """Thread-safe in-process LRU with a TTL, used when no Redis is configured.
+
+    Holds decoded CandidateSets (no serialization: nothing leaves the process).
+    """
+
+    def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[float, CandidateSet]] = collections.OrderedDict()
+
+    def get(self, model_version: str, user_id: str) -> tuple[CandidateSet, str] | None:
+        key = (model_version, user_id)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1], CACHE
+
+    def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
+        key = (model_version, user_id)
+        with self._lock:
+            self._entries[key] = (self._clock() + self._ttl, candidates)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def close(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def redis_client(config: CacheConfig) -> redis.Redis:
+    """A redis-py client with explicit timeouts, bounded retries and a blocking pool.
+
+    redis-py's default retry policy backs off for up to seconds; a cache must give up in
+    milliseconds and let the request compute instead, hence the explicit Retry.
+    """
+    retry = Retry(ExponentialBackoff(cap=4 * config.retry_backoff_s, base=config.retry_backoff_s),
+                  config.retries, supported_errors=(redis.ConnectionError, redis.TimeoutError, TimeoutError))
+    try:
+        pool = redis.BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=config.max_connections, timeout=config.socket_timeout_s,
+            socket_timeout=config.socket_timeout_s, socket_connect_timeout=config.connect_timeout_s,
+            retry=retry, protocol=2)
+    except ValueError as e:
+        raise ValueError(f"--redis-url {config.redis_url!r}: {e}") from e
+    return redis.Redis(connection_pool=pool)
+
+
+class RedisCandidateStore:
+    """Candidate sets in Redis under the key layout in this module's docstring."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int, metrics: ServingMetrics, circuit_open_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self._ttl = ttl_s
+        self._metrics = metrics
+        self._circuit_open_s = circuit_open_s
+        self._clock = clock
+        self._closed_until = 0.0  # Redis is skipped while clock() < this
+
+    @classmethod
+    def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> "RedisCandidateStore":
+        return cls(redis_client(config), config.ttl_s, metrics, config.circuit_open_s)
+
+    def _skip(self, op: str) -> bool:
+        if self._closed_until and self._clock() < self._closed_until:
+            self._metrics.redis_fault(op, "circuit_open")
+            return True
+        return False
+
+    def _fault(self, op: str, e: redis.RedisError) -> None:
+        kind = "timeout" if isinstance(e, redis.TimeoutError) else "error"
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+            if not self._closed_until or self._clock() >= self._closed_until:
+                log.warning("redis %s failed (%s: %s); serving online, skipping Redis for %.1fs", op,
+                            type(e).__name__, e, self._circuit_open_s, extra={"event": "redis_fault", "op": op})
+            self._closed_until = self._clock() + self._circuit_open_s
+        else:
+            log.warning("redis %s failed: %s: %s", op, type(e).__name__, e, extra={"event": "redis_fault", "op": op})
+        self._metrics.redis_fault(op, kind)
+
+    def get(self, model_version: str, user_id: str) -> tuple[CandidateSet, str] | None:
+        if self._skip("get"):
+            return None
+        try:
+            pre, cached = self.client.mget((precomputed_key(model_version, user_id), cache_key(model_version, user_id)))
+        except redis.RedisError as e:
+            self._fault("get", e)
+            return None
+        self._closed_until = 0.0
+        for raw, source in ((pre, PRECOMPUTED), (cached, CACHE)):
+            if raw is None:
+                continue
+            try:
+                candidates = CandidateSet.from_bytes(raw)
+            except CorruptEntryError as e:
+                log.warning("corrupt cache entry for user %r (%s); recomputing", user_id, e,
+                            extra={"event": "corrupt_entry"})
+                self._metrics.redis_fault("get", "corrupt")
+                continue
+            if candidates.model_version != model_version:
+                self._metrics.redis_fault("get", "corrupt")
+                continue
+            return candidates, source
+        return None
+
+    def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
+        if self._skip("set"):
+            return
+        try:
+            self.client.set(cache_key(model_version, user_id), candidates.to_bytes(), ex=self._ttl)
+        except redis.RedisError as e:
+            self._fault("set", e)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SingleFlight:
+    """Runs one computation per key at a time; concurrent callers of the same key share it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[object, concurrent.futures.Future] = {}
+
+    def do(self, key: object, fn: Callable[[], T], timeout: float | None = None,
+           after: Callable[[T], None] | None = None) -> tuple[T, bool]:
+        """(fn(), False) for the caller that runs it; (its result, True) for those who waited.
+
+        `after(result)` runs in the leader once waiters have been released but before the
+        key is free again (used to write the cache, so no new caller recomputes meanwhile).
+        Waiters raise concurrent.futures.TimeoutError after `timeout` seconds, and the
+        leader's exception if it failed.
+        """
+        with self._lock:
+            future = self._calls.get(key)
+            leader = future is None
+            if leader:
+                future = self._calls[key] = concurrent.futures.Future()
+        if not leader:
+            return future.result(timeout), True
+        try:
+            try:
+                result = fn()
+            except BaseException as e:
+                future.set_exception(e)
+                raise
+            future.set_result(result)
+            if after is not None:
+                after(result)
+            return result, False
+        finally:
+            with self._lock:
+                del self._calls[key]
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._calls)
+
+
+class CandidateCache:
+    """Lookup → on a miss, compute once (single-flight) → store; answers carry their source."""
+
+    def __init__(self, store: CandidateStore, metrics: ServingMetrics) -> None:
+        self.store = store
+        self._metrics = metrics
+        self._flight = SingleFlight()
+
+    @classmethod
+    def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> "CandidateCache":
+        store: CandidateStore
+        if config.redis_url:
+            store = RedisCandidateStore.from_config(config, metrics)
+        else:
+            store = LocalCandidateStore(config.local_max_entries, config.ttl_s)
+        return cls(store, metrics)
+
+    def get_or_compute(self, model_version: str, user_id: str, compute: Callable[[], CandidateSet],
+                       timeout: float | None = None) -> tuple[CandidateSet, str]:
+        """(candidates, CACHE | PRECOMPUTED | ONLINE).
+
+        Raises concurrent.futures.TimeoutError if another request's computation of the
+        same user does not finish within `timeout` seconds.
+        """
+        hit = self.store.get(model_version, user_id)
+        if hit is not None:
+            self._metrics.cache_lookup("hit" if hit[1] == CACHE else "precomputed")
+            return hit
+        self._metrics.cache_lookup("miss")
+
+        def computed() -> CandidateSet:
+            self._metrics.online_computations.inc()
+            return compute()
+
+        candidates, shared = self._flight.do(
+            (model_version, user_id), computed, timeout,
+            after=lambda c: self.store.put(model_version, user_id, c))
+        if shared:
+            self._metrics.singleflight_shared.inc()
+        return candidates, ONLINE
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,351 @@
+"""The gRPC Recommender server: servicer, health, reflection, metrics and graceful shutdown.
+
+Server model: the synchronous gRPC server with a thread pool (`workers` threads) and
+`max_concurrent_rpcs`, above which gRPC answers RESOURCE_EXHAUSTED instead of queueing.
+Chosen by measurement (bench/serving.py, bench/RESULTS.md): the work is TensorFlow and
+FAISS calls that release the GIL plus blocking Redis I/O, which threads overlap well;
+`grpc.aio` was slower per RPC on the same stack.
+
+Per Recommend: validate → unknown user? popularity FALLBACK → cache (Redis or in-process)
+→ on a miss compute once per user (single-flight): user tower → FAISS top-N without the
+user's train items → ranker (both heads) → store → blend with the request's weights →
+drop excluded items → top-k.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.recsys.v1 import recommender_pb2 as pb
+from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from ranking.blender import BlendWeights, rank_by_blend
+from recsys.errors import (ArtifactError, InvalidRequestError, ModelNotReadyError, RecsysError,
+                           UnknownItemError)
+from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
+from serving.candidates import CandidateSet
+from serving.metrics import ServingMetrics
+from serving.validation import RecommendQuery, RequestLimits, validate_recommend, validate_similar
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("serving.access")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+FALLBACK = "fallback"
+_SOURCE_ENUM = {CACHE: pb.CACHE, PRECOMPUTED: pb.PRECOMPUTED, ONLINE: pb.ONLINE, FALLBACK: pb.FALLBACK}
+
+
+class DeadlineExceededError(RecsysError):
+    """The request's deadline passed before its answer was ready."""
+
+
+_STATUS = {
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownItemError: grpc.StatusCode.NOT_FOUND,
+    ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """How the server listens and answers; cache and request limits have their own configs."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051                  # 0 = any free port (printed at start)
+    workers: int = 8                   # handler threads
+    max_concurrent_rpcs: int = 64      # above this, RESOURCE_EXHAUSTED instead of queueing
+    metrics_port: int = 9464           # Prometheus /metrics; 0 = off
+    grace_s: float = 5.0               # in-flight RPCs get this long to finish on SIGTERM
+    engagement_weight: float = -1.0    # default blend weight; < 0 = the version's configured default
+    quality_weight: float = -1.0       # default blend weight; < 0 = the version's configured default
+    min_deadline_s: float = 0.0        # refuse to start an online computation with less time left
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--port/--metrics-port must be in [0, 65535], got {self.port}/{self.metrics_port}")
+        if self.workers < 1 or self.max_concurrent_rpcs < 1:
+            raise ValueError(f"--workers and --max-concurrent-rpcs must be >= 1, got {self.workers}, "
+                             f"{self.max_concurrent_rpcs}")
+        if self.grace_s < 0:
+            raise ValueError(f"--grace-s must be >= 0, got {self.grace_s}")
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    """Recommend and SimilarItems over a loaded RecommendPipeline and a CandidateCache.
+
+    The model is swapped atomically (`set_model`): a request holds the reference it
+    started with, so swapping versions drops no request, and cache keys carry the version.
+    """
+
+    def __init__(self, cache: CandidateCache, metrics: ServingMetrics, config: ServerConfig = ServerConfig(),
+                 limits: RequestLimits = RequestLimits()) -> None:
+        self.cache = cache
+        self.metrics = metrics
+        self.config = config
+        self.limits = limits
+        self._model: Any = None
+        self._default_weights: BlendWeights | None = None
+
+    # -- model lifecycle ----------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        model = self._model
+        if model is None:
+            raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
+        return model
+
+    def set_model(self, model: Any) -> None:
+        """Serves `model` (a RecommendPipeline) from the next request on."""
+        weights = model.default_weights
+        e, q = self.config.engagement_weight, self.config.quality_weight
+        if e >= 0 or q >= 0:
+            weights = weights.with_weights(e if e >= 0 else weights.engagement, q if q >= 0 else weights.quality)
+        self._default_weights = weights
+        self._model = model
+        self.metrics.set_model_version(model.model_version)
+        log.info("serving model version %s", model.model_version,
+                 extra={"event": "model_loaded", "model_version": model.model_version})
+
+    # -- RPCs ---------------------------------------------------------------------------
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        return self._handle("Recommend", self._recommend, request, context)
+
+    def SimilarItems(self, request: pb.SimilarItemsRequest,
+                     context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
+        return self._handle("SimilarItems", self._similar_items, request, context)
+
+    def _handle(self, method: str, fn: Callable, request, context: grpc.ServicerContext):
+        start = time.perf_counter()
+        source, code = "error", grpc.StatusCode.OK
+        try:
+            response, source = fn(request, context)
+            return response
+        except RecsysError as e:
+            code = _STATUS.get(type(e), grpc.StatusCode.INTERNAL)
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("%s failed: %s", method, e, extra={"event": "rpc_error", "method": method})
+            context.abort(code, str(e))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s raised an unexpected error", method, extra={"event": "rpc_error", "method": method})
+            context.abort(code, f"internal error in {method}; see the server log")
+        finally:
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(method, source, code.name, seconds)
+            if access_log.isEnabledFor(logging.DEBUG):
+                access_log.debug("%s %s", method, code.name, extra={
+                    "event": "rpc", "method": method, "code": code.name, "source": source,
+                    "latency_ms": round(seconds * 1e3, 3), "peer": context.peer()})
+
+    def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext):
+        query = validate_recommend(request, self.limits)
+        response, source = self.answer(query, _time_left(context))
+        if not context.is_active():
+            raise DeadlineExceededError("the request was cancelled or its deadline passed")
+        return response, source
+
+    def answer(self, query: RecommendQuery, time_left: float | None = None) -> tuple[pb.RecommendResponse, str]:
+        """The whole Recommend computation for a validated query, without gRPC.
+
+        Args:
+          query: a validated request (serving.validation.validate_recommend).
+          time_left: seconds until the caller's deadline; None = no deadline.
+
+        Returns:
+          (response, source) with source one of cache, precomputed, online, fallback.
+        """
+        model = self.model
+        weights = self._default_weights if query.weights is None else self._default_weights.with_weights(*query.weights)
+        if not model.is_known_user(query.user_id):
+            self.metrics.fallbacks.inc()
+            return self._fallback(model, query), FALLBACK
+        if time_left is not None and time_left <= self.config.min_deadline_s:
+            raise DeadlineExceededError("the deadline passed before the request could be served")
+        try:
+            candidates, source = self.cache.get_or_compute(
+                model.model_version, query.user_id, lambda: model.candidates([query.user_id])[0], timeout=time_left)
+        except concurrent.futures.TimeoutError as e:
+            raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
+        return _blended_response(candidates, weights, query, _SOURCE_ENUM[source]), source
+
+    def _fallback(self, model: Any, query: RecommendQuery) -> pb.RecommendResponse:
+        item_ids, scores = model.popular_items(query.num_results, query.exclude)
+        response = pb.RecommendResponse(model_version=model.model_version, source=pb.FALLBACK)
+        for rank, (item, score) in enumerate(zip(item_ids, scores), 1):
+            item_pb = response.items.add(item_id=str(item), score=float(score))
+            if query.explain:
+                item_pb.explanation.blend_rank = rank
+        return response
+
+    def _similar_items(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
+        item_id, k = validate_similar(request, self.limits)
+        model = self.model
+        ids, scores = model.index.similar_items(item_id, k)
+        response = pb.SimilarItemsResponse(model_version=model.model_version)
+        response.items.extend(pb.SimilarItem(item_id=str(i), score=float(s)) for i, s in zip(ids, scores) if i != "")
+        return response, "index"
+
+
+def _time_left(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    # gRPC reports a huge number (not None) when the client set no deadline.
+    return None if remaining is None or remaining > 1e6 else remaining
+
+
+def _ranks(order: np.ndarray) -> np.ndarray:
+    """[n] 1-based rank of each position given `order` (positions best first)."""
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def _blended_response(candidates: CandidateSet, weights: BlendWeights, query: RecommendQuery,
+                      source: int) -> pb.RecommendResponse:
+    """Blends the cached heads with `weights`, drops excluded items and keeps the top k."""
+    order, scores = rank_by_blend(candidates.engagement, candidates.quality, weights)
+    ids = candidates.item_ids
+    if query.exclude:
+        order = order[[ids[j] not in query.exclude for j in order]] if len(order) else order
+    top = order[:query.num_results].tolist()
+    e, q = candidates.engagement, candidates.quality
+    items = [pb.RecommendedItem(item_id=ids[j], score=float(scores[j]), engagement=float(e[j]), quality=float(q[j]))
+             for j in top]
+    if query.explain and top:
+        blend_rank = _ranks(np.argsort(-scores, kind="stable"))
+        e_rank = _ranks(np.argsort(-e, kind="stable"))
+        q_rank = _ranks(np.argsort(-q, kind="stable"))
+        # Candidates are stored in retrieval order; ties keep that order.
+        r_rank = _ranks(np.argsort(-candidates.retrieval_scores, kind="stable"))
+        for item, j in zip(items, top):
+            item.explanation.CopyFrom(pb.Explanation(
+                retrieval_score=float(candidates.retrieval_scores[j]), retrieval_rank=int(r_rank[j]),
+                engagement_rank=int(e_rank[j]), quality_rank=int(q_rank[j]), blend_rank=int(blend_rank[j])))
+    return pb.RecommendResponse(items=items, model_version=candidates.model_version, source=source)
+
+
+class RecommendServer:
+    """A started gRPC server with its servicer, health, reflection and metrics endpoint."""
+
+    def __init__(self, config: ServerConfig = ServerConfig(), cache_config: CacheConfig = CacheConfig(),
+                 limits: RequestLimits = RequestLimits(), metrics: ServingMetrics | None = None,
+                 extra_handlers: tuple[grpc.GenericRpcHandler, ...] = ()) -> None:
+        self.config = config
+        self.metrics = metrics or ServingMetrics()
+        self.cache = CandidateCache.from_config(cache_config, self.metrics)
+        self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits)
+        self.health = health.HealthServicer()
+        self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
+        self.server = grpc.server(self._executor, handlers=extra_handlers,
+                                  maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+        pb_grpc.add_RecommenderServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port} (in use?)")
+        self._metrics_http = None
+        self._stopped = threading.Event()
+
+    def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def start(self) -> "RecommendServer":
+        self.server.start()
+        if self.config.metrics_port:
+            self._metrics_http = self.metrics.serve_http(self.config.metrics_port, self.config.host)
+        log.info("listening on %s:%d", self.config.host, self.port,
+                 extra={"event": "listening", "port": self.port, "metrics_port": self.config.metrics_port})
+        return self
+
+    def set_model(self, model: Any) -> None:
+        """Serves `model` and reports SERVING."""
+        self.servicer.set_model(model)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def load(self, version_dir: str | os.PathLike, verify: bool = True) -> Any:
+        """Loads a version directory (checksums verified first) and serves it."""
+        from serving.pipeline import RecommendPipeline  # TensorFlow loads here, not at import
+
+        start = time.monotonic()
+        model = RecommendPipeline.from_version_dir(pathlib.Path(version_dir), verify=verify)
+        log.info("loaded %s in %.1fs", version_dir, time.monotonic() - start, extra={"event": "model_load"})
+        self.set_model(model)
+        return model
+
+    def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING, lets in-flight RPCs finish for `grace` seconds, then closes."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.grace_s if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        log.info("shutting down (grace %.1fs)", grace, extra={"event": "shutdown"})
+        self.server.stop(grace).wait()
+        self._executor.shutdown(wait=False)
+        if self._metrics_http is not None:
+            self._metrics_http[0].shutdown()
+        self.cache.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: ServerConfig = ServerConfig(),
+          cache_config: CacheConfig = CacheConfig(), limits: RequestLimits = RequestLimits(),
+          verify: bool = True, on_ready: Callable[[RecommendServer], None] | None = None) -> int:
+    """Runs the server until SIGTERM/SIGINT; returns 0 after a graceful stop.
+
+    The port opens at once with health NOT_SERVING; the model loads in the background
+    and health turns SERVING when it is ready. `version_dir` may be a callable that
+    resolves the directory (re-resolved on SIGHUP, which swaps to the new version
+    without dropping requests).
+    """
+    resolve = version_dir if callable(version_dir) else (lambda: pathlib.Path(version_dir))
+    server = RecommendServer(config, cache_config, limits).start()
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def load(initial: bool) -> None:
+        try:
+            server.load(resolve(), verify=verify)
+        except (RecsysError, OSError) as e:
+            log.error("could not load the model: %s%s", e, "" if initial else "; still serving the previous one",
+                      extra={"event": "model_load_failed"})
+            if initial:  # nothing to serve: stop; a failed reload keeps the loaded version
+                failed.append(e)
+                stop.set()
+
+    threading.Thread(target=load, args=(True,), name="model-loader", daemon=True).start()
+    handlers = {signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: lambda *_: stop.set()}
+    if hasattr(signal, "SIGHUP"):
+        handlers[signal.SIGHUP] = lambda *_: threading.Thread(target=load, args=(False,), name="model-reloader",
+                                                              daemon=True).start()
+    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    if failed:
+        raise failed[0] if isinstance(failed[0], RecsysError) else ArtifactError(str(failed[0]))
+    return 0

@@ -1,0 +1,93 @@
+"""The server stack before any model is loaded: health, reflection, validation, metrics endpoint."""
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos.recsys.v1 import recommender_pb2 as pb
+from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from serving.server import SERVICE_NAME, RecommendServer, ServerConfig
+from serving.validation import RequestLimits
+
+from tests.serving.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bare_server():
+    """A server on a loopback port with no model loaded (it is still 'starting')."""
+    server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=free_port()),
+                             limits=RequestLimits(max_num_results=20, max_exclude_ids=5)).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield server, channel
+    channel.close()
+    server.stop(grace=0)
+
+
+def test_health_is_not_serving_until_a_model_is_loaded(bare_server):
+    _, channel = bare_server
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_recommend_before_load_is_unavailable(bare_server):
+    _, channel = bare_server
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(user_id="u1", num_results=5), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("request_kwargs", [
+    {"user_id": ""},
+    {"user_id": "u" * 1000},
+    {"num_results": 0},
+    {"num_results": -1},
+    {"num_results": 21},
+    {"weights": pb.BlendWeights(engagement=math.nan, quality=1.0)},
+    {"weights": pb.BlendWeights(engagement=-1.0, quality=1.0)},
+    {"weights": pb.BlendWeights(engagement=0.0, quality=0.0)},
+    {"exclude_item_ids": [str(i) for i in range(6)]},
+])
+def test_bad_recommend_input_is_invalid_argument(bare_server, request_kwargs):
+    _, channel = bare_server
+    request = pb.RecommendRequest(**{"user_id": "u1", "num_results": 5, **request_kwargs})
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc.RecommenderStub(channel).Recommend(request, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details()
+
+
+def test_bad_similar_items_input_is_invalid_argument(bare_server):
+    _, channel = bare_server
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc.RecommenderStub(channel).SimilarItems(pb.SimilarItemsRequest(item_id="", num_results=3), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_reflection_lists_the_services_and_serves_the_proto(bare_server):
+    _, channel = bare_server
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)]
+    listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # grpcurl can decode messages
+
+
+def test_metrics_endpoint_counts_rpcs_by_code(bare_server):
+    server, channel = bare_server
+    with pytest.raises(grpc.RpcError):
+        pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(user_id="", num_results=5), timeout=5)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.config.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'recsys_requests_total{code="INVALID_ARGUMENT",method="Recommend"}' in body
+    assert "recsys_request_latency_seconds_bucket" in body
+    assert "recsys_cache_hit_ratio" in body
