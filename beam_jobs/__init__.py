@@ -1,1 +1,39 @@
-"""TODO"""
+"""Beam batch scoring: every user's candidates and both head scores → Redis (PRECOMPUTED) and Parquet.
+
+`run(argv)` is the job (`recsys batch-score` and `python -m beam_jobs.pipeline` call it);
+`BatchScore` is the PTransform, the handlers are RunInference ModelHandlers, and
+`read_scores` / `scores_to_ranked` read the Parquet back for `recsys evaluate`. Names
+resolve lazily (PEP 562) so the CLI can build flags from `BatchScoreConfig` without
+importing Beam or TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from beam_jobs.config import BatchScoreConfig
+
+_LAZY = {
+    "BatchScore": "beam_jobs.pipeline", "BatchScoreResult": "beam_jobs.pipeline", "run": "beam_jobs.pipeline",
+    "score_users": "beam_jobs.pipeline", "COUNTERS": "beam_jobs.pipeline",
+    "UserTowerHandler": "beam_jobs.handlers", "RetrievalHandler": "beam_jobs.handlers",
+    "RankerHandler": "beam_jobs.handlers", "UserBatch": "beam_jobs.handlers", "assign_batches": "beam_jobs.handlers",
+    "batch_index": "beam_jobs.handlers", "num_batches": "beam_jobs.handlers",
+    "WriteCandidatesToRedis": "beam_jobs.io", "SCORES_SCHEMA": "beam_jobs.io", "read_scores": "beam_jobs.io",
+    "scores_to_ranked": "beam_jobs.io", "read_user_file": "beam_jobs.io",
+}
+
+__all__ = ["BatchScoreConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'beam_jobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

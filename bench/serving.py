@@ -39,7 +39,9 @@ from typing import Awaitable, Callable
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
+# Run as a script, bench/ is sys.path[0] and this file would shadow the `serving` package.
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != ROOT / "bench"]
+if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 EMPTY_METHOD = "/recsys.bench.Bench/Empty"

@@ -63,7 +63,7 @@ class TwoTowerRecommender:
         for start in range(0, len(rows), self.config.batch_size):
             chunk = rows[start:start + self.config.batch_size]
             users = np.asarray(data.user_ids)[chunk]
-            queries = self.tower.embed(self.features.user_features(users))
+            queries = self.tower.embed(self.tower.user_inputs(self.features, users))
             exclude = [catalogue[data.train[r].indices] for r in chunk]
             ids, _ = self.index.search(queries, k, exclude=[set(e) for e in exclude])
             cols = self._column.get_indexer(ids.ravel().astype(str)).reshape(ids.shape)

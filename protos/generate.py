@@ -13,6 +13,7 @@ import argparse
 import importlib.resources
 import pathlib
 import re
+import subprocess
 import sys
 
 PROTO_ROOT = pathlib.Path(__file__).resolve().parent
@@ -22,17 +23,18 @@ _IMPORT_RE = re.compile(r"^from recsys\.v1 import ", re.MULTILINE)
 
 def generate(out_root: str | pathlib.Path = PROTO_ROOT) -> list[pathlib.Path]:
     """Runs protoc (from grpcio-tools) on PROTOS into `out_root`; returns the files written."""
-    from grpc_tools import protoc  # a build tool: imported only when generating
-
     out = pathlib.Path(out_root)
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
     written: list[pathlib.Path] = []
     for proto in PROTOS:
         (out / proto).parent.mkdir(parents=True, exist_ok=True)
-        rc = protoc.main(["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}",
-                          f"--pyi_out={out}", f"--grpc_python_out={out}", str(PROTO_ROOT / proto)])
-        if rc != 0:
-            raise RuntimeError(f"protoc failed on {proto} (exit {rc})")
+        # A subprocess: grpc_tools' in-process compiler can crash a process that has
+        # already loaded other native protobuf code.
+        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}",
+                               f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
+                               str(PROTO_ROOT / proto)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {proto} (exit {done.returncode}): {done.stderr.strip()}")
         stem = out / proto[: -len(".proto")]
         files = [stem.with_name(stem.name + suffix) for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
         grpc_file = files[2]

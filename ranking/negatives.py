@@ -1,10 +1,11 @@
-"""Negatives for the engagement head: logged non-engagements, else sampled on the serving distribution.
+"""Negatives for the engagement head: logged non-engagements, else drawn from the serving distribution.
 
 The ranker scores the retrieval model's candidates when serving, so its negatives should
 look like them: where the log has shown-but-not-engaged impressions (synthetic) those are
-the negatives; where it has only positives (MovieLens ratings) negatives are sampled from
-a `CandidateGenerator` (the retrieval model's top-N for the user, minus what the user
-engaged with), mixed with popularity-sampled items so the head also sees the tail.
+the negatives; where it has only positives (MovieLens ratings) they are the candidates a
+`CandidateGenerator` (a retrieval model's top-N for the user, minus what the user engaged
+with) returns that the user did not engage with — per time window (ranking.train) or
+sampled per positive here, mixed with popularity-sampled items so the head sees the tail.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ CandidateGenerator = Callable[[Sequence[str]], Sequence[Sequence[str]]]
 class NegativeConfig:
     """Where engagement negatives come from; every field is a CLI flag (prefix --neg-)."""
 
-    source: Literal["auto", "impressions", "sampled"] = "auto"  # auto: impressions if the log has any, else sampled
+    # auto: impressions if the log has any, else window if there is a validation carve, else sampled
+    source: Literal["auto", "impressions", "window", "sampled"] = "auto"
     per_positive: int = 4              # sampled negatives per engaged row
     hard_fraction: float = 0.5         # share of sampled negatives drawn from the candidate generator
     popularity_power: float = 0.75     # popularity sampling ∝ (train count + 1)^power (0 = uniform)
@@ -34,8 +36,8 @@ class NegativeConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if self.source not in ("auto", "impressions", "sampled"):
-            raise ValueError(f"--neg-source must be auto, impressions or sampled; got {self.source!r}")
+        if self.source not in ("auto", "impressions", "window", "sampled"):
+            raise ValueError(f"--neg-source must be auto, impressions, window or sampled; got {self.source!r}")
         if self.per_positive < 0:
             raise ValueError(f"--neg-per-positive must be >= 0, got {self.per_positive}")
         if not 0.0 <= self.hard_fraction <= 1.0:

@@ -1,8 +1,19 @@
-"""Training the ranker: examples from the log (+ negatives), both heads fit at once, diagnostics.
+"""Training the ranker: example rows per head, both heads fit at once, diagnostics.
 
-Labels per example row: `engaged` for the engagement head; the normalised rating for the
-quality head where a rating was observed, with a 0/1 mask so unrated rows (negatives,
-unrated engagements) do not train quality at all.
+Each example row carries labels and per-head loss weights:
+  engagement head — label `engaged`, weight `w_engagement` (0 = the row does not train it);
+  quality head — the normalised rating, weight `w_quality` × (a rating was observed), so
+    rows without a rating (negatives, unrated engagements) never train quality.
+
+Where the engagement negatives come from (NegativeConfig.source, see `training_rows`):
+  impressions — the log's shown-but-not-engaged rows (synthetic data);
+  window — the serving distribution, reproduced one time window earlier: a candidate
+    generator that knows only `split.fit` (the retrieval model trained without the
+    validation window) retrieves each user's top-N; a candidate is positive iff the user
+    engaged with it in the window. The user's history is their fit items only. This is
+    the ranker's job when serving: re-rank a retrieval model's candidates for what the
+    user does next (MovieLens default);
+  sampled — every train engagement against sampled negatives (candidates + popularity).
 """
 from __future__ import annotations
 
@@ -16,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from features import FeatureStore
+from features import MULTI_VALUE_SEP, FeatureStore, Split
 from ranking.model import HEADS, RankerConfig, WideDeepRanker, build_ranker, normalize_rating, ranker_inputs, \
     user_inputs
 from ranking.negatives import CandidateGenerator, NegativeConfig, sample_negatives, uses_impressions
@@ -30,17 +41,20 @@ class Examples:
     """Training or evaluation rows for the ranker.
 
     Attributes:
-      rows: the interactions-schema rows (user_id, item_id, timestamp, rating, engaged).
+      rows: the example rows (user_id, item_id, timestamp, rating, engaged[, history,
+        w_engagement, w_quality]).
       inputs: the ranker's input dict (see model.ranker_inputs), each value [n].
       engaged: [n] float32 engagement labels in {0, 1}.
       quality: [n] float32 normalised ratings in [0, 1] (0 where unobserved).
-      quality_mask: [n] float32, 1 where a rating was observed.
+      engagement_mask: [n] float32 loss weight of the engagement head.
+      quality_mask: [n] float32 loss weight of the quality head (0 where no rating).
     """
 
     rows: pd.DataFrame
     inputs: dict[str, np.ndarray]
     engaged: np.ndarray
     quality: np.ndarray
+    engagement_mask: np.ndarray
     quality_mask: np.ndarray
 
     def __len__(self) -> int:
@@ -48,37 +62,147 @@ class Examples:
 
 
 def make_examples(rows: pd.DataFrame, features: FeatureStore, history_length: int = 0) -> Examples:
-    """Looks up the raw features of every (user, item) row and derives the labels.
+    """Looks up the raw features of every (user, item) row and derives labels and weights.
 
-    Each row's own item is left out of its user's history (model.user_inputs), as it is
-    for every served candidate.
+    The user's history is the row's `history` column when present (training rows built
+    as of an earlier time), else FeatureStore.history with the row's own item left out
+    (model.user_inputs), as it is for every served candidate.
     """
     rows = rows.reset_index(drop=True)
-    items = rows["item_id"].to_numpy()
-    inputs = ranker_inputs(user_inputs(features, rows["user_id"].to_numpy(), history_length, leave_out=items),
-                           features.item_features(items))
+    users, items = rows["user_id"].to_numpy(), rows["item_id"].to_numpy()
+    if history_length > 0 and "history" in rows.columns:
+        user = user_inputs(features, users, 0)
+        user["history"] = np.array([_truncate(h, history_length) for h in rows["history"]], dtype=object)
+    else:
+        user = user_inputs(features, users, history_length, leave_out=items)
+    inputs = ranker_inputs(user, features.item_features(items))
     rating = rows["rating"].to_numpy(dtype=np.float64)
     observed = np.isfinite(rating) & (rows["engaged"].to_numpy() == 1)
     quality = np.where(observed, np.clip(normalize_rating(np.where(observed, rating, 1.0)), 0.0, 1.0), 0.0)
+    w_e = rows["w_engagement"].to_numpy(np.float32) if "w_engagement" in rows.columns else np.ones(len(rows), np.float32)
+    w_q = rows["w_quality"].to_numpy(np.float32) if "w_quality" in rows.columns else np.ones(len(rows), np.float32)
     return Examples(rows, inputs, rows["engaged"].to_numpy().astype(np.float32), quality.astype(np.float32),
-                    observed.astype(np.float32))
+                    w_e, (observed * w_q).astype(np.float32))
 
 
-def training_rows(interactions: pd.DataFrame, features: FeatureStore, neg: NegativeConfig,
+def _truncate(history: str, length: int) -> str:
+    parts = [p for p in str(history).split(MULTI_VALUE_SEP) if p] if isinstance(history, str) else []
+    return MULTI_VALUE_SEP.join(parts[-length:])
+
+
+def training_rows(split: Split, features: FeatureStore, neg: NegativeConfig, history_length: int = 0,
                   candidates: CandidateGenerator | None = None) -> pd.DataFrame:
-    """The log's rows plus, when it has no impressions, sampled negatives (see negatives.py)."""
-    if uses_impressions(interactions, neg):
-        log.info("ranker negatives: %d logged shown-not-engaged impressions", int((interactions["engaged"] == 0).sum()))
-        return interactions.reset_index(drop=True)
-    positives = interactions.loc[interactions["engaged"] == 1]
-    negatives = sample_negatives(positives, features.catalogue, features.item_counts, neg, candidates)
-    return pd.concat([positives, negatives], ignore_index=True)
+    """The ranker's example rows for `split` (see the module docstring for the sources).
+
+    Args:
+      split: the train part (and its fit/validation carve) is all that is read.
+      features: fit on split.train (vocabularies, popularity, seen items).
+      neg: where engagement negatives come from.
+      history_length: the ranker's history feature length (0 = none).
+      candidates: for "window", a generator trained WITHOUT split.validation (else the
+        window's positives leak into which items are retrieved); for "sampled", the
+        serving retriever. None = popularity-sampled negatives instead.
+
+    Returns:
+      Interactions-schema rows plus `history` (the user's items as of the row, joined
+      with MULTI_VALUE_SEP), `w_engagement` and `w_quality`.
+    """
+    train = split.train
+    source = resolve_negative_source(split, neg)
+    if source == "impressions":
+        log.info("ranker negatives: %d logged shown-not-engaged impressions", int((train["engaged"] == 0).sum()))
+        rows = train.reset_index(drop=True).assign(w_engagement=1.0, w_quality=1.0)
+        return _with_history(rows, features, history_length)
+    if source == "sampled":
+        positives = train.loc[train["engaged"] == 1]
+        negatives = sample_negatives(positives, features.catalogue, features.item_counts, neg, candidates)
+        rows = pd.concat([positives, negatives], ignore_index=True).assign(w_engagement=1.0, w_quality=1.0)
+        return _with_history(rows, features, history_length)
+    return _window_rows(split, features, neg, history_length, candidates)
+
+
+def resolve_negative_source(split: Split, neg: NegativeConfig) -> str:
+    """The concrete source "auto" stands for: impressions if logged, else window if there is one, else sampled."""
+    if neg.source == "auto":
+        if uses_impressions(split.train, neg):
+            return "impressions"
+        return "window" if (split.validation["engaged"] == 1).any() else "sampled"
+    if neg.source == "impressions":
+        uses_impressions(split.train, neg)  # raises when the log has none
+    if neg.source == "window" and not (split.validation["engaged"] == 1).any():
+        raise ValueError("--neg-source window needs a validation carve with engagements; set --val-fraction > 0")
+    return neg.source
+
+
+def _with_history(rows: pd.DataFrame, features: FeatureStore, history_length: int) -> pd.DataFrame:
+    """Adds each row's history: the user's train items, the row's own item left out."""
+    if history_length <= 0:
+        return rows
+    hist = user_inputs(features, rows["user_id"].to_numpy(), history_length, leave_out=rows["item_id"].to_numpy())
+    return rows.assign(history=hist["history"])
+
+
+def _window_rows(split: Split, features: FeatureStore, neg: NegativeConfig, history_length: int,
+                 candidates: CandidateGenerator | None) -> pd.DataFrame:
+    fit, window = split.fit, split.validation
+    fit_engaged = fit.loc[fit["engaged"] == 1].sort_values("timestamp", kind="stable")
+    fit_seen = {u: tuple(g) for u, g in fit_engaged.drop_duplicates(["user_id", "item_id"], keep="last")
+                .groupby("user_id", sort=False)["item_id"]}
+    pos = window.loc[window["engaged"] == 1].drop_duplicates(["user_id", "item_id"], keep="last")
+    users = sorted(pos["user_id"].unique())
+    positives = {u: dict(zip(g["item_id"], zip(g["rating"], g["timestamp"]))) for u, g in pos.groupby("user_id")}
+    rows_u, rows_i, rows_r, rows_t, rows_e = [], [], [], [], []
+    retrieved = 0
+    if candidates is not None:
+        for lo in range(0, len(users), neg.batch_users):
+            batch = users[lo:lo + neg.batch_users]
+            lists = candidates(batch)
+            if len(lists) != len(batch):
+                raise ValueError(f"candidate generator returned {len(lists)} lists for {len(batch)} users")
+            for u, items in zip(batch, lists):
+                seen = set(fit_seen.get(u, ()))
+                got = positives[u]
+                t_default = min(t for _, t in got.values())
+                for item in items:
+                    item = str(item)
+                    if not item or item in seen:
+                        continue
+                    hit = got.get(item)
+                    rows_u.append(u)
+                    rows_i.append(item)
+                    rows_r.append(hit[0] if hit else np.nan)
+                    rows_t.append(hit[1] if hit else t_default)
+                    rows_e.append(1 if hit else 0)
+                    retrieved += hit is not None
+    cand = pd.DataFrame({"user_id": rows_u, "item_id": rows_i, "timestamp": np.asarray(rows_t, dtype=np.int64),
+                         "rating": np.asarray(rows_r, dtype=np.float64), "engaged": np.asarray(rows_e, dtype=np.int8)})
+    # Window positives the generator missed are positives too; without a generator they
+    # are all there is, against popularity-sampled negatives.
+    have = set(zip(cand["user_id"], cand["item_id"]))
+    missed = pos.loc[[(u, i) not in have for u, i in zip(pos["user_id"], pos["item_id"])]]
+    parts = [cand, missed[["user_id", "item_id", "timestamp", "rating", "engaged"]]]
+    if candidates is None:
+        banned = pd.concat([fit_engaged[["user_id", "item_id"]], pos[["user_id", "item_id"]]])
+        parts.append(sample_negatives(pos, features.catalogue, features.item_counts,
+                                      dataclasses.replace(neg, hard_fraction=0.0), None, exclude=banned))
+    engagement = pd.concat(parts, ignore_index=True).assign(w_engagement=1.0, w_quality=0.0)
+    if history_length > 0:
+        engagement["history"] = [MULTI_VALUE_SEP.join(fit_seen.get(u, ())[-history_length:])
+                                 for u in engagement["user_id"]]
+    log.info("ranker window examples: %d users, %d candidates (%d engaged in the window), %d window positives not "
+             "retrieved, %d popularity negatives", len(users), len(cand), retrieved, len(missed),
+             len(engagement) - len(cand) - len(missed))
+    # The quality head learns from every rated train engagement.
+    train = split.train
+    rated = train.loc[(train["engaged"] == 1) & train["rating"].notna()].reset_index(drop=True)
+    quality = _with_history(rated.assign(w_engagement=0.0, w_quality=1.0), features, history_length)
+    return pd.concat([engagement, quality], ignore_index=True)
 
 
 def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
     x = {k: (tf.constant(v.astype(str)) if v.dtype == object else tf.constant(v)) for k, v in ex.inputs.items()}
     y = {"engagement": ex.engaged, "quality": ex.quality}
-    w = {"engagement": np.ones_like(ex.engaged), "quality": ex.quality_mask}
+    w = {"engagement": ex.engagement_mask, "quality": ex.quality_mask}
     ds = tf.data.Dataset.from_tensor_slices((x, y, w))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(ex), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -97,15 +221,17 @@ def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfi
     ex = make_examples(rows, features, config.history_length)
     if len(ex) == 0:
         raise ValueError("no training rows for the ranker")
-    if ex.engaged.min() == ex.engaged.max():
-        raise ValueError(f"ranker training rows are all engaged={int(ex.engaged[0])}; the engagement head needs "
-                         "both labels (check the negative sampling flags)")
+    trains_e = ex.engagement_mask > 0
+    if not trains_e.any() or ex.engaged[trains_e].min() == ex.engaged[trains_e].max():
+        raise ValueError("the ranker's engagement rows need both labels (engaged 0 and 1); check the negative "
+                         "sampling flags")
     model = build_ranker(features, config)
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
                         verbose=2 if config.progress else 0)
     info = {
-        "examples": len(ex), "engaged": int(ex.engaged.sum()), "rated": int(ex.quality_mask.sum()),
+        "examples": len(ex), "engagement_examples": int(trains_e.sum()),
+        "engaged": int(ex.engaged[trains_e].sum()), "rated": int((ex.quality_mask > 0).sum()),
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -18,6 +18,7 @@ class TwoTowerConfig:
     hidden: tuple[int, ...] = ()     # optional ReLU layers before each tower's projection
     user_features: bool = True       # use side features beyond user_id
     item_features: bool = True       # use side features beyond item_id
+    history_length: int = 0          # user tower also reads the user's last N engaged item ids (0 = off)
     normalize: bool = True           # L2-normalise outputs, so scores are cosines / temperature
     temperature: float = 0.05        # softmax temperature (logits = scores / temperature)
     logq: bool = True                # sampling-bias (logQ) correction from train item frequencies
@@ -39,8 +40,8 @@ class TwoTowerConfig:
             raise ValueError(f"--temperature must be positive, got {self.temperature}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
-        if self.patience < 0 or self.l2 < 0:
-            raise ValueError("--patience and --l2 must be >= 0")
+        if self.patience < 0 or self.l2 < 0 or self.history_length < 0:
+            raise ValueError("--patience, --l2 and --history-length must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

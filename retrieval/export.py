@@ -2,7 +2,8 @@
 
 Layout inside a version directory (DESIGN.md §5):
   retrieval/user_tower/   SavedModel, signature "serving_default": the raw user feature dict
-                          of `FeatureStore.user_features` ([b] each) → {"embedding": [b, d]}
+                          of `FeatureStore.user_features` ([b] each), plus "history" when the
+                          tower reads recent history → {"embedding": [b, d]}
   retrieval/items.npz     item_ids [I] str, embeddings [I, d] float32 (the whole catalogue)
 """
 from __future__ import annotations
@@ -16,16 +17,16 @@ import numpy as np
 from features import FeatureStore
 from recsys.errors import ArtifactError, InvalidRequestError
 from recsys.tf_env import tf
-from retrieval.two_tower import Tower, TwoTowerModel, embed_in_batches
+from retrieval.two_tower import HISTORY, Tower, TwoTowerModel, embed_in_batches, history_strings
 
 USER_TOWER_DIR = "retrieval/user_tower"
 ITEMS_FILE = "retrieval/items.npz"
 
 
-def _signature_specs(features: FeatureStore) -> dict[str, tf.TensorSpec]:
+def _signature_specs(features: FeatureStore, history: bool) -> dict[str, tf.TensorSpec]:
     """One [None] input per raw user feature: strings, float32 for numeric columns."""
     numeric = set(features.spec.user_numeric)
-    keys = features.user_features([]).keys()
+    keys = [*features.user_features([]).keys(), *((HISTORY,) if history else ())]
     return {k: tf.TensorSpec([None], tf.float32 if k in numeric else tf.string, name=k) for k in keys}
 
 
@@ -36,7 +37,8 @@ def export_user_tower(tower: Tower, features: FeatureStore, version_dir: str | o
     ignores some, so any caller can pass that dict unchanged.
     """
     path = pathlib.Path(version_dir) / USER_TOWER_DIR
-    specs = _signature_specs(features)
+    history_length = tower.history_length
+    specs = _signature_specs(features, history_length > 0)
 
     @tf.function(input_signature=[specs])
     def serve(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -50,6 +52,7 @@ def export_user_tower(tower: Tower, features: FeatureStore, version_dir: str | o
     module = tf.Module()
     module.tower = tower
     module.serve = serve
+    module.history_length = tf.Variable(history_length, trainable=False, dtype=tf.int64)
     tf.saved_model.save(module, str(path), signatures={"serving_default": serving_default})
     return path
 
@@ -84,7 +87,7 @@ def export_model(model: TwoTowerModel, features: FeatureStore, version_dir: str 
     export_user_tower(model.user_tower, features, version_dir)
     item_ids, embeddings = export_items(model.item_tower, features, version_dir)
     return {"items": int(len(item_ids)), "dim": int(embeddings.shape[1]),
-            "user_tower_inputs": sorted(_signature_specs(features))}
+            "user_tower_inputs": sorted(_signature_specs(features, model.user_tower.history_length > 0))}
 
 
 class UserTower:
@@ -95,6 +98,8 @@ class UserTower:
         self.path = path
         self.input_specs: dict[str, tf.TensorSpec] = dict(self._fn.structured_input_signature[1])
         self.dim = int(self._fn.structured_outputs["embedding"].shape[-1])
+        # How many recent items the "history" input holds (0: the tower takes no history).
+        self.history_length = int(loaded.history_length.numpy()) if hasattr(loaded, "history_length") else 0
 
     @classmethod
     def load(cls, version_dir: str | os.PathLike) -> "UserTower":
@@ -119,7 +124,9 @@ class UserTower:
         """[b, d] float32 embeddings for the raw features of b users (`FeatureStore.user_features`)."""
         missing = [k for k in self.input_specs if k not in user_features]
         if missing:
-            raise InvalidRequestError(f"user features missing {missing}; the user tower takes {list(self.input_specs)}")
+            hint = " (build the inputs with UserTower.user_inputs)" if HISTORY in missing else ""
+            raise InvalidRequestError(f"user features missing {missing}; the user tower takes "
+                                      f"{list(self.input_specs)}{hint}")
         sizes = {k: len(user_features[k]) for k in self.input_specs}
         if len(set(sizes.values())) > 1:
             raise InvalidRequestError(f"user features must all have the same length, got {sizes}")
@@ -137,6 +144,14 @@ class UserTower:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._fn(**args)["embedding"].numpy()
 
+    def user_inputs(self, features: FeatureStore, user_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The complete raw input for `user_ids`: `features.user_features` plus, when the tower
+        reads history, each user's last `history_length` train items (FeatureStore.history)."""
+        inputs = features.user_features(list(user_ids))
+        if self.history_length:
+            inputs[HISTORY] = history_strings(features.history(list(user_ids), self.history_length))
+        return inputs
+
     def embed_ids(self, features: FeatureStore, user_ids: Sequence[str]) -> np.ndarray:
         """[b, d] embeddings for raw user ids (unknown ids use the OOV bucket and default features)."""
-        return self.embed(features.user_features(list(user_ids)))
+        return self.embed(self.user_inputs(features, user_ids))

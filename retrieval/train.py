@@ -19,7 +19,7 @@ import pandas as pd
 
 from features import FeatureStore, Split
 from recsys.tf_env import keras, set_seed, tf
-from retrieval.two_tower import TwoTowerConfig, TwoTowerModel, embed_in_batches
+from retrieval.two_tower import HISTORY, TwoTowerConfig, TwoTowerModel, embed_in_batches, history_strings
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,29 @@ class TrainResult:
 
 
 def engaged_pairs(df: pd.DataFrame) -> pd.DataFrame:
-    """The positives the retrieval model learns from: engaged rows only."""
-    return df.loc[df["engaged"] == 1, ["user_id", "item_id"]]
+    """The positives the retrieval model learns from: engaged rows only, in time order
+    (stable, so ties keep their source order, like FeatureStore.seen)."""
+    return df.loc[df["engaged"] == 1, ["user_id", "item_id", "timestamp"]].sort_values("timestamp", kind="stable")
+
+
+def causal_histories(pairs: pd.DataFrame, length: int) -> np.ndarray:
+    """[len(pairs)] for each engaged pair, the user's previous `length` items ("|"-joined,
+    oldest first) — never the pair's own item or a later one, so training sees what
+    serving will: the history before the moment of the recommendation."""
+    out = np.empty(len(pairs), dtype=object)
+    pos = np.arange(len(pairs))
+    for _, idx in pd.Series(pos).groupby(pairs["user_id"].to_numpy(), sort=False):
+        items = pairs["item_id"].to_numpy()[idx.to_numpy()]
+        out[idx.to_numpy()] = history_strings(items[max(0, i - length):i] for i in range(len(items)))
+    return out
+
+
+def last_items(seen: pd.DataFrame, user_ids: Sequence[str], length: int) -> np.ndarray:
+    """[len(user_ids)] each user's last `length` engaged items of `seen` ("|"-joined, oldest first)."""
+    pairs = engaged_pairs(seen) if "engaged" in seen.columns else seen
+    pairs = pairs.drop_duplicates(["user_id", "item_id"], keep="last")
+    by_user = pairs.groupby("user_id", sort=False)["item_id"].agg(lambda s: tuple(s)[-length:])
+    return history_strings(by_user.get(u, ()) for u in user_ids)
 
 
 def make_dataset(features: FeatureStore, pairs: pd.DataFrame, config: TwoTowerConfig,
@@ -71,7 +92,10 @@ def make_dataset(features: FeatureStore, pairs: pd.DataFrame, config: TwoTowerCo
     source = pairs if counts_from is None else counts_from
     counts = source["item_id"].value_counts()
     q = pairs["item_id"].map(counts).fillna(1).to_numpy(dtype=np.float64) / max(1, int(counts.sum()))
-    users = {k: _tf_values(v) for k, v in features.user_features(pairs["user_id"].to_numpy()).items()}
+    users = features.user_features(pairs["user_id"].to_numpy())
+    if config.history_length:
+        users[HISTORY] = causal_histories(pairs, config.history_length)
+    users = {k: _tf_values(v) for k, v in users.items()}
     items = {k: _tf_values(v) for k, v in features.item_features(pairs["item_id"].to_numpy()).items()}
     ds = tf.data.Dataset.from_tensor_slices({"user": users, "item": items, "log_q": np.log(q).astype(np.float32)})
     return (ds.shuffle(len(pairs), seed=config.seed, reshuffle_each_iteration=True)
@@ -113,7 +137,8 @@ def recall_ndcg(top: np.ndarray, relevant: Sequence[set[int]], k_recall: int = 1
 class RetrievalEvaluator:
     """Scores a model on held-out pairs: full catalogue, each user's `seen` items excluded."""
 
-    def __init__(self, features: FeatureStore, seen: pd.DataFrame, heldout: pd.DataFrame) -> None:
+    def __init__(self, features: FeatureStore, seen: pd.DataFrame, heldout: pd.DataFrame,
+                 history_length: int = 0) -> None:
         self.features = features
         self.catalogue = np.asarray(features.catalogue, dtype=object)
         col = pd.Index(self.catalogue)
@@ -130,6 +155,8 @@ class RetrievalEvaluator:
                 rel[u].add(int(i))
         self.relevant = rel
         self.user_features = features.user_features(self.user_ids)
+        if history_length:
+            self.user_features[HISTORY] = last_items(seen, self.user_ids, history_length)
         self.item_features = features.item_features(self.catalogue)
 
     def evaluate(self, model: TwoTowerModel) -> dict:
@@ -187,8 +214,8 @@ def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig
     if have_validation:
         fit = engaged_pairs(split.fit)
         model = build_model(features, config)
-        select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation), config.monitor,
-                               config.patience)
+        select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation, config.history_length),
+                               config.monitor, config.patience)
         log.info("two-tower: selecting epochs on %d fit pairs, validating on %d users", len(fit),
                  len(select.evaluator.user_ids))
         model.fit(make_dataset(features, fit, config), epochs=config.epochs, callbacks=[select], verbose=verbose)

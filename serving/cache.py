@@ -14,6 +14,12 @@ never reads an old version's scores; a value whose embedded model_version differ
 its key's is treated as corrupt. One lookup is one MGET of both keys; a precomputed entry
 wins when both exist (they hold the same scores for the same version).
 
+In front of Redis sits a small per-process "near" cache (`near_ttl_s`, default 2 s) of
+decoded entries: a hot user's repeated requests skip the Redis round trip and the decode,
+and each entry memoizes its blended top-k per (weights, k) so repeating a request shape
+costs no re-blend. Its short TTL bounds how stale a process can be after the batch job
+rewrites an entry; 0 turns it off. Without Redis the in-process LRU is the only layer.
+
 Redis trouble is never an RPC failure: every redis.RedisError is caught, counted in
 `recsys_redis_faults_total` and the request goes on to the online path. After a
 connection error or timeout Redis is skipped for `circuit_open_s` (counted as
@@ -67,6 +73,8 @@ class CacheConfig:
     retry_backoff_s: float = 0.002   # first backoff; doubles, capped at 4x
     circuit_open_s: float = 1.0      # skip Redis this long after a connection error or timeout
     max_connections: int = 64        # connection pool size (>= server worker threads)
+    near_ttl_s: float = 2.0          # per-process cache in front of Redis; 0 = off
+    near_max_entries: int = 10_000
 
     def __post_init__(self) -> None:
         if self.ttl_s < 1:
@@ -78,6 +86,9 @@ class CacheConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.retries < 0 or self.max_connections < 1 or self.circuit_open_s < 0:
             raise ValueError("--retries and --circuit-open-s must be >= 0 and --max-connections >= 1")
+        if self.near_ttl_s < 0 or self.near_max_entries < 1:
+            raise ValueError(f"--near-ttl-s must be >= 0 and --near-max-entries >= 1, got {self.near_ttl_s}, "
+                             f"{self.near_max_entries}")
 
 
 class CandidateStore(Protocol):
@@ -92,11 +103,25 @@ class CandidateStore(Protocol):
     def close(self) -> None: ...
 
 
-class LocalCandidateStore:
-    """Thread-safe in-process LRU with a TTL, used when no Redis is configured.
+@dataclasses.dataclass
+class CacheEntry:
+    """A decoded candidate set held in process, with memoized per-request-shape results.
 
-    Holds decoded CandidateSets (no serialization: nothing leaves the process).
+    Attributes:
+      candidates: the user's candidate set.
+      source: CACHE or PRECOMPUTED — what a later hit on this entry reports.
+      memo: (weights, k) → the blended top-k, filled by the servicer (bounded by MEMO_SIZE).
     """
+
+    candidates: CandidateSet
+    source: str = CACHE
+    memo: dict = dataclasses.field(default_factory=dict)
+
+    MEMO_SIZE = 8
+
+
+class LocalCandidateStore:
+    """Thread-safe in-process LRU with a TTL: the only cache without Redis, the near cache with it."""
 
     def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -104,27 +129,34 @@ class LocalCandidateStore:
         self._ttl = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[float, CandidateSet]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[float, CacheEntry]] = collections.OrderedDict()
 
-    def get(self, model_version: str, user_id: str) -> tuple[CandidateSet, str] | None:
+    def get_entry(self, model_version: str, user_id: str) -> CacheEntry | None:
         key = (model_version, user_id)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
+            found = self._entries.get(key)
+            if found is None:
                 return None
-            if entry[0] <= self._clock():
+            if found[0] <= self._clock():
                 del self._entries[key]
                 return None
             self._entries.move_to_end(key)
-            return entry[1], CACHE
+            return found[1]
 
-    def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
+    def put_entry(self, model_version: str, user_id: str, entry: CacheEntry) -> None:
         key = (model_version, user_id)
         with self._lock:
-            self._entries[key] = (self._clock() + self._ttl, candidates)
+            self._entries[key] = (self._clock() + self._ttl, entry)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+
+    def get(self, model_version: str, user_id: str) -> tuple[CandidateSet, str] | None:
+        entry = self.get_entry(model_version, user_id)
+        return None if entry is None else (entry.candidates, entry.source)
+
+    def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
+        self.put_entry(model_version, user_id, CacheEntry(candidates))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -265,45 +297,66 @@ class SingleFlight:
 
 
 class CandidateCache:
-    """Lookup → on a miss, compute once (single-flight) → store; answers carry their source."""
+    """Near cache → store (Redis or in-process) → on a miss compute once (single-flight) → store."""
 
-    def __init__(self, store: CandidateStore, metrics: ServingMetrics) -> None:
+    def __init__(self, store: CandidateStore, metrics: ServingMetrics,
+                 near: LocalCandidateStore | None = None) -> None:
         self.store = store
+        self.near = near
         self._metrics = metrics
         self._flight = SingleFlight()
 
     @classmethod
     def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> "CandidateCache":
-        store: CandidateStore
-        if config.redis_url:
-            store = RedisCandidateStore.from_config(config, metrics)
-        else:
-            store = LocalCandidateStore(config.local_max_entries, config.ttl_s)
-        return cls(store, metrics)
+        if not config.redis_url:
+            return cls(LocalCandidateStore(config.local_max_entries, config.ttl_s), metrics)
+        near = LocalCandidateStore(config.near_max_entries, config.near_ttl_s) if config.near_ttl_s > 0 else None
+        return cls(RedisCandidateStore.from_config(config, metrics), metrics, near)
 
     def get_or_compute(self, model_version: str, user_id: str, compute: Callable[[], CandidateSet],
-                       timeout: float | None = None) -> tuple[CandidateSet, str]:
-        """(candidates, CACHE | PRECOMPUTED | ONLINE).
+                       timeout: float | None = None) -> tuple[CacheEntry, str]:
+        """(entry, CACHE | PRECOMPUTED | ONLINE): where this request's answer came from.
 
         Raises concurrent.futures.TimeoutError if another request's computation of the
         same user does not finish within `timeout` seconds.
         """
-        hit = self.store.get(model_version, user_id)
-        if hit is not None:
-            self._metrics.cache_lookup("hit" if hit[1] == CACHE else "precomputed")
-            return hit
+        local = self.near if self.near is not None else (
+            self.store if isinstance(self.store, LocalCandidateStore) else None)
+        if local is not None:
+            entry = local.get_entry(model_version, user_id)
+            if entry is not None:
+                self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed")
+                if local is self.near:
+                    self._metrics.near_hits.inc()
+                return entry, entry.source
+        if local is not self.store:
+            hit = self.store.get(model_version, user_id)
+            if hit is not None:
+                self._metrics.cache_lookup("hit" if hit[1] == CACHE else "precomputed")
+                entry = CacheEntry(*hit)
+                if self.near is not None:
+                    self.near.put_entry(model_version, user_id, entry)
+                return entry, hit[1]
         self._metrics.cache_lookup("miss")
 
-        def computed() -> CandidateSet:
+        def computed() -> CacheEntry:
             self._metrics.online_computations.inc()
-            return compute()
+            return CacheEntry(compute())
 
-        candidates, shared = self._flight.do(
-            (model_version, user_id), computed, timeout,
-            after=lambda c: self.store.put(model_version, user_id, c))
+        def store(entry: CacheEntry) -> None:
+            if local is self.store:
+                self.store.put_entry(model_version, user_id, entry)
+                return
+            self.store.put(model_version, user_id, entry.candidates)
+            if self.near is not None:
+                self.near.put_entry(model_version, user_id, entry)
+
+        entry, shared = self._flight.do((model_version, user_id), computed, timeout, after=store)
         if shared:
             self._metrics.singleflight_shared.inc()
-        return candidates, ONLINE
+        return entry, ONLINE
 
     def close(self) -> None:
+        if self.near is not None:
+            self.near.close()
         self.store.close()

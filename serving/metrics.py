@@ -6,6 +6,7 @@ Metric names (all prefixed `recsys_`):
   requests_total{method,code}             one per RPC by gRPC status code
   cache_lookups_total{result}             hit / precomputed / miss
   cache_hit_ratio                         (hit + precomputed) / lookups since start
+  near_cache_hits_total                   hits answered by the per-process near cache
   fallbacks_total                         unknown users answered with the popularity fallback
   redis_faults_total{op,kind}             op get/set; kind error/timeout/circuit_open/corrupt
   online_computations_total               runs of retrieval + ranker (cache misses computed)
@@ -43,6 +44,8 @@ class ServingMetrics:
                                     ["op", "kind"], registry=r)
         self.online_computations = Counter("recsys_online_computations",
                                            "Candidate sets computed online (retrieval + ranker runs)", registry=r)
+        self.near_hits = Counter("recsys_near_cache_hits", "Cache hits answered by the per-process near cache",
+                                 registry=r)
         self.singleflight_shared = Counter("recsys_singleflight_shared",
                                            "Cache misses answered by a concurrent request's computation", registry=r)
         self.model_info = Gauge("recsys_model_info", "1 for the loaded model version", ["version"], registry=r)

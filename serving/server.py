@@ -174,11 +174,20 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if time_left is not None and time_left <= self.config.min_deadline_s:
             raise DeadlineExceededError("the deadline passed before the request could be served")
         try:
-            candidates, source = self.cache.get_or_compute(
+            entry, source = self.cache.get_or_compute(
                 model.model_version, query.user_id, lambda: model.candidates([query.user_id])[0], timeout=time_left)
         except concurrent.futures.TimeoutError as e:
             raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
-        return _blended_response(candidates, weights, query, _SOURCE_ENUM[source]), source
+        # The blended top-k depends only on (entry, weights, k) when nothing is excluded, so the
+        # entry memoizes it: a repeated request shape is not re-blended.
+        key = (weights, query.num_results) if not query.exclude and not query.explain else None
+        items = entry.memo.get(key) if key is not None else None
+        if items is None:
+            items = _blended_items(model, entry.candidates, weights, query)
+            if key is not None and len(entry.memo) < entry.MEMO_SIZE:
+                entry.memo[key] = items
+        return pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
+                                    source=_SOURCE_ENUM[source]), source
 
     def _fallback(self, model: Any, query: RecommendQuery) -> pb.RecommendResponse:
         item_ids, scores = model.popular_items(query.num_results, query.exclude)
@@ -211,19 +220,17 @@ def _ranks(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _blended_response(candidates: CandidateSet, weights: BlendWeights, query: RecommendQuery,
-                      source: int) -> pb.RecommendResponse:
-    """Blends the cached heads with `weights`, drops excluded items and keeps the top k."""
-    order, scores = rank_by_blend(candidates.engagement, candidates.quality, weights)
-    ids = candidates.item_ids
-    if query.exclude:
-        order = order[[ids[j] not in query.exclude for j in order]] if len(order) else order
-    top = order[:query.num_results].tolist()
+def _blended_items(model: Any, candidates: CandidateSet, weights: BlendWeights,
+                   query: RecommendQuery) -> list[pb.RecommendedItem]:
+    """Blends the stored heads with `weights`, drops excluded items, keeps the top k (model.blend_top_k)."""
+    ids, scores, order = model.blend_top_k(candidates, weights, query.num_results, query.exclude)
     e, q = candidates.engagement, candidates.quality
-    items = [pb.RecommendedItem(item_id=ids[j], score=float(scores[j]), engagement=float(e[j]), quality=float(q[j]))
-             for j in top]
+    top = order.tolist()
+    items = [pb.RecommendedItem(item_id=item, score=float(score), engagement=float(e[j]), quality=float(q[j]))
+             for item, score, j in zip(ids.tolist(), scores.tolist(), top)]
     if query.explain and top:
-        blend_rank = _ranks(np.argsort(-scores, kind="stable"))
+        blend_order, _ = rank_by_blend(e, q, weights)
+        blend_rank = _ranks(blend_order)
         e_rank = _ranks(np.argsort(-e, kind="stable"))
         q_rank = _ranks(np.argsort(-q, kind="stable"))
         # Candidates are stored in retrieval order; ties keep that order.
@@ -232,7 +239,7 @@ def _blended_response(candidates: CandidateSet, weights: BlendWeights, query: Re
             item.explanation.CopyFrom(pb.Explanation(
                 retrieval_score=float(candidates.retrieval_scores[j]), retrieval_rank=int(r_rank[j]),
                 engagement_rank=int(e_rank[j]), quality_rank=int(q_rank[j]), blend_rank=int(blend_rank[j])))
-    return pb.RecommendResponse(items=items, model_version=candidates.model_version, source=source)
+    return items
 
 
 class RecommendServer:

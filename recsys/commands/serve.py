@@ -205,7 +205,7 @@ def run_serve_demo(args: argparse.Namespace) -> int:
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 print(f"health: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
                 stub = pb_grpc.RecommenderStub(channel)
-                user = args.user or model.example_user()
+                user = args.user or model.features.vocabularies["user_id"].tokens[0]  # most active
                 k = args.num_results
                 calls = [
                     (f"$ recsys recommend --user {user} -k {k} --explain   (first call: computed online)",

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import logging
 import pathlib
+import re
 import shutil
 import time
 from typing import Any, Callable
@@ -43,25 +44,52 @@ class TrainContext:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
+    """One unit of training. `check(args)` (optional) validates the step's flags before any
+    data is loaded, raising RecsysError/ValueError naming the flag."""
+
     stage: str
     title: str
     run: Callable[[TrainContext], None]
+    check: Callable[[argparse.Namespace], Any] | None = None
+
+
+def _prefixed(message: str, prefix: str) -> str:
+    """A config's error names its own field flags (--epochs); here they are --<prefix>-epochs."""
+    return re.sub(r"--(?=[a-z])", f"--{prefix}-", message)
+
+
+def retrieval_config(args: argparse.Namespace):
+    """The TwoTowerConfig of the --retrieval-* flags (and the global --epochs override)."""
+    from retrieval import TwoTowerConfig
+
+    overrides = {"epochs": args.epochs} if getattr(args, "epochs", 0) else {}
+    try:
+        return config_from_args(TwoTowerConfig, args, prefix="retrieval_", **overrides)
+    except ValueError as e:
+        raise RecsysError(_prefixed(str(e), "retrieval")) from e
+
+
+def index_config(args: argparse.Namespace):
+    """The IndexConfig of the --index-* flags."""
+    from retrieval import IndexConfig
+
+    try:
+        return config_from_args(IndexConfig, args, prefix="index_")
+    except ValueError as e:
+        raise RecsysError(_prefixed(str(e), "index")) from e
 
 
 def train_retrieval(ctx: TrainContext) -> None:
     """Trains the two-tower model, exports the user tower and items.npz, records metrics."""
-    from retrieval import RetrievalEvaluator, TwoTowerConfig, export_model, train_two_tower
+    from retrieval import RetrievalEvaluator, export_model, train_two_tower
 
-    overrides = {"epochs": ctx.args.epochs} if getattr(ctx.args, "epochs", 0) else {}
-    try:
-        config = config_from_args(TwoTowerConfig, ctx.args, prefix="retrieval_", **overrides)
-    except ValueError as e:
-        raise RecsysError(str(e).replace("--", "--retrieval-", 1)) from e
+    config = retrieval_config(ctx.args)
     result = train_two_tower(ctx.features, ctx.split, config)
     exported = export_model(result.model, ctx.features, ctx.version_dir)
     # Test metrics here are informational (nothing is selected on them); `recsys evaluate`
     # gives the full table through the FAISS index.
-    test = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test).evaluate(result.model)
+    test = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test,
+                              config.history_length).evaluate(result.model)
     ctx.manifest["retrieval"] = {
         "config": config_to_dict(config),
         "metrics": {"validation": result.validation, "test_exact": test,
@@ -78,12 +106,9 @@ def train_retrieval(ctx: TrainContext) -> None:
 
 def build_index(ctx: TrainContext) -> None:
     """Builds the FAISS index over this version's items.npz and records recall vs exact."""
-    from retrieval import INDEX_DIR, IndexConfig, ItemIndex, UserTower, load_items
+    from retrieval import INDEX_DIR, UserTower, load_items
 
-    try:
-        config = config_from_args(IndexConfig, ctx.args, prefix="index_")
-    except ValueError as e:
-        raise RecsysError(str(e).replace("--", "--index-", 1)) from e
+    config = index_config(ctx.args)
     item_ids, embeddings = load_items(ctx.version_dir)
     # Recall is measured on the queries the index will really see: train users' embeddings.
     users = np.asarray(sorted(ctx.split.train["user_id"].unique()), dtype=object)
@@ -98,12 +123,12 @@ def _build(item_ids, embeddings, config, queries):
     try:
         return ItemIndex.build(item_ids, embeddings, config, queries)
     except ValueError as e:
-        raise RecsysError(str(e).replace("--", "--index-")) from e
+        raise RecsysError(_prefixed(str(e), "index")) from e
 
 
 STEPS: list[Step] = [
-    Step("retrieval", "train the two-tower model and export it", train_retrieval),
-    Step("retrieval", "build the FAISS index", build_index),
+    Step("retrieval", "train the two-tower model and export it", train_retrieval, retrieval_config),
+    Step("retrieval", "build the FAISS index", build_index, index_config),
 ]
 
 
@@ -140,6 +165,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    steps = [s for s in STEPS if s.stage in args.stages]
+    for step in steps:  # every flag is checked before minutes of data loading and training
+        if step.check is not None:
+            try:
+                step.check(args)
+            except ValueError as e:
+                raise RecsysError(str(e)) from e
     data_config = data_config_from_args(args)
     dataset, split = load_split(data_config)
     features = fit_feature_store(dataset, split.train)
@@ -154,10 +186,9 @@ def run(args: argparse.Namespace) -> int:
     ctx = TrainContext(args, data_config, dataset, split, features, version_dir, manifest)
     try:
         features.save(version_dir / "features")
-        for step in STEPS:
-            if step.stage in args.stages:
-                log.info("[%s] %s", step.stage, step.title)
-                step.run(ctx)
+        for step in steps:
+            log.info("[%s] %s", step.stage, step.title)
+            step.run(ctx)
         manifest["sizes"] = {
             "users": len(features.vocabularies["user_id"]) - 1, "items": len(features.catalogue),
             "vocabularies": {k: len(v) for k, v in features.vocabularies.items()},

@@ -180,9 +180,9 @@ def test_single_flight_shares_the_leaders_exception_and_times_out_waiters():
     assert flight.do("k", lambda: "again") == ("again", False)
 
 
-def test_candidate_cache_computes_on_miss_then_serves_hits(redis_url):
+def test_candidate_cache_computes_on_miss_then_serves_hits(redis_server, redis_url):
     metrics = ServingMetrics()
-    cache = CandidateCache.from_config(CacheConfig(redis_url=redis_url), metrics)
+    cache = CandidateCache.from_config(CacheConfig(redis_url=redis_url, near_ttl_s=0), metrics)
     computed = []
 
     def compute():
@@ -192,8 +192,9 @@ def test_candidate_cache_computes_on_miss_then_serves_hits(redis_url):
     first, source1 = cache.get_or_compute("v1", "u1", compute)
     second, source2 = cache.get_or_compute("v1", "u1", compute)
     assert (source1, source2) == (ONLINE, CACHE)
-    assert_same(first, second)
+    assert_same(first.candidates, second.candidates)
     assert len(computed) == 1
+    assert redis_server.client().exists(cache_key("v1", "u1"))
     assert metrics.value("recsys_online_computations_total") == 1
     assert metrics.value("recsys_cache_lookups_total", {"result": "miss"}) == 1
     assert metrics.value("recsys_cache_lookups_total", {"result": "hit"}) == 1
@@ -201,9 +202,29 @@ def test_candidate_cache_computes_on_miss_then_serves_hits(redis_url):
     cache.close()
 
 
+def test_near_cache_answers_hot_users_without_redis_until_its_ttl(own_redis):
+    metrics = ServingMetrics()
+    clock = FakeClock()
+    near = LocalCandidateStore(max_entries=10, ttl_s=2.0, clock=clock)
+    cache = CandidateCache(redis_store(own_redis.url, metrics, circuit_open_s=0.0), metrics, near)
+    entry, source = cache.get_or_compute("v1", "u1", make_candidates)
+    assert source == ONLINE
+    own_redis.client().set(precomputed_key("v1", "u2"), make_candidates(seed=5).to_bytes())
+    assert cache.get_or_compute("v1", "u2", make_candidates)[1] == PRECOMPUTED
+    own_redis.stop()
+    again, source = cache.get_or_compute("v1", "u1", make_candidates)
+    assert source == CACHE and again is entry  # the same decoded entry, no Redis involved
+    assert cache.get_or_compute("v1", "u2", make_candidates)[1] == PRECOMPUTED  # keeps its origin
+    assert metrics.value("recsys_near_cache_hits_total") == 2
+    assert metrics.value("recsys_redis_faults_total", {"op": "get", "kind": "error"}) == 0
+    clock.now += 2.1
+    assert cache.get_or_compute("v1", "u1", make_candidates)[1] == ONLINE  # expired; Redis is down
+    assert metrics.value("recsys_redis_faults_total", {"op": "get", "kind": "error"}) == 1
+
+
 def test_candidate_cache_without_redis_uses_the_local_lru():
     cache = CandidateCache.from_config(CacheConfig(), ServingMetrics())
-    assert isinstance(cache.store, LocalCandidateStore)
+    assert isinstance(cache.store, LocalCandidateStore) and cache.near is None
     assert cache.get_or_compute("v1", "u1", make_candidates)[1] == ONLINE
     assert cache.get_or_compute("v1", "u1", make_candidates)[1] == CACHE
 
@@ -213,5 +234,7 @@ def test_cache_config_rejects_bad_values():
         CacheConfig(ttl_s=0)
     with pytest.raises(ValueError, match="socket-timeout"):
         CacheConfig(socket_timeout_s=0)
+    with pytest.raises(ValueError, match="near-ttl-s"):
+        CacheConfig(near_ttl_s=-1)
     with pytest.raises(ValueError, match="redis-url"):
         redis_client(CacheConfig(redis_url="http://nope"))

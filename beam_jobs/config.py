@@ -1,0 +1,53 @@
+"""The batch-scoring job's config: one frozen dataclass, every field a flag (no Beam or TensorFlow import)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchScoreConfig:
+    """What to score, where to write it and how hard to try; saved into the output's job.json.
+
+    Beam's own pipeline options (--runner, --direct_num_workers, --direct_running_mode,
+    --project, ...) are not fields: they pass through to PipelineOptions untouched.
+    """
+
+    artifacts: str = ""           # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
+    version: str = "current"      # version name under it, "current" (the CURRENT pointer) or a version directory
+    users: str = ""               # file of user ids to score (text: one per line; or .parquet with user_id); "" = every train user
+    redis_url: str = ""           # write precomputed entries here, e.g. redis://localhost:6379/0 ("" = no Redis)
+    output: str = ""              # directory for scores-*.parquet and job.json ("" = no Parquet)
+    batch_size: int = 256         # users per model call; batches are fixed by the user ids, so scores are reproducible
+    num_candidates: int = 0       # N retrieved and ranked per user (0 = the version's setting)
+    top_k: int = 0                # Parquet rows per user, best first (0 = all N candidates)
+    engagement_weight: float = -1.0  # blend weight for the Parquet ranks (< 0 = the version's default)
+    quality_weight: float = -1.0     # blend weight for the Parquet ranks (< 0 = the version's default)
+    num_shards: int = 1           # Parquet files; fixed, so a rerun overwrites the same file names
+    redis_ttl_s: int = 0          # expiry of precomputed entries (0 = none: keys are namespaced by version)
+    redis_retries: int = 3        # retries of a failed pipelined write (connection errors, timeouts)
+    redis_backoff_s: float = 0.2  # first retry backoff; doubles per retry, capped at 16x
+    redis_timeout_s: float = 5.0  # socket connect/read timeout per Redis round trip
+    verify: bool = True           # verify the version's checksums before launching
+    progress_s: float = 10.0      # seconds between progress log lines per worker
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "num_shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_candidates", "top_k", "redis_ttl_s", "redis_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("redis_timeout_s", "progress_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if not self.redis_backoff_s >= 0:
+            raise ValueError(f"--redis-backoff-s must be >= 0, got {self.redis_backoff_s}")
+        if not (self.redis_url or self.output):
+            raise ValueError("nothing to write: give --redis-url (precomputed entries for the server) and/or "
+                             "--output (Parquet files for analysts and `recsys evaluate`)")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--redis-url {self.redis_url!r} must start with redis://, rediss:// or unix://")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

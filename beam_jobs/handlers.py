@@ -1,0 +1,225 @@
+"""RunInference ModelHandlers for batch scoring: user tower → FAISS retrieval → ranker (both heads).
+
+Each handler loads only its own artifacts from the version directory, once per worker
+(RunInference shares the loaded model across a worker's threads), and computes exactly
+what `serving.pipeline.RecommendPipeline.candidates` computes for the same users — the
+tests hold the two to bit-identical results.
+
+An example is one *batch of users* (`UserBatch`), not one user: the batches are fixed by
+the user ids (`assign_batches`: crc32(user_id) mod the number of batches, sorted within),
+not by how a runner happens to split bundles. TensorFlow and FAISS results can differ in
+the last float bit with the batch they are computed in, so fixed batches are what makes a
+rerun — on any runner, with any number of workers — write byte-identical entries. Hence
+RunInference's own batching is set to one example per call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import zlib
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from recsys.errors import ArtifactMismatchError
+
+RANKING_DIR = "ranking"  # serving.pipeline.RANKING_DIR; repeated so importing handlers does not load TensorFlow
+METRICS_NAMESPACE = "recsys_batch_score"
+
+
+# -- fixed batches ---------------------------------------------------------------------------
+def num_batches(num_users: int, batch_size: int) -> int:
+    """How many batches `num_users` distinct users are split into (at least 1)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return max(1, math.ceil(num_users / batch_size))
+
+
+def batch_index(user_id: str, batches: int) -> int:
+    """The batch of `user_id`: crc32 of its UTF-8 bytes mod `batches` (stable across processes and runs)."""
+    return zlib.crc32(user_id.encode("utf-8")) % batches
+
+
+def assign_batches(user_ids: Iterable[str], batch_size: int) -> list[tuple[str, ...]]:
+    """The batches the job scores `user_ids` in: distinct ids, grouped by batch_index, sorted within.
+
+    Batch sizes average `batch_size` (they vary with the hash); empty batches are dropped.
+    Ordered by batch index, for callers that want to replay the job's model calls.
+    """
+    users = sorted({str(u) for u in user_ids})
+    n = num_batches(len(users), batch_size)
+    groups: dict[int, list[str]] = {}
+    for u in users:
+        groups.setdefault(batch_index(u, n), []).append(u)
+    return [tuple(groups[i]) for i in sorted(groups)]
+
+
+@dataclasses.dataclass(frozen=True)
+class UserBatch:
+    """One fixed batch of users on its way through the handlers; later fields fill in per stage.
+
+    Attributes:
+      user_ids: b user ids, sorted.
+      embeddings: [b, d] float32 user-tower outputs (after UserTowerHandler).
+      item_ids: [b, N] object candidate ids, "" where fewer than N qualify (after RetrievalHandler).
+      retrieval_scores: [b, N] float32, -inf in padded slots (after RetrievalHandler).
+    """
+
+    user_ids: tuple[str, ...]
+    embeddings: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
+    retrieval_scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def _need(batch: UserBatch, field: str, stage: str) -> np.ndarray:
+    value = getattr(batch, field)
+    if value is None:
+        raise ValueError(f"{stage} got a UserBatch without {field}; apply the handlers in order "
+                         "(UserTowerHandler → RetrievalHandler → RankerHandler)")
+    return value
+
+
+class _Handler(ModelHandler):
+    """Shared plumbing: one UserBatch per inference call (see the module docstring)."""
+
+    stage = ""
+
+    def __init__(self, version_dir: str | pathlib.Path) -> None:
+        super().__init__(min_batch_size=1, max_batch_size=1)
+        self.version_dir = str(version_dir)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{METRICS_NAMESPACE}_{self.stage}"
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(len(b) for b in batch)  # users, the unit the job is sized in
+
+    def _features(self):
+        from features import FeatureStore
+        from retrieval import FEATURES_DIR
+
+        return FeatureStore.load(pathlib.Path(self.version_dir) / FEATURES_DIR)
+
+
+# -- user tower --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _TowerModel:  # a class, not a tuple: RunInference's Shared holds loaded models by weakref
+    features: Any  # FeatureStore
+    tower: Any     # retrieval.UserTower
+
+
+class UserTowerHandler(_Handler):
+    """UserBatch(user_ids) → UserBatch with embeddings [b, d], through the exported user tower."""
+
+    stage = "user_tower"
+
+    def load_model(self) -> _TowerModel:
+        from retrieval import UserTower
+
+        return _TowerModel(self._features(), UserTower.load(self.version_dir))
+
+    def run_inference(self, batch: Sequence[UserBatch], model: _TowerModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
+        for users in batch:
+            raw = model.features.user_features(list(users.user_ids))
+            embeddings = model.tower.embed({k: raw[k] for k in model.tower.input_names})
+            yield dataclasses.replace(users, embeddings=embeddings)
+
+
+# -- FAISS retrieval ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class _RetrievalModel:
+    features: Any  # FeatureStore, for each user's train-seen items
+    index: Any     # retrieval.ItemIndex
+
+
+class RetrievalHandler(_Handler):
+    """UserBatch with embeddings → UserBatch with each user's top-N item ids and scores.
+
+    Each user's train-seen items are excluded from the search, as online.
+    """
+
+    stage = "retrieval"
+
+    def __init__(self, version_dir: str | pathlib.Path, num_candidates: int) -> None:
+        super().__init__(version_dir)
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        self.num_candidates = num_candidates
+
+    def load_model(self) -> _RetrievalModel:
+        from retrieval import INDEX_DIR, ItemIndex
+
+        return _RetrievalModel(self._features(), ItemIndex.load(pathlib.Path(self.version_dir) / INDEX_DIR))
+
+    def run_inference(self, batch: Sequence[UserBatch], model: _RetrievalModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
+        for users in batch:
+            queries = _need(users, "embeddings", "RetrievalHandler")
+            seen = model.features.seen_items(list(users.user_ids))
+            ids, scores = model.index.search(queries, self.num_candidates, seen)
+            yield dataclasses.replace(users, item_ids=ids, retrieval_scores=scores)
+
+
+# -- ranker ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _RankerModel:
+    features: Any                   # FeatureStore
+    ranker: Any                     # ranking.Ranker
+    item_row: dict[str, int]        # catalogue item id → row of item_features
+    item_features: dict[str, np.ndarray]  # raw features of the whole catalogue, [I] each
+
+
+class RankerHandler(_Handler):
+    """UserBatch with candidates → [(user_id, CandidateSet)] with both ranker heads, one per user."""
+
+    stage = "ranker"
+
+    def __init__(self, version_dir: str | pathlib.Path, model_version: str = "") -> None:
+        super().__init__(version_dir)
+        self.model_version = model_version or pathlib.Path(version_dir).name
+
+    def load_model(self) -> _RankerModel:
+        from ranking import Ranker
+
+        features = self._features()
+        ranker = Ranker.load(pathlib.Path(self.version_dir) / RANKING_DIR)
+        # The whole catalogue's raw features once, so scoring a candidate is a row gather.
+        ids = np.asarray(features.catalogue).astype(str)
+        return _RankerModel(features, ranker, {item: r for r, item in enumerate(ids)}, features.item_features(ids))
+
+    def run_inference(self, batch: Sequence[UserBatch], model: _RankerModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterator[list]:
+        from serving.candidates import CandidateSet
+
+        for users in batch:
+            ids = _need(users, "item_ids", "RankerHandler")
+            scores = _need(users, "retrieval_scores", "RankerHandler")
+            user_rows = model.ranker.user_features(model.features, list(users.user_ids))
+            valid = ids != ""
+            counts = valid.sum(axis=1)
+            owner = np.repeat(np.arange(len(users)), counts)
+            flat_ids = ids[valid].astype(str)
+            try:
+                rows = np.fromiter((model.item_row[i] for i in flat_ids), dtype=np.int64, count=len(flat_ids))
+            except KeyError as e:
+                raise ArtifactMismatchError(f"{self.version_dir}: the FAISS index returned item {e.args[0]!r}, "
+                                            "which is not in the feature store's catalogue; rebuild the index") from e
+            engagement, quality = model.ranker.score({k: v[owner] for k, v in user_rows.items()},
+                                                     {k: v[rows] for k, v in model.item_features.items()})
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            yield [(user, CandidateSet(item_ids=np.asarray(flat_ids[a:b], dtype=object),
+                                       retrieval_scores=scores[u, :counts[u]].astype(np.float32),
+                                       engagement=engagement[a:b].astype(np.float32),
+                                       quality=quality[a:b].astype(np.float32),
+                                       model_version=self.model_version))
+                   for u, (user, a, b) in enumerate(zip(users.user_ids, bounds[:-1], bounds[1:]))]
+
+
+__all__ = ["UserBatch", "UserTowerHandler", "RetrievalHandler", "RankerHandler", "assign_batches", "batch_index",
+           "num_batches", "METRICS_NAMESPACE"]

@@ -1,0 +1,294 @@
+"""The Recommender over real gRPC on loopback, a real redis-server and a real trained version."""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.recsys.v1 import recommender_pb2 as pb
+from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from ranking import BlendWeights
+from serving import CacheConfig, RecommendServer, ServerConfig, precomputed_key
+from serving.server import SERVICE_NAME
+
+pytestmark = pytest.mark.integration
+
+K = 10
+
+
+class SlowPipeline:
+    """The real pipeline, with `candidates` held at a gate: injects the slowness real models lack here."""
+
+    def __init__(self, inner, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.gate.set()  # open unless a test closes it
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def candidates(self, user_ids, exclude=None):
+        self.entered.set()
+        self.gate.wait(10)
+        time.sleep(self.delay)
+        return self.inner.candidates(user_ids, exclude)
+
+
+@pytest.fixture
+def start(pipeline):
+    """start(redis_url="", model=pipeline, **ServerConfig overrides) -> (server, stub); all stopped afterwards."""
+    started = []
+
+    def _start(redis_url: str = "", model=None, cache: dict | None = None, **overrides):
+        config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "workers": 4, "metrics_port": 0, **overrides})
+        server = RecommendServer(config, CacheConfig(redis_url=redis_url, **(cache or {}))).start()
+        server.set_model(model if model is not None else pipeline)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        started.append((server, channel))
+        return server, pb_grpc.RecommenderStub(channel)
+
+    yield _start
+    for server, channel in started:
+        channel.close()
+        server.stop(grace=0)
+
+
+def recommend(stub, user: str, k: int = K, timeout: float = 30, **kwargs) -> pb.RecommendResponse:
+    return stub.Recommend(pb.RecommendRequest(user_id=user, num_results=k, **kwargs), timeout=timeout)
+
+
+def ids(response: pb.RecommendResponse) -> list[str]:
+    return [item.item_id for item in response.items]
+
+
+def offline_top_k(pipeline, user: str, weights: BlendWeights | None = None, k: int = K, exclude=()):
+    cands = pipeline.candidates([user])[0]
+    item_ids, scores, _ = pipeline.blend_top_k(cands, weights or pipeline.default_weights, k, exclude)
+    return list(item_ids), scores
+
+
+@pytest.mark.parametrize("near_ttl_s", [0.0, 2.0], ids=["redis", "near+redis"])
+def test_recommend_equals_the_offline_pipeline_then_hits_the_cache(start, pipeline, known_users, redis_url,
+                                                                    near_ttl_s):
+    server, stub = start(redis_url, cache={"near_ttl_s": near_ttl_s})
+    user = known_users[0]
+    first = recommend(stub, user)
+    expected_ids, expected_scores = offline_top_k(pipeline, user)
+    assert first.source == pb.ONLINE
+    assert first.model_version == pipeline.model_version
+    assert ids(first) == expected_ids and len(expected_ids) == K
+    np.testing.assert_allclose([i.score for i in first.items], expected_scores, rtol=1e-6)
+    second = recommend(stub, user)
+    assert second.source == pb.CACHE
+    assert ids(second) == expected_ids
+    assert [i.score for i in second.items] == [i.score for i in first.items]
+    assert server.metrics.value("recsys_online_computations_total") == 1
+    assert server.metrics.value("recsys_cache_lookups_total", {"result": "hit"}) == 1
+
+
+@pytest.mark.parametrize("near_ttl_s", [0.0, 2.0], ids=["redis", "near+redis"])
+def test_weights_reorder_from_one_cache_entry_without_running_the_ranker(start, pipeline, known_users, redis_url,
+                                                                         near_ttl_s):
+    server, stub = start(redis_url, cache={"near_ttl_s": near_ttl_s})
+    user = known_users[1]
+    assert recommend(stub, user).source == pb.ONLINE
+    by_engagement = recommend(stub, user, weights=pb.BlendWeights(engagement=1.0, quality=0.0))
+    by_quality = recommend(stub, user, weights=pb.BlendWeights(engagement=0.0, quality=1.0))
+    assert by_engagement.source == by_quality.source == pb.CACHE
+    assert server.metrics.value("recsys_online_computations_total") == 1  # the ranker ran once
+    assert ids(by_engagement) != ids(by_quality)
+    e = [i.engagement for i in by_engagement.items]
+    q = [i.quality for i in by_quality.items]
+    assert e == sorted(e, reverse=True) and q == sorted(q, reverse=True)
+    w = pipeline.default_weights
+    assert ids(by_engagement) == offline_top_k(pipeline, user, w.with_weights(1.0, 0.0))[0]
+    assert ids(by_quality) == offline_top_k(pipeline, user, w.with_weights(0.0, 1.0))[0]
+
+
+def test_precomputed_entries_are_served_as_precomputed(start, pipeline, known_users, redis_server, redis_url):
+    server, stub = start(redis_url)
+    user = known_users[2]
+    cands = pipeline.candidates([user])[0]
+    redis_server.client().set(precomputed_key(pipeline.model_version, user), cands.to_bytes())
+    response = recommend(stub, user)
+    assert response.source == pb.PRECOMPUTED
+    assert ids(response) == offline_top_k(pipeline, user)[0]
+    assert server.metrics.value("recsys_online_computations_total") == 0
+
+
+def test_killing_redis_keeps_answers_coming_then_the_cache_returns(start, known_users, own_redis):
+    # Without the near cache, so every request goes to Redis (the near cache is tested on its own).
+    server, stub = start(own_redis.url, cache={"circuit_open_s": 0.2, "near_ttl_s": 0})
+    user = known_users[3]
+    expected = ids(recommend(stub, user))
+    assert recommend(stub, user).source == pb.CACHE
+    own_redis.stop()
+    during = [recommend(stub, user) for _ in range(3)]
+    assert all(r.source == pb.ONLINE and ids(r) == expected for r in during)
+    faults = sum(server.metrics.value("recsys_redis_faults_total", {"op": op, "kind": kind})
+                 for op in ("get", "set") for kind in ("error", "timeout", "circuit_open"))
+    assert faults >= 3
+    own_redis.start()  # same port, empty
+    time.sleep(0.3)  # past the circuit's open interval
+    assert recommend(stub, user).source == pb.ONLINE  # recomputed and written back
+    after = recommend(stub, user)
+    assert after.source == pb.CACHE and ids(after) == expected
+
+
+def test_without_redis_the_in_process_cache_serves_hits(start, known_users):
+    server, stub = start("")
+    user = known_users[4]
+    assert recommend(stub, user).source == pb.ONLINE
+    assert recommend(stub, user).source == pb.CACHE
+
+
+def test_unknown_user_gets_the_popularity_fallback(start, pipeline, redis_url):
+    server, stub = start(redis_url)
+    response = recommend(stub, "never-seen-user", exclude_item_ids=[])
+    assert response.source == pb.FALLBACK
+    assert ids(response) == list(pipeline.popular_items(K)[0])
+    top = ids(response)[0]
+    excluded = recommend(stub, "never-seen-user", exclude_item_ids=[top])
+    assert top not in ids(excluded) and ids(excluded) == list(pipeline.popular_items(K, {top})[0])
+    assert server.metrics.value("recsys_fallbacks_total") == 2
+    assert server.metrics.value("recsys_online_computations_total") == 0
+
+
+def test_excluded_items_are_never_returned(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url)
+    user = known_users[5]
+    full = ids(recommend(stub, user, k=K + 3))
+    excluded = full[:3]
+    response = recommend(stub, user, exclude_item_ids=excluded)
+    assert response.source == pb.CACHE  # excludes are applied after the cache
+    assert ids(response) == full[3:]
+    assert ids(response) == offline_top_k(pipeline, user, exclude=excluded)[0]
+
+
+def test_seen_items_are_never_recommended(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url)
+    for user in known_users[:3]:
+        seen = pipeline.features.seen_items([user])[0]
+        assert seen and not set(ids(recommend(stub, user, k=50))) & set(seen)
+
+
+def test_explain_reports_the_retrieval_score_and_stage_ranks(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url)
+    user = known_users[6]
+    response = recommend(stub, user, explain=True)
+    cands = pipeline.candidates([user])[0]
+    position = {item: j for j, item in enumerate(cands.item_ids)}
+    for rank, item in enumerate(response.items, 1):
+        x = item.explanation
+        j = position[item.item_id]
+        assert x.blend_rank == rank
+        assert x.retrieval_score == pytest.approx(float(cands.retrieval_scores[j]), rel=1e-6)
+        assert x.retrieval_rank == 1 + int((cands.retrieval_scores > cands.retrieval_scores[j]).sum())
+        assert x.engagement_rank >= 1 and x.quality_rank >= 1
+    assert not recommend(stub, user).items[0].HasField("explanation")
+
+
+def test_similar_items_come_from_the_faiss_index(start, pipeline, redis_url):
+    server, stub = start(redis_url)
+    item = str(pipeline.index.item_ids[0])
+    response = stub.SimilarItems(pb.SimilarItemsRequest(item_id=item, num_results=5), timeout=10)
+    expected_ids, expected_scores = pipeline.index.similar_items(item, 5)
+    assert [i.item_id for i in response.items] == list(expected_ids) and item not in expected_ids
+    np.testing.assert_allclose([i.score for i in response.items], expected_scores, rtol=1e-6)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.SimilarItems(pb.SimilarItemsRequest(item_id="no-such-item", num_results=5), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_reports_serving_once_the_model_is_set(start, redis_url):
+    server, _ = start(redis_url)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_concurrent_misses_for_one_user_compute_once(start, pipeline, known_users, redis_url):
+    slow = SlowPipeline(pipeline)
+    slow.gate.clear()
+    server, stub = start(redis_url, model=slow, workers=8)
+    user = known_users[7]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(recommend, stub, user) for _ in range(6)]
+        assert slow.entered.wait(10)
+        time.sleep(0.3)  # every request is now waiting on the one computation
+        slow.gate.set()
+        responses = [f.result() for f in futures]
+    assert server.metrics.value("recsys_online_computations_total") == 1
+    assert server.metrics.value("recsys_singleflight_shared_total") == 5
+    assert all(ids(r) == ids(responses[0]) for r in responses)
+
+
+def test_over_the_concurrency_limit_is_resource_exhausted(start, pipeline, known_users, redis_url):
+    slow = SlowPipeline(pipeline)
+    slow.gate.clear()
+    server, stub = start(redis_url, model=slow, max_concurrent_rpcs=2, workers=4)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        busy = [pool.submit(recommend, stub, user) for user in known_users[8:10]]
+        assert slow.entered.wait(10)
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as e:
+            recommend(stub, known_users[10], timeout=5)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        slow.gate.set()
+        assert all(f.result().source == pb.ONLINE for f in busy)
+    assert recommend(stub, known_users[10]).source == pb.ONLINE  # capacity is back
+
+
+def wait_for_count(server, labels: dict, expected: float, name: str = "recsys_requests_total") -> float:
+    deadline = time.monotonic() + 10
+    while server.metrics.value(name, labels) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.metrics.value(name, labels)
+
+
+def test_a_deadline_too_short_to_compute_is_refused_without_computing(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url, min_deadline_s=5.0)
+    recommend(stub, "warm-up-the-channel")  # fallback: no computation, no deadline check
+    with pytest.raises(grpc.RpcError) as e:
+        recommend(stub, known_users[11], timeout=1.0)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_for_count(server, {"method": "Recommend", "code": "DEADLINE_EXCEEDED"}, 1) == 1
+    assert server.metrics.value("recsys_online_computations_total") == 0
+
+
+def test_a_deadline_passing_during_the_computation_ends_the_rpc(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url, model=SlowPipeline(pipeline, delay=0.6))
+    with pytest.raises(grpc.RpcError) as e:
+        recommend(stub, known_users[12], timeout=0.3)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server notices too: the handler ends with DEADLINE_EXCEEDED rather than answering.
+    assert wait_for_count(server, {"method": "Recommend", "code": "DEADLINE_EXCEEDED"}, 1) == 1
+    assert server.metrics.value("recsys_requests_total", {"method": "Recommend", "code": "OK"}) == 0
+
+
+def test_swapping_the_model_serves_the_new_version(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url)
+    user = known_users[13]
+    assert recommend(stub, user).model_version == pipeline.model_version
+
+    class Renamed(SlowPipeline):
+        model_version = pipeline.model_version + "-b"
+
+        def candidates(self, user_ids, exclude=None):
+            import dataclasses
+            return [dataclasses.replace(c, model_version=self.model_version)
+                    for c in self.inner.candidates(user_ids, exclude)]
+
+    server.set_model(Renamed(pipeline))
+    response = recommend(stub, user)
+    assert (response.model_version, response.source) == (pipeline.model_version + "-b", pb.ONLINE)
+    assert server.metrics.value("recsys_model_info", {"version": pipeline.model_version + "-b"}) == 1
