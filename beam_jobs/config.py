@@ -14,7 +14,7 @@ class BatchScoreConfig:
 
     artifacts: str = ""           # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
     version: str = "current"      # version name under it, "current" (the CURRENT pointer) or a version directory
-    users: str = ""               # file of user ids to score (text: one per line; or .parquet with user_id); "" = every train user
+    users: str = ""               # file of user ids (text, one per line; or .parquet with user_id); "" = every train user
     redis_url: str = ""           # write precomputed entries here, e.g. redis://localhost:6379/0 ("" = no Redis)
     output: str = ""              # directory for scores-*.parquet and job.json ("" = no Parquet)
     batch_size: int = 256         # users per model call; batches are fixed by the user ids, so scores are reproducible
@@ -47,6 +47,24 @@ class BatchScoreConfig:
                              "--output (Parquet files for analysts and `recsys evaluate`)")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"--redis-url {self.redis_url!r} must start with redis://, rediss:// or unix://")
+
+
+# --help text of the fields whose comment above is not self-explanatory.
+HELP = {
+    "artifacts": "artifacts root (default: $RECSYS_ARTIFACTS or ./artifacts)",
+    "version": "model version to score: a name, 'current' or a version directory",
+    "users": "file of user ids to score (one per line, or .parquet with user_id); default: every train user",
+    "redis_url": "Redis to fill with PRECOMPUTED entries, e.g. redis://localhost:6379/0 (default: none, Parquet only)",
+    "output": "directory for scores-*.parquet + job.json (default: none, Redis only)",
+    "batch_size": "users per model call (fixed batches: reruns write byte-identical entries)",
+    "num_candidates": "N retrieved and ranked per user (0 = the version's setting)",
+    "top_k": "Parquet rows per user, best first (0 = all N candidates)",
+    "engagement_weight": "blend weight of the engagement head for the Parquet ranks (< 0 = the version's default)",
+    "quality_weight": "blend weight of the quality head for the Parquet ranks (< 0 = the version's default)",
+    "num_shards": "Parquet files (fixed, so a rerun overwrites the same names)",
+    "redis_ttl_s": "expiry of precomputed entries in seconds (0 = none; keys are namespaced by version)",
+    "redis_retries": "retries of a failed pipelined Redis write before its users are counted as lost",
+}
 
 
 def _flag(name: str) -> str:

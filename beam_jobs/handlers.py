@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from beam_jobs.logs import quiet_worker_logs
 from recsys.errors import ArtifactMismatchError
 
 RANKING_DIR = "ranking"  # serving.pipeline.RANKING_DIR; repeated so importing handlers does not load TensorFlow
@@ -100,6 +101,7 @@ class _Handler(ModelHandler):
         return sum(len(b) for b in batch)  # users, the unit the job is sized in
 
     def _features(self):
+        quiet_worker_logs()  # every handler's load_model starts here, before the stage imports log
         from features import FeatureStore
         from retrieval import FEATURES_DIR
 
@@ -126,7 +128,7 @@ class UserTowerHandler(_Handler):
     def run_inference(self, batch: Sequence[UserBatch], model: _TowerModel,
                       inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
         for users in batch:
-            raw = model.features.user_features(list(users.user_ids))
+            raw = model.tower.user_inputs(model.features, list(users.user_ids))  # + history if the tower reads it
             embeddings = model.tower.embed({k: raw[k] for k in model.tower.input_names})
             yield dataclasses.replace(users, embeddings=embeddings)
 

@@ -23,6 +23,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from beam_jobs.logs import quiet_worker_logs
 from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class TrainUsers(beam.DoFn):
         self.shards = shards
 
     def setup(self) -> None:
+        quiet_worker_logs()
         from features import FeatureStore
         from retrieval import FEATURES_DIR
 
@@ -100,6 +102,7 @@ class ValidateUsers(beam.DoFn):
         self.unknown = counter("users_unknown")
 
     def setup(self) -> None:
+        quiet_worker_logs()
         from features import FeatureStore
         from retrieval import FEATURES_DIR
 
@@ -159,6 +162,7 @@ class WriteCandidatesToRedis(beam.DoFn):
         self.retried = counter("redis_retries")
 
     def setup(self) -> None:
+        quiet_worker_logs()
         t = self.target
         # The client itself does not retry: the whole pipelined batch is retried below, and
         # each failed attempt is counted.
@@ -316,6 +320,7 @@ class CountScored(beam.DoFn):
         self.batches = counter("batches")
 
     def setup(self) -> None:
+        quiet_worker_logs()
         self._start = self._last = self.clock()
         self._done = 0
 

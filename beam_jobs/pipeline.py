@@ -1,4 +1,4 @@
-"""The batch-scoring job: users → fixed batches → RunInference (user tower → FAISS → ranker) → Redis + Parquet.
+"""The batch-scoring job: users → fixed batches → RunInference (user tower → FAISS → ranker) → Redis, Parquet.
 
     python -m beam_jobs.pipeline --version current --redis-url redis://localhost:6379/0 \\
         --output scores/ [--users ids.txt] [--runner DirectRunner --direct_num_workers 2 ...]
@@ -17,7 +17,7 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,12 +25,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_jobs.config import BatchScoreConfig
+from beam_jobs.config import HELP, BatchScoreConfig
 from beam_jobs.handlers import (RankerHandler, RetrievalHandler, UserBatch, UserTowerHandler, batch_index,
                                 num_batches)
 from beam_jobs.io import (COUNTER_NAMESPACE, FAILED_USERS_FILE, SCORES_SCHEMA, SCORES_SUFFIX, SHARD_TEMPLATE,
                           CountScored, ReadUsers, RedisTarget, ScoresTable, TrainUsers, ValidateUsers,
                           WriteCandidatesToRedis, counter, remove_stale_shards, scores_prefix)
+from beam_jobs.logs import quiet_beam_logs
 from recsys import registry
 from recsys.config import add_config_args, config_from_args, config_to_dict
 from recsys.errors import DataError, RecsysError
@@ -40,9 +41,11 @@ log = logging.getLogger(__name__)
 COUNTERS = ("users_read", "users_invalid", "users_unknown", "users_duplicate", "users_scored", "batches",
             "redis_writes", "redis_retries", "redis_failed", "parquet_rows")
 JOB_FILE = "job.json"
-# Defaults for DirectRunner when the flags do not say (measured on 2 cores: bench/RESULTS.md, beam).
-DEFAULT_DIRECT_NUM_WORKERS = 2
-DEFAULT_DIRECT_RUNNING_MODE = "multi_processing"
+# Local-runner defaults when the flags do not say (measured on 2 cores: bench/RESULTS.md, Beam). in_memory
+# loads TensorFlow and the models once and TF already uses every core within a call; each extra
+# multi_processing worker pays its own TF start-up and model loads, which a 2-core host never wins back.
+DEFAULT_DIRECT_RUNNING_MODE = "in_memory"
+DEFAULT_DIRECT_NUM_WORKERS = 2  # for --direct_running_mode multi_processing / multi_threading without a count
 LOCAL_RUNNER = "FnApiRunner"
 TRAIN_USER_SHARDS = 16  # parallel reads of the version's user list when --users is not given
 
@@ -183,10 +186,11 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
         std.runner = LOCAL_RUNNER
     if std.runner == LOCAL_RUNNER:
         direct = options.view_as(DirectOptions)
-        if not any(a.startswith("--direct_num_workers") for a in beam_args):
-            direct.direct_num_workers = DEFAULT_DIRECT_NUM_WORKERS
         if not any(a.startswith("--direct_running_mode") for a in beam_args):
             direct.direct_running_mode = DEFAULT_DIRECT_RUNNING_MODE
+        if not any(a.startswith("--direct_num_workers") for a in beam_args):
+            # in_memory is one worker by construction (Beam warns about any other count)
+            direct.direct_num_workers = 1 if direct.direct_running_mode == "in_memory" else DEFAULT_DIRECT_NUM_WORKERS
     return options
 
 
@@ -263,13 +267,6 @@ def _write_job_file(result: BatchScoreResult) -> None:
         f.write(json.dumps(body, indent=2, sort_keys=True).encode())
 
 
-_HELP = {
-    "artifacts": "artifacts root",
-    "version": "model version to score: a name, 'current' or a version directory",
-    "users": "file of user ids to score (one per line, or .parquet with user_id); default: every train user",
-    "redis_url": "Redis to fill with PRECOMPUTED entries",
-    "output": "directory for scores-*.parquet + job.json",
-}
 
 
 def build_parser(prog: str = "python -m beam_jobs.pipeline") -> argparse.ArgumentParser:
@@ -277,7 +274,7 @@ def build_parser(prog: str = "python -m beam_jobs.pipeline") -> argparse.Argumen
         prog=prog, description="Precompute every user's candidates and both head scores into Redis (served as "
                                "PRECOMPUTED) and Parquet. Flags not listed here go to Beam's PipelineOptions "
                                "(--runner, --direct_num_workers, --direct_running_mode, --project, ...).")
-    add_config_args(parser, BatchScoreConfig, help_text=_HELP)
+    add_config_args(parser, BatchScoreConfig, help_text=HELP)
     return parser
 
 
@@ -301,7 +298,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        sys.exit(run())
+        with quiet_beam_logs():
+            code = run()
+        sys.exit(code)
     except RecsysError as e:
         print(f"batch-score: error: {e}", file=sys.stderr)
         sys.exit(2)

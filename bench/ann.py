@@ -8,7 +8,9 @@ nothing about ANN: they have no neighbourhood structure for IVF/HNSW to exploit.
 For each index setting it reports throughput as a ratio to exact search measured in the
 same run, and recall@k against exact search (mean |ANN top-k ∩ exact top-k| / k).
 
-  .venv/bin/python bench/ann.py                       # 1M × 64, 1000 queries (a few minutes on 2 cores)
+  .venv/bin/python bench/ann.py                       # 1M × 64, 1000 queries: ~25 min on 2 busy cores
+                                                      #   (building HNSW32 over 1M items is most of it)
+  .venv/bin/python bench/ann.py --hnsw --extra        # exact vs IVF only: ~8 min
   .venv/bin/python bench/ann.py --items 100000 --json out.json
 """
 from __future__ import annotations
@@ -70,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", type=float, default=1.0, help="within-cluster noise scale (relative to unit centres)")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--ivf", nargs="*", default=["IVF4096,Flat"], help="IVF factory strings")
-    p.add_argument("--nprobe", type=int, nargs="*", default=[8, 16, 32, 64])
+    p.add_argument("--nprobe", type=int, nargs="*", default=[16, 32, 64, 128])
     p.add_argument("--hnsw", nargs="*", default=["HNSW32"], help="HNSW factory strings")
-    p.add_argument("--ef-search", type=int, nargs="*", default=[64, 128, 256])
-    p.add_argument("--extra", nargs="*", default=["IVF4096,SQ8", "IVF4096,PQ32"],
+    p.add_argument("--ef-search", type=int, nargs="*", default=[128, 256, 512])
+    p.add_argument("--extra", nargs="*", default=["IVF4096,SQ8"],
                    help="more factory strings (PQ/SQ), searched at --extra-nprobe")
-    p.add_argument("--extra-nprobe", type=int, default=32)
+    p.add_argument("--extra-nprobe", type=int, default=64)
     p.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train IVF/PQ quantisers")
     p.add_argument("--threads", type=int, default=2, help="faiss.omp_set_num_threads (same for every index)")
     p.add_argument("--repeats", type=int, default=3)

@@ -1,6 +1,6 @@
 """Two-tower retrieval quality on MovieLens-100k: logQ on and off, beside the baselines, one table.
 
-Trains two versions with `recsys train` (identical flags except --[no-]retrieval-logq), then
+Trains two versions with `recsys train --stages retrieval` (identical flags except --[no-]retrieval-logq), then
 scores them through their FAISS indexes with the offline protocol (full catalogue, train
 items excluded) next to random, popularity, item-kNN and EASE on the same split.
 
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     for logq in (True, False):
         name = f"{'logq' if logq else 'nologq'}-{stamp}"
         flag = "--retrieval-logq" if logq else "--no-retrieval-logq"
-        code = recsys_main(["train", "--artifacts", root, "--version", name, "--no-promote", flag, *train_flags])
+        code = recsys_main(["train", "--stages", "retrieval", "--artifacts", root, "--version", name, "--no-promote",
+                            flag, *train_flags])
         if code:
             return code
         versions[logq] = registry.read_manifest(os.path.join(root, name))

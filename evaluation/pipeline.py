@@ -19,11 +19,10 @@ import pandas as pd
 
 from evaluation.metrics import evaluate_rankings
 from evaluation.protocol import EvalData
-from ranking import BlendWeights, NegativeConfig, diagnose, evaluation_rows
-from recsys.errors import ArtifactMismatchError, InvalidRequestError
-from recsys.registry import default_root, resolve_version
+from ranking import BlendWeights, NegativeConfig
+from recsys.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
 from serving.candidates import CandidateSet
-from serving.pipeline import PipelineConfig, RecommendPipeline
+from serving.pipeline import PipelineConfig, RecommendPipeline  # TensorFlow loads only with a version
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +33,22 @@ Order = Literal["blend", "retrieval", "engagement", "quality"]
 class PipelineEvalConfig:
     """Which trained version to evaluate and how (flags --pipeline-<field>).
 
-    artifacts: the artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts).
-    version: a version name under it, "current" (the CURRENT pointer) or a version directory.
+    version_dir: the version directory; `recsys evaluate` fills it from --artifacts/--version.
     num_candidates: N retrieved per user (0 = the version's setting).
     engagement_weight / quality_weight: blend weights (< 0 = the version's default).
+    blend_mode: "" = the version's default, else additive or multiplicative.
     order: "blend" is the pipeline; "retrieval" ranks the same candidates by the two-tower
       score alone (retrieval-only), "engagement"/"quality" by one head alone.
+    diagnostics: also measure the heads on test (engagement AUC, quality RMSE/MAE).
     """
 
-    artifacts: str = ""
-    version: str = "current"
+    version_dir: str = ""
     num_candidates: int = 0
     engagement_weight: float = -1.0
     quality_weight: float = -1.0
+    blend_mode: Literal["", "additive", "multiplicative"] = ""
     order: Order = "blend"
+    diagnostics: bool = True
     verify: bool = True
 
 
@@ -65,10 +66,13 @@ class PipelineRecommender:
         self.pipeline = pipeline
         self._data: EvalData | None = None
         self._columns: pd.Index | None = None
+        self.diagnostics: dict[str, float] = {}  # head_diagnostics on test, filled by fit
 
     @property
     def weights(self) -> BlendWeights:
         base = self.pipeline.default_weights
+        if self.config.blend_mode and self.config.blend_mode != base.mode:
+            base = BlendWeights(base.engagement, base.quality, mode=self.config.blend_mode)
         e, q = self.config.engagement_weight, self.config.quality_weight
         if e >= 0 or q >= 0:
             base = base.with_weights(e if e >= 0 else base.engagement, q if q >= 0 else base.quality)
@@ -77,15 +81,20 @@ class PipelineRecommender:
     def fit(self, data: EvalData) -> None:
         """Loads the version (unless a pipeline was given) and checks it was trained on `data`'s split."""
         if self.pipeline is None:
-            root = self.config.artifacts or default_root()
-            version_dir = resolve_version(root, self.config.version)
-            self.pipeline = RecommendPipeline.from_version_dir(version_dir, verify=self.config.verify)
-            log.info("pipeline: evaluating version %s", version_dir)
+            if not self.config.version_dir:
+                raise ArtifactError("pipeline needs a trained version: run `recsys train` first, or pass "
+                                    "--artifacts/--version")
+            self.pipeline = RecommendPipeline.from_version_dir(self.config.version_dir, verify=self.config.verify)
+            log.info("pipeline: evaluating version %s", self.config.version_dir)
         if self.config.num_candidates:
             self.pipeline.config = dataclasses.replace(self.pipeline.config, num_candidates=self.config.num_candidates)
         check_same_split(self.pipeline, data)
         self._data = data
-        self._columns = pd.Index(data.item_ids)
+        self._columns = pd.Index(np.asarray(data.item_ids).astype(str))
+        self.diagnostics = head_diagnostics(self, data) if self.config.diagnostics else {}
+        if self.diagnostics:
+            log.info("pipeline heads on test: %s", ", ".join(f"{k} {v:.4f}" for k, v in self.diagnostics.items()
+                                                             if isinstance(v, float)))
 
     def candidate_sets(self, user_rows: np.ndarray) -> list[CandidateSet]:
         """Both-head candidate sets of the given EvalData user rows (train items excluded)."""
@@ -147,6 +156,8 @@ def head_diagnostics(rec: PipelineRecommender, data: EvalData, neg: NegativeConf
     quality head in rating units against every rated test engagement. See
     ranking.head_metrics for the exact definitions.
     """
+    from ranking import diagnose, evaluation_rows
+
     pipeline = rec.pipeline
     test = data.split.test
     if max_users:
@@ -260,13 +271,17 @@ def plot_sweep(sweep: pd.DataFrame, path: str | pathlib.Path, k: int = 10, title
 
 def run_sweep(data: EvalData, config: PipelineEvalConfig, shares: Sequence[float], out_dir: str | pathlib.Path,
               mode: Literal["additive", "multiplicative"] | None = None, k: int = 10,
-              pipeline: RecommendPipeline | None = None) -> pd.DataFrame:
+              pipeline: RecommendPipeline | None = None, diagnostics: dict | None = None) -> pd.DataFrame:
     """Loads the version, sweeps the blend and writes sweep.csv, sweep.json and sweep.png into `out_dir`.
 
-    This is what `recsys evaluate --sweep-blend SHARES` runs.
+    This is what `recsys evaluate --sweep-blend SHARES` runs. `pipeline` reuses a loaded
+    version; `diagnostics` (head_diagnostics already measured) skips measuring them again.
     """
-    rec = PipelineRecommender(config, pipeline)
+    rec = PipelineRecommender(dataclasses.replace(config, diagnostics=config.diagnostics and diagnostics is None),
+                              pipeline)
     rec.fit(data)
+    diagnostics = diagnostics if diagnostics is not None else rec.diagnostics
+    mode = mode or (config.blend_mode or None)
     sweep = sweep_blend(rec, data, shares, mode=mode, k=k)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +289,7 @@ def run_sweep(data: EvalData, config: PipelineEvalConfig, shares: Sequence[float
     (out / "sweep.json").write_text(json.dumps({"config": dataclasses.asdict(config),
                                                 "pipeline": dataclasses.asdict(rec.pipeline.config),
                                                 "model_version": rec.pipeline.model_version, "k": k,
+                                                "head_diagnostics": diagnostics,
                                                 "rows": sweep.to_dict(orient="records")}, indent=2))
     plot_sweep(sweep, out / "sweep.png", k)
     log.info("blend sweep written to %s", out)

@@ -12,6 +12,7 @@ from evaluation.baselines import EASERecommender, ItemKNNRecommender, Popularity
     rank_users
 from evaluation.metrics import evaluate_rankings
 from evaluation.protocol import EvalData, Recommender
+from evaluation.pipeline import PipelineRecommender
 from evaluation.two_tower import TwoTowerRecommender
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ MODEL_FACTORIES: dict[str, Callable[..., Recommender]] = {
     "ease": EASERecommender,
     "itemknn": ItemKNNRecommender,
     "two_tower": TwoTowerRecommender,
+    "pipeline": PipelineRecommender,
 }
 
 

@@ -1,16 +1,40 @@
-"""Ranking stage: wide-and-deep multi-task ranker (engagement + quality heads) and the score blender."""
+"""Ranking stage: wide-and-deep multi-task ranker (engagement + quality heads) and the score blender.
+
+The configs, the blender and the negative sampler import eagerly (no TensorFlow); the model,
+training and export names resolve lazily (PEP 562), so `from ranking import BlendWeights`
+and the CLI's flag building never load TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ranking.blender import BlendWeights, blend_scores, rank_by_blend
-from ranking.export import Ranker, export_ranker
-from ranking.model import (HEADS, RankerConfig, WideDeepRanker, build_ranker, denormalize_quality, normalize_rating,
-                           ranker_inputs)
+from ranking.config import RankerConfig
 from ranking.negatives import CandidateGenerator, NegativeConfig, sample_negatives
-from ranking.train import diagnose, evaluation_rows, head_metrics, predict, train_ranker, training_rows
+
+_LAZY = {
+    "Ranker": "ranking.export", "export_ranker": "ranking.export",
+    "HEADS": "ranking.model", "WideDeepRanker": "ranking.model", "build_ranker": "ranking.model",
+    "denormalize_quality": "ranking.model", "normalize_rating": "ranking.model", "ranker_inputs": "ranking.model",
+    "diagnose": "ranking.train", "evaluation_rows": "ranking.train", "head_metrics": "ranking.train",
+    "predict": "ranking.train", "train_ranker": "ranking.train", "training_rows": "ranking.train",
+}
 
 __all__ = [
-    "BlendWeights", "blend_scores", "rank_by_blend",
-    "Ranker", "export_ranker",
-    "HEADS", "RankerConfig", "WideDeepRanker", "build_ranker", "denormalize_quality", "normalize_rating",
-    "ranker_inputs",
-    "CandidateGenerator", "NegativeConfig", "sample_negatives",
-    "diagnose", "evaluation_rows", "head_metrics", "predict", "train_ranker", "training_rows",
+    "BlendWeights", "blend_scores", "rank_by_blend", "RankerConfig",
+    "CandidateGenerator", "NegativeConfig", "sample_negatives", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ranking' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

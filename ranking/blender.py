@@ -8,7 +8,9 @@ from each request, so re-weighting never retrains and never re-runs the ranker.
   multiplicative:  score = engagement^w_e · quality^w_q
 
 where f is `transform`: identity, log (log-probability) or logit, both heads clipped to
-[EPS, 1 - EPS] first for log/logit so scores stay finite.
+[TINY, 1 - EPS] first for log/logit so scores stay finite. The lower bound is the smallest
+positive float64, not EPS: the retrieval-fused engagement head (ranking.model) puts most
+candidates far below 1e-6, and clipping there would tie them.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 from recsys.errors import InvalidRequestError
 
 EPS = 1e-6
+TINY = float(np.finfo(np.float64).tiny)  # ~2.2e-308: log(TINY) ≈ -708, finite
 BlendMode = Literal["additive", "multiplicative"]
 Transform = Literal["identity", "log", "logit"]
 _MODES = ("additive", "multiplicative")
@@ -72,7 +75,7 @@ class BlendWeights:
 def _transform(x: np.ndarray, transform: Transform) -> np.ndarray:
     if transform == "identity":
         return x
-    x = np.clip(x, EPS, 1.0 - EPS)
+    x = np.clip(x, TINY, 1.0 - EPS)
     if transform == "log":
         return np.log(x)
     return np.log(x) - np.log1p(-x)

@@ -13,16 +13,25 @@ so the exported SavedModel takes raw strings and floats.
          item·user and item·history → shared ReLU MLP bottom — generalisation.
   heads: engagement = σ(tower_e(bottom) + wide_e), quality = σ(tower_q(bottom) + wide_q);
          quality predicts the normalised rating (rating - 1) / 4 in [0, 1].
+  fusion (config.retrieval_weight = β > 0 and a trained retriever given): when not
+         training, engagement = σ(logit_e + β · (s(u, i) - 1)), s the retrieval model's
+         score of the pair (a frozen copy of its user tower and item embeddings, see
+         RetrievalAffinity; 1 = a perfect match of unit-norm towers) — the ranker's and
+         the retriever's evidence multiplied as experts. Anchoring at s = 1 only ever
+         lowers the logit, so the head does not saturate at 1 and a blend with quality
+         still orders the top. Trained without it: on train rows the retriever's scores
+         are in-sample (it was fit on those very engagements), so a learned weight would
+         over-trust them; β is chosen on the validation carve (bench/RESULTS.md).
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore, Vocabulary
+from ranking.config import RankerConfig
 from recsys.tf_env import keras, tf
 
 USER_PREFIX = "u__"
@@ -30,53 +39,6 @@ ITEM_PREFIX = "i__"
 HISTORY = "history"  # the user's recent train items, MULTI_VALUE_SEP-joined: see user_inputs
 HEADS = ("engagement", "quality")
 RATING_MIN, RATING_MAX = 1.0, 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class RankerConfig:
-    """Architecture, head loss weights and training settings; every field is a CLI flag.
-
-    The defaults are the settings measured on MovieLens-100k (bench/RESULTS.md, ranking).
-    """
-
-    id_dim: int = 32                   # user_id / item_id embedding width
-    feature_dim: int = 8               # width of each side-feature embedding
-    history_length: int = 50           # most recent train items of the user as a feature (0 = off)
-    hidden: tuple[int, ...] = (128, 64)  # shared-bottom ReLU layers
-    head_hidden: int = 32              # one ReLU layer per head on top of the shared bottom (0 = none)
-    dropout: float = 0.1               # after each shared-bottom layer
-    crosses: tuple[str, ...] = ()      # wide crosses "user_col*item_col", e.g. occupation*genres; empty = auto
-    wide_buckets: int = 200_003        # hash buckets shared by all crossed features
-    engagement_weight: float = 1.0     # loss weight of the engagement head (BCE)
-    quality_weight: float = 1.0        # loss weight of the quality head (masked MSE on normalised rating)
-    l2: float = 1e-6                   # L2 penalty on embedding tables (per example)
-    learning_rate: float = 2e-3        # Adam
-    batch_size: int = 1024
-    epochs: int = 4
-    seed: int = 42
-    progress: bool = True              # Keras progress bars
-
-    def __post_init__(self) -> None:
-        for name in ("id_dim", "feature_dim", "wide_buckets", "batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.history_length < 0:
-            raise ValueError(f"--history-length must be >= 0, got {self.history_length}")
-        if any(h <= 0 for h in self.hidden) or self.head_hidden < 0:
-            raise ValueError(f"--hidden sizes must be positive and --head-hidden >= 0, got {self.hidden}, "
-                             f"{self.head_hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
-        for name in ("engagement_weight", "quality_weight", "l2"):
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {getattr(self, name)}")
-        if self.engagement_weight == 0 and self.quality_weight == 0:
-            raise ValueError("--engagement-weight and --quality-weight are both 0; nothing would be trained")
-        if self.learning_rate <= 0:
-            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
-        for cross in self.crosses:
-            if cross.count("*") != 1 or not all(cross.split("*")):
-                raise ValueError(f"--crosses entry {cross!r}: expected USER_COLUMN*ITEM_COLUMN, e.g. occupation*genres")
 
 
 def normalize_rating(rating: np.ndarray) -> np.ndarray:
@@ -224,6 +186,50 @@ class _WideCrosses(keras.layers.Layer):
         return tf.math.unsorted_segment_sum(weights, tf.concat(rows, axis=0), batch)  # [b, heads]
 
 
+class RetrievalAffinity(keras.layers.Layer):
+    """The retrieval model's score of each (user, item) row: user_tower(user) · item_embedding[item]  [b, 1].
+
+    Frozen (no trainable weights): `user_tower` is the trained two-tower's user tower (a
+    Keras layer taking the raw user feature dict, see retrieval.Tower), `item_ids` [m] and
+    `item_embeddings` [m, d] its exported item vectors (items.npz), so s is exactly the
+    FAISS inner-product score of the candidate. The tower reads the last min(its own
+    history length, `history_length`) items of the ranker's history input: with a ranker
+    history at least as long as the tower's (the defaults: 50 ≥ 20) s equals the FAISS
+    score; a shorter one gives the tower a shorter history. Unknown items score 0.
+    """
+
+    def __init__(self, user_tower: keras.layers.Layer, item_ids: Sequence[str], item_embeddings: np.ndarray,
+                 history_length: int, **kwargs) -> None:
+        super().__init__(trainable=False, **kwargs)
+        user_tower.trainable = False
+        self.user_tower = user_tower
+        self.feature_names = tuple(getattr(user_tower, "feature_names"))
+        self.history_length = min(int(getattr(user_tower, "history_length", 0)), int(history_length))
+        emb = np.asarray(item_embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(item_ids):
+            raise ValueError(f"item_embeddings must be [{len(item_ids)}, d], got {emb.shape}")
+        self.item_lookup = keras.layers.StringLookup(vocabulary=[str(i) for i in item_ids], num_oov_indices=1,
+                                                     mask_token=None)
+        table = np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])  # row 0: OOV
+        self.item_table = self.add_weight(name="item_table", shape=table.shape, trainable=False,
+                                          initializer=keras.initializers.Constant(table))
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        user = {}
+        for name in self.feature_names:
+            if name == HISTORY:
+                if self.history_length > 0:
+                    tokens = _split_multi(inputs[USER_PREFIX + HISTORY])[:, -self.history_length:]
+                    user[name] = tf.strings.reduce_join(tokens, axis=1, separator=MULTI_VALUE_SEP)
+                else:
+                    user[name] = tf.fill(tf.shape(inputs[USER_PREFIX + "user_id"]), "")
+            else:
+                user[name] = inputs[USER_PREFIX + name]
+        u = self.user_tower(user, training=False)  # [b, d]
+        v = tf.gather(self.item_table, self.item_lookup(inputs[ITEM_PREFIX + "item_id"]))  # [b, d]
+        return tf.reduce_sum(u * v, axis=1, keepdims=True)
+
+
 class WideDeepRanker(keras.Model):
     """The ranker. call(inputs) → {"engagement": [b, 1], "quality": [b, 1]}, both in [0, 1].
 
@@ -232,9 +238,16 @@ class WideDeepRanker(keras.Model):
     quality mask) row by row; the exported signature returns them as [b].
     """
 
-    def __init__(self, features: FeatureStore, config: RankerConfig, **kwargs) -> None:
+    def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: "RetrievalParts | None" = None,
+                 **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config
+        # Retrieval fusion only with β > 0 and a retrieval model; otherwise the ranker alone.
+        self.affinity = None
+        if config.retrieval_weight > 0 and retrieval is not None:
+            tower, item_ids, item_embeddings = retrieval
+            self.affinity = RetrievalAffinity(tower, item_ids, item_embeddings, config.history_length,
+                                              name="retrieval_affinity")
         spec, vocabs = features.spec, features.vocabularies
         self.specs = input_specs(features, config.history_length)
         self.embedders: dict[str, keras.layers.Layer] = {}
@@ -292,11 +305,14 @@ class WideDeepRanker(keras.Model):
         for layer in self.bottom:
             x = layer(x, training=training)
         wide = self.wide(inputs) if self.wide is not None else None
+        fused = self.affinity is not None and not training
         out = {}
         for h, head in enumerate(HEADS):
             logit = self.towers[head](x)
             if wide is not None:
                 logit = logit + wide[:, h:h + 1]
+            if fused and head == "engagement":
+                logit = logit + self.config.retrieval_weight * (self.affinity(inputs) - 1.0)
             out[head] = tf.sigmoid(logit)
         return out
 
@@ -316,14 +332,22 @@ def _resolve_crosses(spec: FeatureSpec, crosses: Sequence[str]) -> list[tuple[st
     return out
 
 
-def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig()) -> WideDeepRanker:
+# (user tower layer, item ids [m], item embeddings [m, d]) of a trained two-tower: see RetrievalAffinity.
+RetrievalParts = tuple[keras.layers.Layer, Sequence[str], np.ndarray]
+
+
+def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig(),
+                 retrieval: RetrievalParts | None = None) -> WideDeepRanker:
     """A compiled WideDeepRanker for `features` (vocabularies fit on train).
+
+    `retrieval` (with config.retrieval_weight > 0) adds the retrieval score to the
+    engagement logit when serving (see the module docstring); None = the ranker alone.
 
     Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
     on the normalised rating, weighted by a 0/1 mask so rows without an observed rating
     contribute nothing. Total = engagement_weight · L_e + quality_weight · L_q.
     """
-    model = WideDeepRanker(features, config)
+    model = WideDeepRanker(features, config, retrieval)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},

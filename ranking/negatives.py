@@ -27,12 +27,13 @@ CandidateGenerator = Callable[[Sequence[str]], Sequence[Sequence[str]]]
 class NegativeConfig:
     """Where engagement negatives come from; every field is a CLI flag (prefix --neg-)."""
 
-    # auto: impressions if the log has any, else window if there is a validation carve, else sampled
+    # auto: impressions if the log has any, else sampled (hard ones from the retriever's candidates)
     source: Literal["auto", "impressions", "window", "sampled"] = "auto"
     per_positive: int = 4              # sampled negatives per engaged row
     hard_fraction: float = 0.5         # share of sampled negatives drawn from the candidate generator
     popularity_power: float = 0.75     # popularity sampling ∝ (train count + 1)^power (0 = uniform)
     batch_users: int = 1024            # users per candidate-generator call
+    window_missed: bool = False        # window: also train on window positives the generator did not retrieve
     seed: int = 42
 
     def __post_init__(self) -> None:

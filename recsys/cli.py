@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "recsys.commands.index",
     "recsys.commands.serve",
     "recsys.commands.batch_score",
+    "recsys.commands.versions",
     "recsys.commands.demo",
 )
 
@@ -34,14 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # that stage's command has not landed yet
-                continue
-            raise
-        module.register(sub)
+    for name in COMMAND_MODULES:  # command modules import heavy libraries only inside their run functions
+        importlib.import_module(name).register(sub)
     return parser
 
 

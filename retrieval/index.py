@@ -171,19 +171,23 @@ class ItemIndex:
         if b == 0:
             return out_ids, out_scores
         excluded_rows = [self._rows_of(e) for e in exclude] if exclude is not None else [set()] * b
-        # Fetch enough that n remain after dropping the excluded rows; batch queries by that need.
-        need = np.array([min(len(self), n + len(e)) for e in excluded_rows])
+        # Fetch enough that n remain after dropping each query's excluded rows. Queries are grouped
+        # by that need rounded up to a power of two: few FAISS calls per batch, at most 2x the
+        # work per query, and a query's fetch size depends on it alone (never on its batch-mates),
+        # so results are the same however users are batched.
+        need = np.array([min(len(self), _next_power_of_two(n + len(e))) for e in excluded_rows])
         for fetch in np.unique(need):
             sel = np.flatnonzero(need == fetch)
             scores, rows = self.index.search(q[sel], int(fetch))
             if self.config.metric == "l2":
                 scores = -scores
             for j, i in enumerate(sel):
-                keep = [(r, s) for r, s in zip(rows[j], scores[j]) if r >= 0 and r not in excluded_rows[i]][:n]
-                if keep:
-                    rr, ss = zip(*keep)
-                    out_ids[i, :len(rr)] = self.item_ids[list(rr)]
-                    out_scores[i, :len(ss)] = ss
+                keep = rows[j] >= 0
+                if excluded_rows[i]:
+                    keep &= ~np.isin(rows[j], np.fromiter(excluded_rows[i], dtype=np.int64))
+                kept = np.flatnonzero(keep)[:n]
+                out_ids[i, :len(kept)] = self.item_ids[rows[j, kept]]
+                out_scores[i, :len(kept)] = scores[j, kept]
         return out_ids, out_scores
 
     def _rows_of(self, item_ids: Collection[str]) -> set[int]:
@@ -226,3 +230,7 @@ def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError(f"{what} contain NaN or infinite values")
     return x
+
+
+def _next_power_of_two(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()

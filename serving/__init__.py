@@ -5,7 +5,9 @@ Importing this package does not import TensorFlow; loading a model version does.
 from serving.cache import (CacheConfig, CandidateCache, LocalCandidateStore, RedisCandidateStore, cache_key,
                            precomputed_key, redis_client)
 from serving.candidates import CandidateSet, CorruptEntryError
+from serving.hotswap import HotSwapConfig, RegistryWatcher, check_consistency, load_checked
 from serving.metrics import JsonFormatter, ServingMetrics
+from serving.security import ClientSecurity, SecurityConfig, client_channel
 from serving.server import RecommenderServicer, RecommendServer, ServerConfig, serve
 from serving.validation import RequestLimits
 
@@ -13,4 +15,6 @@ __all__ = [
     "CacheConfig", "CandidateCache", "LocalCandidateStore", "RedisCandidateStore", "cache_key", "precomputed_key",
     "redis_client", "CandidateSet", "CorruptEntryError", "JsonFormatter", "ServingMetrics", "RecommenderServicer",
     "RecommendServer", "ServerConfig", "serve", "RequestLimits",
+    "HotSwapConfig", "RegistryWatcher", "check_consistency", "load_checked", "ClientSecurity", "SecurityConfig",
+    "client_channel",
 ]

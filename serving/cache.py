@@ -14,10 +14,10 @@ never reads an old version's scores; a value whose embedded model_version differ
 its key's is treated as corrupt. One lookup is one MGET of both keys; a precomputed entry
 wins when both exist (they hold the same scores for the same version).
 
-In front of Redis sits a small per-process "near" cache (`near_ttl_s`, default 2 s) of
+In front of Redis sits a small per-process "near" cache (`near_ttl_s`, default 30 s) of
 decoded entries: a hot user's repeated requests skip the Redis round trip and the decode,
-and each entry memoizes its blended top-k per (weights, k) so repeating a request shape
-costs no re-blend. Its short TTL bounds how stale a process can be after the batch job
+and each entry memoizes its response per (weights, k) so repeating a request shape costs
+no re-blend. Its short TTL bounds how stale a process can be after the batch job
 rewrites an entry; 0 turns it off. Without Redis the in-process LRU is the only layer.
 
 Redis trouble is never an RPC failure: every redis.RedisError is caught, counted in
@@ -73,7 +73,7 @@ class CacheConfig:
     retry_backoff_s: float = 0.002   # first backoff; doubles, capped at 4x
     circuit_open_s: float = 1.0      # skip Redis this long after a connection error or timeout
     max_connections: int = 64        # connection pool size (>= server worker threads)
-    near_ttl_s: float = 2.0          # per-process cache in front of Redis; 0 = off
+    near_ttl_s: float = 30.0         # per-process cache in front of Redis; 0 = off
     near_max_entries: int = 10_000
 
     def __post_init__(self) -> None:
@@ -110,7 +110,7 @@ class CacheEntry:
     Attributes:
       candidates: the user's candidate set.
       source: CACHE or PRECOMPUTED — what a later hit on this entry reports.
-      memo: (weights, k) → the blended top-k, filled by the servicer (bounded by MEMO_SIZE).
+      memo: (weights, k) → the finished response, filled by the servicer (at most MEMO_SIZE).
     """
 
     candidates: CandidateSet
@@ -325,9 +325,8 @@ class CandidateCache:
         if local is not None:
             entry = local.get_entry(model_version, user_id)
             if entry is not None:
-                self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed")
-                if local is self.near:
-                    self._metrics.near_hits.inc()
+                self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed",
+                                           "near" if local is self.near else "store")
                 return entry, entry.source
         if local is not self.store:
             hit = self.store.get(model_version, user_id)

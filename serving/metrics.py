@@ -4,9 +4,9 @@ Metric names (all prefixed `recsys_`):
   request_latency_seconds{method,source}  histogram; source is cache/precomputed/online/
                                           fallback for answers, "error" for failed RPCs
   requests_total{method,code}             one per RPC by gRPC status code
-  cache_lookups_total{result}             hit / precomputed / miss
+  cache_lookups_total{result,layer}       result hit / precomputed / miss; layer near (the
+                                          per-process near cache) or store (Redis / LRU)
   cache_hit_ratio                         (hit + precomputed) / lookups since start
-  near_cache_hits_total                   hits answered by the per-process near cache
   fallbacks_total                         unknown users answered with the popularity fallback
   redis_faults_total{op,kind}             op get/set; kind error/timeout/circuit_open/corrupt
   online_computations_total               runs of retrieval + ranker (cache misses computed)
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -36,26 +35,22 @@ class ServingMetrics:
         self.latency = Histogram("recsys_request_latency_seconds", "RPC latency by method and answer source",
                                  ["method", "source"], buckets=_BUCKETS, registry=r)
         self.requests = Counter("recsys_requests", "RPCs by method and status code", ["method", "code"], registry=r)
-        self.cache_lookups = Counter("recsys_cache_lookups", "Candidate-cache lookups by result", ["result"],
-                                     registry=r)
+        self.cache_lookups = Counter("recsys_cache_lookups", "Candidate-cache lookups by result and answering layer",
+                                     ["result", "layer"], registry=r)
         self.fallbacks = Counter("recsys_fallbacks", "Unknown users answered with the popularity fallback",
                                  registry=r)
         self.redis_faults = Counter("recsys_redis_faults", "Redis operations that failed or were skipped",
                                     ["op", "kind"], registry=r)
         self.online_computations = Counter("recsys_online_computations",
                                            "Candidate sets computed online (retrieval + ranker runs)", registry=r)
-        self.near_hits = Counter("recsys_near_cache_hits", "Cache hits answered by the per-process near cache",
-                                 registry=r)
         self.singleflight_shared = Counter("recsys_singleflight_shared",
                                            "Cache misses answered by a concurrent request's computation", registry=r)
         self.model_info = Gauge("recsys_model_info", "1 for the loaded model version", ["version"], registry=r)
-        self._lookups_lock = threading.Lock()
-        self._hits = 0
-        self._lookups = 0
         Gauge("recsys_cache_hit_ratio", "Cache hits (incl. precomputed) / lookups since start",
               registry=r).set_function(self._hit_ratio)
         # Bound children: label lookups cost more than the increment itself on the hot path.
-        self._lookup_child = {res: self.cache_lookups.labels(res) for res in ("hit", "precomputed", "miss")}
+        self._lookup_child = {(res, layer): self.cache_lookups.labels(res, layer)
+                              for res in ("hit", "precomputed", "miss") for layer in ("near", "store")}
         self._latency_child: dict[tuple[str, str], object] = {}
         self._requests_child: dict[tuple[str, str], object] = {}
 
@@ -71,16 +66,18 @@ class ServingMetrics:
             child = self._requests_child.setdefault(key, self.requests.labels(method, code))
         child.inc()
 
-    def cache_lookup(self, result: str) -> None:
-        """Counts one lookup; result is hit, precomputed or miss."""
-        self._lookup_child[result].inc()
-        with self._lookups_lock:
-            self._lookups += 1
-            self._hits += result != "miss"
+    def cache_lookup(self, result: str, layer: str = "store") -> None:
+        """Counts one lookup: result hit, precomputed or miss; layer near (per-process) or store."""
+        self._lookup_child[result, layer].inc()
 
     def _hit_ratio(self) -> float:
-        with self._lookups_lock:
-            return self._hits / self._lookups if self._lookups else 0.0
+        hits = lookups = 0.0
+        for metric in self.cache_lookups.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    lookups += sample.value
+                    hits += sample.value if sample.labels["result"] != "miss" else 0.0
+        return hits / lookups if lookups else 0.0
 
     def redis_fault(self, op: str, kind: str) -> None:
         self.redis_faults.labels(op, kind).inc()
@@ -90,8 +87,11 @@ class ServingMetrics:
         self.model_info.labels(version).set(1)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """A sample's current value (0 when absent), e.g. value("recsys_fallbacks_total")."""
-        return self.registry.get_sample_value(name, labels or {}) or 0.0
+        """Sum of the samples `name` whose labels include `labels` (0 when none), e.g.
+        value("recsys_cache_lookups_total", {"result": "hit"}) over both layers."""
+        labels = labels or {}
+        return sum(sample.value for metric in self.registry.collect() for sample in metric.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
     def serve_http(self, port: int, addr: str = "0.0.0.0"):
         """Starts the /metrics HTTP endpoint in a daemon thread; returns (server, thread)."""

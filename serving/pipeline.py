@@ -13,15 +13,18 @@ import json
 import logging
 import os
 import pathlib
-from typing import Collection, Literal, Sequence
+from typing import TYPE_CHECKING, Collection, Literal, Sequence
 
 import numpy as np
 
 from features import FeatureStore
-from ranking import BlendWeights, Ranker, rank_by_blend
+from ranking import BlendWeights, rank_by_blend
 from recsys.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
-from retrieval import ItemIndex, UserTower, load_retriever
 from serving.candidates import CandidateSet
+
+if TYPE_CHECKING:  # loading a version imports TensorFlow and FAISS; importing this module does not
+    from ranking import Ranker
+    from retrieval import ItemIndex, UserTower
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,9 @@ class RecommendPipeline:
 
         `config` None = the version's `ranking/pipeline.json` if present, else the defaults.
         """
+        from ranking import Ranker
+        from retrieval import load_retriever
+
         d = pathlib.Path(path)
         features, tower, index = load_retriever(d, verify=verify)
         ranker = Ranker.load(d / RANKING_DIR)
@@ -141,8 +147,7 @@ class RecommendPipeline:
         seen = self.features.seen_items(user_ids)
         excluded = [s | frozenset(map(str, e)) for s, e in zip(seen, extra)] if extra is not None else seen
         user_rows = self.ranker.user_features(self.features, user_ids)
-        tower_inputs = {k: user_rows[k] for k in self.tower.input_names}
-        queries = self.tower.embed(tower_inputs)
+        queries = self.tower.embed(self.tower.user_inputs(self.features, user_ids))  # its own history length
         ids, scores = self.index.search(queries, self.config.num_candidates, excluded)
         valid = ids != ""
         counts = valid.sum(axis=1)

@@ -35,7 +35,9 @@ from recsys.errors import (ArtifactError, InvalidRequestError, ModelNotReadyErro
                            UnknownItemError)
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
 from serving.candidates import CandidateSet
+from serving.hotswap import HotSwapConfig, RegistryWatcher, load_into
 from serving.metrics import ServingMetrics
+from serving.security import SecurityConfig, add_port, server_interceptors, server_options
 from serving.validation import RecommendQuery, RequestLimits, validate_recommend, validate_similar
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.limits = limits
         self._model: Any = None
         self._default_weights: BlendWeights | None = None
+        self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
 
     # -- model lifecycle ----------------------------------------------------------------
     @property
@@ -114,6 +117,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             weights = weights.with_weights(e if e >= 0 else weights.engagement, q if q >= 0 else weights.quality)
         self._default_weights = weights
         self._model = model
+        self._serving = (model, weights)  # one assignment: a request never mixes two versions' settings
         self.metrics.set_model_version(model.model_version)
         log.info("serving model version %s", model.model_version,
                  extra={"event": "model_loaded", "model_version": model.model_version})
@@ -166,8 +170,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         Returns:
           (response, source) with source one of cache, precomputed, online, fallback.
         """
-        model = self.model
-        weights = self._default_weights if query.weights is None else self._default_weights.with_weights(*query.weights)
+        serving = self._serving
+        if serving is None:
+            raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
+        model, defaults = serving
+        weights = defaults if query.weights is None else defaults.with_weights(*query.weights)
         if not model.is_known_user(query.user_id):
             self.metrics.fallbacks.inc()
             return self._fallback(model, query), FALLBACK
@@ -178,16 +185,20 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 model.model_version, query.user_id, lambda: model.candidates([query.user_id])[0], timeout=time_left)
         except concurrent.futures.TimeoutError as e:
             raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
-        # The blended top-k depends only on (entry, weights, k) when nothing is excluded, so the
-        # entry memoizes it: a repeated request shape is not re-blended.
+        # With nothing excluded the answer depends only on (entry, weights, k), so a cached entry
+        # memoizes its response per request shape: a repeat is neither re-blended nor rebuilt.
+        # Memoized messages are shared between requests and never mutated after this point.
         key = (weights, query.num_results) if not query.exclude and not query.explain else None
-        items = entry.memo.get(key) if key is not None else None
-        if items is None:
-            items = _blended_items(model, entry.candidates, weights, query)
-            if key is not None and len(entry.memo) < entry.MEMO_SIZE:
-                entry.memo[key] = items
-        return pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
-                                    source=_SOURCE_ENUM[source]), source
+        if key is not None and source == entry.source:
+            response = entry.memo.get(key)
+            if response is not None:
+                return response, source
+        items = _blended_items(model, entry.candidates, weights, query)
+        response = pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
+                                        source=_SOURCE_ENUM[source])
+        if key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE:
+            entry.memo[key] = response
+        return response, source
 
     def _fallback(self, model: Any, query: RecommendQuery) -> pb.RecommendResponse:
         item_ids, scores = model.popular_items(query.num_results, query.exclude)
@@ -247,14 +258,21 @@ class RecommendServer:
 
     def __init__(self, config: ServerConfig = ServerConfig(), cache_config: CacheConfig = CacheConfig(),
                  limits: RequestLimits = RequestLimits(), metrics: ServingMetrics | None = None,
-                 extra_handlers: tuple[grpc.GenericRpcHandler, ...] = ()) -> None:
+                 extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
+                 security: SecurityConfig = SecurityConfig()) -> None:
         self.config = config
         self.metrics = metrics or ServingMetrics()
         self.cache = CandidateCache.from_config(cache_config, self.metrics)
         self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits)
         self.health = health.HealthServicer()
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
+        self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
+        rejected = self.metrics.requests.labels  # refused by token auth, before any servicer runs
         self.server = grpc.server(self._executor, handlers=extra_handlers,
+                                  interceptors=server_interceptors(
+                                      security, lambda method: rejected(method.rsplit("/", 1)[-1],
+                                                                        "UNAUTHENTICATED").inc()),
+                                  options=server_options(security),
                                   maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         pb_grpc.add_RecommenderServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -262,7 +280,7 @@ class RecommendServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        self.port = add_port(self.server, f"{config.host}:{config.port}", security)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port} (in use?)")
         self._metrics_http = None
@@ -285,15 +303,10 @@ class RecommendServer:
         self.servicer.set_model(model)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
-    def load(self, version_dir: str | os.PathLike, verify: bool = True) -> Any:
-        """Loads a version directory (checksums verified first) and serves it."""
-        from serving.pipeline import RecommendPipeline  # TensorFlow loads here, not at import
-
-        start = time.monotonic()
-        model = RecommendPipeline.from_version_dir(pathlib.Path(version_dir), verify=verify)
-        log.info("loaded %s in %.1fs", version_dir, time.monotonic() - start, extra={"event": "model_load"})
-        self.set_model(model)
-        return model
+    def load(self, version_dir: str | os.PathLike, verify: bool = True, warmup_users: int = 4) -> Any:
+        """Loads a version directory and serves it once it passed checksums, consistency checks and
+        a warm-up (serving.hotswap.load_into); on failure the current model keeps serving."""
+        return load_into(self, version_dir, verify=verify, warmup_users=warmup_users)
 
     def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight RPCs finish for `grace` seconds, then closes."""
@@ -315,22 +328,29 @@ class RecommendServer:
 
 def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: ServerConfig = ServerConfig(),
           cache_config: CacheConfig = CacheConfig(), limits: RequestLimits = RequestLimits(),
-          verify: bool = True, on_ready: Callable[[RecommendServer], None] | None = None) -> int:
+          verify: bool = True, on_ready: Callable[[RecommendServer], None] | None = None,
+          hotswap: HotSwapConfig = HotSwapConfig(), security: SecurityConfig = SecurityConfig()) -> int:
     """Runs the server until SIGTERM/SIGINT; returns 0 after a graceful stop.
 
     The port opens at once with health NOT_SERVING; the model loads in the background
     and health turns SERVING when it is ready. `version_dir` may be a callable that
     resolves the directory (re-resolved on SIGHUP, which swaps to the new version
-    without dropping requests).
+    without dropping requests). After the first load a RegistryWatcher re-resolves it every
+    `hotswap.watch_interval_s` and swaps the same way (serving/hotswap.py).
     """
     resolve = version_dir if callable(version_dir) else (lambda: pathlib.Path(version_dir))
-    server = RecommendServer(config, cache_config, limits).start()
+    server = RecommendServer(config, cache_config, limits, security=security).start()
+    watcher = RegistryWatcher(server, resolve, hotswap, verify=verify)
     failed: list[BaseException] = []
     stop = threading.Event()
 
     def load(initial: bool) -> None:
         try:
-            server.load(resolve(), verify=verify)
+            if not initial:  # SIGHUP: same checks and swap as the watcher, serialised with it
+                watcher.check(force=True)
+                return
+            server.load(resolve(), verify=verify, warmup_users=hotswap.warmup_users)
+            watcher.start()
         except (RecsysError, OSError) as e:
             log.error("could not load the model: %s%s", e, "" if initial else "; still serving the previous one",
                       extra={"event": "model_load_failed"})
@@ -350,6 +370,7 @@ def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: S
         while not stop.wait(0.5):
             pass
     finally:
+        watcher.stop()
         server.stop()
         for sig, h in previous.items():
             signal.signal(sig, h)

@@ -49,9 +49,10 @@ def check_id(value: str, field: str, limits: RequestLimits) -> str:
     """Non-empty, at most limits.max_id_length UTF-8 bytes, no control characters."""
     if not value:
         raise InvalidRequestError(f"{field} is empty")
-    size = len(value.encode("utf-8"))
-    if size > limits.max_id_length:
-        raise InvalidRequestError(f"{field} is {size} bytes long; the maximum is {limits.max_id_length}")
+    # A UTF-8 character is at most 4 bytes, so short ids need no encoding to be checked.
+    if 4 * len(value) > limits.max_id_length and len(value.encode("utf-8")) > limits.max_id_length:
+        raise InvalidRequestError(f"{field} is {len(value.encode('utf-8'))} bytes long; the maximum is "
+                                  f"{limits.max_id_length}")
     if not value.isprintable():
         raise InvalidRequestError(f"{field} {value[:40]!r} contains control characters")
     return value
@@ -76,21 +77,28 @@ def check_weights(engagement: float, quality: float, field: str = "weights") -> 
     return float(engagement), float(quality)
 
 
+_NO_EXCLUDES: frozenset[str] = frozenset()
+
+
 def validate_recommend(request, limits: RequestLimits) -> RecommendQuery:
     """Validates a recsys.v1.RecommendRequest."""
     user_id = check_id(request.user_id, "user_id", limits)
     k = check_num_results(request.num_results, limits)
     weights = (check_weights(request.weights.engagement, request.weights.quality)
                if request.HasField("weights") else None)
-    if len(request.exclude_item_ids) > limits.max_exclude_ids:
-        raise InvalidRequestError(f"exclude_item_ids has {len(request.exclude_item_ids)} entries; "
-                                  f"the maximum is {limits.max_exclude_ids}")
-    for i, item in enumerate(request.exclude_item_ids):
-        check_id(item, f"exclude_item_ids[{i}]", limits)
+    excludes = request.exclude_item_ids
+    exclude = _NO_EXCLUDES
+    if excludes:  # most requests have none: skip the per-item work (this runs on every cache hit)
+        if len(excludes) > limits.max_exclude_ids:
+            raise InvalidRequestError(f"exclude_item_ids has {len(excludes)} entries; "
+                                      f"the maximum is {limits.max_exclude_ids}")
+        for i, item in enumerate(excludes):
+            check_id(item, f"exclude_item_ids[{i}]", limits)
+        exclude = frozenset(excludes)
     if len(request.context) > limits.max_context_entries:
         raise InvalidRequestError(f"context has {len(request.context)} entries; the maximum is "
                                   f"{limits.max_context_entries}")
-    return RecommendQuery(user_id, k, weights, frozenset(request.exclude_item_ids), bool(request.explain))
+    return RecommendQuery(user_id, k, weights, exclude, request.explain)
 
 
 def validate_similar(request, limits: RequestLimits) -> tuple[str, int]:

@@ -18,3 +18,132 @@ def movielens() -> Dataset:
 @pytest.fixture(scope="session")
 def small_synthetic() -> Dataset:
     return generate_synthetic(SyntheticConfig(num_users=200, num_items=100, num_interactions=8000, seed=3))
+
+
+# -- a real redis-server (serving, Beam and reliability tests) ---------------------------
+# Started and stopped here; a missing binary is a failure with a clear message, not a skip.
+REDIS_BINARY = "redis-server"
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway redis-server (no persistence) on a free loopback port that a test can stop and start again."""
+
+    def __init__(self, workdir) -> None:
+        import shutil
+
+        binary = shutil.which(REDIS_BINARY)
+        if binary is None:
+            pytest.fail(f"{REDIS_BINARY} is not installed: run scripts/setup.sh (it installs the Debian package "
+                        "redis-server) — these tests need a real Redis")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        import redis
+
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"redis-server did not start on port {self.port}")
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """One redis-server for the session; use `redis_url` to get it flushed."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session redis-server's URL, flushed before the test."""
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> RedisServer:
+    """A redis-server of this test's own, which the test may stop and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+# -- one tiny complete version (features + retrieval + index + ranking), trained once ------
+TINY_SYNTHETIC = ("--synthetic-num-users", "300", "--synthetic-num-items", "150", "--synthetic-num-interactions",
+                  "6000", "--synthetic-seed", "0")
+TINY_TRAIN = ("--source", "synthetic", *TINY_SYNTHETIC, "--epochs", "1", "--retrieval-embedding-dim", "16",
+              "--retrieval-id-dim", "16", "--retrieval-feature-dim", "8", "--no-retrieval-progress",
+              "--index-recall-queries", "100", "--no-promote")
+TINY_RANKING = ("--ranking-id-dim", "8", "--ranking-feature-dim", "4", "--ranking-hidden", "16",
+                "--ranking-head-hidden", "8", "--ranking-wide-buckets", "1009", "--ranking-history-length", "5",
+                "--no-ranking-progress", "--neg-source", "sampled", "--pipeline-num-candidates", "50")
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tmp_path_factory):
+    """<tmp artifacts root>/tiny/: a complete sealed version trained once by `recsys train` on
+    synthetic data (300 users, 150 items, 6000 interactions; 1 epoch). Not promoted (no CURRENT):
+    pass `--artifacts tiny_version.parent --version tiny`. Treat it as read-only; copy it to modify."""
+    from recsys.cli import main as recsys_main
+
+    root = tmp_path_factory.mktemp("artifacts")
+    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--version", "tiny", *TINY_TRAIN,
+                        *TINY_RANKING])
+    assert code == 0, "recsys train failed for the tiny_version fixture"
+    version_dir = root / "tiny"
+    assert (version_dir / "ranking").is_dir(), "recsys train wrote no ranking/ stage"
+    return version_dir

@@ -6,7 +6,6 @@ through the same entry point, so the demo is also the CLI's tour.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import shlex
 import time
@@ -16,52 +15,50 @@ from recsys.errors import RecsysError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole system end to end on MovieLens-100k",
-                       description="Fetches MovieLens-100k, evaluates the baselines, trains and indexes the two-tower "
-                                   "model, trains the ranker, evaluates the pipeline, precomputes with Beam, serves "
-                                   "over gRPC with Redis and calls Recommend. Stages not yet built are skipped.")
+                       description="Fetches MovieLens-100k, trains the two-tower retriever (TFRS), exports it and builds "
+                                   "the FAISS index, trains the two-head ranker, precomputes every user's candidates "
+                                   "with Beam, evaluates baselines, retrieval, the full pipeline and the batch output "
+                                   "on one split (with a blend-weight sweep), then serves over gRPC with Redis and "
+                                   "calls Recommend.")
     p.add_argument("--workdir", default="demo-run", help="where artifacts and reports go (default: demo-run)")
-    p.add_argument("--quick", action="store_true", help="fewer epochs: a smoke run, not the measured numbers")
+    p.add_argument("--quick", action="store_true",
+                   help="at most 2 epochs per model: a smoke run of every step, not the measured numbers")
     p.set_defaults(func=run)
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def demo_steps(work: pathlib.Path, quick: bool = False) -> list[tuple[str, list[str]]]:
+    """The demo as (title, `recsys` argv) pairs: what a user would type, in order."""
+    artifacts, reports, batch = work / "artifacts", work / "reports", work / "batch"
+    train = ["train", "--artifacts", str(artifacts)] + (["--epochs", "2"] if quick else [])
+    evaluate = ["evaluate", "--models", "random", "popularity", "ease", "itemknn", "two_tower", "pipeline",
+                "--artifacts", str(artifacts), "--batch-output", str(batch), "--sweep-blend", "0:1:6",
+                "--report-dir", str(reports / "evaluation")]
+    return [
+        ("Fetch MovieLens-100k and show the per-user temporal split", ["data"]),
+        ("Train the two-tower retriever and the two-head ranker, export them, build the FAISS index, "
+         "promote the new version", train),
+        ("Precompute every user's candidates and both head scores with Beam (DirectRunner) into Parquet",
+         ["batch-score", "--artifacts", str(artifacts), "--output", str(batch)]),
+        ("Evaluate baselines, retrieval only, the full pipeline and the Beam output on the same split "
+         "(full-catalogue ranking, train items excluded), and sweep the blend weights", evaluate),
+        ("List the trained versions", ["versions", "--artifacts", str(artifacts)]),
+        ("Serve over gRPC with Redis and call Recommend", ["serve-demo", "--artifacts", str(artifacts)]),
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     from recsys.cli import main as recsys_main
 
     work = pathlib.Path(args.workdir)
-    artifacts, reports = work / "artifacts", work / "reports"
-    steps: list[tuple[str, list[str]]] = [
-        ("Fetch MovieLens-100k and show the per-user temporal split", ["data"]),
-    ]
-    trained = _available("recsys.commands.train")
-    if trained:
-        train = ["train", "--artifacts", str(artifacts)]
-        if args.quick:
-            train += ["--epochs", "2"]
-        steps.append(("Train the two-tower retriever and the ranker, export, build the FAISS index", train))
-    models = ["random", "popularity", "ease", "itemknn"]
-    if trained:
-        models += ["two_tower"]
-        if _available("ranking.model"):
-            models += ["pipeline"]
-    evaluate = ["evaluate", "--models", *models, "--report-dir", str(reports / "evaluation")]
-    if trained:
-        evaluate += ["--artifacts", str(artifacts)]
-    steps.append(("Evaluate every model on the same split (full-catalogue ranking, train items excluded)", evaluate))
-    if trained and _available("recsys.commands.batch_score"):
-        steps.append(("Precompute candidates and scores for every user with Beam (DirectRunner)",
-                      ["batch-score", "--artifacts", str(artifacts), "--output", str(work / "batch")]))
-    if trained and _available("recsys.commands.serve"):
-        steps.append(("Serve over gRPC with Redis and call Recommend", ["serve-demo", "--artifacts", str(artifacts)]))
-
+    steps = demo_steps(work, args.quick)
     started = time.perf_counter()
     for n, (title, argv) in enumerate(steps, 1):
         print(f"\n=== [{n}/{len(steps)}] {title}\n$ recsys {shlex.join(argv)}", flush=True)
+        step_started = time.perf_counter()
         code = recsys_main(argv)
         if code:
             raise RecsysError(f"demo step {n} (recsys {argv[0]}) failed with exit code {code}")
-    print(f"\nDemo finished in {time.perf_counter() - started:.0f} s. Artifacts: {artifacts}  Reports: {reports}")
+        print(f"--- step {n} done in {time.perf_counter() - step_started:.0f} s", flush=True)
+    print(f"\nDemo finished in {time.perf_counter() - started:.0f} s. Artifacts: {work / 'artifacts'}  "
+          f"Reports: {work / 'reports'}  Batch scores: {work / 'batch'}")
     return 0

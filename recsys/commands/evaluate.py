@@ -33,6 +33,8 @@ class EvaluateConfig:
     version: str = "current"      # which trained version ('current' follows the registry pointer)
     run_files: tuple[str, ...] = ()  # ranked lists from elsewhere: TREC run or CSV user_id,item_id,rank
     qrels: str = ""               # with --run-files: judge against this qrels file instead of a dataset split
+    batch_output: tuple[str, ...] = ()  # `recsys batch-score --output` directories (Parquet) to score, one row each
+    sweep_blend: str = ""         # quality shares α to sweep the pipeline's blend over, e.g. 0:1:11 or 0,0.5,1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ks": "metric cut-offs",
         "run_files": "TREC run (user Q0 item rank score tag) or CSV user_id,item_id,rank files to score",
         "qrels": "TREC qrels (user 0 item gain) or CSV user_id,item_id[,gain]; skips the dataset",
+        "batch_output": "Parquet output directories of `recsys batch-score --output` to score (row batch:<version>)",
+        "sweep_blend": "also sweep the trained pipeline's blend: weights (1-α, α) for each quality share α "
+                       "('0:1:11' = 11 values, or '0,0.5,1'); writes sweep.png/json/csv of the engagement metric "
+                       "against the quality metrics into --report-dir, from one trained ranker",
     })
     add_data_args(p)
     for name in MODEL_FACTORIES:
@@ -68,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--models: unknown model(s) {unknown}; choose from {', '.join(MODEL_FACTORIES)}")
     if not cfg.ks or min(cfg.ks) < 1:
         raise DataError(f"--ks must be positive integers, got {list(cfg.ks)}")
+    if cfg.sweep_blend:
+        from evaluation.pipeline import parse_sweep
+        parse_sweep(cfg.sweep_blend)  # a bad value fails before any data loads
     if cfg.qrels:
         return _run_against_qrels(cfg)
 
@@ -82,21 +91,48 @@ def run(args: argparse.Namespace) -> int:
         model_configs[name] = config_to_dict(model_cfg) if model_cfg is not None else {}
         models.append(build_model(name, model_cfg))
     results = evaluate_models(data, models, cfg.ks, cfg.batch_size) if models else pd.DataFrame()
+    diagnostics = {getattr(m, "name", ""): m.diagnostics for m in models if getattr(m, "diagnostics", None)}
+    for name, d in diagnostics.items():
+        print(f"{name} heads on test: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items() if isinstance(v, float)))
     run_rows = []
     for path in cfg.run_files:
         metrics = evaluate_run(read_run(path), data, cfg.ks, where=path)
         run_rows.append(pd.Series(metrics, name=f"run:{pathlib.Path(path).stem}"))
+    for path in cfg.batch_output:
+        from beam_jobs import read_scores  # Beam loads only when asked
+
+        scores = read_scores(path)
+        version = scores["model_version"].iloc[0] if len(scores) else pathlib.Path(path).name
+        run_rows.append(pd.Series(evaluate_run(scores, data, cfg.ks, where=path), name=f"batch:{version}"))
     if run_rows:
         results = pd.concat([results, pd.DataFrame(run_rows)]) if len(results) else pd.DataFrame(run_rows)
     if results.empty:
-        raise DataError("nothing to evaluate: give --models and/or --run-files")
+        raise DataError("nothing to evaluate: give --models, --run-files and/or --batch-output")
     results.index.name = "model"
     report = write_report(cfg.report_dir, results, data_summary(data), {
-        "evaluate": config_to_dict(cfg), "data": config_to_dict(data_cfg), "models": model_configs})
+        "evaluate": config_to_dict(cfg), "data": config_to_dict(data_cfg), "models": model_configs,
+        **({"head_diagnostics": diagnostics} if diagnostics else {})})
     print(format_table(results, _headline_columns(results, cfg.ks)))
+    if cfg.sweep_blend:
+        _sweep(cfg, args, data, data_cfg, models)
     print(f"\nreport: {report.markdown}  ({report.json.name}, {report.plot.name}); "
           f"{len(data.test_users)} test users, {data.num_items} catalogue items, {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _sweep(cfg: EvaluateConfig, args: argparse.Namespace, data, data_cfg: DataConfig, models: list) -> None:
+    """--sweep-blend: re-blends one set of pipeline candidates per quality share (evaluation.pipeline.run_sweep)."""
+    from evaluation.pipeline import parse_sweep, run_sweep
+
+    shares = parse_sweep(cfg.sweep_blend)
+    fitted = next((m for m in models if getattr(m, "name", "") == "pipeline"), None)
+    pipe_cfg = _model_config("pipeline", args, cfg, data_cfg)
+    sweep = run_sweep(data, pipe_cfg, shares, cfg.report_dir, k=min(cfg.ks),
+                      pipeline=fitted.pipeline if fitted is not None else None,
+                      diagnostics=fitted.diagnostics if fitted is not None else None)
+    print(f"\nblend sweep ({sweep['mode'].iloc[0]}; weights engagement 1-α, quality α):")
+    print(sweep.drop(columns=["mode"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"sweep: {pathlib.Path(cfg.report_dir) / 'sweep.png'} (sweep.json, sweep.csv)")
 
 
 def _headline_columns(results: pd.DataFrame, ks: tuple[int, ...]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from recsys.config import add_config_args, config_from_args, config_to_dict
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from serving import CacheConfig, RequestLimits, ServerConfig
+    from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig
 
     p = sub.add_parser("serve", help="serve Recommend/SimilarItems over gRPC",
                        description="Starts the gRPC Recommender server for a trained version: health "
@@ -38,6 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
         "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure"})
     add_config_args(p.add_argument_group("request limits"), RequestLimits)
+    add_config_args(p.add_argument_group("hot swap"), HotSwapConfig, help_text={
+        "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
+                            "always reloads)",
+        "warmup_users": "known users computed on a new version before it serves"})
+    add_config_args(p.add_argument_group("security"), SecurityConfig, help_text={
+        "tls_cert": "PEM server certificate chain (with --tls-key; empty = plaintext)",
+        "tls_key": "PEM server private key", "tls_client_ca": "PEM CA for client certificates (mutual TLS)",
+        "auth_tokens_file": "file of accepted bearer tokens, one per line",
+        "auth_tokens_env": "environment variable with comma-separated accepted tokens",
+        "max_message_bytes": "largest request/response message"})
     p.set_defaults(func=run_serve)
 
     c = sub.add_parser("recommend", help="call a running server (Recommend or SimilarItems)",
@@ -54,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--explain", action="store_true", help="show retrieval score and stage ranks")
     c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default: %(default)s)")
     c.add_argument("--json", dest="as_json", action="store_true", help="print the response as JSON")
+    c.add_argument("--tls-ca", default="", help="PEM CA of the server certificate (enables TLS)")
+    c.add_argument("--tls-cert", default="", help="PEM client certificate, for mutual TLS")
+    c.add_argument("--tls-key", default="", help="PEM client private key, for mutual TLS")
+    c.add_argument("--tls-server-name", default="", help="name to expect in the server certificate")
+    c.add_argument("--token-env", default="RECSYS_TOKEN",
+                   help="environment variable holding the bearer token to send (default: %(default)s)")
     c.set_defaults(func=run_recommend)
 
     d = sub.add_parser("serve-demo", help="start Redis and the server, call Recommend, show the answers",
@@ -63,13 +80,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "user (popularity fallback) and SimilarItems, then shuts everything down.")
     d.add_argument("--artifacts", default=str(default_root()), help="artifacts root (default: %(default)s)")
     d.add_argument("--version", default="current", help="version to serve (default: %(default)s)")
-    d.add_argument("--user", default="", help="user to recommend for (default: the most active train user)")
+    d.add_argument("--users", nargs="*", default=[], metavar="USER",
+                   help="known users to recommend for (default: the two most active train users)")
     d.add_argument("-k", "--num-results", type=int, default=5)
     d.set_defaults(func=run_serve_demo)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from serving import CacheConfig, RequestLimits, ServerConfig, serve
+    from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig, serve
     from serving.metrics import JsonFormatter
 
     if args.log_format == "json":
@@ -79,14 +97,17 @@ def run_serve(args: argparse.Namespace) -> int:
         config = config_from_args(ServerConfig, args)
         cache_config = config_from_args(CacheConfig, args)
         limits = config_from_args(RequestLimits, args)
+        hotswap = config_from_args(HotSwapConfig, args)
+        security = config_from_args(SecurityConfig, args)
     except ValueError as e:
         raise RecsysError(str(e)) from e
     version_dir = resolve_version(args.artifacts, args.version)  # fail fast on a bad --version
     log.info("starting", extra={"event": "config", "version_dir": str(version_dir),
                                 "server": config_to_dict(config), "cache": config_to_dict(cache_config),
-                                "limits": config_to_dict(limits)})
+                                "limits": config_to_dict(limits), "hotswap": config_to_dict(hotswap),
+                                "security": config_to_dict(security)})
     resolve = (lambda: resolve_version(args.artifacts, args.version))
-    return serve(resolve, config, cache_config, limits, verify=args.verify)
+    return serve(resolve, config, cache_config, limits, verify=args.verify, hotswap=hotswap, security=security)
 
 
 def run_recommend(args: argparse.Namespace) -> int:
@@ -104,7 +125,11 @@ def run_recommend(args: argparse.Namespace) -> int:
             raise RecsysError(f"--context {entry!r}: expected KEY=VALUE")
         key, value = entry.split("=", 1)
         context[key] = value
-    with grpc.insecure_channel(args.target) as channel:
+    from serving.security import ClientSecurity, client_channel
+
+    security = ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name,
+                              os.environ.get(args.token_env, "") if args.token_env else "")
+    with client_channel(args.target, security) as channel:
         stub = pb_grpc.RecommenderStub(channel)
         try:
             if args.item is not None:
@@ -181,6 +206,33 @@ def _start_local_redis(workdir: str):
     return None, ""
 
 
+def _demo_table(rows: list[dict], titles) -> None:
+    """Compact table of response items: rank, item id, title (when the version has titles), scores,
+    answer source and model version."""
+    cols = [("rank", 4), ("item_id", 10)] + ([("title", 34)] if titles is not None else []) + [
+        ("score", 9), ("engagement", 10), ("quality", 8), ("source", 11), ("model_version", 13)]
+    print("  ".join(f"{name:<{w}}" if name in ("item_id", "title", "source", "model_version") else f"{name:>{w}}"
+                    for name, w in cols))
+    for r in rows:
+        cells = {"rank": f"{r['rank']:>4}", "item_id": f"{r['item_id']:<10}",
+                 "score": f"{r['score']:9.4f}", "engagement": f"{r['engagement']:>10}", "quality": f"{r['quality']:>8}",
+                 "source": f"{r['source']:<11}", "model_version": r["model_version"]}
+        if titles is not None:
+            title = str(titles.get(r["item_id"], ""))
+            cells["title"] = f"{title[:34]:<34}"
+        print("  ".join(cells[name] for name, _ in cols))
+
+
+def _response_rows(response) -> list[dict]:
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    source = pb.Source.Name(response.source)
+    heads = response.source != pb.FALLBACK  # the fallback's score is a popularity count; no head scores
+    return [{"rank": n, "item_id": i.item_id, "score": i.score,
+             "engagement": f"{i.engagement:.4f}" if heads else "-", "quality": f"{i.quality:.4f}" if heads else "-",
+             "source": source, "model_version": response.model_version} for n, i in enumerate(response.items, 1)]
+
+
 def run_serve_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -194,42 +246,64 @@ def run_serve_demo(args: argparse.Namespace) -> int:
     version_dir = resolve_version(args.artifacts, args.version)
     with tempfile.TemporaryDirectory(prefix="recsys-redis-") as workdir:
         redis_proc, redis_url = _start_local_redis(workdir)
-        print(f"cache: {'redis-server at ' + redis_url if redis_url else 'in-process LRU (redis-server not installed)'}")
-        server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, metrics_port=0),
-                                 CacheConfig(redis_url=redis_url)).start()
+        server = None
         try:
+            print("cache: " + (f"redis-server started for this demo at {redis_url}" if redis_url else
+                               "in-process LRU (redis-server is not installed; scripts/setup.sh installs it)"))
+            server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=4, metrics_port=0),
+                                     CacheConfig(redis_url=redis_url)).start()
             target = f"127.0.0.1:{server.port}"
-            print(f"server: {target}, loading {version_dir.name} ...", flush=True)
+            print(f"server: gRPC on {target}, loading version {version_dir.name} ...", flush=True)
             model = server.load(version_dir)
+            items = model.features.items
+            titles = (dict(zip(items.index.astype(str), items["title"].astype(str))) if "title" in items.columns
+                      else None)
             with grpc.insecure_channel(target) as channel:
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 print(f"health: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
                 stub = pb_grpc.RecommenderStub(channel)
-                user = args.user or model.features.vocabularies["user_id"].tokens[0]  # most active
                 k = args.num_results
-                calls = [
-                    (f"$ recsys recommend --user {user} -k {k} --explain   (first call: computed online)",
-                     pb.RecommendRequest(user_id=user, num_results=k, explain=True), True),
-                    ("same request again: answered from the cache",
-                     pb.RecommendRequest(user_id=user, num_results=k), False),
-                    ("quality-heavy weights: re-ranked from the same cache entry, no ranker run",
-                     pb.RecommendRequest(user_id=user, num_results=k, weights=pb.BlendWeights(engagement=0.1,
-                                                                                            quality=1.0)), False),
-                    ("an unknown user: popularity fallback",
-                     pb.RecommendRequest(user_id="no-such-user", num_results=k), False),
-                ]
-                for title, request, explain in calls:
-                    print(f"\n{title}")
-                    print_recommendations(request.user_id, stub.Recommend(request, timeout=30), explain)
-                first = stub.Recommend(pb.RecommendRequest(user_id=user, num_results=1), timeout=30).items[0].item_id
-                similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id=first, num_results=k), timeout=30)
-                print(f"\nitems similar to {first}: " + ", ".join(f"{i.item_id} ({i.score:.3f})" for i in similar.items))
+                # The vocabulary lists train users most active first.
+                users = args.users or list(model.features.vocabularies["user_id"].tokens[:2])
+                quality_heavy = pb.BlendWeights(engagement=0.2, quality=1.0)
+                calls = []
+                for user in users:
+                    calls += [
+                        (f"user {user}: first call, computed online (user tower → FAISS → ranker → blend)",
+                         pb.RecommendRequest(user_id=user, num_results=k)),
+                        (f"user {user}: the same request again, answered from the cache",
+                         pb.RecommendRequest(user_id=user, num_results=k)),
+                        (f"user {user}: quality-heavy weights (engagement 0.2, quality 1.0), re-blended from the "
+                         "same cache entry without running the ranker",
+                         pb.RecommendRequest(user_id=user, num_results=k, weights=quality_heavy)),
+                    ]
+                calls.append(("an unknown user: popularity fallback (score = train engagement count)",
+                              pb.RecommendRequest(user_id="no-such-user", num_results=k)))
+                first_item = ""
+                for title, request in calls:
+                    print(f"\n$ recsys recommend --user {request.user_id} -k {k}"
+                          + (f" --engagement-weight {request.weights.engagement:g} --quality-weight "
+                             f"{request.weights.quality:g}" if request.HasField("weights") else ""))
+                    print(f"# {title}")
+                    response = stub.Recommend(request, timeout=60)
+                    first_item = first_item or (response.items[0].item_id if response.items else "")
+                    _demo_table(_response_rows(response), titles)
+                if first_item:
+                    print(f"\n$ recsys recommend --item {first_item} -k {k}\n# items similar to {first_item} "
+                          "(FAISS inner product of item embeddings)")
+                    similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id=first_item, num_results=k), timeout=30)
+                    _demo_table([{"rank": n, "item_id": i.item_id, "score": i.score, "engagement": "-",
+                                  "quality": "-", "source": "INDEX", "model_version": similar.model_version}
+                                 for n, i in enumerate(similar.items, 1)], titles)
             m = server.metrics
             print(f"\nmetrics: cache hit ratio {m.value('recsys_cache_hit_ratio'):.2f}, online computations "
-                  f"{m.value('recsys_online_computations_total'):.0f}, fallbacks {m.value('recsys_fallbacks_total'):.0f}")
+                  f"{m.value('recsys_online_computations_total'):.0f}, fallbacks "
+                  f"{m.value('recsys_fallbacks_total'):.0f}, Redis faults {m.value('recsys_redis_faults_total'):.0f}")
         finally:
-            server.stop(grace=1)
+            if server is not None:
+                server.stop(grace=1)
             if redis_proc is not None:
                 redis_proc.terminate()
-                redis_proc.wait()
+                redis_proc.wait(10)
+            print("stopped the server" + (" and redis-server" if redis_proc is not None else ""))
     return 0

@@ -2,9 +2,14 @@
 
 A step is a function of a `TrainContext` that writes its artifacts into the version
 directory and adds its section to the manifest. `STEPS` lists them in order, each tagged
-with its stage; `--stages` picks stages. Adding a stage (ranking) is one more entry:
+with its stage; `--stages` picks stages (its choices come from STEPS). Adding a stage:
 
-    STEPS.append(Step("ranking", "train the ranker", train_ranking))
+  1. `def train_x(ctx: TrainContext) -> None` — read flags from ctx.args, write into
+     ctx.version_dir/<stage>/, set ctx.manifest["<stage>"]; earlier steps' objects are in
+     ctx.state (e.g. "retrieval_model").
+  2. optionally `def x_config(args)` building its frozen config (errors name the flag), run
+     before any data loads; its flags go into `register` via `add_config_args(..., prefix=)`.
+  3. one entry in STEPS after the steps it needs: `Step("x", "what it does", train_x, x_config)`.
 """
 from __future__ import annotations
 
@@ -126,9 +131,113 @@ def _build(item_ids, embeddings, config, queries):
         raise RecsysError(_prefixed(str(e), "index")) from e
 
 
+def ranking_configs(args: argparse.Namespace):
+    """(RankerConfig, NegativeConfig, PipelineConfig) of the --ranking-*, --neg-* and --pipeline-* flags."""
+    from ranking import NegativeConfig, RankerConfig
+    from serving.pipeline import PipelineConfig
+
+    overrides = {"epochs": args.epochs} if getattr(args, "epochs", 0) else {}
+    try:
+        ranker = config_from_args(RankerConfig, args, prefix="ranking_", **overrides)
+    except ValueError as e:
+        raise RecsysError(_prefixed(str(e), "ranking")) from e
+    try:
+        pipeline = config_from_args(PipelineConfig, args, prefix="pipeline_")
+    except ValueError as e:
+        raise RecsysError(_prefixed(str(e), "pipeline")) from e
+    return ranker, config_from_args(NegativeConfig, args, prefix="neg_"), pipeline
+
+
+def train_ranking(ctx: TrainContext) -> None:
+    """Trains the wide & deep ranker on the retrieval model's candidates, exports it with the
+    version's default pipeline config, and records its head diagnostics on test."""
+    from ranking import diagnose, evaluation_rows, export_ranker, train_ranker, training_rows
+    from ranking.train import resolve_negative_source
+    from serving.pipeline import save_pipeline_config
+
+    config, neg, pipeline = ranking_configs(ctx.args)
+    source = resolve_negative_source(ctx.split, neg)
+    have_retrieval = (ctx.version_dir / "retrieval").exists()
+    generator = None
+    if source == "window" and have_retrieval:
+        generator = _fit_only_generator(ctx, pipeline.num_candidates)
+    elif source == "sampled" and have_retrieval:
+        generator = _version_generator(ctx, pipeline.num_candidates)
+    rows = training_rows(ctx.split, ctx.features, neg, config.history_length, generator)
+    retrieval = None
+    if config.retrieval_weight > 0 and "retrieval_model" in ctx.state:
+        from retrieval import load_items
+        retrieval = (ctx.state["retrieval_model"].user_tower, *load_items(ctx.version_dir))
+    elif config.retrieval_weight > 0:
+        log.warning("ranker: --ranking-retrieval-weight %g ignored: no retrieval model trained in this run",
+                    config.retrieval_weight)
+    try:
+        model, info = train_ranker(rows, ctx.features, config, retrieval=retrieval)
+    except ValueError as e:
+        raise RecsysError(_prefixed(str(e), "ranking")) from e
+    # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
+    test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
+    test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
+    diagnostics = diagnose(model, test_rows, ctx.features) if len(test_rows) else {}
+    export_ranker(model, ctx.version_dir / "ranking", info)
+    save_pipeline_config(ctx.version_dir, pipeline)
+    ctx.manifest["ranking"] = {
+        "config": config_to_dict(config), "negatives": {**config_to_dict(neg), "resolved_source": source,
+                                                        "generator": None if generator is None else
+                                                        ("two-tower on split.fit" if source == "window"
+                                                         else "this version's retriever")},
+        "pipeline": config_to_dict(pipeline), "training": {k: v for k, v in info.items() if k != "history"},
+        "loss_history": info["history"], "test_diagnostics": diagnostics,
+    }
+    log.info("ranker: %d examples in %.0f s; test %s", info["examples"], info["seconds"],
+             ", ".join(f"{k}={v:.4f}" for k, v in diagnostics.items() if isinstance(v, float)))
+
+
+def _version_generator(ctx: TrainContext, n: int):
+    """user ids → this version's FAISS top-n (the user's train items excluded): the serving candidates."""
+    from retrieval import INDEX_DIR, ItemIndex, UserTower
+
+    tower, index = UserTower.load(ctx.version_dir), ItemIndex.load(ctx.version_dir / INDEX_DIR)
+
+    def generate(user_ids):
+        ids, _ = index.search(tower.embed_ids(ctx.features, user_ids), n, ctx.features.seen_items(user_ids))
+        return [row[row != ""] for row in ids]
+    return generate
+
+
+def _fit_only_generator(ctx: TrainContext, n: int):
+    """A two-tower retriever trained like this version's but on split.fit alone (its own feature
+    store, so neither vocabulary, history nor popularity has seen the validation window), for
+    the ranker's window examples: its top-n for a user is what serving would have retrieved
+    just before the window."""
+    import tempfile
+
+    from features import Split, SplitConfig
+    from retrieval import IndexConfig, ItemIndex, UserTower, export_model, load_items, train_two_tower
+
+    fit = ctx.split.fit
+    store = fit_feature_store(ctx.dataset, fit)
+    config = retrieval_config(ctx.args)
+    epochs = int(ctx.manifest.get("retrieval", {}).get("final_epochs") or config.epochs)
+    config = dataclasses.replace(config, epochs=max(1, epochs), refit=False)
+    log.info("ranker: training a split.fit-only two-tower (%d epochs) to generate window candidates", config.epochs)
+    result = train_two_tower(store, Split(fit, fit.iloc[:0], fit.iloc[:0], SplitConfig(val_fraction=0.0)), config)
+    with tempfile.TemporaryDirectory(prefix="recsys-fit-retriever-") as tmp:
+        export_model(result.model, store, tmp)
+        item_ids, embeddings = load_items(tmp)
+        tower = UserTower.load(tmp)
+        index = ItemIndex.build(item_ids, embeddings, IndexConfig(recall_queries=0))
+
+    def generate(user_ids):
+        ids, _ = index.search(tower.embed_ids(store, user_ids), n, store.seen_items(user_ids))
+        return [row[row != ""] for row in ids]
+    return generate
+
+
 STEPS: list[Step] = [
     Step("retrieval", "train the two-tower model and export it", train_retrieval, retrieval_config),
     Step("retrieval", "build the FAISS index", build_index, index_config),
+    Step("ranking", "train the ranker on the retriever's candidates", train_ranking, ranking_configs),
 ]
 
 
@@ -137,7 +246,9 @@ def _stages() -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ranking import NegativeConfig, RankerConfig
     from retrieval import IndexConfig, TwoTowerConfig
+    from serving.pipeline import PipelineConfig
 
     p = sub.add_parser("train", help="train every stage, export, index, and promote one new version",
                        description="Loads the data, splits it, fits the feature store on train, trains each stage "
@@ -160,6 +271,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "logq": "sampling-bias (logQ) correction"})
     add_config_args(p.add_argument_group("FAISS index"), IndexConfig, prefix="index_",
                     help_text={"factory": "faiss.index_factory string: Flat, IVF1024,Flat, HNSW32, IVF1024,PQ16 ..."})
+    add_config_args(p.add_argument_group("wide & deep ranker"), RankerConfig, prefix="ranking_",
+                    help_text={"crosses": "wide crossed features USER_COL*ITEM_COL (empty = every user × item "
+                                          "categorical pair)",
+                               "retrieval_weight": "β: served engagement = σ(ranker logit + β·(retrieval score - 1)), "
+                                                   "the two-tower trained in the same run (0 = ranker alone)"})
+    add_config_args(p.add_argument_group("ranker negatives"), NegativeConfig, prefix="neg_")
+    add_config_args(p.add_argument_group("serving pipeline defaults"), PipelineConfig, prefix="pipeline_",
+                    help_text={"num_candidates": "N: FAISS candidates the ranker scores per user"})
     p.set_defaults(func=run)
 
 
@@ -221,3 +340,9 @@ def _print_summary(manifest: dict, version_dir: pathlib.Path, promoted: bool) ->
     if i:
         print(f"  index {i['factory']}: {i['size']} items × {i['dim']}, recall@{i.get('recall_n')} vs exact "
               f"{i.get('recall_at_n', float('nan')):.4f}")
+    rk = manifest.get("ranking")
+    if rk:
+        d = rk["test_diagnostics"]
+        print(f"  ranker: {rk['training']['examples']} examples ({rk['negatives']['resolved_source']} negatives) in "
+              f"{rk['training']['seconds']:.0f} s; test engagement AUC {d.get('engagement_auc', float('nan')):.4f}, "
+              f"quality RMSE {d.get('quality_rmse', float('nan')):.4f} / MAE {d.get('quality_mae', float('nan')):.4f}")

@@ -1,46 +1,79 @@
-"""Beam fixtures: one tiny trained version (two-tower + FAISS + ranker) shared by the session."""
+"""Beam fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, RedisServer, tiny_version)."""
 from __future__ import annotations
 
+import argparse
+import json
 import pathlib
 
 import pytest
 
-from features import Dataset, Split, SplitConfig, SyntheticConfig, generate_synthetic, split_interactions
+from tests.conftest import TINY_SYNTHETIC, RedisServer
 
-TINY_DATA = SyntheticConfig(num_users=120, num_items=80, num_interactions=5000, seed=11)
-
-
-def tiny_data() -> tuple[Dataset, Split]:
-    dataset = generate_synthetic(TINY_DATA)
-    return dataset, split_interactions(dataset.interactions, SplitConfig())
+BATCH_SIZE = 64  # several batches over the tiny version's ~300 users
 
 
-def build_tiny_version(root: pathlib.Path, version: str = "tiny", num_candidates: int = 30) -> pathlib.Path:
-    """Trains a seconds-sized version on synthetic data and seals it like `recsys train` does.
+def in_memory(workers: int = 1) -> list[str]:
+    """Beam flags for the fast, single-process local runner."""
+    return ["--direct_running_mode", "in_memory", "--direct_num_workers", str(workers)]
 
-    Built from the stage libraries rather than `recsys train` so the test does not depend on
-    which stages the train command wires in; the directory layout is the same (DESIGN.md §5).
-    """
+
+def batch_score(version_dir: pathlib.Path, *flags: str) -> int:
+    """`recsys batch-score` on the tiny version, in-process; returns the exit code."""
+    from recsys.cli import main as recsys_main
+
+    return recsys_main(["--log-level", "WARNING", "batch-score", "--artifacts", str(version_dir.parent), "--version",
+                        version_dir.name, "--batch-size", str(BATCH_SIZE), "--progress-s", "0.5", *flags])
+
+
+def job_counters(output: pathlib.Path) -> dict[str, int]:
+    return json.loads((output / "job.json").read_text())["counters"]
+
+
+def redis_snapshot(server: RedisServer) -> dict[bytes, bytes]:
+    """Every key and value in the server's db 0."""
+    client = server.client()
+    try:
+        keys = sorted(client.keys("*"))
+        return dict(zip(keys, client.mget(keys))) if keys else {}
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_version):
+    """The online implementation the job must agree with."""
+    from serving.pipeline import RecommendPipeline
+
+    return RecommendPipeline.from_version_dir(tiny_version)
+
+
+@pytest.fixture(scope="session")
+def train_users(pipeline) -> list[str]:
+    return list(pipeline.features.vocabularies["user_id"].tokens)
+
+
+@pytest.fixture(scope="session")
+def eval_data():
+    """EvalData of the split tiny_version was trained on (same flags as `recsys train` got)."""
+    from evaluation import build_eval_data
     from features import fit_feature_store
-    from ranking import NegativeConfig, RankerConfig, export_ranker, train_ranker, training_rows
-    from recsys import registry
-    from retrieval import INDEX_DIR, IndexConfig, ItemIndex, TwoTowerConfig, export_model, load_items, \
-        train_two_tower
-    from serving.pipeline import PipelineConfig, save_pipeline_config
+    from recsys.commands._common import add_data_args, data_config_from_args, load_split
 
-    dataset, split = tiny_data()
-    features = fit_feature_store(dataset, split.train)
-    d = registry.start_version(root, version)
-    features.save(d / "features")
-    tt = train_two_tower(features, split, TwoTowerConfig(embedding_dim=8, id_dim=8, feature_dim=4, epochs=2,
-                                                         batch_size=256, refit=False, progress=False, seed=1))
-    export_model(tt.model, features, d)
-    item_ids, embeddings = load_items(d)
-    ItemIndex.build(item_ids, embeddings, IndexConfig(recall_queries=0)).save(d / INDEX_DIR)
-    ranker, info = train_ranker(training_rows(split.train, features, NegativeConfig()), features,
-                                RankerConfig(id_dim=4, feature_dim=4, history_length=5, hidden=(16,), head_hidden=4,
-                                             epochs=1, batch_size=512, progress=False, seed=1))
-    export_ranker(ranker, d / "ranking", info)
-    save_pipeline_config(d, PipelineConfig(num_candidates=num_candidates, batch_users=64))
-    registry.finalize_version(d, {"data": {"source": "synthetic"}})
-    return d
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    dataset, split = load_split(data_config_from_args(parser.parse_args(["--source", "synthetic", *TINY_SYNTHETIC])))
+    return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_version, tmp_path_factory):
+    """One job run over every train user into a Redis of its own and a Parquet directory:
+    (redis server, output dir). Module-scoped so the tests below read one run."""
+    redis_dir = tmp_path_factory.mktemp("beam_redis")
+    server = RedisServer(redis_dir)
+    server.start()
+    output = tmp_path_factory.mktemp("beam_out") / "scores"
+    code = batch_score(tiny_version, "--redis-url", server.url, "--output", str(output), *in_memory())
+    assert code == 0
+    yield server, output
+    server.stop()

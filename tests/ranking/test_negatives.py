@@ -74,3 +74,43 @@ def test_training_rows_use_impressions_when_logged_else_sample(small_synthetic, 
     rows = training_rows(sub, ml_store, NegativeConfig(per_positive=3))
     assert (rows["engaged"] == 0).sum() == 3 * len(sub)
     assert (rows["engaged"] == 1).sum() == len(sub)
+
+
+def _split(fit_pairs, window_pairs):
+    from features import Split, SplitConfig
+    fit, window = _log(fit_pairs), _log(window_pairs)
+    window["timestamp"] += 100
+    train = pd.concat([fit, window], ignore_index=True)
+    return Split(train=train, validation=train.iloc[len(fit):], test=train.iloc[:0], config=SplitConfig())
+
+
+def test_window_rows_label_generated_candidates_by_the_window(small_synthetic):
+    from ranking.train import resolve_negative_source
+    split = _split([("a", "i0"), ("a", "i1"), ("b", "i2")], [("a", "i3"), ("b", "i4"), ("b", "i9")])
+    store = fit_feature_store(small_synthetic, split.train)
+    calls = []
+
+    def candidates(users):  # a's i1 was engaged in fit: never a candidate row
+        calls.append(list(users))
+        return [["i3", "i1", "i5"] if u == "a" else ["i6", "i4"] for u in users]
+
+    rows = training_rows(split, store, NegativeConfig(source="window"), history_length=5, candidates=candidates)
+    eng = rows.loc[rows["w_engagement"] == 1]
+    got = {(u, i): e for u, i, e in zip(eng["user_id"], eng["item_id"], eng["engaged"])}
+    assert got == {("a", "i3"): 1, ("a", "i5"): 0, ("b", "i6"): 0, ("b", "i4"): 1}  # b's i9 was not retrieved
+    assert calls == [["a", "b"]]
+    assert set(eng.loc[eng["user_id"] == "a", "history"]) == {"i0|i1"}  # fit items only, never the window's
+    quality = rows.loc[rows["w_quality"] == 1]
+    assert len(quality) == len(split.train) and (quality["w_engagement"] == 0).all()
+    # auto never picks window: sampled (retriever candidates + popularity) measured better on MovieLens.
+    assert resolve_negative_source(split, NegativeConfig()) == "sampled"
+    with pytest.raises(ValueError, match="--val-fraction"):
+        training_rows(split.train, store, NegativeConfig(source="window"))  # a bare log has no window
+
+
+def test_training_rows_history_only_holds_earlier_engagements(small_synthetic):
+    split = _split([("a", "i0"), ("a", "i1"), ("a", "i2")], [])
+    store = fit_feature_store(small_synthetic, split.train)
+    rows = training_rows(split.train, store, NegativeConfig(source="sampled", per_positive=1), history_length=5)
+    pos = rows.loc[rows["engaged"] == 1].set_index("item_id")["history"]
+    assert pos["i0"] == "" and pos["i1"] == "i0" and pos["i2"] == "i0|i1"

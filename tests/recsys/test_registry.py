@@ -57,3 +57,19 @@ def test_missing_pointer_and_version_say_what_to_do(tmp_path):
     (tmp_path / "v9" / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="unreadable"):
         registry.read_manifest(tmp_path / "v9")
+
+
+def test_promote_and_versions_commands(tmp_path, capsys):
+    from recsys.cli import main
+    _make_version(tmp_path, "v1")
+    _make_version(tmp_path, "v2")
+    assert main(["promote", "v2", "--artifacts", str(tmp_path)]) == 0
+    assert registry.current_version(tmp_path) == "v2"
+    assert main(["versions", "--artifacts", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("* v2") for line in lines) and any(line.startswith("  v1") for line in lines)
+    # Rollback is promoting the previous version; a missing one is a clear error, pointer unchanged.
+    assert main(["promote", "v1", "--artifacts", str(tmp_path)]) == 0
+    assert main(["promote", "v3", "--artifacts", str(tmp_path)]) == 2
+    assert "v3" in capsys.readouterr().err
+    assert registry.current_version(tmp_path) == "v1"

@@ -19,7 +19,8 @@ TINY = ["--retrieval-embedding-dim", "8", "--retrieval-id-dim", "8", "--retrieva
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
-    code = main(["train", *DATA, *TINY, "--artifacts", str(root), "--version", "v1"])
+    # Only this stage: the full pipeline is trained once by the shared tiny_version fixture.
+    code = main(["train", *DATA, *TINY, "--stages", "retrieval", "--artifacts", str(root), "--version", "v1"])
     assert code == 0
     return root
 
@@ -27,6 +28,7 @@ def trained(tmp_path_factory):
 def test_train_writes_promotes_and_documents_a_version(trained):
     assert registry.current_version(trained) == "v1"
     manifest = registry.verify_version(trained / "v1")
+    assert manifest["stages"] == ["retrieval"] and "ranking" not in manifest
     assert manifest["data"]["source"]["source"] == "synthetic"
     assert manifest["data"]["synthetic"]["num_users"] == 300
     r = manifest["retrieval"]
@@ -78,3 +80,16 @@ def test_user_mistakes_get_one_clear_line(trained, capsys, argv, message):
     assert code == 2
     assert message in err and "Traceback" not in err
     assert sorted(p.name for p in trained.iterdir() if p.is_dir()) in (["v1"], ["v1", "v2"])
+
+
+def test_building_the_cli_and_importing_retrieval_commands_does_not_load_tensorflow_or_faiss():
+    """`recsys --help` and `recsys data` stay fast: TF and FAISS load only when a command runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from recsys.cli import build_parser; build_parser(); "
+            "import recsys.commands.train, recsys.commands.index, evaluation.two_tower, retrieval; "
+            "retrieval.TwoTowerConfig(); retrieval.IndexConfig(); "
+            "print(sorted(m for m in ('tensorflow', 'faiss', 'tf_keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

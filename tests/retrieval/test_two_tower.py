@@ -17,8 +17,10 @@ from retrieval import (FEATURES_DIR, INDEX_DIR, IndexConfig, ItemIndex, TwoTower
 from retrieval.train import causal_histories, engaged_pairs, last_items
 from retrieval.two_tower import _split_multi, _tokenize, embed_in_batches
 
+# No history here, so the raw `user_features` dict is the tower's whole input; the history
+# input has its own test below.
 TINY = TwoTowerConfig(embedding_dim=16, id_dim=16, feature_dim=8, epochs=6, patience=2, batch_size=256,
-                      learning_rate=0.01, progress=False, seed=1)
+                      learning_rate=0.01, history_length=0, progress=False, seed=1)
 
 
 @pytest.fixture(scope="module")

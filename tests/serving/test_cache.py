@@ -215,7 +215,7 @@ def test_near_cache_answers_hot_users_without_redis_until_its_ttl(own_redis):
     again, source = cache.get_or_compute("v1", "u1", make_candidates)
     assert source == CACHE and again is entry  # the same decoded entry, no Redis involved
     assert cache.get_or_compute("v1", "u2", make_candidates)[1] == PRECOMPUTED  # keeps its origin
-    assert metrics.value("recsys_near_cache_hits_total") == 2
+    assert metrics.value("recsys_cache_lookups_total", {"layer": "near"}) == 2
     assert metrics.value("recsys_redis_faults_total", {"op": "get", "kind": "error"}) == 0
     clock.now += 2.1
     assert cache.get_or_compute("v1", "u1", make_candidates)[1] == ONLINE  # expired; Redis is down

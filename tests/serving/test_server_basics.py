@@ -14,7 +14,7 @@ from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.server import SERVICE_NAME, RecommendServer, ServerConfig
 from serving.validation import RequestLimits
 
-from tests.serving.conftest import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -45,31 +45,44 @@ def test_recommend_before_load_is_unavailable(bare_server):
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-@pytest.mark.parametrize("request_kwargs", [
-    {"user_id": ""},
-    {"user_id": "u" * 1000},
-    {"num_results": 0},
-    {"num_results": -1},
-    {"num_results": 21},
-    {"weights": pb.BlendWeights(engagement=math.nan, quality=1.0)},
-    {"weights": pb.BlendWeights(engagement=-1.0, quality=1.0)},
-    {"weights": pb.BlendWeights(engagement=0.0, quality=0.0)},
-    {"exclude_item_ids": [str(i) for i in range(6)]},
+@pytest.mark.parametrize("request_kwargs, field", [
+    ({"user_id": ""}, "user_id"),
+    ({"user_id": "u" * 1000}, "user_id"),
+    ({"user_id": "u\x001"}, "user_id"),
+    ({"num_results": 0}, "num_results"),
+    ({"num_results": -1}, "num_results"),
+    ({"num_results": 21}, "num_results"),
+    ({"weights": pb.BlendWeights(engagement=math.nan, quality=1.0)}, "weights.engagement"),
+    ({"weights": pb.BlendWeights(engagement=1.0, quality=math.inf)}, "weights.quality"),
+    ({"weights": pb.BlendWeights(engagement=-1.0, quality=1.0)}, "weights.engagement"),
+    ({"weights": pb.BlendWeights(engagement=0.0, quality=0.0)}, "weights"),
+    ({"exclude_item_ids": [str(i) for i in range(6)]}, "exclude_item_ids"),
+    ({"exclude_item_ids": ["i1", ""]}, "exclude_item_ids[1]"),
+    ({"exclude_item_ids": ["i" * 300]}, "exclude_item_ids[0]"),
+    ({"context": {str(i): "x" for i in range(65)}}, "context"),
 ])
-def test_bad_recommend_input_is_invalid_argument(bare_server, request_kwargs):
+def test_bad_recommend_input_is_invalid_argument(bare_server, request_kwargs, field):
     _, channel = bare_server
     request = pb.RecommendRequest(**{"user_id": "u1", "num_results": 5, **request_kwargs})
     with pytest.raises(grpc.RpcError) as e:
         pb_grpc.RecommenderStub(channel).Recommend(request, timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert e.value.details()
+    assert e.value.details().startswith(field)  # the message names the offending field
 
 
-def test_bad_similar_items_input_is_invalid_argument(bare_server):
+@pytest.mark.parametrize("request_kwargs, field", [
+    ({"item_id": ""}, "item_id"),
+    ({"item_id": "i" * 300}, "item_id"),
+    ({"num_results": 0}, "num_results"),
+    ({"num_results": 21}, "num_results"),
+])
+def test_bad_similar_items_input_is_invalid_argument(bare_server, request_kwargs, field):
     _, channel = bare_server
+    request = pb.SimilarItemsRequest(**{"item_id": "i1", "num_results": 3, **request_kwargs})
     with pytest.raises(grpc.RpcError) as e:
-        pb_grpc.RecommenderStub(channel).SimilarItems(pb.SimilarItemsRequest(item_id="", num_results=3), timeout=5)
+        pb_grpc.RecommenderStub(channel).SimilarItems(request, timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith(field)
 
 
 def test_reflection_lists_the_services_and_serves_the_proto(bare_server):

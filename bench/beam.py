@@ -1,0 +1,197 @@
+"""Beam batch-scoring throughput: users/s through the pipeline on the local runner vs the same models in-process.
+
+Reference (measured in the same run): the job's three ModelHandlers loaded once in this
+process and called on exactly the batches the job forms (beam_jobs.assign_batches), i.e.
+user tower → FAISS → ranker with no Beam, no serialization, no writes. Each pipeline
+configuration (running mode × --direct_num_workers) then runs the real job
+(beam_jobs.score_users: read users → validate → fixed batches → RunInference ×3 →
+Parquet, and Redis when --redis) and is reported two ways:
+
+  end-to-end   users / wall seconds of the whole job, worker start-up and model loading included;
+  marginal     (users - b) / (T_all - T_one), where T_one is the same job over one batch of b
+               users: the steady-state rate once workers are up, which is what a long job sees.
+
+Both as ratios to the reference rate. The host has 2 cores shared with other work, so
+ratios (not seconds) are the numbers to compare.
+
+  .venv/bin/python bench/beam.py --artifacts /tmp/ml --version current          # an existing version
+  .venv/bin/python bench/beam.py --synthetic-users 20000 --redis --json out.json  # trains a synthetic one first
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def train_synthetic(root: pathlib.Path, users: int, items: int, interactions: int) -> pathlib.Path:
+    """A small-model synthetic version via `recsys train` (1 epoch): the bench measures scoring, not quality."""
+    from recsys.cli import main as recsys_main
+
+    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--version", "bench",
+                        "--source", "synthetic", "--synthetic-num-users", str(users), "--synthetic-num-items",
+                        str(items), "--synthetic-num-interactions", str(interactions), "--epochs", "1",
+                        "--no-retrieval-progress", "--index-recall-queries", "100", "--no-promote"])
+    if code:
+        raise SystemExit(f"recsys train failed ({code})")
+    return root / "bench"
+
+
+def reference(version_dir: pathlib.Path, users: list[str], batch_size: int, num_candidates: int) -> dict:
+    """Seconds for the job's handlers, loaded here once, over the job's own batches."""
+    from beam_jobs import RankerHandler, RetrievalHandler, UserBatch, UserTowerHandler, assign_batches
+
+    handlers = [UserTowerHandler(version_dir), RetrievalHandler(version_dir, num_candidates),
+                RankerHandler(version_dir)]
+    t0 = time.perf_counter()
+    models = [h.load_model() for h in handlers]
+    load_s = time.perf_counter() - t0
+    batches = [UserBatch(b) for b in assign_batches(users, batch_size)]
+
+    def score(batch):
+        for h, m in zip(handlers, models):
+            batch = next(iter(h.run_inference([batch], m)))
+        return batch
+
+    score(batches[0])  # warm-up: TF traces its functions on the first call
+    t0 = time.perf_counter()
+    scored = sum(len(score(b)) for b in batches)
+    seconds = time.perf_counter() - t0
+    return {"users": scored, "batches": len(batches), "seconds": seconds, "users_per_s": scored / seconds,
+            "load_s": load_s, "users_per_s_with_load": scored / (seconds + load_s)}
+
+
+def run_job(version_dir: pathlib.Path, out: pathlib.Path, batch_size: int, mode: str, workers: int,
+            redis_url: str, users_file: str = "") -> dict:
+    from beam_jobs import BatchScoreConfig, score_users
+
+    if out.exists():
+        shutil.rmtree(out)
+    config = BatchScoreConfig(artifacts=str(version_dir.parent), version=version_dir.name, output=str(out),
+                              redis_url=redis_url, batch_size=batch_size, users=users_file, verify=False)
+    t0 = time.perf_counter()
+    result = score_users(config, ["--direct_running_mode", mode, "--direct_num_workers", str(workers)])
+    wall = time.perf_counter() - t0
+    if not result.ok:
+        raise SystemExit(f"the job lost Redis writes: {result.counters}")
+    return {"users": result.counters["users_scored"], "seconds": wall}
+
+
+def start_redis(workdir: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", default="", help="artifacts root of an existing version")
+    ap.add_argument("--version", default="current")
+    ap.add_argument("--synthetic-users", type=int, default=0, help="train a synthetic version with this many users")
+    ap.add_argument("--synthetic-items", type=int, default=2000)
+    ap.add_argument("--interactions-per-user", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--configs", default="in_memory:1,multi_processing:1,multi_processing:2",
+                    help="comma-separated running_mode:direct_num_workers")
+    ap.add_argument("--redis", action="store_true", help="also write every entry to a real redis-server")
+    ap.add_argument("--no-one-batch", action="store_true", help="skip the one-batch runs (no marginal rate)")
+    ap.add_argument("--json", default="", help="write the results here")
+    args = ap.parse_args()
+
+    import logging
+
+    from beam_jobs.logs import quiet_beam_logs
+    from recsys import registry
+    from serving.pipeline import load_pipeline_config
+
+    logging.basicConfig(level=logging.WARNING)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-beam-"))
+    redis_proc = None
+    try:
+        if args.synthetic_users:
+            t0 = time.perf_counter()
+            version_dir = train_synthetic(work / "artifacts", args.synthetic_users, args.synthetic_items,
+                                          args.synthetic_users * args.interactions_per_user)
+            print(f"trained a synthetic version in {time.perf_counter() - t0:.0f} s", flush=True)
+        else:
+            version_dir = registry.resolve_version(args.artifacts or registry.default_root(), args.version)
+        from features import FeatureStore
+
+        users = list(FeatureStore.load(version_dir / "features").vocabularies["user_id"].tokens)
+        n_items = len(FeatureStore.load(version_dir / "features").catalogue)
+        num_candidates = load_pipeline_config(version_dir).num_candidates
+        one_batch = work / "one_batch.txt"
+        from beam_jobs import assign_batches
+
+        first = assign_batches(users, args.batch_size)[0]
+        one_batch.write_text("\n".join(first) + "\n")
+        redis_url = ""
+        if args.redis:
+            redis_proc, redis_url = start_redis(work)
+
+        ref = reference(version_dir, users, args.batch_size, num_candidates)
+        print(f"{version_dir.name}: {len(users)} users, {n_items} items, N={num_candidates}, batch {args.batch_size}; "
+              f"reference (in-process handlers): {ref['users_per_s']:.0f} users/s "
+              f"({ref['seconds']:.1f} s, models load {ref['load_s']:.1f} s)", flush=True)
+        rows = []
+        with quiet_beam_logs():
+            for spec in args.configs.split(","):
+                mode, workers = spec.split(":")
+                small = ({"users": 0, "seconds": float("nan")} if args.no_one_batch else
+                         run_job(version_dir, work / "out", args.batch_size, mode, int(workers), redis_url,
+                                 str(one_batch)))
+                full = run_job(version_dir, work / "out", args.batch_size, mode, int(workers), redis_url)
+                e2e = full["users"] / full["seconds"]
+                marginal_s = full["seconds"] - small["seconds"]
+                marginal = (full["users"] - small["users"]) / marginal_s if marginal_s > 0 else float("nan")
+                row = {"mode": mode, "workers": int(workers), "users": full["users"], "seconds": full["seconds"],
+                       "one_batch_seconds": small["seconds"], "end_to_end_users_per_s": e2e,
+                       "end_to_end_ratio": e2e / ref["users_per_s"],
+                       "end_to_end_ratio_vs_ref_with_load": e2e / ref["users_per_s_with_load"],
+                       "marginal_users_per_s": marginal, "marginal_ratio": marginal / ref["users_per_s"]}
+                rows.append(row)
+                print(f"  {mode:17s} workers={workers}: {full['seconds']:6.1f} s end-to-end = {e2e:6.0f} users/s "
+                      f"({row['end_to_end_ratio']:.2f}x ref, {row['end_to_end_ratio_vs_ref_with_load']:.2f}x ref "
+                      f"with load); one batch {small['seconds']:.1f} s → marginal {marginal:6.0f} users/s "
+                      f"({row['marginal_ratio']:.2f}x ref)", flush=True)
+        result = {"version": version_dir.name, "users": len(users), "items": n_items, "num_candidates": num_candidates,
+                  "batch_size": args.batch_size, "redis": bool(args.redis), "reference": ref, "pipeline": rows,
+                  "host": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+    finally:
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(5)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
