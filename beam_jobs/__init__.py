@@ -8,10 +8,8 @@ importing Beam or TensorFlow.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from beam_jobs.config import BatchScoreConfig
+from recsys.lazy import lazy_exports
 
 _LAZY = {
     "BatchScore": "beam_jobs.pipeline", "BatchScoreResult": "beam_jobs.pipeline", "run": "beam_jobs.pipeline",
@@ -25,15 +23,4 @@ _LAZY = {
 
 __all__ = ["BatchScoreConfig", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'beam_jobs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

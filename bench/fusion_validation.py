@@ -24,7 +24,6 @@ Flags after `--` go to `recsys train` (data source, model flags...).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os

@@ -481,7 +481,7 @@ def hardware() -> dict:
 def print_table(results: dict, a: argparse.Namespace) -> None:
     print(f"\nconcurrency {a.concurrency}, {a.rounds} rounds, server: sync thread pool x {a.workers} workers, "
           f"{a.processes} process(es)")
-    print(f"| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
+    print("| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for key, label in (("a_empty_rpc", "(a) empty RPC (reference)"), ("b_cache_hit", "(b) Recommend, cache hit"),
                        ("c_cache_miss_rpc", "(c) Recommend, cache miss (online)"),

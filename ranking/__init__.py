@@ -6,12 +6,10 @@ and the CLI's flag building never load TensorFlow.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ranking.blender import BlendWeights, blend_scores, rank_by_blend
 from ranking.config import RankerConfig
 from ranking.negatives import CandidateGenerator, NegativeConfig, sample_negatives
+from recsys.lazy import lazy_exports
 
 _LAZY = {
     "Ranker": "ranking.export", "export_ranker": "ranking.export",
@@ -26,15 +24,4 @@ __all__ = [
     "CandidateGenerator", "NegativeConfig", "sample_negatives", *_LAZY,
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ranking' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -30,7 +30,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore, Vocabulary
+from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore
+from features.tf_layers import BagEmbedding, l2_regularizer, split_multi, string_lookup, tokenize
 from ranking.config import RankerConfig
 from recsys.tf_env import keras, tf
 
@@ -113,49 +114,6 @@ def default_crosses(spec: FeatureSpec) -> tuple[str, ...]:
                                                           (*spec.item_categorical, *spec.item_multi)))
 
 
-def _lookup(vocab: Vocabulary) -> keras.layers.StringLookup:
-    # Same convention as features.Vocabulary: index 0 is the OOV bucket, no mask token.
-    return keras.layers.StringLookup(vocabulary=list(vocab.tokens) or ["\x00"], num_oov_indices=1, mask_token=None)
-
-
-def _split_multi(x: tf.Tensor) -> tf.RaggedTensor:
-    """features.split_multi in TF: 'Action|Comedy' → ['Action', 'Comedy'], empty tokens dropped."""
-    parts = tf.strings.split(x, sep=MULTI_VALUE_SEP)
-    return tf.ragged.boolean_mask(parts, tf.strings.length(parts) > 0)
-
-
-def _tokenize(x: tf.Tensor) -> tf.RaggedTensor:
-    """features.tokenize_text in TF: lower-case [a-z0-9]+ words."""
-    lowered = tf.strings.lower(x, encoding="utf-8")
-    return tf.strings.split(tf.strings.strip(tf.strings.regex_replace(lowered, "[^a-z0-9]+", " ")))
-
-
-def _reg(l2: float):
-    return keras.regularizers.l2(l2) if l2 > 0 else None
-
-
-class _BagEmbedding(keras.layers.Layer):
-    """Mean of the token embeddings of a ragged [b, (n)] string bag; zeros for an empty bag.
-
-    Owns its lookup and table, or shares another feature's (`shared=(lookup, embedding)`).
-    """
-
-    def __init__(self, vocab: Vocabulary | None, dim: int, l2: float, shared: tuple | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if shared is not None:
-            self.lookup, self.embedding = shared
-        else:
-            self.lookup = _lookup(vocab)
-            self.embedding = keras.layers.Embedding(len(vocab), dim, embeddings_regularizer=_reg(l2))
-
-    def call(self, tokens: tf.RaggedTensor) -> tf.Tensor:
-        ids = tf.ragged.map_flat_values(self.lookup, tokens)
-        vectors = tf.ragged.map_flat_values(self.embedding, ids)  # [b, (n), dim]
-        total = tf.reduce_sum(vectors, axis=1)
-        count = tf.cast(tf.maximum(ids.row_lengths(), 1), total.dtype)[:, None]
-        return total / count
-
-
 class _WideCrosses(keras.layers.Layer):
     """Σ over hashed crossed tokens of a learned [buckets, num_heads] weight: the wide logits.
 
@@ -169,14 +127,14 @@ class _WideCrosses(keras.layers.Layer):
         self.crosses = tuple(crosses)  # (user input key, item input key, item column is multi-valued)
         self.buckets = buckets
         self.weights_table = keras.layers.Embedding(buckets, len(HEADS), embeddings_initializer="zeros",
-                                                    embeddings_regularizer=_reg(l2), name="wide_weights")
+                                                    embeddings_regularizer=l2_regularizer(l2), name="wide_weights")
 
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         batch = tf.shape(next(iter(inputs.values())))[0]
         rows, tokens = [], []
         for user_key, item_key, multi in self.crosses:
             left = inputs[user_key]
-            right = _split_multi(inputs[item_key]) if multi else tf.RaggedTensor.from_tensor(inputs[item_key][:, None])
+            right = split_multi(inputs[item_key]) if multi else tf.RaggedTensor.from_tensor(inputs[item_key][:, None])
             row = tf.cast(right.value_rowids(), tf.int32)
             crossed = tf.strings.join([f"{user_key}*{item_key}=", tf.gather(left, row), "\x01", right.flat_values])
             rows.append(row)
@@ -219,7 +177,7 @@ class RetrievalAffinity(keras.layers.Layer):
         for name in self.feature_names:
             if name == HISTORY:
                 if self.history_length > 0:
-                    tokens = _split_multi(inputs[USER_PREFIX + HISTORY])[:, -self.history_length:]
+                    tokens = split_multi(inputs[USER_PREFIX + HISTORY])[:, -self.history_length:]
                     user[name] = tf.strings.reduce_join(tokens, axis=1, separator=MULTI_VALUE_SEP)
                 else:
                     user[name] = tf.fill(tf.shape(inputs[USER_PREFIX + "user_id"]), "")
@@ -258,22 +216,22 @@ class WideDeepRanker(keras.Model):
             if not vocabs[col].tokens:  # a column whose train vocabulary is empty carries no signal
                 continue
             self.embedders[prefix + col] = keras.Sequential([
-                _lookup(vocabs[col]),
-                keras.layers.Embedding(len(vocabs[col]), dim, embeddings_regularizer=_reg(config.l2))],
+                string_lookup(vocabs[col]),
+                keras.layers.Embedding(len(vocabs[col]), dim, embeddings_regularizer=l2_regularizer(config.l2))],
                 name=f"{prefix}{col}_embedding")
         for c, is_text in ((c, False) for c in spec.item_multi):
             if vocabs[c].tokens:
-                self.bags[ITEM_PREFIX + c] = (_BagEmbedding(vocabs[c], config.feature_dim, config.l2,
+                self.bags[ITEM_PREFIX + c] = (BagEmbedding(vocabs[c], config.feature_dim, config.l2,
                                                             name=f"i__{c}_bag"), is_text)
         for c in spec.item_text:
             if vocabs[c].tokens:
-                self.bags[ITEM_PREFIX + c] = (_BagEmbedding(vocabs[c], config.feature_dim, config.l2,
+                self.bags[ITEM_PREFIX + c] = (BagEmbedding(vocabs[c], config.feature_dim, config.l2,
                                                             name=f"i__{c}_words"), True)
         item_key, user_key = ITEM_PREFIX + "item_id", USER_PREFIX + "user_id"
         self.history_bag = None
         if config.history_length > 0 and item_key in self.embedders:
             item_layers = self.embedders[item_key].layers
-            self.history_bag = _BagEmbedding(None, config.id_dim, config.l2, shared=(item_layers[0], item_layers[1]),
+            self.history_bag = BagEmbedding(None, config.id_dim, config.l2, shared=(item_layers[0], item_layers[1]),
                                          name="u__history_bag")
         self.products = [(item_key, user_key)] if item_key in self.embedders and user_key in self.embedders else []
         self.numeric = {USER_PREFIX + c: features.numeric_stats.get(c, (0.0, 1.0)) for c in spec.user_numeric}
@@ -295,10 +253,10 @@ class WideDeepRanker(keras.Model):
         # Explicit element-wise products: an MLP learns dot-product matches poorly on its own.
         parts.extend(embedded[a] * embedded[b] for a, b in self.products)
         if self.history_bag is not None:
-            history = self.history_bag(_split_multi(inputs[USER_PREFIX + HISTORY]))
+            history = self.history_bag(split_multi(inputs[USER_PREFIX + HISTORY]))
             parts.extend([history, history * embedded[ITEM_PREFIX + "item_id"]])
         for key, (layer, is_text) in self.bags.items():
-            parts.append(layer(_tokenize(inputs[key]) if is_text else _split_multi(inputs[key])))
+            parts.append(layer(tokenize(inputs[key]) if is_text else split_multi(inputs[key])))
         for key, (mean, std) in self.numeric.items():
             parts.append(((tf.cast(inputs[key], tf.float32) - mean) / (std or 1.0))[:, None])
         x = tf.concat(parts, axis=1)

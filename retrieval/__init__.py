@@ -6,9 +6,7 @@ so importing the configs for CLI flags does not load TensorFlow or FAISS.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from recsys.lazy import lazy_exports
 from retrieval.config import IndexConfig, TwoTowerConfig
 
 _LAZY = {
@@ -22,15 +20,4 @@ _LAZY = {
 
 __all__ = ["IndexConfig", "TwoTowerConfig", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

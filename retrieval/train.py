@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from typing import Sequence
 
@@ -206,7 +207,8 @@ def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig
     With no validation rows, trains on split.train for config.epochs with no selection.
     """
     started = time.perf_counter()
-    verbose = 1 if config.progress else 0
+    # A live progress bar on a terminal, one line per epoch in a log or a pipe.
+    verbose = (1 if sys.stdout.isatty() else 2) if config.progress else 0
     history: list[dict] = []
     best_epoch, epochs_run, validation = 0, 0, {}
     have_validation = len(engaged_pairs(split.validation)) > 0

@@ -11,47 +11,12 @@ from typing import Literal
 
 import numpy as np
 
-from features import MULTI_VALUE_SEP, FeatureStore, Vocabulary
+from features import MULTI_VALUE_SEP, FeatureStore
+from features.tf_layers import BagEmbedding, l2_regularizer, split_multi, string_lookup, tokenize
 from recsys.tf_env import keras, tf, tfrs
 from retrieval.config import TwoTowerConfig
 
 HISTORY = "history"  # user tower input: the user's recent engaged item ids, oldest first, joined by "|"
-
-
-def _lookup(vocab: Vocabulary) -> keras.layers.StringLookup:
-    # Same convention as features.Vocabulary: index 0 is the OOV bucket, no mask token.
-    return keras.layers.StringLookup(vocabulary=list(vocab.tokens), num_oov_indices=1, mask_token=None)
-
-
-def _split_multi(x: tf.Tensor) -> tf.RaggedTensor:
-    """'Action|Comedy' → ['Action', 'Comedy'] (features.split_multi in TF; empty tokens dropped)."""
-    parts = tf.strings.split(x, sep=MULTI_VALUE_SEP)
-    return tf.ragged.boolean_mask(parts, tf.strings.length(parts) > 0)
-
-
-def _tokenize(x: tf.Tensor) -> tf.RaggedTensor:
-    """features.tokenize_text in TF: lower-case [a-z0-9]+ words."""
-    return tf.strings.split(tf.strings.strip(tf.strings.regex_replace(tf.strings.lower(x), "[^a-z0-9]+", " ")))
-
-
-class _BagEmbedding(keras.layers.Layer):
-    """Mean of the token embeddings of a ragged [b, (n)] string bag; zeros for an empty bag."""
-
-    def __init__(self, vocab: Vocabulary, dim: int, l2: float, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.lookup = _lookup(vocab)
-        self.embedding = keras.layers.Embedding(len(vocab), dim, embeddings_regularizer=_reg(l2))
-
-    def call(self, tokens: tf.RaggedTensor) -> tf.Tensor:
-        ids = tf.ragged.map_flat_values(self.lookup, tokens)
-        vectors = tf.ragged.map_flat_values(self.embedding, ids)   # [b, (n), dim]
-        total = tf.reduce_sum(vectors, axis=1)
-        count = tf.cast(tf.maximum(ids.row_lengths(), 1), total.dtype)[:, None]
-        return total / count
-
-
-def _reg(l2: float):
-    return keras.regularizers.l2(l2) if l2 > 0 else None
 
 
 class Tower(keras.Model):
@@ -70,26 +35,26 @@ class Tower(keras.Model):
         self.id_name = f"{kind}_id"
         self.normalize = config.normalize
         vocabs = features.vocabularies
-        self.id_lookup = _lookup(vocabs[self.id_name])
+        self.id_lookup = string_lookup(vocabs[self.id_name])
         self.id_embedding = keras.layers.Embedding(len(vocabs[self.id_name]), config.id_dim,
-                                                   embeddings_regularizer=_reg(config.l2), name=f"{kind}_id_embedding")
+                                                   embeddings_regularizer=l2_regularizer(config.l2), name=f"{kind}_id_embedding")
         use = config.user_features if kind == "user" else config.item_features
         categorical = (spec.user_categorical if kind == "user" else spec.item_categorical) if use else ()
         numeric = (spec.user_numeric if kind == "user" else spec.item_numeric) if use else ()
         multi = spec.item_multi if (use and kind == "item") else ()
         text = spec.item_text if (use and kind == "item") else ()
         # A column whose train vocabulary is empty carries no signal; leave it out.
-        self.categorical = {c: keras.Sequential([_lookup(vocabs[c]), keras.layers.Embedding(
-            len(vocabs[c]), config.feature_dim, embeddings_regularizer=_reg(config.l2))], name=f"{c}_embedding")
+        self.categorical = {c: keras.Sequential([string_lookup(vocabs[c]), keras.layers.Embedding(
+            len(vocabs[c]), config.feature_dim, embeddings_regularizer=l2_regularizer(config.l2))], name=f"{c}_embedding")
             for c in categorical if vocabs[c].tokens}
-        self.multi = {c: _BagEmbedding(vocabs[c], config.feature_dim, config.l2, name=f"{c}_bag")
+        self.multi = {c: BagEmbedding(vocabs[c], config.feature_dim, config.l2, name=f"{c}_bag")
                       for c in multi if vocabs[c].tokens}
-        self.text = {c: _BagEmbedding(vocabs[c], config.feature_dim, config.l2, name=f"{c}_words")
+        self.text = {c: BagEmbedding(vocabs[c], config.feature_dim, config.l2, name=f"{c}_words")
                      for c in text if vocabs[c].tokens}
         self.numeric = {c: features.numeric_stats.get(c, (0.0, 1.0)) for c in numeric}
         # Recent history: a bag of the user's last engaged items (its own item-id table).
         self._history_length = config.history_length if kind == "user" else 0
-        self.history_bag = (_BagEmbedding(vocabs["item_id"], config.id_dim, config.l2, name="history_bag")
+        self.history_bag = (BagEmbedding(vocabs["item_id"], config.id_dim, config.l2, name="history_bag")
                             if kind == "user" and config.history_length > 0 else None)
         self.hidden = [keras.layers.Dense(h, activation="relu") for h in config.hidden]
         self.projection = keras.layers.Dense(config.embedding_dim, name="projection")
@@ -109,14 +74,14 @@ class Tower(keras.Model):
         for c, layer in self.categorical.items():
             parts.append(layer(inputs[c]))
         for c, layer in self.multi.items():
-            parts.append(layer(_split_multi(inputs[c])))
+            parts.append(layer(split_multi(inputs[c])))
         for c, layer in self.text.items():
-            parts.append(layer(_tokenize(inputs[c])))
+            parts.append(layer(tokenize(inputs[c])))
         for c, (mean, std) in self.numeric.items():
             x = (tf.cast(inputs[c], tf.float32) - mean) / (std or 1.0)
             parts.append(x[:, None])
         if self.history_bag is not None:
-            parts.append(self.history_bag(_split_multi(inputs[HISTORY])))
+            parts.append(self.history_bag(split_multi(inputs[HISTORY])))
         x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
         for layer in self.hidden:
             x = layer(x)

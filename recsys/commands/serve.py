@@ -151,7 +151,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.item is not None:
         print(f"items similar to {args.item} (model {response.model_version}):")
         for rank, item in enumerate(response.items, 1):
-            print(f"{rank:>4}  {item.item_id:<20} {item.score:9.4f}")
+            print(f"{rank:>4}  {item.item_id:<20} {item.score:9.4g}")
         return 0
     print_recommendations(args.user, response, args.explain)
     return 0
@@ -168,7 +168,8 @@ def print_recommendations(user: str, response, explain: bool = False) -> None:
         header += f" {'retrieval':>9} {'r_rank':>6} {'e_rank':>6} {'q_rank':>6}"
     print(header)
     for rank, item in enumerate(response.items, 1):
-        line = f"{rank:>4}  {item.item_id:<20} {item.score:9.4f} {item.engagement:10.4f} {item.quality:8.4f}"
+        # .4g, not .4f: the retrieval-fused engagement head (ranking/model.py) is often ~1e-5.
+        line = f"{rank:>4}  {item.item_id:<20} {item.score:9.4g} {item.engagement:10.4g} {item.quality:8.4f}"
         if explain:
             x = item.explanation
             line += f" {x.retrieval_score:9.4f} {x.retrieval_rank:>6} {x.engagement_rank:>6} {x.quality_rank:>6}"
@@ -215,7 +216,7 @@ def _demo_table(rows: list[dict], titles) -> None:
                     for name, w in cols))
     for r in rows:
         cells = {"rank": f"{r['rank']:>4}", "item_id": f"{r['item_id']:<10}",
-                 "score": f"{r['score']:9.4f}", "engagement": f"{r['engagement']:>10}", "quality": f"{r['quality']:>8}",
+                 "score": f"{r['score']:9.4g}", "engagement": f"{r['engagement']:>10}", "quality": f"{r['quality']:>8}",
                  "source": f"{r['source']:<11}", "model_version": r["model_version"]}
         if titles is not None:
             title = str(titles.get(r["item_id"], ""))
@@ -229,7 +230,7 @@ def _response_rows(response) -> list[dict]:
     source = pb.Source.Name(response.source)
     heads = response.source != pb.FALLBACK  # the fallback's score is a popularity count; no head scores
     return [{"rank": n, "item_id": i.item_id, "score": i.score,
-             "engagement": f"{i.engagement:.4f}" if heads else "-", "quality": f"{i.quality:.4f}" if heads else "-",
+             "engagement": f"{i.engagement:.4g}" if heads else "-", "quality": f"{i.quality:.4f}" if heads else "-",
              "source": source, "model_version": response.model_version} for n, i in enumerate(response.items, 1)]
 
 
@@ -261,6 +262,10 @@ def run_serve_demo(args: argparse.Namespace) -> int:
             with grpc.insecure_channel(target) as channel:
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 print(f"health: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
+                print("columns: score = the version's blend (default engagement^1 · quality^1); engagement = the ranker's "
+                      "engagement head (with retrieval fusion, β > 0: σ(logit + β·(s − 1)), a ranking score that is "
+                      "small by construction, not a calibrated probability); quality = predicted rating scaled to "
+                      "[0, 1] (0 = 1★, 1 = 5★)")
                 stub = pb_grpc.RecommenderStub(channel)
                 k = args.num_results
                 # The vocabulary lists train users most active first.

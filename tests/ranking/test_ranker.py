@@ -109,7 +109,7 @@ def test_export_then_load_gives_identical_scores(trained, exported):
 
 def _fake_user_tower():
     """Stands in for retrieval.Tower (history length 3): u = unit([number of history items it reads, 1])."""
-    from ranking.model import _split_multi
+    from features.tf_layers import split_multi
     from recsys.tf_env import keras, tf
 
     class FakeUserTower(keras.layers.Layer):
@@ -117,7 +117,7 @@ def _fake_user_tower():
         feature_names = ("user_id", "history")
 
         def call(self, inputs, training=False):
-            n = tf.cast(_split_multi(inputs["history"]).row_lengths(), tf.float32)
+            n = tf.cast(split_multi(inputs["history"]).row_lengths(), tf.float32)
             return tf.math.l2_normalize(tf.stack([n, tf.ones_like(n)], axis=1), axis=1)
     return FakeUserTower()
 

@@ -15,7 +15,8 @@ from recsys.registry import finalize_version, start_version
 from retrieval import (FEATURES_DIR, INDEX_DIR, IndexConfig, ItemIndex, TwoTowerConfig, UserTower, export_model,
                        load_items, load_retriever, train_two_tower)
 from retrieval.train import causal_histories, engaged_pairs, last_items
-from retrieval.two_tower import _split_multi, _tokenize, embed_in_batches
+from features import tf_layers
+from retrieval.two_tower import embed_in_batches
 
 # No history here, so the raw `user_features` dict is the tower's whole input; the history
 # input has its own test below.
@@ -115,10 +116,10 @@ def test_embed_rejects_missing_or_ragged_features(trained):
 
 def test_tf_tokenizers_match_the_feature_tokenizers():
     titles = ["Toy Story (1995)", "Léon: The Professional", "  Se7en  ", "", "Star Wars: Episode IV - A New Hope"]
-    got = [[t.decode() for t in row] for row in _tokenize(np.array(titles, dtype=object).astype(str)).to_list()]
+    got = [[t.decode() for t in row] for row in tf_layers.tokenize(np.array(titles, dtype=object).astype(str)).to_list()]
     assert got == [tokenize_text(t) for t in titles]
     genres = ["Action|Comedy", "", "Drama", "a||b|"]
-    got = [[t.decode() for t in row] for row in _split_multi(np.array(genres)).to_list()]
+    got = [[t.decode() for t in row] for row in tf_layers.split_multi(np.array(genres)).to_list()]
     assert got == [split_multi(g) for g in genres]
 
 

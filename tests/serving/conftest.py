@@ -5,8 +5,6 @@ import pathlib
 
 import pytest
 
-from tests.conftest import free_port  # noqa: F401  (re-exported for the serving tests)
-
 
 @pytest.fixture(scope="session")
 def trained_version(tiny_version) -> pathlib.Path:

@@ -17,6 +17,7 @@ from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from recsys import registry
 from recsys.errors import ArtifactMismatchError
 from serving import CacheConfig, HotSwapConfig, RecommendServer, RegistryWatcher, ServerConfig, cache_key
+from tests.conftest import free_port
 from tests.serving.versions_util import (ClientLoop, copy_version, flip_byte, point_current, rebuild_index, started,
                                          wait_for)
 
@@ -143,13 +144,6 @@ def test_a_failed_initial_load_leaves_the_server_not_serving(registry_root, trai
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_recsys_serve_follows_promote_and_rechecks_on_sighup(registry_root, trained_version, pipeline, tmp_path):
     """The real CLI process: --watch-interval-s picks up `recsys promote`; SIGHUP forces a re-check.
@@ -160,7 +154,7 @@ def test_recsys_serve_follows_promote_and_rechecks_on_sighup(registry_root, trai
     registry.promote(registry_root, pipeline.model_version)
     if not (registry_root / "v-hup").exists():
         flip_byte(copy_version(trained_version, registry_root, "v-hup") / "index" / "item_ids.npy")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log_path, "w") as log_file:

@@ -18,7 +18,6 @@ from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from recsys.errors import ArtifactError
 from serving import ClientSecurity, RecommendServer, SecurityConfig, ServerConfig, client_channel
-from tests.serving.versions_util import started
 
 pytestmark = pytest.mark.integration
 
