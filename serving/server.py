@@ -73,6 +73,9 @@ class ServerConfig:
     engagement_weight: float = -1.0    # default blend weight; < 0 = the version's configured default
     quality_weight: float = -1.0       # default blend weight; < 0 = the version's configured default
     min_deadline_s: float = 0.0        # refuse to start an online computation with less time left
+    # Server processes on the one port (SO_REUSEPORT), each with its own model copy: the
+    # measured way past one Python process's GIL (bench/RESULTS.md, serving). `recsys serve` only.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
@@ -82,6 +85,11 @@ class ServerConfig:
                              f"{self.max_concurrent_rpcs}")
         if self.grace_s < 0:
             raise ValueError(f"--grace-s must be >= 0, got {self.grace_s}")
+        if self.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.processes > 1 and self.port == 0:
+            raise ValueError("--processes > 1 needs a fixed --port: with --port 0 every process would listen on "
+                             "a different free port")
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):

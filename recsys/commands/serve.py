@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "metrics_port": "Prometheus /metrics port (0 = off)", "grace_s": "seconds in-flight RPCs get on SIGTERM",
         "engagement_weight": "default blend weight (< 0: the version's)",
         "quality_weight": "default blend weight (< 0: the version's)",
-        "min_deadline_s": "refuse online computations with less time left than this"})
+        "min_deadline_s": "refuse online computations with less time left than this",
+        "processes": "server processes sharing --port (SO_REUSEPORT), each with its own model copy; process i "
+                     "serves metrics on --metrics-port + i"})
     add_config_args(p.add_argument_group("cache"), CacheConfig, help_text={
         "redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
         "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure"})
@@ -106,6 +108,15 @@ def run_serve(args: argparse.Namespace) -> int:
                                 "server": config_to_dict(config), "cache": config_to_dict(cache_config),
                                 "limits": config_to_dict(limits), "hotswap": config_to_dict(hotswap),
                                 "security": config_to_dict(security)})
+    if config.processes > 1:
+        from serving.processes import ChildSpec, child_configs, serve_processes
+
+        specs = [ChildSpec(i, str(args.artifacts), str(args.version), args.verify,
+                           {"server": child_configs(config, i), "cache": cache_config, "limits": limits,
+                            "hotswap": hotswap, "security": security},
+                           logging.getLevelName(logging.getLogger().level), args.log_format)
+                 for i in range(config.processes)]
+        return serve_processes(specs)
     resolve = (lambda: resolve_version(args.artifacts, args.version))
     return serve(resolve, config, cache_config, limits, verify=args.verify, hotswap=hotswap, security=security)
 

@@ -35,6 +35,18 @@ def wait_serving(port: int, process: subprocess.Popen, timeout: float = 120) -> 
     raise AssertionError("recsys serve did not report SERVING in time")
 
 
+def sigterm_and_wait(process: subprocess.Popen, timeout: float) -> list[str]:
+    """SIGTERMs `recsys serve`, asserts it exits 0 within `timeout`; the `event`s of its JSON log lines."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, stderr
+    return [json.loads(line).get("event") for line in stderr.splitlines() if line.startswith("{")]
+
+
 def client(capsys, *args: str) -> tuple[int, str, str]:
     """`recsys recommend ...` in this process (the server is the real subprocess): (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -69,14 +81,7 @@ def test_serve_answers_the_cli_client_and_stops_gracefully_on_sigterm(trained_ve
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         assert "recsys_cache_hit_ratio" in body and 'recsys_model_info{version="tiny"} 1.0' in body
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, stderr
-    events = [json.loads(line).get("event") for line in stderr.splitlines() if line.startswith("{")]
+        events = sigterm_and_wait(process, timeout=30)
     assert "model_loaded" in events and events[-1] == "shutdown"
 
 
@@ -132,3 +137,68 @@ def test_serve_demo_without_redis_server_uses_the_in_process_cache_and_says_so(t
     assert "cache: in-process LRU (redis-server is not installed" in out
     assert out.count("$ recsys recommend ") == 3 + 2 and "online computations 1" in out
     assert out.rstrip().endswith("stopped the server")
+
+
+def _two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free (process i of --processes serves metrics on P + i)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        if port >= 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def _metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def test_serve_processes_share_one_port_and_stop_together(trained_version, known_users, redis_url):
+    """--processes 2: two servers on one port (SO_REUSEPORT), both answering, both stopped by one SIGTERM."""
+    import re
+
+    from protos.recsys.v1 import recommender_pb2 as pb
+    from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    port, metrics_port = free_port(), _two_free_ports()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(trained_version.parent), "--version",
+         trained_version.name, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+         "--redis-url", redis_url, "--workers", "2", "--grace-s", "2", "--processes", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        wait_serving(port, process)
+        deadline = time.monotonic() + 120
+        while not all('recsys_model_info{version="tiny"} 1.0' in _metrics(m) for m in (metrics_port, metrics_port + 1)):
+            assert time.monotonic() < deadline, "both processes should load the model"
+            time.sleep(0.5)
+        for i in range(24):  # a fresh connection each: the kernel spreads connections over the processes
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                answer = pb_grpc.RecommenderStub(ch).Recommend(
+                    pb.RecommendRequest(user_id=known_users[i % len(known_users)], num_results=5), timeout=60)
+                assert len(answer.items) == 5 and answer.model_version == "tiny"
+        served = []
+        for m in (metrics_port, metrics_port + 1):
+            found = re.search(r'recsys_requests_total\{code="OK",method="Recommend"\} (\d+)', _metrics(m))
+            served.append(int(found.group(1)) if found else 0)
+        assert sum(served) >= 24 and min(served) > 0, served
+    finally:
+        events = sigterm_and_wait(process, timeout=60)
+    assert events.count("shutdown") == 2 and events[-1] == "processes_stopped"
+    for m in (metrics_port, metrics_port + 1):
+        with pytest.raises(OSError):
+            _metrics(m)
+
+
+def test_serve_processes_need_a_fixed_port(trained_version, capsys):
+    code = recsys_main(["serve", "--artifacts", str(trained_version.parent), "--version", trained_version.name,
+                        "--port", "0", "--processes", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--processes > 1 needs a fixed --port" in err and "Traceback" not in err
