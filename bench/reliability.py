@@ -174,9 +174,13 @@ class Load:
         from protos.recsys.v1 import recommender_pb2 as pb
         from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
+        from serving.security import CLIENT_OPTIONS
+
         rng = random.Random(seed)
         period = 1.0 / self.rate
-        with grpc.insecure_channel(self.target) as channel:
+        # Clients retry as serving.security.client_channel does (idempotent reads; a stopping
+        # server cancels calls that race with its shutdown).
+        with grpc.insecure_channel(self.target, options=CLIENT_OPTIONS) as channel:
             stub = pb_grpc.RecommenderStub(channel)
             next_at = time.monotonic() + rng.random() * period
             while not self._stop.is_set():
@@ -258,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="forwarded to recsys serve; 0 sends every lookup to Redis (default: the server's default)")
     p.add_argument("--load-switch-interval-s", type=float, default=None,
                    help="forwarded to recsys serve (default: the server's own default)")
+    p.add_argument("--swap-mode", choices=["in_process", "blue_green"], default="in_process",
+                   help="forwarded to recsys serve (blue_green: the new version's processes load, then take over "
+                        "the port; refusals and the final version are then read from the server log)")
+    p.add_argument("--processes", type=int, default=1, help="forwarded to recsys serve")
     p.add_argument("--precompute", action=argparse.BooleanOptionalAction, default=True,
                    help="write v2's candidate sets to Redis before promoting it (as the Beam job would)")
     p.add_argument("--seed", type=int, default=0)
@@ -285,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(root), "--host", "127.0.0.1",
                "--port", str(port), "--metrics-port", str(metrics_port), "--workers", str(a.workers),
                "--redis-url", redis_server.url, "--watch-interval-s", str(a.watch_interval_s),
-               "--log-format", "json"]
+               "--log-format", "json", "--swap-mode", a.swap_mode, "--processes", str(a.processes)]
+        if a.swap_mode == "blue_green" or a.processes > 1:  # per-process metrics ports: read the log instead
+            cmd[cmd.index("--metrics-port") + 1] = "0"
         if a.near_ttl_s is not None:
             cmd += ["--near-ttl-s", str(a.near_ttl_s)]
         if a.load_switch_interval_s is not None:
@@ -321,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(max(0.0, t0 + a.duration - time.monotonic()))
         t_end = time.monotonic()
         load.stop()
-        metrics = scrape(metrics_port)
+        metrics = scrape(metrics_port) if cmd[cmd.index("--metrics-port") + 1] != "0" else {}
+        corrupt_window_versions = load.versions_since(events["corrupt"])
     finally:
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)
@@ -338,9 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     loading = summarize(load.records, {"swap (loading)": (events["promote"], events["swapped"])})
     total = summarize(load.records, {"all": (t0, t_end)})["all"]
     ratio = (phases["swap"]["p99_ms"] / phases["steady"]["p99_ms"]) if phases["steady"]["p99_ms"] else float("nan")
-    refused = sum(v for k, v in metrics.items() if k.startswith("recsys_model_loads_total{result=refused"))
-    serving_v2 = metrics.get("recsys_model_info{version=v2}", 0.0) == 1.0
     log_text = log_path.read_text()
+    if metrics:
+        refused = sum(v for k, v in metrics.items() if k.startswith("recsys_model_loads_total{result=refused"))
+        serving_v2 = metrics.get("recsys_model_info{version=v2}", 0.0) == 1.0
+    else:  # a fleet: the supervisor's log says what was refused and what serves
+        entries = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+        fleet = [e for e in entries if e.get("logger") == "serving.processes"]
+        refused = sum(e.get("event") == "model_refused" for e in fleet)
+        swaps = [e.get("model_version") for e in fleet if e.get("event") == "model_swapped"]
+        serving_v2 = bool(swaps) and swaps[-1] == "v2" and corrupt_window_versions == {"v2"}
     print_table(a, {**phases, **loading}, total, ratio, events, t0, refused, serving_v2, metrics, precompute_s)
     loading_ratio = (loading["swap (loading)"]["p99_ms"] / phases["steady"]["p99_ms"]
                      if phases["steady"]["p99_ms"] and loading["swap (loading)"]["p99_ms"] else float("nan"))

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 
@@ -62,6 +62,12 @@ class HotSwapConfig:
     watch_interval_s: float = 2.0
     warmup_users: int = 4
     load_switch_interval_s: float = 0.0005
+    # in_process: the serving process loads the new version beside the old one and switches a
+    # reference (no request fails, but TensorFlow's loader stalls the process's other threads
+    # for up to ~150 ms at a time). blue_green: new server processes load the new version
+    # without listening, then bind the same port, and the old ones drain and exit
+    # (serving/processes.py) — the swap costs no GIL time in a serving process.
+    swap_mode: Literal["in_process", "blue_green"] = "in_process"
 
     def __post_init__(self) -> None:
         if self.watch_interval_s < 0:
@@ -70,6 +76,8 @@ class HotSwapConfig:
             raise ValueError(f"--warmup-users must be >= 0, got {self.warmup_users}")
         if self.load_switch_interval_s < 0:
             raise ValueError(f"--load-switch-interval-s must be >= 0, got {self.load_switch_interval_s}")
+        if self.swap_mode not in ("in_process", "blue_green"):
+            raise ValueError(f"--swap-mode must be in_process or blue_green, got {self.swap_mode!r}")
 
 
 # -- checks ---------------------------------------------------------------------------------

@@ -1,17 +1,31 @@
-"""`recsys serve --processes N`: N server processes sharing one port.
+"""`recsys serve --processes N` and `--swap-mode blue_green`: a fleet of server processes on one port.
 
 One Python process serves a cache hit in ~20 µs of handler work, but the gRPC poller and
 the handler threads share one GIL, so on an idle machine a single process answers cache
 hits at ~0.77× the rate of an empty RPC (bench/RESULTS.md, serving). gRPC sets
 SO_REUSEPORT on Linux, so several processes can listen on the same port and the kernel
-spreads connections over them; each loads its own copy of the model, watches the registry
-and swaps versions on its own, and shares the Redis cache with the others.
+spreads connections over them; each has its own copy of the model and shares Redis.
 
 The supervisor (this module) starts the processes with the "spawn" start method (a clean
-interpreter each: forking a process that has loaded TensorFlow is unsafe), forwards
-SIGTERM/SIGINT (graceful stop) and SIGHUP (reload) to them, and stops them all if one
-exits on its own — a half-sized fleet should be restarted by the orchestrator, not limp on.
-Process i serves Prometheus metrics on metrics_port + i (when metrics are on).
+interpreter each: forking a process that has loaded TensorFlow is unsafe), stops them
+gracefully on SIGTERM/SIGINT, and stops them all if one exits on its own — a half-sized
+fleet should be restarted by the orchestrator, not limp on. How versions change:
+
+  in_process   each process follows the registry itself (serving.hotswap.RegistryWatcher);
+               SIGHUP is forwarded to all.
+  blue_green   the supervisor follows the registry (every --watch-interval-s, and on
+               SIGHUP). For a new version it starts a new generation of processes that
+               load, verify and warm the version *before* they listen; once all are ready
+               they bind the port beside the old ones and the old generation is SIGTERMed:
+               it stops accepting, drains in-flight calls for --grace-s, and clients
+               reconnect to the new one (gRPC retries calls a draining server refused).
+               A version whose processes fail to load is refused and logged; the old
+               generation keeps serving and the version is not retried until the pointer
+               or its manifest changes. No serving process ever runs TensorFlow's loader,
+               whose GIL stalls are what an in-process swap adds to tail latency.
+
+Process i of generation g serves Prometheus metrics on metrics_port + (g mod 2)·N + i
+(when metrics are on), so two generations can overlap.
 """
 from __future__ import annotations
 
@@ -19,99 +33,280 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import pathlib
 import signal
+import sys
 import threading
 import time
 from typing import Any
 
+from recsys.errors import RecsysError
+from serving.cache import CacheConfig
+from serving.hotswap import HotSwapConfig
+from serving.security import SecurityConfig
 from serving.server import ServerConfig
+from serving.validation import RequestLimits
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)              # the supervisor's events
+child_log = logging.getLogger(__name__ + ".child")  # a generation process's own events
 
 
 @dataclasses.dataclass(frozen=True)
-class ChildSpec:
-    """Everything one server process needs (picklable: sent to a spawned interpreter)."""
+class FleetSpec:
+    """What every server process serves and how (picklable: sent to spawned interpreters)."""
 
-    index: int
     artifacts: str
-    version: str
+    version: str                # a version name, "current" (the registry pointer) or a directory
     verify: bool
-    configs: dict[str, Any]   # ServerConfig (processes=1), CacheConfig, RequestLimits, HotSwapConfig, SecurityConfig
-    log_level: str
-    log_format: str
+    server: ServerConfig
+    cache: CacheConfig
+    limits: RequestLimits
+    hotswap: HotSwapConfig
+    security: SecurityConfig
+    log_level: str = "INFO"
+    log_format: str = "json"
+    ready_timeout_s: float = 900.0  # a new generation that is not serving by then is refused
+
+    def child_server_config(self, index: int, generation: int = 0) -> ServerConfig:
+        """Process `index` of `generation`: one process, its own metrics port."""
+        base, n = self.server.metrics_port, self.server.processes
+        metrics_port = base + (generation % 2) * n + index if base else 0
+        return dataclasses.replace(self.server, processes=1, metrics_port=metrics_port)
 
 
-def child_configs(config: ServerConfig, index: int) -> ServerConfig:
-    """Process `index`'s server config: one process, its own metrics port."""
-    metrics_port = config.metrics_port + index if config.metrics_port else 0
-    return dataclasses.replace(config, processes=1, metrics_port=metrics_port)
-
-
-def _run_child(spec: ChildSpec) -> None:
-    """Entry point of one spawned server process."""
-    import sys
-
-    from recsys.registry import resolve_version
+def _setup_logging(spec: FleetSpec, tag: str) -> None:
     from serving.metrics import JsonFormatter
-    from serving.server import serve
 
     logging.basicConfig(level=spec.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[{spec.index}]: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s[{tag}]: %(message)s")
     if spec.log_format == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
-    c = spec.configs
-    code = serve(lambda: resolve_version(spec.artifacts, spec.version), c["server"], c["cache"], c["limits"],
-                 verify=spec.verify, hotswap=c["hotswap"], security=c["security"])
-    sys.exit(code)
 
 
-def serve_processes(specs: list[ChildSpec], poll_s: float = 0.5) -> int:
-    """Runs one server process per spec until SIGTERM/SIGINT; 0 when all stopped cleanly.
+def _run_following_child(spec: FleetSpec, index: int) -> None:
+    """in_process mode: one full `serve()` that follows the registry by itself."""
+    from recsys.registry import resolve_version
+    from serving.server import serve
 
-    Returns 1 if a process exited on its own (the others are then stopped gracefully).
+    _setup_logging(spec, str(index))
+    sys.exit(serve(lambda: resolve_version(spec.artifacts, spec.version), spec.child_server_config(index),
+                   spec.cache, spec.limits, verify=spec.verify, hotswap=spec.hotswap, security=spec.security))
+
+
+def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_dir: str, ready) -> None:
+    """blue_green mode: load `version_dir` without listening, then listen, report ready, serve until SIGTERM.
+
+    Exits 3 when the version is refused (verification, consistency or warm-up failed).
     """
-    ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_run_child, args=(spec,), name=f"recsys-serve-{spec.index}") for spec in specs]
-    stopping = threading.Event()
+    from recsys.errors import ArtifactError
+    from serving.hotswap import load_checked
+    from serving.server import RecommendServer
 
-    def forward(sig: int) -> None:
-        for child in children:
-            if child.pid is not None and child.is_alive():
+    _setup_logging(spec, f"g{generation}.{index}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor owns reloads
+    name = pathlib.Path(version_dir).name
+    try:
+        model = load_checked(version_dir, verify=spec.verify, warmup_users=spec.hotswap.warmup_users)
+    except ArtifactError as e:
+        child_log.error("refused version %s: %s", name, e,
+                        extra={"event": "model_refused", "model_version": name, "reason": str(e)})
+        sys.exit(3)
+    if stop.is_set():
+        sys.exit(0)
+    server = RecommendServer(spec.child_server_config(index, generation), spec.cache, spec.limits,
+                             security=spec.security)
+    server.set_model(model)
+    server.start()
+    ready.set()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    sys.exit(0)
+
+
+@dataclasses.dataclass
+class _Generation:
+    number: int
+    version_dir: pathlib.Path
+    processes: list
+    ready: list
+
+    def alive(self) -> list:
+        return [p for p in self.processes if p.is_alive()]
+
+    def signal(self, sig: int) -> None:
+        for p in self.processes:
+            if p.pid is not None and p.is_alive():
                 try:
-                    os.kill(child.pid, sig)
+                    os.kill(p.pid, sig)
                 except ProcessLookupError:
                     pass
 
-    def on_stop(signum, _frame) -> None:
-        stopping.set()
-        forward(signal.SIGTERM)
+    def stop(self, timeout: float, kill: bool = False) -> list[int | None]:
+        """SIGTERMs (or SIGKILLs) every process and waits; the exit codes."""
+        self.signal(signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+        return [p.exitcode for p in self.processes]
 
-    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop}
-    if hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = lambda *_: forward(signal.SIGHUP)
-    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
-    failed = False
-    try:
-        for child in children:
-            child.start()
-        log.info("started %d server processes", len(children),
-                 extra={"event": "processes_started", "pids": [c.pid for c in children]})
-        while any(c.is_alive() for c in children):
-            dead = [c for c in children if not c.is_alive()]
-            if dead and not stopping.is_set():
+
+class Fleet:
+    """The supervisor: see the module docstring."""
+
+    def __init__(self, spec: FleetSpec, poll_s: float = 0.25) -> None:
+        self.spec = spec
+        self.poll_s = poll_s
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stopping = threading.Event()
+        self._check_now = threading.Event()
+
+    def run(self) -> int:
+        handlers = {signal.SIGTERM: lambda *_: self._stopping.set(), signal.SIGINT: lambda *_: self._stopping.set()}
+        if hasattr(signal, "SIGHUP"):
+            handlers[signal.SIGHUP] = lambda *_: self._check_now.set()
+        previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+        try:
+            if self.spec.hotswap.swap_mode == "blue_green":
+                return self._run_blue_green()
+            return self._run_following()
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+    # -- in_process: N processes that follow the registry themselves ------------------------
+    def _run_following(self) -> int:
+        n = self.spec.server.processes
+        gen = _Generation(0, pathlib.Path(self.spec.version), [
+            self._ctx.Process(target=_run_following_child, args=(self.spec, i), name=f"recsys-serve-{i}")
+            for i in range(n)], [])
+        for p in gen.processes:
+            p.start()
+        log.info("started %d server processes", n, extra={"event": "processes_started",
+                                                            "pids": [p.pid for p in gen.processes]})
+        failed = False
+        while gen.alive():
+            if self._stopping.is_set():
+                break
+            if self._check_now.is_set():
+                self._check_now.clear()
+                gen.signal(signal.SIGHUP)
+            dead = [p for p in gen.processes if not p.is_alive()]
+            if dead:
                 failed = True
                 log.error("server process %s exited with code %s; stopping the others", dead[0].name,
                           dead[0].exitcode, extra={"event": "process_exited", "exitcode": dead[0].exitcode})
-                stopping.set()
-                forward(signal.SIGTERM)
-            time.sleep(poll_s)  # signal handlers run during the sleep
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-        for child in children:
-            child.join()
-    codes = [c.exitcode for c in children]
-    log.info("all server processes stopped", extra={"event": "processes_stopped", "exitcodes": codes})
-    return 1 if failed or any(code not in (0, None) for code in codes) else 0
+                break
+            time.sleep(self.poll_s)
+        codes = gen.stop(self.spec.server.grace_s + 30)
+        log.info("all server processes stopped", extra={"event": "processes_stopped", "exitcodes": codes})
+        return 1 if failed or any(c not in (0, None) for c in codes) else 0
+
+    # -- blue_green ---------------------------------------------------------------------------
+    def _resolve(self) -> pathlib.Path:
+        from recsys.registry import resolve_version
+
+        return pathlib.Path(resolve_version(self.spec.artifacts, self.spec.version)).resolve()
+
+    def _start(self, number: int, version_dir: pathlib.Path) -> _Generation:
+        ready = [self._ctx.Event() for _ in range(self.spec.server.processes)]
+        procs = [self._ctx.Process(target=_run_generation_child,
+                                   args=(self.spec, i, number, str(version_dir), ready[i]),
+                                   name=f"recsys-serve-g{number}.{i}") for i in range(self.spec.server.processes)]
+        for p in procs:
+            p.start()
+        log.info("generation %d: starting %d processes for version %s", number, len(procs), version_dir.name,
+                 extra={"event": "generation_starting", "generation": number, "model_version": version_dir.name,
+                        "pids": [p.pid for p in procs]})
+        return _Generation(number, version_dir, procs, ready)
+
+    def _wait_ready(self, gen: _Generation) -> bool:
+        deadline = time.monotonic() + self.spec.ready_timeout_s
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if all(e.is_set() for e in gen.ready):
+                return True
+            if any(not p.is_alive() for p in gen.processes):
+                return False
+            time.sleep(self.poll_s)
+        return False
+
+    def _run_blue_green(self) -> int:
+        grace = self.spec.server.grace_s + 30
+        try:
+            current = self._start(0, self._resolve())
+        except RecsysError as e:
+            log.error("cannot resolve the version to serve: %s", e, extra={"event": "model_load_failed"})
+            return 1
+        if not self._wait_ready(current):
+            codes = current.stop(grace)
+            if not self._stopping.is_set():
+                log.error("generation 0 never became ready (exit codes %s)", codes,
+                          extra={"event": "model_load_failed", "exitcodes": codes})
+            return 0 if self._stopping.is_set() else 1
+        log.info("serving version %s", current.version_dir.name,
+                 extra={"event": "model_swapped", "model_version": current.version_dir.name, "generation": 0})
+        refused: tuple | None = None
+        interval = self.spec.hotswap.watch_interval_s
+        next_check = time.monotonic() + interval
+        failed = False
+        while not self._stopping.is_set():
+            dead = [p for p in current.processes if not p.is_alive()]
+            if dead:
+                failed = True
+                log.error("server process %s exited with code %s; stopping the fleet", dead[0].name,
+                          dead[0].exitcode, extra={"event": "process_exited", "exitcode": dead[0].exitcode})
+                break
+            due = interval > 0 and time.monotonic() >= next_check
+            if self._check_now.is_set() or due:
+                self._check_now.clear()
+                next_check = time.monotonic() + interval
+                current, refused = self._maybe_swap(current, refused, grace)
+            time.sleep(self.poll_s)
+        codes = current.stop(grace)
+        log.info("all server processes stopped", extra={"event": "processes_stopped", "exitcodes": codes})
+        return 1 if failed or any(c not in (0, None) for c in codes) else 0
+
+    def _maybe_swap(self, current: _Generation, refused: tuple | None, grace: float) -> tuple[_Generation, Any]:
+        """Starts, checks and switches to the version the registry names, if it is new."""
+        try:
+            target = self._resolve()
+        except RecsysError as e:
+            log.warning("registry check failed: %s", e, extra={"event": "registry_check_failed"})
+            return current, refused
+        if target == current.version_dir:
+            return current, refused
+        manifest = target / "manifest.json"
+        key = (str(target), manifest.stat().st_mtime_ns if manifest.exists() else None)
+        if key == refused:
+            return current, refused
+        started = time.monotonic()
+        new = self._start(current.number + 1, target)
+        if not self._wait_ready(new):
+            codes = new.stop(grace, kill=self._stopping.is_set())
+            if not self._stopping.is_set():
+                log.error("refused version %s: its processes did not become ready (exit codes %s); still serving %s",
+                          target.name, codes, current.version_dir.name,
+                          extra={"event": "model_refused", "model_version": target.name, "exitcodes": codes})
+            return current, key
+        seconds = time.monotonic() - started
+        log.info("swapped to version %s (new generation ready in %.1fs); draining generation %d",
+                 target.name, seconds, current.number,
+                 extra={"event": "model_swapped", "model_version": target.name, "generation": new.number,
+                        "load_seconds": round(seconds, 3)})
+        codes = current.stop(grace)
+        log.info("generation %d stopped", current.number,
+                 extra={"event": "generation_stopped", "generation": current.number, "exitcodes": codes})
+        return new, refused
+
+
+def serve_processes(spec: FleetSpec) -> int:
+    """Runs the fleet until SIGTERM/SIGINT; 0 after a clean stop, 1 if a process died on its own."""
+    return Fleet(spec).run()

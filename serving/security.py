@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import logging
 import os
 import pathlib
@@ -257,9 +258,23 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = getattr(details, "compression", None)
 
 
+# Client retries for the Recommender's calls, which are idempotent reads. A server that is
+# stopping (SIGTERM, or the old generation of a blue_green swap) cancels the calls that race
+# with its shutdown — about one per stop under steady traffic (measured: 5 CANCELLED in 5
+# stops, 0 with this policy). gRPC retries only server-sent statuses, so a call the client
+# itself cancels is never retried.
+RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "recsys.v1.Recommender"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.2s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
+}]})
+CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.service_config", RETRY_SERVICE_CONFIG),)
+
+
 def client_channel(target: str, security: ClientSecurity = ClientSecurity(),
-                   options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel to `target`: TLS (and a client certificate) when configured, the token on every unary call."""
+                   options: Sequence[tuple[str, Any]] = CLIENT_OPTIONS) -> grpc.Channel:
+    """A channel to `target`: TLS (and a client certificate) when configured, the token on every unary
+    call, and (by default) RETRY_SERVICE_CONFIG's retries."""
     options = list(options)
     if security.tls_ca or security.tls_cert:
         ca = _read_pem(security.tls_ca, "--tls-ca") if security.tls_ca else None
@@ -277,4 +292,5 @@ def client_channel(target: str, security: ClientSecurity = ClientSecurity(),
 
 __all__ = ["SecurityConfig", "TokenAuthInterceptor", "StrictDecodingInterceptor", "server_credentials",
            "server_options", "server_interceptors", "load_tokens", "add_port", "ClientSecurity", "client_channel",
+           "RETRY_SERVICE_CONFIG", "CLIENT_OPTIONS",
            "OPEN_METHOD_PREFIXES"]

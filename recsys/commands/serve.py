@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p.add_argument_group("hot swap"), HotSwapConfig, help_text={
         "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
                             "always reloads)",
-        "warmup_users": "known users computed on a new version before it serves"})
+        "warmup_users": "known users computed on a new version before it serves",
+        "swap_mode": "in_process: each server loads and switches itself; blue_green: new server processes load "
+                     "the version, then take over the port while the old ones drain (no loader in a serving "
+                     "process)"})
     add_config_args(p.add_argument_group("security"), SecurityConfig, help_text={
         "tls_cert": "PEM server certificate chain (with --tls-key; empty = plaintext)",
         "tls_key": "PEM server private key", "tls_client_ca": "PEM CA for client certificates (mutual TLS)",
@@ -108,15 +111,12 @@ def run_serve(args: argparse.Namespace) -> int:
                                 "server": config_to_dict(config), "cache": config_to_dict(cache_config),
                                 "limits": config_to_dict(limits), "hotswap": config_to_dict(hotswap),
                                 "security": config_to_dict(security)})
-    if config.processes > 1:
-        from serving.processes import ChildSpec, child_configs, serve_processes
+    if config.processes > 1 or hotswap.swap_mode == "blue_green":
+        from serving.processes import FleetSpec, serve_processes
 
-        specs = [ChildSpec(i, str(args.artifacts), str(args.version), args.verify,
-                           {"server": child_configs(config, i), "cache": cache_config, "limits": limits,
-                            "hotswap": hotswap, "security": security},
-                           logging.getLevelName(logging.getLogger().level), args.log_format)
-                 for i in range(config.processes)]
-        return serve_processes(specs)
+        return serve_processes(FleetSpec(str(args.artifacts), str(args.version), args.verify, config, cache_config,
+                                         limits, hotswap, security,
+                                         logging.getLevelName(logging.getLogger().level), args.log_format))
     resolve = (lambda: resolve_version(args.artifacts, args.version))
     return serve(resolve, config, cache_config, limits, verify=args.verify, hotswap=hotswap, security=security)
 

@@ -17,6 +17,7 @@ from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from recsys import registry
 from recsys.errors import ArtifactMismatchError
 from serving import CacheConfig, HotSwapConfig, RecommendServer, RegistryWatcher, ServerConfig, cache_key
+from serving.security import client_channel
 from tests.conftest import free_port
 from tests.serving.versions_util import (ClientLoop, copy_version, flip_byte, point_current, rebuild_index, started,
                                          wait_for)
@@ -202,3 +203,59 @@ def test_recsys_serve_follows_promote_and_rechecks_on_sighup(registry_root, trai
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_blue_green_swap_answers_every_request_and_refuses_a_corrupt_version(registry_root, trained_version,
+                                                                             pipeline, known_users, tmp_path):
+    """`--swap-mode blue_green`: the new version's process loads before it listens, takes over the port,
+    the old one drains; no client call fails; a corrupt version's process is refused, v2 keeps serving."""
+    import json
+
+    registry.promote(registry_root, pipeline.model_version)
+    if not (registry_root / "v-bg-bad").exists():
+        flip_byte(copy_version(trained_version, registry_root, "v-bg-bad") / "retrieval" / "items.npz")
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(registry_root), "--host", "127.0.0.1",
+             "--port", str(port), "--metrics-port", "0", "--workers", "2", "--watch-interval-s", "0.2",
+             "--warmup-users", "1", "--grace-s", "2", "--swap-mode", "blue_green", "--log-format", "json"],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+    def fleet(event: str) -> list[dict]:
+        """The supervisor's log entries of one event."""
+        entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        return [e for e in entries if e.get("logger") == "serving.processes" and e.get("event") == event]
+
+    try:
+        wait_for(lambda: proc.poll() is None and len(fleet("model_swapped")) == 1, timeout=180, interval=0.2,
+                 what="generation 0 to serve")
+        target = f"127.0.0.1:{port}"
+        # Clients retry as documented (serving.security.client_channel): a draining server
+        # cancels the calls that race with its shutdown.
+        with ClientLoop(target, known_users[:10], clients=3, channel_factory=client_channel) as loop:
+            wait_for(lambda: pipeline.model_version in loop.versions(), what="answers from the first version")
+            registry.promote(registry_root, "v2")
+            wait_for(lambda: "v2" in loop.versions(), timeout=180, interval=0.2, what="answers from v2")
+            wait_for(lambda: len(fleet("generation_stopped")) == 1, timeout=60, interval=0.2,
+                     what="the old generation to drain and exit")
+            point_current(registry_root, "v-bg-bad")  # bypassing promote's own check
+            wait_for(lambda: len(fleet("model_refused")) == 1, timeout=180, interval=0.2, what="the refusal")
+            refused_at = time.monotonic()
+            seen = len(loop.records)
+            wait_for(lambda: len(loop.records) > seen + 20, what="traffic after the refusal")
+            time.sleep(0.6)  # three more polls: an unchanged refused version is not retried
+        assert len(fleet("model_refused")) == 1
+        assert loop.failures() == []
+        assert {r[3] for r in loop.records if r[1] > refused_at} == {"v2"}
+        assert [e["model_version"] for e in fleet("model_swapped")] == [pipeline.model_version, "v2"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, log_path.read_text()[-3000:]
+    assert fleet("processes_stopped")[0]["exitcodes"] == [0]
