@@ -139,6 +139,14 @@ class _Generation:
     def alive(self) -> list:
         return [p for p in self.processes if p.is_alive()]
 
+    def report_dead(self) -> bool:
+        """True (and logged) if a process of this generation has exited on its own."""
+        dead = [p for p in self.processes if not p.is_alive()]
+        if dead:
+            log.error("server process %s exited with code %s; stopping the fleet", dead[0].name, dead[0].exitcode,
+                      extra={"event": "process_exited", "exitcode": dead[0].exitcode})
+        return bool(dead)
+
     def signal(self, sig: int) -> None:
         for p in self.processes:
             if p.pid is not None and p.is_alive():
@@ -199,11 +207,8 @@ class Fleet:
             if self._check_now.is_set():
                 self._check_now.clear()
                 gen.signal(signal.SIGHUP)
-            dead = [p for p in gen.processes if not p.is_alive()]
-            if dead:
+            if gen.report_dead():
                 failed = True
-                log.error("server process %s exited with code %s; stopping the others", dead[0].name,
-                          dead[0].exitcode, extra={"event": "process_exited", "exitcode": dead[0].exitcode})
                 break
             time.sleep(self.poll_s)
         codes = gen.stop(self.spec.server.grace_s + 30)
@@ -258,11 +263,8 @@ class Fleet:
         next_check = time.monotonic() + interval
         failed = False
         while not self._stopping.is_set():
-            dead = [p for p in current.processes if not p.is_alive()]
-            if dead:
+            if current.report_dead():
                 failed = True
-                log.error("server process %s exited with code %s; stopping the fleet", dead[0].name,
-                          dead[0].exitcode, extra={"event": "process_exited", "exitcode": dead[0].exitcode})
                 break
             due = interval > 0 and time.monotonic() >= next_check
             if self._check_now.is_set() or due:

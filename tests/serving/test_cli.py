@@ -25,7 +25,7 @@ def wait_serving(port: int, process: subprocess.Popen, timeout: float = 120) -> 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
-            assert process.poll() is None, f"recsys serve exited early: {process.stderr.read()}"
+            assert process.poll() is None, f"recsys serve exited early: {process.stderr.read() if process.stderr else ''}"
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -202,3 +202,29 @@ def test_serve_processes_need_a_fixed_port(trained_version, capsys):
                         "--port", "0", "--processes", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "--processes > 1 needs a fixed --port" in err and "Traceback" not in err
+
+
+def test_serve_processes_stop_together_when_one_dies(trained_version, redis_url, tmp_path):
+    """A fleet that loses a process stops the rest and exits 1, for the orchestrator to restart it whole."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(trained_version.parent), "--version",
+             trained_version.name, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+             "--redis-url", redis_url, "--workers", "2", "--grace-s", "1", "--processes", "2"],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        wait_serving(port, process)
+        started = [json.loads(line) for line in log_path.read_text().splitlines()
+                   if line.startswith("{") and '"processes_started"' in line]
+        pids = started[0]["pids"]
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        assert process.wait(60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[1], 0)  # the survivor was stopped too
+    assert '"event": "process_exited"' in log_path.read_text()
