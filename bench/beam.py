@@ -25,7 +25,6 @@ import os
 import pathlib
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -88,28 +87,6 @@ def run_job(version_dir: pathlib.Path, out: pathlib.Path, batch_size: int, mode:
     return {"users": result.counters["users_scored"], "seconds": wall}
 
 
-def start_redis(workdir: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    import redis
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    client.close()
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default="", help="artifacts root of an existing version")
@@ -133,7 +110,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-beam-"))
-    redis_proc = None
+    local_redis = None
     try:
         if args.synthetic_users:
             t0 = time.perf_counter()
@@ -144,8 +121,9 @@ def main() -> None:
             version_dir = registry.resolve_version(args.artifacts or registry.default_root(), args.version)
         from features import FeatureStore
 
-        users = list(FeatureStore.load(version_dir / "features").vocabularies["user_id"].tokens)
-        n_items = len(FeatureStore.load(version_dir / "features").catalogue)
+        store = FeatureStore.load(version_dir / "features")
+        users = list(store.vocabularies["user_id"].tokens)
+        n_items = len(store.catalogue)
         num_candidates = load_pipeline_config(version_dir).num_candidates
         one_batch = work / "one_batch.txt"
         from beam_jobs import assign_batches
@@ -154,7 +132,13 @@ def main() -> None:
         one_batch.write_text("\n".join(first) + "\n")
         redis_url = ""
         if args.redis:
-            redis_proc, redis_url = start_redis(work)
+            from serving.local_redis import LocalRedis
+
+            try:
+                local_redis = LocalRedis(work)
+            except FileNotFoundError as e:
+                raise SystemExit(str(e)) from None
+            redis_url = local_redis.start().url
 
         ref = reference(version_dir, users, args.batch_size, num_candidates)
         print(f"{version_dir.name}: {len(users)} users, {n_items} items, N={num_candidates}, batch {args.batch_size}; "
@@ -187,9 +171,8 @@ def main() -> None:
         if args.json:
             pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
     finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(5)
+        if local_redis is not None:
+            local_redis.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

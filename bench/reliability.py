@@ -34,7 +34,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,53 +45,13 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from serving.local_redis import LocalRedis, free_port  # noqa: E402
+
 PHASES = ("steady", "swap", "redis-restart", "corrupt-version")
 TINY_TRAIN = ["--source", "synthetic", "--synthetic-num-users", "300", "--synthetic-num-items", "150",
               "--synthetic-num-interactions", "6000", "--epochs", "1", "--retrieval-embedding-dim", "16",
               "--retrieval-id-dim", "16", "--retrieval-feature-dim", "8", "--no-retrieval-progress",
               "--index-recall-queries", "100", "--no-promote"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """A throwaway redis-server this run can SIGKILL and restart on the same port."""
-
-    def __init__(self, workdir: pathlib.Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed: run scripts/setup.sh")
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        for _ in range(500):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        raise SystemExit("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 def train_tiny(workdir: pathlib.Path) -> pathlib.Path:
@@ -278,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     from recsys import registry
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="recsys-reliability-"))
-    redis_server = Redis(work)
+    try:
+        redis_server = LocalRedis(work)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     server = None
     try:
         base = train_tiny(work) if a.train_synthetic else pathlib.Path(a.version_dir)

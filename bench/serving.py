@@ -28,7 +28,6 @@ import pathlib
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,13 +43,9 @@ sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != ROOT /
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from serving.local_redis import LocalRedis, free_port  # noqa: E402
+
 EMPTY_METHOD = "/recsys.bench.Bench/Empty"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- child process: one server ----------------------------------------------------------
@@ -133,26 +128,6 @@ class ServerProcesses:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def start_redis(workdir: str) -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed: run scripts/setup.sh")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", workdir], stdout=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(500):
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            time.sleep(0.01)
-    proc.kill()
-    raise SystemExit("redis-server did not start")
 
 
 # -- load generation --------------------------------------------------------------------
@@ -316,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     from protos.recsys.v1 import recommender_pb2 as pb
 
     tmp = tempfile.mkdtemp(prefix="bench-serving-")
-    redis_proc, redis_port = start_redis(tmp)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    import redis
-
-    rclient = redis.Redis(port=redis_port)
+    try:
+        local_redis = LocalRedis(tmp).start()
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    redis_url = local_redis.url
+    rclient = local_redis.client(timeout_s=10.0)
     results: dict = {}
     try:
         version_dir = a.version_dir or train_synthetic(tmp, a.synthetic_users, a.synthetic_items,
@@ -445,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 stacks[label] = {name: merge(r) for name, r in out.items()}
             results["stacks"] = stacks
     finally:
-        redis_proc.terminate()
-        redis_proc.wait()
+        local_redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print_table(results, a)

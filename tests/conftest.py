@@ -22,77 +22,23 @@ def small_synthetic() -> Dataset:
 
 # -- a real redis-server (serving, Beam and reliability tests) ---------------------------
 # Started and stopped here; a missing binary is a failure with a clear message, not a skip.
-REDIS_BINARY = "redis-server"
+from serving.local_redis import LocalRedis, free_port  # noqa: E402,F401  (free_port: used by the tests)
 
 
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A throwaway redis-server (no persistence) on a free loopback port that a test can stop and start again."""
+class RedisServer(LocalRedis):
+    """serving.local_redis.LocalRedis, with its errors reported as test failures."""
 
     def __init__(self, workdir) -> None:
-        import shutil
+        try:
+            super().__init__(workdir)
+        except FileNotFoundError as e:
+            pytest.fail(f"{e} — these tests need a real Redis")
 
-        binary = shutil.which(REDIS_BINARY)
-        if binary is None:
-            pytest.fail(f"{REDIS_BINARY} is not installed: run scripts/setup.sh (it installs the Debian package "
-                        "redis-server) — these tests need a real Redis")
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.process = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import subprocess
-        import time
-
-        import redis
-
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"redis-server did not start on port {self.port}")
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        import subprocess
-
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def client(self):
-        import redis
-
-        return redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+    def start(self, timeout_s: float = 10.0) -> "RedisServer":
+        try:
+            return super().start(timeout_s)
+        except RuntimeError as e:
+            pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +93,12 @@ def tiny_version(tmp_path_factory):
     version_dir = root / "tiny"
     assert (version_dir / "ranking").is_dir(), "recsys train wrote no ranking/ stage"
     return version_dir
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_version):
+    """The tiny version loaded as the online RecommendPipeline (once per session: serving and Beam
+    tests compare against it; wrap it, never mutate it)."""
+    from serving.pipeline import RecommendPipeline
+
+    return RecommendPipeline.from_version_dir(tiny_version)

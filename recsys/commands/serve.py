@@ -188,34 +188,14 @@ def print_recommendations(user: str, response, explain: bool = False) -> None:
 
 
 def _start_local_redis(workdir: str):
-    """A throwaway redis-server on a free loopback port, or None when it is not installed."""
-    import shutil
-    import socket
-    import subprocess
-    import time
+    """A started serving.local_redis.LocalRedis, or None when redis-server is missing or fails to start."""
+    from serving.local_redis import LocalRedis
 
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None, ""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-    for _ in range(500):
-        try:
-            client.ping()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except redis.ConnectionError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    return None, ""
+    try:
+        return LocalRedis(workdir).start()
+    except (FileNotFoundError, RuntimeError) as e:
+        log.warning("no local Redis for the demo: %s", e)
+        return None
 
 
 def _demo_table(rows: list[dict], titles) -> None:
@@ -257,7 +237,8 @@ def run_serve_demo(args: argparse.Namespace) -> int:
 
     version_dir = resolve_version(args.artifacts, args.version)
     with tempfile.TemporaryDirectory(prefix="recsys-redis-") as workdir:
-        redis_proc, redis_url = _start_local_redis(workdir)
+        local_redis = _start_local_redis(workdir)
+        redis_url = local_redis.url if local_redis is not None else ""
         server = None
         try:
             print("cache: " + (f"redis-server started for this demo at {redis_url}" if redis_url else
@@ -318,8 +299,7 @@ def run_serve_demo(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.stop(grace=1)
-            if redis_proc is not None:
-                redis_proc.terminate()
-                redis_proc.wait(10)
-            print("stopped the server" + (" and redis-server" if redis_proc is not None else ""))
+            if local_redis is not None:
+                local_redis.stop()
+            print("stopped the server" + (" and redis-server" if local_redis is not None else ""))
     return 0

@@ -89,8 +89,7 @@ def test_redis_killed_under_load_fails_no_request_and_the_cache_comes_back(start
         ask(stub, u)
     with ClientLoop(f"127.0.0.1:{server.port}", users, clients=3) as loop:
         wait_for(lambda: len(loop.records) > 30, what="traffic with Redis up")
-        own_redis.process.kill()  # SIGKILL: no goodbye on the sockets
-        own_redis.process.wait()
+        own_redis.kill()  # SIGKILL: no goodbye on the sockets
         mark = len(loop.records)
         wait_for(lambda: len(loop.records) > mark + 30, what="traffic with Redis down")
         own_redis.start()  # same port, empty
