@@ -51,11 +51,11 @@ class BatchScoreConfig:
 
 # --help text of the fields whose comment above is not self-explanatory.
 HELP = {
-    "artifacts": "artifacts root (default: $RECSYS_ARTIFACTS or ./artifacts)",
+    "artifacts": "artifacts root (empty = $RECSYS_ARTIFACTS or ./artifacts)",
     "version": "model version to score: a name, 'current' or a version directory",
-    "users": "file of user ids to score (one per line, or .parquet with user_id); default: every train user",
-    "redis_url": "Redis to fill with PRECOMPUTED entries, e.g. redis://localhost:6379/0 (default: none, Parquet only)",
-    "output": "directory for scores-*.parquet + job.json (default: none, Redis only)",
+    "users": "file of user ids to score (one per line, or .parquet with user_id); empty = every train user",
+    "redis_url": "Redis to fill with PRECOMPUTED entries, e.g. redis://localhost:6379/0 (empty = none, Parquet only)",
+    "output": "directory for scores-*.parquet + job.json (empty = none, Redis only)",
     "batch_size": "users per model call (fixed batches: reruns write byte-identical entries)",
     "num_candidates": "N retrieved and ranked per user (0 = the version's setting)",
     "top_k": "Parquet rows per user, best first (0 = all N candidates)",

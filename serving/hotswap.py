@@ -293,7 +293,7 @@ class RegistryWatcher:
         self._thread: threading.Thread | None = None
 
     def served_version(self) -> str:
-        model = self.server.servicer._model
+        model = self.server.servicer.loaded_model
         return "" if model is None else str(model.model_version)
 
     def check(self, force: bool = False) -> bool:

@@ -105,17 +105,21 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.metrics = metrics
         self.config = config
         self.limits = limits
-        self._model: Any = None
-        self._default_weights: BlendWeights | None = None
         self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
 
     # -- model lifecycle ----------------------------------------------------------------
     @property
     def model(self) -> Any:
-        model = self._model
-        if model is None:
+        serving = self._serving
+        if serving is None:
             raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
-        return model
+        return serving[0]
+
+    @property
+    def loaded_model(self) -> Any | None:
+        """The served model, or None before the first load (no error)."""
+        serving = self._serving
+        return None if serving is None else serving[0]
 
     def set_model(self, model: Any) -> None:
         """Serves `model` (a RecommendPipeline) from the next request on."""
@@ -123,8 +127,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         e, q = self.config.engagement_weight, self.config.quality_weight
         if e >= 0 or q >= 0:
             weights = weights.with_weights(e if e >= 0 else weights.engagement, q if q >= 0 else weights.quality)
-        self._default_weights = weights
-        self._model = model
         self._serving = (model, weights)  # one assignment: a request never mixes two versions' settings
         self.metrics.set_model_version(model.model_version)
         log.info("serving model version %s", model.model_version,

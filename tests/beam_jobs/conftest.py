@@ -1,4 +1,4 @@
-"""Beam fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, RedisServer, tiny_version)."""
+"""Beam fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, RedisServer, tiny_version, pipeline)."""
 from __future__ import annotations
 
 import argparse
@@ -37,14 +37,6 @@ def redis_snapshot(server: RedisServer) -> dict[bytes, bytes]:
         return dict(zip(keys, client.mget(keys))) if keys else {}
     finally:
         client.close()
-
-
-@pytest.fixture(scope="session")
-def pipeline(tiny_version):
-    """The online implementation the job must agree with."""
-    from serving.pipeline import RecommendPipeline
-
-    return RecommendPipeline.from_version_dir(tiny_version)
 
 
 @pytest.fixture(scope="session")

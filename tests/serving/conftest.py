@@ -1,4 +1,4 @@
-"""Serving fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, tiny_version)."""
+"""Serving fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, tiny_version, pipeline)."""
 from __future__ import annotations
 
 import pathlib
@@ -10,13 +10,6 @@ import pytest
 def trained_version(tiny_version) -> pathlib.Path:
     """The shared tiny version (tests/conftest.py `tiny_version`)."""
     return tiny_version
-
-
-@pytest.fixture(scope="session")
-def pipeline(tiny_version):
-    from serving.pipeline import RecommendPipeline
-
-    return RecommendPipeline.from_version_dir(tiny_version)
 
 
 @pytest.fixture(scope="session")
