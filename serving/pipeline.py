@@ -147,7 +147,7 @@ class RecommendPipeline:
         seen = self.features.seen_items(user_ids)
         excluded = [s | frozenset(map(str, e)) for s, e in zip(seen, extra)] if extra is not None else seen
         user_rows = self.ranker.user_features(self.features, user_ids)
-        queries = self.tower.embed(self.tower.user_inputs(self.features, user_ids))  # its own history length
+        queries = self.tower.embed_ids(self.features, user_ids)  # with its own history length
         ids, scores = self.index.search(queries, self.config.num_candidates, excluded)
         valid = ids != ""
         counts = valid.sum(axis=1)
