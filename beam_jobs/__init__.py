@@ -2,14 +2,14 @@
 
 `run(argv)` is the job (`recsys batch-score` and `python -m beam_jobs.pipeline` call it);
 `BatchScore` is the PTransform, the handlers are RunInference ModelHandlers, and
-`read_scores` / `scores_to_ranked` read the Parquet back for `recsys evaluate`. Names
+`read_scores` reads the Parquet back (a run frame `evaluation.evaluate_run` scores). Names
 resolve lazily (PEP 562) so the CLI can build flags from `BatchScoreConfig` without
 importing Beam or TensorFlow.
 """
 from __future__ import annotations
 
 from beam_jobs.config import BatchScoreConfig
-from recsys.lazy import lazy_exports
+from core.lazy import lazy_exports
 
 _LAZY = {
     "BatchScore": "beam_jobs.pipeline", "BatchScoreResult": "beam_jobs.pipeline", "run": "beam_jobs.pipeline",
@@ -18,7 +18,7 @@ _LAZY = {
     "RankerHandler": "beam_jobs.handlers", "UserBatch": "beam_jobs.handlers", "assign_batches": "beam_jobs.handlers",
     "batch_index": "beam_jobs.handlers", "num_batches": "beam_jobs.handlers",
     "WriteCandidatesToRedis": "beam_jobs.io", "SCORES_SCHEMA": "beam_jobs.io", "read_scores": "beam_jobs.io",
-    "scores_to_ranked": "beam_jobs.io", "read_user_file": "beam_jobs.io",
+    "read_user_file": "beam_jobs.io",
 }
 
 __all__ = ["BatchScoreConfig", *_LAZY]

@@ -2,7 +2,7 @@
 
 Each handler loads only its own artifacts from the version directory, once per worker
 (RunInference shares the loaded model across a worker's threads), and computes exactly
-what `serving.pipeline.RecommendPipeline.candidates` computes for the same users — the
+what `pipeline.RecommendPipeline.candidates` computes for the same users — the
 tests hold the two to bit-identical results.
 
 An example is one *batch of users* (`UserBatch`), not one user: the batches are fixed by
@@ -18,15 +18,16 @@ import dataclasses
 import math
 import pathlib
 import zlib
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_jobs.logs import quiet_worker_logs
-from recsys.errors import ArtifactMismatchError
+from core import layout
+from core.errors import ArtifactMismatchError
 
-RANKING_DIR = "ranking"  # serving.pipeline.RANKING_DIR; repeated so importing handlers does not load TensorFlow
 METRICS_NAMESPACE = "recsys_batch_score"
 
 
@@ -103,9 +104,7 @@ class _Handler(ModelHandler):
     def _features(self):
         quiet_worker_logs()  # every handler's load_model starts here, before the stage imports log
         from features import FeatureStore
-        from retrieval import FEATURES_DIR
-
-        return FeatureStore.load(pathlib.Path(self.version_dir) / FEATURES_DIR)
+        return FeatureStore.load(layout.features_dir(self.version_dir))
 
 
 # -- user tower --------------------------------------------------------------------------------
@@ -128,9 +127,7 @@ class UserTowerHandler(_Handler):
     def run_inference(self, batch: Sequence[UserBatch], model: _TowerModel,
                       inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
         for users in batch:
-            raw = model.tower.user_inputs(model.features, list(users.user_ids))  # + history if the tower reads it
-            embeddings = model.tower.embed({k: raw[k] for k in model.tower.input_names})
-            yield dataclasses.replace(users, embeddings=embeddings)
+            yield dataclasses.replace(users, embeddings=model.tower.embed_ids(model.features, list(users.user_ids)))
 
 
 # -- FAISS retrieval ---------------------------------------------------------------------------
@@ -143,7 +140,7 @@ class _RetrievalModel:
 class RetrievalHandler(_Handler):
     """UserBatch with embeddings → UserBatch with each user's top-N item ids and scores.
 
-    Each user's train-seen items are excluded from the search, as online.
+    Each user's train-seen items are excluded from the search (pipeline.retrieve, as online).
     """
 
     stage = "retrieval"
@@ -155,30 +152,24 @@ class RetrievalHandler(_Handler):
         self.num_candidates = num_candidates
 
     def load_model(self) -> _RetrievalModel:
-        from retrieval import INDEX_DIR, ItemIndex
+        from retrieval import ItemIndex
 
-        return _RetrievalModel(self._features(), ItemIndex.load(pathlib.Path(self.version_dir) / INDEX_DIR))
+        return _RetrievalModel(self._features(), ItemIndex.load(layout.index_dir(self.version_dir)))
 
     def run_inference(self, batch: Sequence[UserBatch], model: _RetrievalModel,
                       inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
+        from pipeline import retrieve
+
         for users in batch:
             queries = _need(users, "embeddings", "RetrievalHandler")
-            seen = model.features.seen_items(list(users.user_ids))
-            ids, scores = model.index.search(queries, self.num_candidates, seen)
+            ids, scores = retrieve(model.features, model.index, users.user_ids, queries, self.num_candidates)
             yield dataclasses.replace(users, item_ids=ids, retrieval_scores=scores)
 
 
 # -- ranker ------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _RankerModel:
-    features: Any                   # FeatureStore
-    ranker: Any                     # ranking.Ranker
-    item_row: dict[str, int]        # catalogue item id → row of item_features
-    item_features: dict[str, np.ndarray]  # raw features of the whole catalogue, [I] each
-
-
 class RankerHandler(_Handler):
-    """UserBatch with candidates → [(user_id, CandidateSet)] with both ranker heads, one per user."""
+    """UserBatch with candidates → [(user_id, CandidateSet)] with both ranker heads, one per user
+    (pipeline.CandidateScorer, the scoring step serving runs)."""
 
     stage = "ranker"
 
@@ -186,41 +177,24 @@ class RankerHandler(_Handler):
         super().__init__(version_dir)
         self.model_version = model_version or pathlib.Path(version_dir).name
 
-    def load_model(self) -> _RankerModel:
+    def load_model(self):
+        from pipeline import CandidateScorer
         from ranking import Ranker
 
         features = self._features()
-        ranker = Ranker.load(pathlib.Path(self.version_dir) / RANKING_DIR)
-        # The whole catalogue's raw features once, so scoring a candidate is a row gather.
-        ids = np.asarray(features.catalogue).astype(str)
-        return _RankerModel(features, ranker, {item: r for r, item in enumerate(ids)}, features.item_features(ids))
+        ranker = Ranker.load(layout.ranking_dir(self.version_dir))
+        return CandidateScorer(features, ranker, features.catalogue, self.model_version)
 
-    def run_inference(self, batch: Sequence[UserBatch], model: _RankerModel,
+    def run_inference(self, batch: Sequence[UserBatch], model,
                       inference_args: dict[str, Any] | None = None) -> Iterator[list]:
-        from serving.candidates import CandidateSet
-
         for users in batch:
             ids = _need(users, "item_ids", "RankerHandler")
             scores = _need(users, "retrieval_scores", "RankerHandler")
-            user_rows = model.ranker.user_features(model.features, list(users.user_ids))
-            valid = ids != ""
-            counts = valid.sum(axis=1)
-            owner = np.repeat(np.arange(len(users)), counts)
-            flat_ids = ids[valid].astype(str)
             try:
-                rows = np.fromiter((model.item_row[i] for i in flat_ids), dtype=np.int64, count=len(flat_ids))
-            except KeyError as e:
-                raise ArtifactMismatchError(f"{self.version_dir}: the FAISS index returned item {e.args[0]!r}, "
-                                            "which is not in the feature store's catalogue; rebuild the index") from e
-            engagement, quality = model.ranker.score({k: v[owner] for k, v in user_rows.items()},
-                                                     {k: v[rows] for k, v in model.item_features.items()})
-            bounds = np.concatenate([[0], np.cumsum(counts)])
-            yield [(user, CandidateSet(item_ids=np.asarray(flat_ids[a:b], dtype=object),
-                                       retrieval_scores=scores[u, :counts[u]].astype(np.float32),
-                                       engagement=engagement[a:b].astype(np.float32),
-                                       quality=quality[a:b].astype(np.float32),
-                                       model_version=self.model_version))
-                   for u, (user, a, b) in enumerate(zip(users.user_ids, bounds[:-1], bounds[1:]))]
+                cands = model.score(users.user_ids, ids, scores)
+            except ArtifactMismatchError as e:
+                raise ArtifactMismatchError(f"{self.version_dir}: {e}") from e
+            yield list(zip(users.user_ids, cands))
 
 
 __all__ = ["UserBatch", "UserTowerHandler", "RetrievalHandler", "RankerHandler", "assign_batches", "batch_index",

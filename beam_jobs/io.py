@@ -12,7 +12,7 @@ import logging
 import os
 import pathlib
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -24,7 +24,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from beam_jobs.logs import quiet_worker_logs
-from recsys.errors import DataError
+from core import layout
+from core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,8 @@ class TrainUsers(beam.DoFn):
     def setup(self) -> None:
         quiet_worker_logs()
         from features import FeatureStore
-        from retrieval import FEATURES_DIR
 
-        self._users = FeatureStore.load(pathlib.Path(self.version_dir) / FEATURES_DIR).vocabularies["user_id"].tokens
+        self._users = FeatureStore.load(layout.features_dir(self.version_dir)).vocabularies["user_id"].tokens
 
     def process(self, shard):
         yield from self._users[shard::self.shards]
@@ -104,9 +104,8 @@ class ValidateUsers(beam.DoFn):
     def setup(self) -> None:
         quiet_worker_logs()
         from features import FeatureStore
-        from retrieval import FEATURES_DIR
 
-        store = FeatureStore.load(pathlib.Path(self.version_dir) / FEATURES_DIR)
+        store = FeatureStore.load(layout.features_dir(self.version_dir))
         self._known = frozenset(store.vocabularies["user_id"].tokens)
         self._logged = 0
 
@@ -178,7 +177,7 @@ class WriteCandidatesToRedis(beam.DoFn):
             client.close()
 
     def process(self, scored):
-        from serving.cache import precomputed_key
+        from pipeline import precomputed_key
 
         attempts = [0]
 
@@ -218,7 +217,7 @@ class ScoresTable(beam.DoFn):
         self.rows = counter("parquet_rows")
 
     def process(self, scored):
-        from serving.pipeline import RecommendPipeline
+        from pipeline import RecommendPipeline
 
         cols: dict[str, list] = {f.name: [] for f in SCORES_SCHEMA}
         for user, cands in scored:
@@ -295,18 +294,6 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     df = df.astype({"user_id": object, "item_id": object, "model_version": object})
     df["rank"] = df["rank"].astype(np.int64)
     return df.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
-
-
-def scores_to_ranked(path: str | os.PathLike, data, k: int | None = None) -> np.ndarray:
-    """The job's Parquet as the protocol's [len(data.test_users), k] matrix of catalogue columns.
-
-    Row r ranks data.test_users[r] (-1 pads; test users the job did not score are all
-    misses), exactly what a Recommender's `recommend` returns, so the same NDCG/MAP code
-    (evaluation.evaluate_rankings) scores a batch run.
-    """
-    from evaluation import run_to_ranked
-
-    return run_to_ranked(read_scores(path), data, k=k, where=str(path)).ranked
 
 
 # -- progress ---------------------------------------------------------------------------------

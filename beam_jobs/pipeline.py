@@ -17,7 +17,7 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -26,15 +26,28 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_jobs.config import HELP, BatchScoreConfig
-from beam_jobs.handlers import (RankerHandler, RetrievalHandler, UserBatch, UserTowerHandler, batch_index,
-                                num_batches)
-from beam_jobs.io import (COUNTER_NAMESPACE, FAILED_USERS_FILE, SCORES_SCHEMA, SCORES_SUFFIX, SHARD_TEMPLATE,
-                          CountScored, ReadUsers, RedisTarget, ScoresTable, TrainUsers, ValidateUsers,
-                          WriteCandidatesToRedis, counter, remove_stale_shards, scores_prefix)
+from beam_jobs.handlers import RankerHandler, RetrievalHandler, UserBatch, UserTowerHandler, batch_index, num_batches
+from beam_jobs.io import (
+    COUNTER_NAMESPACE,
+    FAILED_USERS_FILE,
+    SCORES_SCHEMA,
+    SCORES_SUFFIX,
+    SHARD_TEMPLATE,
+    CountScored,
+    ReadUsers,
+    RedisTarget,
+    ScoresTable,
+    TrainUsers,
+    ValidateUsers,
+    WriteCandidatesToRedis,
+    counter,
+    remove_stale_shards,
+    scores_prefix,
+)
 from beam_jobs.logs import quiet_beam_logs
-from recsys import registry
-from recsys.config import add_config_args, config_from_args, config_to_dict
-from recsys.errors import DataError, RecsysError
+from core import registry
+from core.config import add_config_args, config_from_args, config_to_dict
+from core.errors import DataError, RecsysError
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +232,7 @@ def score_users(config: BatchScoreConfig, beam_args: Sequence[str] = ()) -> Batc
       ArtifactError / ArtifactMismatchError for a missing or changed version; DataError for
       a missing --users file. Lost Redis writes do not raise: see BatchScoreResult.ok.
     """
-    from serving.pipeline import load_pipeline_config
+    from pipeline import load_pipeline_config
 
     root = config.artifacts or str(registry.default_root())
     version_dir = registry.resolve_version(root, config.version)

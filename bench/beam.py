@@ -105,8 +105,8 @@ def main() -> None:
     import logging
 
     from beam_jobs.logs import quiet_beam_logs
-    from recsys import registry
-    from serving.pipeline import load_pipeline_config
+    from core import registry
+    from pipeline import load_pipeline_config
 
     logging.basicConfig(level=logging.WARNING)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-beam-"))

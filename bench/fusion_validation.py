@@ -35,11 +35,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from core import registry  # noqa: E402
 from features import SplitConfig, fit_feature_store, split_interactions  # noqa: E402
-from recsys import registry  # noqa: E402
 from recsys.cli import build_parser  # noqa: E402
 from recsys.commands import train as train_command  # noqa: E402
-from recsys.commands._common import data_config_from_args, load_split  # noqa: E402
+from workflows.data import data_config_from_args, load_split  # noqa: E402
 
 log = logging.getLogger("fusion_validation")
 

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from recsys.registry import resolve_version
+    from core.registry import resolve_version
     from serving import CacheConfig, RecommendServer, ServerConfig
 
     version_dir = pathlib.Path(args.version_dir) if args.version_dir else resolve_version(args.artifacts,

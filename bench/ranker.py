@@ -32,11 +32,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from core.tf_env import tf  # noqa: E402
 from features import SplitConfig, fit_feature_store, load_movielens_100k, split_interactions  # noqa: E402
 from ranking import NegativeConfig, Ranker, RankerConfig, export_ranker, train_ranker, training_rows  # noqa: E402
 from ranking.model import ranker_inputs, user_inputs  # noqa: E402
 from ranking.train import _graph_call  # noqa: E402
-from recsys.tf_env import tf  # noqa: E402
 
 
 def timed(fn, calls: int, repeats: int) -> float:

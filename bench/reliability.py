@@ -67,7 +67,7 @@ def train_tiny(workdir: pathlib.Path) -> pathlib.Path:
 
 def make_registry(base: pathlib.Path, root: pathlib.Path) -> None:
     """v1, v2 (sealed copies of `base`) and v-corrupt (v2's files, one byte flipped after sealing); CURRENT = v1."""
-    from recsys import registry
+    from core import registry
 
     for name in ("v1", "v2", "v-corrupt"):
         shutil.copytree(base, root / name)
@@ -85,8 +85,7 @@ def precompute(version_dir: pathlib.Path, users: list[str], redis_url: str) -> f
     """Writes `users`' candidate sets under the version's precomputed keys (the Beam job's output format)."""
     import redis
 
-    from serving import precomputed_key
-    from serving.pipeline import RecommendPipeline
+    from pipeline import RecommendPipeline, precomputed_key
 
     start = time.perf_counter()
     model = RecommendPipeline.from_version_dir(version_dir)
@@ -132,7 +131,6 @@ class Load:
 
         from protos.recsys.v1 import recommender_pb2 as pb
         from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-
         from serving.security import CLIENT_OPTIONS
 
         rng = random.Random(seed)
@@ -161,7 +159,7 @@ class Load:
                 with self._lock:
                     self.records.append(record)
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         for t in self._threads:
             t.start()
         return self
@@ -233,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.version_dir and not a.train_synthetic:
         p.error("give --version-dir or --train-synthetic")
 
+    from core import registry
     from features import FeatureStore
-    from recsys import registry
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="recsys-reliability-"))
     try:
@@ -376,7 +374,7 @@ def _warm(target: str, users: list[str]) -> None:
 def print_table(a, phases, total, ratio, events, t0, refused, serving_v2, metrics, precompute_s) -> None:
     print(f"\nreliability run: {a.duration:.0f} s, {a.clients} clients x {a.rate:g} req/s, deadline {a.deadline_s} s, "
           f"{a.users} users (+10% unknown), server workers {a.workers}, precompute v2 "
-          f"{'on (%.1f s)' % precompute_s if a.precompute else 'off'}")
+          f"{f'on ({precompute_s:.1f} s)' if a.precompute else 'off'}")
     print("events (s from start): " + ", ".join(f"{k} {v - t0:.1f}" for k, v in events.items()))
     print(f"{'phase':<16} {'secs':>5} {'sent':>6} {'failed':>6} {'p50 ms':>7} {'p99 ms':>7}  by source / versions")
     for name, s in [*phases.items(), ("all", total)]:

@@ -20,14 +20,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation import (EASERecommender, ItemKNNRecommender, PopularityRecommender, RandomRecommender,  # noqa: E402
-                        build_eval_data, evaluate_models)
+from core import registry  # noqa: E402
+from evaluation import (  # noqa: E402
+    EASERecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    RandomRecommender,
+    build_eval_data,
+    evaluate_models,
+)
 from evaluation.two_tower import TwoTowerEvalConfig, TwoTowerRecommender  # noqa: E402
 from features import fit_feature_store  # noqa: E402
-from recsys import registry  # noqa: E402
 from recsys.cli import build_parser  # noqa: E402
 from recsys.cli import main as recsys_main  # noqa: E402
-from recsys.commands._common import data_config_from_args, load_split  # noqa: E402
+from workflows.data import data_config_from_args, load_split  # noqa: E402
 
 COLUMNS = ("ndcg@10", "map@10", "recall@10", "recall@100", "coverage@10")
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -204,7 +204,7 @@ class Client:
             await c.close()
 
 
-def rpc_rounds(port: int, cases: dict[str, Callable[["Client", int], Awaitable]], concurrency: int, seconds: float,
+def rpc_rounds(port: int, cases: dict[str, Callable[[Client, int], Awaitable]], concurrency: int, seconds: float,
                rounds: int, channels: int, warmup_s: float = 1.0, max_requests: dict[str, int] | None = None,
                before_round: Callable[[str], None] | None = None) -> dict[str, list[tuple[list[float], float]]]:
     """Runs each case for `rounds` rounds, alternating cases, after a warm-up of each."""

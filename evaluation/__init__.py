@@ -3,16 +3,47 @@
 Full-catalogue top-k per test user with train items excluded (DESIGN.md §7); every model is
 a `Recommender` scored on the same `EvalData`.
 """
-from evaluation.baselines import (EASEConfig, EASERecommender, ItemKNNConfig, ItemKNNRecommender, PopularityConfig,
-                                  PopularityRecommender, RandomConfig, RandomRecommender, rank_users, select_lambda,
-                                  select_on_validation, validation_data)
-from evaluation.metrics import (average_precision_at_k, catalogue_coverage, dcg_at_k, evaluate_ranked,
-                                evaluate_rankings, gains_at_ranks, hit_rate_at_k, ideal_dcg_at_k, ndcg_at_k,
-                                precision_at_k, recall_at_k, reciprocal_rank)
+from evaluation.baselines import (
+                                  EASEConfig,
+                                  EASERecommender,
+                                  ItemKNNConfig,
+                                  ItemKNNRecommender,
+                                  PopularityConfig,
+                                  PopularityRecommender,
+                                  RandomConfig,
+                                  RandomRecommender,
+                                  rank_users,
+                                  select_lambda,
+                                  select_on_validation,
+                                  validation_data,
+)
+from evaluation.metrics import (
+                                  average_precision_at_k,
+                                  catalogue_coverage,
+                                  dcg_at_k,
+                                  evaluate_ranked,
+                                  evaluate_rankings,
+                                  gains_at_ranks,
+                                  hit_rate_at_k,
+                                  ideal_dcg_at_k,
+                                  ndcg_at_k,
+                                  precision_at_k,
+                                  recall_at_k,
+                                  reciprocal_rank,
+)
 from evaluation.protocol import EvalData, Recommender, build_eval_data, top_k_excluding
 from evaluation.report import METRIC_DEFINITIONS, ReportPaths, data_summary, format_table, plot_metrics, write_report
-from evaluation.runfiles import (AlignedRun, evaluate_run, evaluate_run_against_qrels, evaluate_run_files, read_qrels,
-                                 read_run, run_to_ranked, write_qrels, write_run)
+from evaluation.runfiles import (
+                                  AlignedRun,
+                                  evaluate_run,
+                                  evaluate_run_against_qrels,
+                                  evaluate_run_files,
+                                  read_qrels,
+                                  read_run,
+                                  run_to_ranked,
+                                  write_qrels,
+                                  write_run,
+)
 from evaluation.runner import MODEL_FACTORIES, build_model, evaluate_models, model_config_class
 
 __all__ = [

@@ -17,7 +17,8 @@ ACM TOIS 20(4), 2002 (DCG with linear gain and log2(i+1) discount); trec_eval
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -263,7 +264,7 @@ def evaluate_ranked(ranked: np.ndarray, gain: sp.csr_matrix, num_items: int,
     return out
 
 
-def evaluate_rankings(ranked: np.ndarray, data: "EvalData", ks: Sequence[int] = (10, 100)) -> dict[str, float]:
+def evaluate_rankings(ranked: np.ndarray, data: EvalData, ks: Sequence[int] = (10, 100)) -> dict[str, float]:
     """Every metric of `evaluate_ranked` for rankings of `data.test_users`.
 
     Args:

@@ -1,6 +1,6 @@
 """The full pipeline (retrieve → rank → blend → top-k) as an offline `Recommender`, head diagnostics, blend sweep.
 
-Everything goes through serving.pipeline.RecommendPipeline — the code that serves — so
+Everything goes through pipeline.RecommendPipeline — the code that serves — so
 the offline numbers are the online answers. The sweep computes each test user's
 candidate set (both heads) once and re-blends it per weight: the trade-off frontier of
 one trained ranker, no retraining, no re-scoring.
@@ -12,17 +12,17 @@ import json
 import logging
 import pathlib
 import time
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
 from evaluation.metrics import evaluate_rankings
 from evaluation.protocol import EvalData
+from pipeline import CandidateSet, PipelineConfig, RecommendPipeline  # TensorFlow loads only with a version
 from ranking import BlendWeights, NegativeConfig
-from recsys.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
-from serving.candidates import CandidateSet
-from serving.pipeline import PipelineConfig, RecommendPipeline  # TensorFlow loads only with a version
 
 log = logging.getLogger(__name__)
 

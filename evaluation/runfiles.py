@@ -18,15 +18,16 @@ import io
 import logging
 import os
 import pathlib
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.errors import DataError
 from evaluation.metrics import evaluate_ranked
 from evaluation.protocol import EvalData
-from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
 

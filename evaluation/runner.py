@@ -3,16 +3,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from evaluation.baselines import EASERecommender, ItemKNNRecommender, PopularityRecommender, RandomRecommender, \
-    rank_users
+from evaluation.baselines import (
+    EASERecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    RandomRecommender,
+    rank_users,
+)
 from evaluation.metrics import evaluate_rankings
-from evaluation.protocol import EvalData, Recommender
 from evaluation.pipeline import PipelineRecommender
+from evaluation.protocol import EvalData, Recommender
 from evaluation.two_tower import TwoTowerRecommender
 
 log = logging.getLogger(__name__)

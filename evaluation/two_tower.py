@@ -13,8 +13,8 @@ import logging
 import numpy as np
 import pandas as pd
 
+from core.errors import ArtifactError
 from evaluation.protocol import EvalData
-from recsys.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class TwoTowerRecommender:
         for start in range(0, len(rows), self.config.batch_size):
             chunk = rows[start:start + self.config.batch_size]
             users = np.asarray(data.user_ids)[chunk]
-            queries = self.tower.embed(self.tower.user_inputs(self.features, users))
+            queries = self.tower.embed_ids(self.features, users)
             exclude = [catalogue[data.train[r].indices] for r in chunk]
             ids, _ = self.index.search(queries, k, exclude=[set(e) for e in exclude])
             cols = self._column.get_indexer(ids.ravel().astype(str)).reshape(ids.shape)

@@ -7,8 +7,8 @@ import pathlib
 
 import pandas as pd
 
+from core.errors import DataError
 from features.schema import Dataset, FeatureSpec
-from recsys.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ import zipfile
 import numpy as np
 import pandas as pd
 
+from core.errors import DataError
 from features.schema import MULTI_VALUE_SEP, Dataset, FeatureSpec
-from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
 

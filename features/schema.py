@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from recsys.errors import DataError
+from core.errors import DataError
 
 INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "timestamp", "rating", "engaged")
 INTERACTION_DTYPES: dict[str, str] = {

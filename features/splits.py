@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from recsys.errors import DataError
+from core.errors import DataError
 
 SplitStrategy = Literal["user_temporal", "global_time", "user_random"]
 

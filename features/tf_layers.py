@@ -10,9 +10,9 @@ free of TensorFlow.
 """
 from __future__ import annotations
 
+from core.tf_env import keras, tf
 from features.schema import MULTI_VALUE_SEP
 from features.vocab import Vocabulary
-from recsys.tf_env import keras, tf
 
 
 def string_lookup(vocab: Vocabulary) -> keras.layers.StringLookup:

@@ -12,13 +12,13 @@ import json
 import pathlib
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from core.errors import ArtifactError
 from features.schema import Dataset, FeatureSpec, split_multi
-from recsys.errors import ArtifactError
 
 OOV_TOKEN = "[OOV]"
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
@@ -36,7 +36,7 @@ class Vocabulary:
     tokens: tuple[str, ...]  # without the OOV token; index i+1 is tokens[i]
 
     @classmethod
-    def fit(cls, values: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
+    def fit(cls, values: Iterable[str], min_count: int = 1, max_size: int | None = None) -> Vocabulary:
         """Most frequent first, ties broken by token, so the order is deterministic."""
         counts = Counter(values)
         ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
@@ -141,7 +141,7 @@ class FeatureStore:
                      dtype=object).to_parquet(d / "seen.parquet")
 
     @classmethod
-    def load(cls, directory: str | pathlib.Path) -> "FeatureStore":
+    def load(cls, directory: str | pathlib.Path) -> FeatureStore:
         d = pathlib.Path(directory)
         try:
             meta = json.loads((d / "features.json").read_text())

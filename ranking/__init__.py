@@ -1,17 +1,18 @@
 """Ranking stage: wide-and-deep multi-task ranker (engagement + quality heads) and the score blender.
 
-The configs, the blender and the negative sampler import eagerly (no TensorFlow); the model,
+The configs and the blender import eagerly (no TensorFlow); the negative sampler, model,
 training and export names resolve lazily (PEP 562), so `from ranking import BlendWeights`
 and the CLI's flag building never load TensorFlow.
 """
 from __future__ import annotations
 
+from core.lazy import lazy_exports
 from ranking.blender import BlendWeights, blend_scores, rank_by_blend
 from ranking.config import RankerConfig
-from ranking.negatives import CandidateGenerator, NegativeConfig, sample_negatives
-from recsys.lazy import lazy_exports
 
 _LAZY = {
+    "CandidateGenerator": "ranking.negatives", "NegativeConfig": "ranking.negatives",
+    "sample_negatives": "ranking.negatives",
     "Ranker": "ranking.export", "export_ranker": "ranking.export",
     "HEADS": "ranking.model", "WideDeepRanker": "ranking.model", "build_ranker": "ranking.model",
     "denormalize_quality": "ranking.model", "normalize_rating": "ranking.model", "ranker_inputs": "ranking.model",
@@ -21,7 +22,7 @@ _LAZY = {
 
 __all__ = [
     "BlendWeights", "blend_scores", "rank_by_blend", "RankerConfig",
-    "CandidateGenerator", "NegativeConfig", "sample_negatives", *_LAZY,
+    *_LAZY,
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from recsys.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 EPS = 1e-6
 TINY = float(np.finfo(np.float64).tiny)  # ~2.2e-308: log(TINY) ≈ -708, finite
@@ -67,7 +67,7 @@ class BlendWeights:
                 f"blend transform {self.transform!r} applies to the additive mode only; the multiplicative mode "
                 "uses engagement^a · quality^b on the raw heads (use transform 'identity')")
 
-    def with_weights(self, engagement: float, quality: float) -> "BlendWeights":
+    def with_weights(self, engagement: float, quality: float) -> BlendWeights:
         """The same mode and transform with new (validated) weights, e.g. from a request."""
         return dataclasses.replace(self, engagement=engagement, quality=quality)
 

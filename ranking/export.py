@@ -12,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from core.errors import ArtifactError, ArtifactMismatchError
+from core.tf_env import tf
 from features import FeatureStore
 from ranking.model import HEADS, WideDeepRanker, ranker_inputs, user_inputs
-from recsys.errors import ArtifactError, ArtifactMismatchError
-from recsys.tf_env import tf
 
 MODEL_DIR = "model"
 META_FILE = "ranker.json"
@@ -96,7 +97,7 @@ class Ranker:
         self._dtypes = {k: tf.as_dtype(v) for k, v in meta["inputs"].items()}
 
     @classmethod
-    def load(cls, directory: str | pathlib.Path) -> "Ranker":
+    def load(cls, directory: str | pathlib.Path) -> Ranker:
         """Loads `directory` (the `ranking/` folder written by export_ranker)."""
         d = pathlib.Path(directory)
         try:

@@ -26,14 +26,14 @@ so the exported SavedModel takes raw strings and floats.
 from __future__ import annotations
 
 import itertools
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from core.tf_env import keras, tf
 from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore
 from features.tf_layers import BagEmbedding, l2_regularizer, split_multi, string_lookup, tokenize
 from ranking.config import RankerConfig
-from recsys.tf_env import keras, tf
 
 USER_PREFIX = "u__"
 ITEM_PREFIX = "i__"
@@ -161,7 +161,7 @@ class RetrievalAffinity(keras.layers.Layer):
         super().__init__(trainable=False, **kwargs)
         user_tower.trainable = False
         self.user_tower = user_tower
-        self.feature_names = tuple(getattr(user_tower, "feature_names"))
+        self.feature_names = tuple(user_tower.feature_names)
         self.history_length = min(int(getattr(user_tower, "history_length", 0)), int(history_length))
         emb = np.asarray(item_embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(item_ids):
@@ -196,7 +196,7 @@ class WideDeepRanker(keras.Model):
     quality mask) row by row; the exported signature returns them as [b].
     """
 
-    def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: "RetrievalParts | None" = None,
+    def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: RetrievalParts | None = None,
                  **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config

@@ -22,17 +22,26 @@ import dataclasses
 import logging
 import time
 import weakref
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.tf_env import keras, set_seed, tf
 from features import MULTI_VALUE_SEP, FeatureStore, Split, SplitConfig
-from ranking.model import HEADS, RankerConfig, RetrievalParts, WideDeepRanker, build_ranker, normalize_rating, \
-    ranker_inputs, user_inputs
+from ranking.model import (
+    HEADS,
+    RankerConfig,
+    RetrievalParts,
+    WideDeepRanker,
+    build_ranker,
+    normalize_rating,
+    ranker_inputs,
+    user_inputs,
+)
 from ranking.negatives import CandidateGenerator, NegativeConfig, sample_negatives, uses_impressions
-from recsys.tf_env import keras, set_seed, tf
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +312,7 @@ def _graph_call(model: keras.Model):
 
 
 # Traced calls per live model (a cache, not state: dropping it changes nothing but speed).
-_GRAPH_CALLS: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
+_GRAPH_CALLS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
 
 
 def head_metrics(engagement: np.ndarray, engaged: np.ndarray, quality: np.ndarray,

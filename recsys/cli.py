@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from recsys.errors import RecsysError
+from core.errors import RecsysError
 
 # Order is the order `recsys --help` lists them in.
 COMMAND_MODULES = (

@@ -6,13 +6,12 @@ so importing the configs for CLI flags does not load TensorFlow or FAISS.
 """
 from __future__ import annotations
 
-from recsys.lazy import lazy_exports
+from core.lazy import lazy_exports
 from retrieval.config import IndexConfig, TwoTowerConfig
 
 _LAZY = {
-    "load_retriever": "retrieval.artifacts", "FEATURES_DIR": "retrieval.artifacts", "INDEX_DIR": "retrieval.artifacts",
+    "load_retriever": "retrieval.artifacts",
     "UserTower": "retrieval.export", "export_model": "retrieval.export", "load_items": "retrieval.export",
-    "USER_TOWER_DIR": "retrieval.export", "ITEMS_FILE": "retrieval.export",
     "ItemIndex": "retrieval.index",
     "TrainResult": "retrieval.train", "train_two_tower": "retrieval.train", "RetrievalEvaluator": "retrieval.train",
     "TwoTowerModel": "retrieval.two_tower",

@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 import pathlib
 
+from core import layout
+from core.errors import ArtifactError, ArtifactMismatchError
+from core.registry import verify_version
 from features import FeatureStore
-from recsys.errors import ArtifactError, ArtifactMismatchError
-from recsys.registry import verify_version
 from retrieval.export import UserTower
 from retrieval.index import ItemIndex
-
-FEATURES_DIR = "features"
-INDEX_DIR = "index"
 
 
 def load_retriever(version_dir: str | os.PathLike, verify: bool = True) -> tuple[FeatureStore, UserTower, ItemIndex]:
@@ -26,9 +24,9 @@ def load_retriever(version_dir: str | os.PathLike, verify: bool = True) -> tuple
         raise ArtifactError(f"version directory {d} does not exist")
     if verify:
         verify_version(d)
-    features = FeatureStore.load(d / FEATURES_DIR)
+    features = FeatureStore.load(layout.features_dir(d))
     tower = UserTower.load(d)
-    index = ItemIndex.load(d / INDEX_DIR)
+    index = ItemIndex.load(layout.index_dir(d))
     if index.dim != tower.dim:
         raise ArtifactMismatchError(f"{d}: the FAISS index has dimension {index.dim} but the user tower outputs "
                                     f"{tower.dim}; rebuild the index from this version's items.npz")

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from core import layout
+from core.errors import ArtifactError, InvalidRequestError
+from core.tf_env import tf
 from features import FeatureStore
-from recsys.errors import ArtifactError, InvalidRequestError
-from recsys.tf_env import tf
 from retrieval.two_tower import HISTORY, Tower, TwoTowerModel, embed_in_batches, history_strings
-
-USER_TOWER_DIR = "retrieval/user_tower"
-ITEMS_FILE = "retrieval/items.npz"
 
 
 def _signature_specs(features: FeatureStore, history: bool) -> dict[str, tf.TensorSpec]:
@@ -36,7 +34,7 @@ def export_user_tower(tower: Tower, features: FeatureStore, version_dir: str | o
     The signature takes every key of `features.user_features(ids)` even when the tower
     ignores some, so any caller can pass that dict unchanged.
     """
-    path = pathlib.Path(version_dir) / USER_TOWER_DIR
+    path = layout.user_tower_dir(version_dir)
     history_length = tower.history_length
     specs = _signature_specs(features, history_length > 0)
 
@@ -61,7 +59,7 @@ def export_items(item_tower: Tower, features: FeatureStore, version_dir: str | o
     """Embeds the whole catalogue and writes items.npz; returns (item_ids [I], embeddings [I, d])."""
     item_ids = np.asarray(features.catalogue).astype(str)
     embeddings = embed_in_batches(item_tower, features.item_features(item_ids))
-    path = pathlib.Path(version_dir) / ITEMS_FILE
+    path = layout.items_file(version_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, item_ids=item_ids, embeddings=embeddings)
     return item_ids, embeddings
@@ -69,7 +67,7 @@ def export_items(item_tower: Tower, features: FeatureStore, version_dir: str | o
 
 def load_items(version_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Reads items.npz: (item_ids [I] str, embeddings [I, d] float32)."""
-    path = pathlib.Path(version_dir) / ITEMS_FILE
+    path = layout.items_file(version_dir)
     try:
         with np.load(path, allow_pickle=False) as z:
             item_ids, embeddings = z["item_ids"].astype(str), z["embeddings"].astype(np.float32)
@@ -102,9 +100,9 @@ class UserTower:
         self.history_length = int(loaded.history_length.numpy()) if hasattr(loaded, "history_length") else 0
 
     @classmethod
-    def load(cls, version_dir: str | os.PathLike) -> "UserTower":
+    def load(cls, version_dir: str | os.PathLike) -> UserTower:
         """Loads `<version_dir>/retrieval/user_tower`; ArtifactError if missing or unreadable."""
-        path = pathlib.Path(version_dir) / USER_TOWER_DIR
+        path = layout.user_tower_dir(version_dir)
         if not (path / "saved_model.pb").is_file():
             raise ArtifactError(f"user tower SavedModel not found at {path}: was the retrieval stage trained?")
         try:

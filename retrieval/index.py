@@ -12,12 +12,12 @@ import json
 import logging
 import pathlib
 import time
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import faiss
 import numpy as np
 
-from recsys.errors import ArtifactError, ArtifactMismatchError, UnknownItemError
+from core.errors import ArtifactError, ArtifactMismatchError, UnknownItemError
 from retrieval.config import IndexConfig
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class ItemIndex:
     # -- construction ------------------------------------------------------------------
     @classmethod
     def build(cls, item_ids: Sequence[str], embeddings: np.ndarray, config: IndexConfig = IndexConfig(),
-              queries: np.ndarray | None = None) -> "ItemIndex":
+              queries: np.ndarray | None = None) -> ItemIndex:
         """Builds (and, for IVF/PQ, trains) the index over `embeddings` [I, d].
 
         The recall@N of the result against exact search is measured on `queries` [q, d]
@@ -118,7 +118,7 @@ class ItemIndex:
                                                 indent=2))
 
     @classmethod
-    def load(cls, directory: str | pathlib.Path) -> "ItemIndex":
+    def load(cls, directory: str | pathlib.Path) -> ItemIndex:
         """Loads what `save` wrote; ArtifactError if a file is missing or unreadable."""
         d = pathlib.Path(directory)
         for name in (INDEX_FILE, IDS_FILE, CONFIG_FILE):

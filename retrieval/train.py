@@ -13,13 +13,13 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from core.tf_env import keras, set_seed, tf
 from features import FeatureStore, Split
-from recsys.tf_env import keras, set_seed, tf
 from retrieval.two_tower import HISTORY, TwoTowerConfig, TwoTowerModel, embed_in_batches, history_strings
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from typing import Literal
 
 import numpy as np
 
+from core.tf_env import keras, tf, tfrs
 from features import MULTI_VALUE_SEP, FeatureStore
 from features.tf_layers import BagEmbedding, l2_regularizer, split_multi, string_lookup, tokenize
-from recsys.tf_env import keras, tf, tfrs
 from retrieval.config import TwoTowerConfig
 
 HISTORY = "history"  # user tower input: the user's recent engaged item ids, oldest first, joined by "|"

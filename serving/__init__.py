@@ -2,9 +2,7 @@
 
 Importing this package does not import TensorFlow; loading a model version does.
 """
-from serving.cache import (CacheConfig, CandidateCache, LocalCandidateStore, RedisCandidateStore, cache_key,
-                           precomputed_key, redis_client)
-from serving.candidates import CandidateSet, CorruptEntryError
+from serving.cache import CacheConfig, CandidateCache, LocalCandidateStore, RedisCandidateStore, redis_client
 from serving.hotswap import HotSwapConfig, RegistryWatcher, check_consistency, load_checked
 from serving.metrics import JsonFormatter, ServingMetrics
 from serving.security import ClientSecurity, SecurityConfig, client_channel
@@ -12,8 +10,7 @@ from serving.server import RecommenderServicer, RecommendServer, ServerConfig, s
 from serving.validation import RequestLimits
 
 __all__ = [
-    "CacheConfig", "CandidateCache", "LocalCandidateStore", "RedisCandidateStore", "cache_key", "precomputed_key",
-    "redis_client", "CandidateSet", "CorruptEntryError", "JsonFormatter", "ServingMetrics", "RecommenderServicer",
+    "CacheConfig", "CandidateCache", "LocalCandidateStore", "RedisCandidateStore", "redis_client", "JsonFormatter", "ServingMetrics", "RecommenderServicer",
     "RecommendServer", "ServerConfig", "serve", "RequestLimits",
     "HotSwapConfig", "RegistryWatcher", "check_consistency", "load_checked", "ClientSecurity", "SecurityConfig",
     "client_channel",

@@ -7,7 +7,7 @@ exactly these keys and values:
   recsys:{model_version}:cache:{user_id}   written by the server after an online computation,
                                            with a TTL (CacheConfig.ttl_s); answers are CACHE
 
-The value of both is `CandidateSet.to_bytes()` (serving/candidates.py): the user's
+The value of both is `CandidateSet.to_bytes()` (pipeline/candidates.py): the user's
 candidates with the retrieval score and BOTH ranker heads, so requests with any blend
 weights are served from one entry. Keys are namespaced by model version, so a new version
 never reads an old version's scores; a value whose embedded model_version differs from
@@ -33,13 +33,14 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from serving.candidates import CandidateSet, CorruptEntryError
+from pipeline import CandidateSet, CorruptEntryError, cache_key, precomputed_key
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,6 @@ T = TypeVar("T")
 CACHE = "cache"
 PRECOMPUTED = "precomputed"
 ONLINE = "online"
-
-
-def cache_key(model_version: str, user_id: str) -> str:
-    """The key the server writes after computing a user's candidates online."""
-    return f"recsys:{model_version}:cache:{user_id}"
-
-
-def precomputed_key(model_version: str, user_id: str) -> str:
-    """The key the Beam batch job writes a user's precomputed candidates under."""
-    return f"recsys:{model_version}:pre:{user_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +188,7 @@ class RedisCandidateStore:
         self._closed_until = 0.0  # Redis is skipped while clock() < this
 
     @classmethod
-    def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> "RedisCandidateStore":
+    def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> RedisCandidateStore:
         return cls(redis_client(config), config.ttl_s, metrics, config.circuit_open_s)
 
     def _skip(self, op: str) -> bool:
@@ -307,7 +298,7 @@ class CandidateCache:
         self._flight = SingleFlight()
 
     @classmethod
-    def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> "CandidateCache":
+    def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> CandidateCache:
         if not config.redis_url:
             return cls(LocalCandidateStore(config.local_max_entries, config.ttl_s), metrics)
         near = LocalCandidateStore(config.near_max_entries, config.near_ttl_s) if config.near_ttl_s > 0 else None

@@ -29,12 +29,14 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from recsys.errors import ArtifactError, ArtifactMismatchError, RecsysError
-from recsys.registry import verify_version
+from core import layout, registry
+from core.errors import ArtifactError, ArtifactMismatchError, RecsysError
+from core.registry import verify_version
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
@@ -97,11 +99,11 @@ def check_consistency(version_dir: str | os.PathLike, model: Any = None) -> None
       model: optional loaded RecommendPipeline (features, tower, index) of that directory.
     """
     from features import FeatureStore
-    from retrieval import FEATURES_DIR, INDEX_DIR, ItemIndex, load_items
+    from retrieval import ItemIndex, load_items
 
     d = pathlib.Path(version_dir)
     item_ids, embeddings = load_items(d)
-    index = model.index if model is not None else ItemIndex.load(d / INDEX_DIR)
+    index = model.index if model is not None else ItemIndex.load(layout.index_dir(d))
     ntotal = int(index.index.ntotal)
     if ntotal != len(item_ids):
         raise ArtifactMismatchError(f"version {d.name}: the FAISS index holds {ntotal} items but "
@@ -130,7 +132,7 @@ def check_consistency(version_dir: str | os.PathLike, model: Any = None) -> None
                 raise ArtifactMismatchError(
                     f"version {d.name}: FAISS row {r} ({item_ids[r]!r}) does not hold items.npz's embedding "
                     f"(relative error {float(err.max()):.3g}); the index was built from other embeddings — rebuild it")
-    features = model.features if model is not None else FeatureStore.load(d / FEATURES_DIR)
+    features = model.features if model is not None else FeatureStore.load(layout.features_dir(d))
     known = features.items.index
     missing = [i for i in item_ids[:100_000] if i not in known]
     if missing:
@@ -177,7 +179,7 @@ def load_checked(version_dir: str | os.PathLike, verify: bool = True, warmup_use
       ArtifactError (or a subclass) naming what failed; anything unexpected from the
       loaders (TensorFlow, FAISS) is wrapped in ArtifactError as well.
     """
-    from serving.pipeline import RecommendPipeline  # TensorFlow loads here, not at import
+    from pipeline import RecommendPipeline  # TensorFlow loads here, not at import
 
     d = pathlib.Path(version_dir)
     try:
@@ -197,10 +199,10 @@ def load_checked(version_dir: str | os.PathLike, verify: bool = True, warmup_use
 class SwapMetrics:
     """Load/swap counters registered once in a server's metrics registry."""
 
-    _by_metrics: "weakref.WeakKeyDictionary[Any, SwapMetrics]" = weakref.WeakKeyDictionary()
+    _by_metrics: weakref.WeakKeyDictionary[Any, SwapMetrics] = weakref.WeakKeyDictionary()
     _guard = threading.Lock()
 
-    def __init__(self, metrics: "ServingMetrics") -> None:
+    def __init__(self, metrics: ServingMetrics) -> None:
         from prometheus_client import Counter, Gauge
 
         self.loads = Counter("recsys_model_loads", "Model version loads by result (ok, refused)", ["result"],
@@ -212,7 +214,7 @@ class SwapMetrics:
                                      registry=metrics.registry)
 
     @classmethod
-    def of(cls, metrics: "ServingMetrics") -> "SwapMetrics":
+    def of(cls, metrics: ServingMetrics) -> SwapMetrics:
         with cls._guard:
             found = cls._by_metrics.get(metrics)
             if found is None:
@@ -238,7 +240,7 @@ def _gil_switch_interval(seconds: float):
 _SWITCH_LOCK = threading.Lock()
 
 
-def load_into(server: "RecommendServer", version_dir: str | os.PathLike, verify: bool = True,
+def load_into(server: RecommendServer, version_dir: str | os.PathLike, verify: bool = True,
               warmup_users: int = 4, switch_interval_s: float = 0.0) -> Any:
     """load_checked, then swap `server` to the result; counts and logs either outcome.
 
@@ -275,12 +277,12 @@ class RegistryWatcher:
     Args:
       server: the RecommendServer to swap.
       resolve: returns the version directory that should be served (e.g. the CURRENT
-        pointer resolved by recsys.registry.resolve_version); may raise RecsysError.
+        pointer resolved by core.registry.resolve_version); may raise RecsysError.
       config: HotSwapConfig (poll interval, warm-up size).
       verify: verify manifest checksums before serving a version.
     """
 
-    def __init__(self, server: "RecommendServer", resolve: Callable[[], pathlib.Path],
+    def __init__(self, server: RecommendServer, resolve: Callable[[], pathlib.Path],
                  config: HotSwapConfig = HotSwapConfig(), verify: bool = True) -> None:
         self.server = server
         self.resolve = resolve
@@ -327,7 +329,7 @@ class RegistryWatcher:
             self._refused.pop(target.name, None)
             return True
 
-    def start(self) -> "RegistryWatcher":
+    def start(self) -> RegistryWatcher:
         """Starts polling every watch_interval_s in a daemon thread (no-op when the interval is 0)."""
         if self.config.watch_interval_s > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="registry-watcher", daemon=True)
@@ -352,7 +354,7 @@ class RegistryWatcher:
 
 def _manifest_mtime(version_dir: pathlib.Path) -> float:
     try:
-        return (version_dir / "manifest.json").stat().st_mtime
+        return (version_dir / registry.MANIFEST).stat().st_mtime
     except OSError:
         return -1.0
 

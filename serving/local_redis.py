@@ -39,7 +39,7 @@ class LocalRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> "LocalRedis":
+    def start(self, timeout_s: float = 10.0) -> LocalRedis:
         """Starts it and waits until it answers PING; RuntimeError if it does not within `timeout_s`."""
         import redis
 

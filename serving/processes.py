@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-from recsys.errors import RecsysError
+from core.errors import RecsysError
 from serving.cache import CacheConfig
 from serving.hotswap import HotSwapConfig
 from serving.security import SecurityConfig
@@ -86,7 +86,7 @@ def _setup_logging(spec: FleetSpec, tag: str) -> None:
 
 def _run_following_child(spec: FleetSpec, index: int) -> None:
     """in_process mode: one full `serve()` that follows the registry by itself."""
-    from recsys.registry import resolve_version
+    from core.registry import resolve_version
     from serving.server import serve
 
     _setup_logging(spec, str(index))
@@ -99,7 +99,7 @@ def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_
 
     Exits 3 when the version is refused (verification, consistency or warm-up failed).
     """
-    from recsys.errors import ArtifactError
+    from core.errors import ArtifactError
     from serving.hotswap import load_checked
     from serving.server import RecommendServer
 
@@ -217,7 +217,7 @@ class Fleet:
 
     # -- blue_green ---------------------------------------------------------------------------
     def _resolve(self) -> pathlib.Path:
-        from recsys.registry import resolve_version
+        from core.registry import resolve_version
 
         return pathlib.Path(resolve_version(self.spec.artifacts, self.spec.version)).resolve()
 

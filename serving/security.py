@@ -22,11 +22,12 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
-from recsys.errors import ArtifactError
+from core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -21,20 +21,20 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.errors import ArtifactError, InvalidRequestError, ModelNotReadyError, RecsysError, UnknownItemError
+from pipeline import CandidateSet
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking.blender import BlendWeights, rank_by_blend
-from recsys.errors import (ArtifactError, InvalidRequestError, ModelNotReadyError, RecsysError,
-                           UnknownItemError)
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
-from serving.candidates import CandidateSet
 from serving.hotswap import HotSwapConfig, RegistryWatcher, load_into
 from serving.metrics import ServingMetrics
 from serving.security import SecurityConfig, add_port, server_interceptors, server_options
@@ -300,7 +300,7 @@ class RecommendServer:
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)
 
-    def start(self) -> "RecommendServer":
+    def start(self) -> RecommendServer:
         self.server.start()
         if self.config.metrics_port:
             self._metrics_http = self.metrics.serve_http(self.config.metrics_port, self.config.host)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from recsys.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,6 +99,6 @@ def tiny_version(tmp_path_factory):
 def pipeline(tiny_version):
     """The tiny version loaded as the online RecommendPipeline (once per session: serving and Beam
     tests compare against it; wrap it, never mutate it)."""
-    from serving.pipeline import RecommendPipeline
+    from pipeline import RecommendPipeline
 
     return RecommendPipeline.from_version_dir(tiny_version)

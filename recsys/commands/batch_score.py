@@ -10,8 +10,8 @@ import argparse
 import logging
 
 from beam_jobs.config import HELP, BatchScoreConfig
-from recsys.config import add_config_args, config_from_args
-from recsys.errors import RecsysError
+from core.config import add_config_args, config_from_args
+from core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 

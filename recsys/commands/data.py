@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from recsys.commands._common import add_data_args, data_config_from_args, load_split
+from workflows.data import add_data_args, data_config_from_args, load_split
 
 
 def register(sub: argparse._SubParsersAction) -> None:

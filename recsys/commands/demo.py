@@ -10,7 +10,7 @@ import pathlib
 import shlex
 import time
 
-from recsys.errors import RecsysError
+from core.errors import RecsysError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,14 +9,25 @@ import time
 
 import pandas as pd
 
-from evaluation import (MODEL_FACTORIES, build_eval_data, build_model, data_summary, evaluate_models,
-                        evaluate_run, evaluate_run_against_qrels, format_table, model_config_class, read_qrels,
-                        read_run, write_report)
+from core import registry
+from core.config import add_config_args, config_from_args, config_to_dict
+from core.errors import ArtifactMismatchError, DataError
+from evaluation import (
+    MODEL_FACTORIES,
+    build_eval_data,
+    build_model,
+    data_summary,
+    evaluate_models,
+    evaluate_run,
+    evaluate_run_against_qrels,
+    format_table,
+    model_config_class,
+    read_qrels,
+    read_run,
+    write_report,
+)
 from features import fit_feature_store
-from recsys import registry
-from recsys.commands._common import DataConfig, add_data_args, data_config_from_args, load_split
-from recsys.config import add_config_args, config_from_args, config_to_dict
-from recsys.errors import ArtifactMismatchError, DataError
+from workflows.data import DataConfig, add_data_args, data_config_from_args, load_split
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import shutil
 
 import numpy as np
 
-from recsys import registry
-from recsys.config import add_config_args, config_from_args, config_to_dict
-from recsys.errors import RecsysError
+from core import layout, registry
+from core.config import add_config_args, config_from_args, config_to_dict
+from core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from core.layout import INDEX_DIR
     from features import FeatureStore
-    from retrieval import FEATURES_DIR, INDEX_DIR, IndexConfig, ItemIndex, UserTower, load_items
+    from retrieval import IndexConfig, ItemIndex, UserTower, load_items
 
     try:
         config = config_from_args(IndexConfig, args)
@@ -54,7 +55,7 @@ def run_build(args: argparse.Namespace) -> int:
     source = registry.resolve_version(args.artifacts, args.version)
     manifest = registry.verify_version(source)
     item_ids, embeddings = load_items(source)
-    features = FeatureStore.load(source / FEATURES_DIR)
+    features = FeatureStore.load(layout.features_dir(source))
     users = features.vocabularies["user_id"].tokens
     queries = UserTower.load(source).embed_ids(features, np.asarray(users, dtype=object)) if users else None
     try:

@@ -7,9 +7,9 @@ import logging
 import os
 import sys
 
-from recsys.config import add_config_args, config_from_args, config_to_dict
-from recsys.errors import RecsysError
-from recsys.registry import default_root, resolve_version
+from core.config import add_config_args, config_from_args, config_to_dict
+from core.errors import RecsysError
+from core.registry import default_root, resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return serve_processes(FleetSpec(str(args.artifacts), str(args.version), args.verify, config, cache_config,
                                          limits, hotswap, security,
                                          logging.getLevelName(logging.getLogger().level), args.log_format))
-    resolve = (lambda: resolve_version(args.artifacts, args.version))
+    def resolve():
+        return resolve_version(args.artifacts, args.version)
+
     return serve(resolve, config, cache_config, limits, verify=args.verify, hotswap=hotswap, security=security)
 
 

@@ -20,15 +20,16 @@ import pathlib
 import re
 import shutil
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from core import layout, registry
+from core.config import add_config_args, config_from_args, config_to_dict
+from core.errors import RecsysError
 from features import Dataset, FeatureStore, Split, fit_feature_store
-from recsys import registry
-from recsys.commands._common import DataConfig, add_data_args, data_config_from_args, load_split
-from recsys.config import add_config_args, config_from_args, config_to_dict
-from recsys.errors import RecsysError
+from workflows.data import DataConfig, add_data_args, data_config_from_args, load_split
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def train_retrieval(ctx: TrainContext) -> None:
 
 def build_index(ctx: TrainContext) -> None:
     """Builds the FAISS index over this version's items.npz and records recall vs exact."""
-    from retrieval import INDEX_DIR, UserTower, load_items
+    from retrieval import UserTower, load_items
 
     config = index_config(ctx.args)
     item_ids, embeddings = load_items(ctx.version_dir)
@@ -119,7 +120,7 @@ def build_index(ctx: TrainContext) -> None:
     users = np.asarray(sorted(ctx.split.train["user_id"].unique()), dtype=object)
     queries = UserTower.load(ctx.version_dir).embed_ids(ctx.features, users)
     index = _build(item_ids, embeddings, config, queries)
-    index.save(ctx.version_dir / INDEX_DIR)
+    index.save(layout.index_dir(ctx.version_dir))
     ctx.manifest["index"] = {"config": config_to_dict(config), **index.info}
 
 
@@ -133,8 +134,8 @@ def _build(item_ids, embeddings, config, queries):
 
 def ranking_configs(args: argparse.Namespace):
     """(RankerConfig, NegativeConfig, PipelineConfig) of the --ranking-*, --neg-* and --pipeline-* flags."""
+    from pipeline import PipelineConfig
     from ranking import NegativeConfig, RankerConfig
-    from serving.pipeline import PipelineConfig
 
     overrides = {"epochs": args.epochs} if getattr(args, "epochs", 0) else {}
     try:
@@ -151,13 +152,13 @@ def ranking_configs(args: argparse.Namespace):
 def train_ranking(ctx: TrainContext) -> None:
     """Trains the wide & deep ranker on the retrieval model's candidates, exports it with the
     version's default pipeline config, and records its head diagnostics on test."""
+    from pipeline import save_pipeline_config
     from ranking import diagnose, evaluation_rows, export_ranker, train_ranker, training_rows
     from ranking.train import resolve_negative_source
-    from serving.pipeline import save_pipeline_config
 
     config, neg, pipeline = ranking_configs(ctx.args)
     source = resolve_negative_source(ctx.split, neg)
-    have_retrieval = (ctx.version_dir / "retrieval").exists()
+    have_retrieval = layout.has_retrieval(ctx.version_dir)
     generator = None
     if source == "window" and have_retrieval:
         generator = _fit_only_generator(ctx, pipeline.num_candidates)
@@ -179,7 +180,7 @@ def train_ranking(ctx: TrainContext) -> None:
     test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
     test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
     diagnostics = diagnose(model, test_rows, ctx.features) if len(test_rows) else {}
-    export_ranker(model, ctx.version_dir / "ranking", info)
+    export_ranker(model, layout.ranking_dir(ctx.version_dir), info)
     save_pipeline_config(ctx.version_dir, pipeline)
     ctx.manifest["ranking"] = {
         "config": config_to_dict(config), "negatives": {**config_to_dict(neg), "resolved_source": source,
@@ -195,9 +196,9 @@ def train_ranking(ctx: TrainContext) -> None:
 
 def _version_generator(ctx: TrainContext, n: int):
     """user ids → this version's FAISS top-n (the user's train items excluded): the serving candidates."""
-    from retrieval import INDEX_DIR, ItemIndex, UserTower
+    from retrieval import ItemIndex, UserTower
 
-    tower, index = UserTower.load(ctx.version_dir), ItemIndex.load(ctx.version_dir / INDEX_DIR)
+    tower, index = UserTower.load(ctx.version_dir), ItemIndex.load(layout.index_dir(ctx.version_dir))
 
     def generate(user_ids):
         ids, _ = index.search(tower.embed_ids(ctx.features, user_ids), n, ctx.features.seen_items(user_ids))
@@ -246,9 +247,9 @@ def _stages() -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pipeline import PipelineConfig
     from ranking import NegativeConfig, RankerConfig
     from retrieval import IndexConfig, TwoTowerConfig
-    from serving.pipeline import PipelineConfig
 
     p = sub.add_parser("train", help="train every stage, export, index, and promote one new version",
                        description="Loads the data, splits it, fits the feature store on train, trains each stage "
@@ -304,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     }
     ctx = TrainContext(args, data_config, dataset, split, features, version_dir, manifest)
     try:
-        features.save(version_dir / "features")
+        features.save(layout.features_dir(version_dir))
         for step in steps:
             log.info("[%s] %s", step.stage, step.title)
             step.run(ctx)

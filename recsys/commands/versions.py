@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from recsys import registry
-from recsys.errors import ArtifactError
+from core import registry
+from core.errors import ArtifactError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -49,7 +49,7 @@ def eval_data():
     """EvalData of the split tiny_version was trained on (same flags as `recsys train` got)."""
     from evaluation import build_eval_data
     from features import fit_feature_store
-    from recsys.commands._common import add_data_args, data_config_from_args, load_split
+    from workflows.data import add_data_args, data_config_from_args, load_split
 
     parser = argparse.ArgumentParser()
     add_data_args(parser)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import redis
 
-from beam_jobs import read_scores, scores_to_ranked
+from beam_jobs import read_scores
 from beam_jobs.handlers import assign_batches
-from serving.cache import precomputed_key
-from serving.candidates import CandidateSet
+from evaluation import run_to_ranked
+from pipeline import CandidateSet, precomputed_key
 from tests.beam_jobs.conftest import BATCH_SIZE, batch_score, in_memory, job_counters, redis_snapshot
 from tests.conftest import free_port
 
@@ -204,7 +204,7 @@ def test_the_parquet_evaluates_to_the_offline_pipeline_metrics(scored, pipeline,
     rec = PipelineRecommender(pipeline=pipeline)
     rec.fit(eval_data)
     offline = rec.recommend(eval_data.test_users, 100)
-    batch = scores_to_ranked(output, eval_data, k=100)
+    batch = run_to_ranked(read_scores(output), eval_data, k=100).ranked
     np.testing.assert_array_equal(batch, offline)
     want = evaluate_rankings(offline, eval_data, (10, 100))
     got = evaluate_run(read_scores(output), eval_data, (10, 100))
@@ -250,7 +250,7 @@ def test_bad_flags_exit_2_with_a_message_naming_them(tiny_version, flags, messag
 
 
 def test_read_scores_names_the_missing_output(tmp_path):
-    from recsys.errors import DataError
+    from core.errors import DataError
 
     with pytest.raises(DataError, match="run `recsys batch-score --output"):
         read_scores(tmp_path / "nothing-here")

@@ -5,9 +5,19 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from evaluation import (EASEConfig, EASERecommender, ItemKNNConfig, ItemKNNRecommender, PopularityRecommender,
-                        RandomConfig, RandomRecommender, build_eval_data, evaluate_rankings, rank_users,
-                        select_lambda)
+from evaluation import (
+    EASEConfig,
+    EASERecommender,
+    ItemKNNConfig,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    RandomConfig,
+    RandomRecommender,
+    build_eval_data,
+    evaluate_rankings,
+    rank_users,
+    select_lambda,
+)
 from evaluation.baselines import ease_weights, item_knn_weights
 from features import SplitConfig, fit_feature_store, split_interactions
 

@@ -6,8 +6,18 @@ import pytest
 import pytrec_eval
 import scipy.sparse as sp
 
-from evaluation import (average_precision_at_k, catalogue_coverage, dcg_at_k, evaluate_ranked, gains_at_ranks,
-                        hit_rate_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank)
+from evaluation import (
+    average_precision_at_k,
+    catalogue_coverage,
+    dcg_at_k,
+    evaluate_ranked,
+    gains_at_ranks,
+    hit_rate_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    recall_at_k,
+    reciprocal_rank,
+)
 
 L3 = 1.0 / math.log2(3)  # discount at rank 2
 L4 = 0.5                 # discount at rank 3

@@ -5,10 +5,22 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from evaluation import (PopularityRecommender, build_eval_data, evaluate_rankings, evaluate_run, evaluate_run_files,
-                        rank_users, read_qrels, read_run, reciprocal_rank, run_to_ranked, write_qrels, write_run)
+from core.errors import DataError
+from evaluation import (
+    PopularityRecommender,
+    build_eval_data,
+    evaluate_rankings,
+    evaluate_run,
+    evaluate_run_files,
+    rank_users,
+    read_qrels,
+    read_run,
+    reciprocal_rank,
+    run_to_ranked,
+    write_qrels,
+    write_run,
+)
 from features import SplitConfig, fit_feature_store, split_interactions
-from recsys.errors import DataError
 
 
 @pytest.fixture(scope="module")

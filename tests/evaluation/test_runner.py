@@ -7,11 +7,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation import (MODEL_FACTORIES, EASEConfig, EASERecommender, ItemKNNRecommender, PopularityRecommender,
-                        RandomRecommender, build_eval_data, build_model, data_summary, evaluate_models, format_table,
-                        model_config_class, write_report)
+from core.config import add_config_args, config_from_args, config_to_dict
+from evaluation import (
+    MODEL_FACTORIES,
+    EASEConfig,
+    EASERecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    RandomRecommender,
+    build_eval_data,
+    build_model,
+    data_summary,
+    evaluate_models,
+    format_table,
+    model_config_class,
+    write_report,
+)
 from features import SplitConfig, fit_feature_store, split_interactions
-from recsys.config import add_config_args, config_from_args, config_to_dict
 
 TIMING = ["fit_seconds", "score_seconds"]
 

@@ -2,10 +2,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import (FilesConfig, SyntheticConfig, generate_synthetic, load_files, load_movielens_100k,
-                      split_multi, validate_interactions)
+from core.errors import DataError
+from features import (
+    FilesConfig,
+    SyntheticConfig,
+    generate_synthetic,
+    load_files,
+    load_movielens_100k,
+    split_multi,
+    validate_interactions,
+)
 from features.movielens import age_bucket
-from recsys.errors import DataError
 
 
 def test_movielens_100k_loads_published_counts(movielens):

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import DataError
 from features import SplitConfig, fit_feature_store, split_interactions
-from recsys.errors import DataError
 
 
 def _keys(df):

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.errors import InvalidRequestError
 from ranking.blender import BlendWeights, blend_scores, rank_by_blend
-from recsys.errors import InvalidRequestError
 
 E = np.array([0.9, 0.5, 0.2, 0.0, 1.0])
 Q = np.array([0.1, 0.5, 0.8, 0.4, 0.0])

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
+from core.errors import ArtifactMismatchError, InvalidRequestError
 from evaluation import build_eval_data
 from evaluation.pipeline import PipelineEvalConfig, PipelineRecommender, parse_sweep, sweep_blend
 from features import SplitConfig, fit_feature_store, split_interactions
+from pipeline import PipelineConfig, RecommendPipeline
 from ranking import BlendWeights, rank_by_blend
-from recsys.errors import ArtifactMismatchError, InvalidRequestError
-from serving.pipeline import PipelineConfig, RecommendPipeline
 
 DATA = ["--source", "synthetic", "--synthetic-num-users", "300", "--synthetic-num-items", "150",
         "--synthetic-num-interactions", "12000"]
@@ -41,7 +41,7 @@ def pipeline(version):
 @pytest.fixture(scope="module")
 def eval_data(pipeline):
     from recsys.cli import build_parser
-    from recsys.commands._common import data_config_from_args, load_split
+    from workflows.data import data_config_from_args, load_split
     args = build_parser().parse_args(["train", *TRAIN])
     dataset, split = load_split(data_config_from_args(args))
     return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))

@@ -5,13 +5,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import ArtifactError, ArtifactMismatchError
 from features import SplitConfig, SyntheticConfig, fit_feature_store, generate_synthetic, split_interactions
-from ranking import (NegativeConfig, Ranker, RankerConfig, build_ranker, diagnose, export_ranker, head_metrics, predict,
-                     train_ranker, training_rows)
-from ranking.model import default_crosses
-from ranking.model import ranker_inputs, user_inputs
+from ranking import (
+    NegativeConfig,
+    Ranker,
+    RankerConfig,
+    build_ranker,
+    diagnose,
+    export_ranker,
+    head_metrics,
+    predict,
+    train_ranker,
+    training_rows,
+)
+from ranking.model import default_crosses, ranker_inputs, user_inputs
 from ranking.train import make_examples
-from recsys.errors import ArtifactError, ArtifactMismatchError
 
 TINY = RankerConfig(id_dim=8, feature_dim=4, hidden=(32,), head_hidden=8, epochs=3, batch_size=256, progress=False,
                     seed=1)
@@ -109,8 +118,8 @@ def test_export_then_load_gives_identical_scores(trained, exported):
 
 def _fake_user_tower():
     """Stands in for retrieval.Tower (history length 3): u = unit([number of history items it reads, 1])."""
+    from core.tf_env import keras, tf
     from features.tf_layers import split_multi
-    from recsys.tf_env import keras, tf
 
     class FakeUserTower(keras.layers.Layer):
         history_length = 3
@@ -127,7 +136,7 @@ def test_retrieval_fusion_adds_the_retrievers_score_to_the_engagement_logit(trai
     own (shorter) history; training (and a ranker without a retriever) sees the ranker alone."""
     import dataclasses
 
-    from recsys.tf_env import tf
+    from core.tf_env import tf
 
     _, split, store, _, _ = trained
     beta = 4.0

@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from recsys.config import add_config_args, config_from_args, config_to_dict
+from core.config import add_config_args, config_from_args, config_to_dict
 
 
 @dataclasses.dataclass(frozen=True)

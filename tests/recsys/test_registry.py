@@ -1,7 +1,7 @@
 import pytest
 
-from recsys import registry
-from recsys.errors import ArtifactError, ArtifactMismatchError
+from core import registry
+from core.errors import ArtifactError, ArtifactMismatchError
 
 
 def _make_version(root, name="v1"):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from recsys import registry
+from core import registry
 from recsys.cli import main
 
 DATA = ["--source", "synthetic", "--synthetic-num-users", "300", "--synthetic-num-items", "150",

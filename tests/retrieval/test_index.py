@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from recsys.errors import ArtifactError, ArtifactMismatchError, UnknownItemError
+from core.errors import ArtifactError, ArtifactMismatchError, UnknownItemError
 from retrieval import IndexConfig, ItemIndex
 
 

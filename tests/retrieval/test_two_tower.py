@@ -6,16 +6,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
+from core.layout import FEATURES_DIR, INDEX_DIR
+from core.registry import finalize_version, start_version
 from evaluation import RandomRecommender, build_eval_data, evaluate_models, top_k_excluding
 from evaluation.two_tower import TwoTowerEvalConfig, TwoTowerRecommender
-from features import SplitConfig, SyntheticConfig, fit_feature_store, generate_synthetic, split_interactions, \
-    split_multi, tokenize_text
-from recsys.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
-from recsys.registry import finalize_version, start_version
-from retrieval import (FEATURES_DIR, INDEX_DIR, IndexConfig, ItemIndex, TwoTowerConfig, UserTower, export_model,
-                       load_items, load_retriever, train_two_tower)
+from features import (
+    SplitConfig,
+    SyntheticConfig,
+    fit_feature_store,
+    generate_synthetic,
+    split_interactions,
+    split_multi,
+    tf_layers,
+    tokenize_text,
+)
+from retrieval import (
+    IndexConfig,
+    ItemIndex,
+    TwoTowerConfig,
+    UserTower,
+    export_model,
+    load_items,
+    load_retriever,
+    train_two_tower,
+)
 from retrieval.train import causal_histories, engaged_pairs, last_items
-from features import tf_layers
 from retrieval.two_tower import embed_in_batches
 
 # No history here, so the raw `user_features` dict is the tower's whole input; the history

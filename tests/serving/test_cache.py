@@ -8,9 +8,20 @@ import time
 import numpy as np
 import pytest
 
-from serving.cache import (CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache, LocalCandidateStore,
-                           RedisCandidateStore, SingleFlight, cache_key, precomputed_key, redis_client)
-from serving.candidates import CandidateSet
+from pipeline import CandidateSet
+from serving.cache import (
+    CACHE,
+    ONLINE,
+    PRECOMPUTED,
+    CacheConfig,
+    CandidateCache,
+    LocalCandidateStore,
+    RedisCandidateStore,
+    SingleFlight,
+    cache_key,
+    precomputed_key,
+    redis_client,
+)
 from serving.metrics import ServingMetrics
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.cli import main as recsys_main
-
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,10 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pipeline import CandidateSet, precomputed_key
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from serving import CacheConfig, CandidateSet, RecommendServer, ServerConfig, precomputed_key
+from serving import CacheConfig, RecommendServer, ServerConfig
 from tests.serving.versions_util import ClientLoop, wait_for
 
 pytestmark = pytest.mark.integration

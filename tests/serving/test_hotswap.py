@@ -12,15 +12,23 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core import registry
+from core.errors import ArtifactMismatchError
+from pipeline import cache_key
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from recsys import registry
-from recsys.errors import ArtifactMismatchError
-from serving import CacheConfig, HotSwapConfig, RecommendServer, RegistryWatcher, ServerConfig, cache_key
+from serving import CacheConfig, HotSwapConfig, RecommendServer, RegistryWatcher, ServerConfig
 from serving.security import client_channel
 from tests.conftest import free_port
-from tests.serving.versions_util import (ClientLoop, copy_version, flip_byte, point_current, rebuild_index, started,
-                                         wait_for)
+from tests.serving.versions_util import (
+    ClientLoop,
+    copy_version,
+    flip_byte,
+    point_current,
+    rebuild_index,
+    started,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +140,7 @@ def test_index_out_of_step_with_the_embeddings_is_refused(swap_server, registry_
 
 
 def test_a_failed_initial_load_leaves_the_server_not_serving(registry_root, trained_version, tmp_path):
-    from recsys.errors import ArtifactError
+    from core.errors import ArtifactError
 
     bad = copy_version(trained_version, tmp_path, "v-bad")
     flip_byte(bad / "ranking" / "ranker.json", offset=5)

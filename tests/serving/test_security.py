@@ -14,9 +14,9 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core.errors import ArtifactError
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from recsys.errors import ArtifactError
 from serving import ClientSecurity, RecommendServer, SecurityConfig, ServerConfig, client_channel
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pipeline import precomputed_key
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking import BlendWeights
-from serving import CacheConfig, RecommendServer, ServerConfig, precomputed_key
+from serving import CacheConfig, RecommendServer, ServerConfig
 from serving.server import SERVICE_NAME
 
 pytestmark = pytest.mark.integration

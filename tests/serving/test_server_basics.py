@@ -13,7 +13,6 @@ from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.server import SERVICE_NAME, RecommendServer, ServerConfig
 from serving.validation import RequestLimits
-
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from core.errors import InvalidRequestError
 from protos.recsys.v1 import recommender_pb2 as pb
-from recsys.errors import InvalidRequestError
 from serving.validation import RequestLimits, validate_recommend, validate_similar
 
 LIMITS = RequestLimits(max_num_results=50, max_id_length=16, max_exclude_ids=3, max_context_entries=2)

@@ -10,9 +10,9 @@ import time
 import grpc
 import numpy as np
 
+from core import registry
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from recsys import registry
 
 _SEALED_FIELDS = ("checksums", "version", "created", "git_sha")
 
@@ -123,7 +123,7 @@ class ClientLoop:
         with self._lock:
             return [r for r in self.records if r[2] != "OK"]
 
-    def __enter__(self) -> "ClientLoop":
+    def __enter__(self) -> ClientLoop:
         for t in self._threads:
             t.start()
         return self

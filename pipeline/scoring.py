@@ -13,14 +13,16 @@ import json
 import logging
 import os
 import pathlib
-from typing import TYPE_CHECKING, Collection, Literal, Sequence
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from core import layout
+from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
 from features import FeatureStore
+from pipeline.candidates import CandidateSet
 from ranking import BlendWeights, rank_by_blend
-from recsys.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
-from serving.candidates import CandidateSet
 
 if TYPE_CHECKING:  # loading a version imports TensorFlow and FAISS; importing this module does not
     from ranking import Ranker
@@ -28,8 +30,6 @@ if TYPE_CHECKING:  # loading a version imports TensorFlow and FAISS; importing t
 
 log = logging.getLogger(__name__)
 
-RANKING_DIR = "ranking"
-PIPELINE_FILE = "ranking/pipeline.json"  # default PipelineConfig chosen at train time (optional)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +79,8 @@ class RecommendPipeline:
         self.ranker = ranker
         self.model_version = version
         self.config = config
-        # Every indexed item's raw features once, so scoring a candidate is a row gather.
+        self.scorer = CandidateScorer(features, ranker, index.item_ids, version)
         ids = np.asarray(index.item_ids).astype(str)
-        self._item_row = {item: r for r, item in enumerate(ids)}
-        self._item_features = features.item_features(ids)
         known = set(features.vocabularies["user_id"].tokens)
         self._known_users = known
         counts = features.popularity(ids)
@@ -92,7 +90,7 @@ class RecommendPipeline:
 
     @classmethod
     def from_version_dir(cls, path: str | os.PathLike, config: PipelineConfig | None = None,
-                         verify: bool = True) -> "RecommendPipeline":
+                         verify: bool = True) -> RecommendPipeline:
         """Loads a version directory (checksums verified first when `verify`).
 
         `config` None = the version's `ranking/pipeline.json` if present, else the defaults.
@@ -102,7 +100,7 @@ class RecommendPipeline:
 
         d = pathlib.Path(path)
         features, tower, index = load_retriever(d, verify=verify)
-        ranker = Ranker.load(d / RANKING_DIR)
+        ranker = Ranker.load(layout.ranking_dir(d))
         if config is None:
             config = load_pipeline_config(d)
         missing = [c for c in features.spec.item_columns if c not in features.items.columns]
@@ -144,24 +142,9 @@ class RecommendPipeline:
         return out
 
     def _candidates_batch(self, user_ids: list[str], extra: Sequence[Collection[str]] | None) -> list[CandidateSet]:
-        seen = self.features.seen_items(user_ids)
-        excluded = [s | frozenset(map(str, e)) for s, e in zip(seen, extra)] if extra is not None else seen
-        user_rows = self.ranker.user_features(self.features, user_ids)
         queries = self.tower.embed_ids(self.features, user_ids)  # with its own history length
-        ids, scores = self.index.search(queries, self.config.num_candidates, excluded)
-        valid = ids != ""
-        counts = valid.sum(axis=1)
-        owner = np.repeat(np.arange(len(user_ids)), counts)
-        flat_ids = ids[valid].astype(str)
-        rows = np.fromiter((self._item_row[i] for i in flat_ids), dtype=np.int64, count=len(flat_ids))
-        engagement, quality = self.ranker.score({k: v[owner] for k, v in user_rows.items()},
-                                                {k: v[rows] for k, v in self._item_features.items()})
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        return [CandidateSet(item_ids=np.asarray(flat_ids[a:b], dtype=object),
-                             retrieval_scores=scores[u, :counts[u]].astype(np.float32),
-                             engagement=engagement[a:b].astype(np.float32), quality=quality[a:b].astype(np.float32),
-                             model_version=self.model_version)
-                for u, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra)
+        return self.scorer.score(user_ids, ids, scores)
 
     # -- the per-request part ---------------------------------------------------------
     @staticmethod
@@ -208,9 +191,75 @@ class RecommendPipeline:
         return self._popular_ids[keep_arr], self._popular_counts[keep_arr]
 
 
+def retrieve(features: FeatureStore, index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, n: int,
+             extra_exclude: Sequence[Collection[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS top-n for each user's query, the user's train-seen items (and `extra_exclude`) left out.
+
+    Args:
+      user_ids: b raw user ids (whose seen items are excluded).
+      queries: [b, d] user-tower embeddings.
+      extra_exclude: None or b collections of further item ids to leave out.
+
+    Returns:
+      (item ids [b, n] object, "" in padded slots; scores [b, n] float32, -inf in padded slots).
+    """
+    seen = features.seen_items(user_ids)
+    excluded = ([s | frozenset(map(str, e)) for s, e in zip(seen, extra_exclude)] if extra_exclude is not None
+                else seen)
+    return index.search(queries, n, excluded)
+
+
+class CandidateScorer:
+    """Both ranker heads for retrieved candidates, packed as one CandidateSet per user.
+
+    The weight-independent scoring step that online serving (RecommendPipeline) and the Beam
+    job (beam_jobs.handlers.RankerHandler) share, so their scores are identical by construction.
+    Every catalogue item's raw features are gathered once here, so scoring a candidate is a
+    row gather.
+    """
+
+    def __init__(self, features: FeatureStore, ranker: Ranker, item_ids: Sequence[str], model_version: str) -> None:
+        ids = np.asarray(item_ids).astype(str)
+        self.features = features
+        self.ranker = ranker
+        self.model_version = model_version
+        self._item_row = {item: r for r, item in enumerate(ids)}
+        self._item_features = features.item_features(ids)
+
+    def score(self, user_ids: Sequence[str], ids: np.ndarray, scores: np.ndarray) -> list[CandidateSet]:
+        """CandidateSets for b users from their retrieved candidates.
+
+        Args:
+          user_ids: b raw user ids.
+          ids: [b, N] object candidate ids in retrieval order, "" in padded slots.
+          scores: [b, N] float32 retrieval scores.
+
+        Raises:
+          ArtifactMismatchError: a candidate is not in the catalogue this scorer was built on.
+        """
+        user_rows = self.ranker.user_features(self.features, list(user_ids))
+        valid = ids != ""
+        counts = valid.sum(axis=1)
+        owner = np.repeat(np.arange(len(user_ids)), counts)
+        flat_ids = ids[valid].astype(str)
+        try:
+            rows = np.fromiter((self._item_row[i] for i in flat_ids), dtype=np.int64, count=len(flat_ids))
+        except KeyError as e:
+            raise ArtifactMismatchError(f"the FAISS index returned item {e.args[0]!r}, which is not in the feature "
+                                        "store's catalogue; rebuild the index") from e
+        engagement, quality = self.ranker.score({k: v[owner] for k, v in user_rows.items()},
+                                                {k: v[rows] for k, v in self._item_features.items()})
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        return [CandidateSet(item_ids=np.asarray(flat_ids[a:b], dtype=object),
+                             retrieval_scores=scores[u, :counts[u]].astype(np.float32),
+                             engagement=engagement[a:b].astype(np.float32), quality=quality[a:b].astype(np.float32),
+                             model_version=self.model_version)
+                for u, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
 def save_pipeline_config(version_dir: str | os.PathLike, config: PipelineConfig) -> pathlib.Path:
     """Writes the version's default PipelineConfig (read back by from_version_dir)."""
-    path = pathlib.Path(version_dir) / PIPELINE_FILE
+    path = layout.pipeline_file(version_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(config), indent=2))
     return path
@@ -218,7 +267,7 @@ def save_pipeline_config(version_dir: str | os.PathLike, config: PipelineConfig)
 
 def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
     """The version's PipelineConfig, or the defaults if it saved none."""
-    path = pathlib.Path(version_dir) / PIPELINE_FILE
+    path = layout.pipeline_file(version_dir)
     if not path.exists():
         return PipelineConfig()
     try:
@@ -227,4 +276,5 @@ def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
         raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
-__all__ = ["PipelineConfig", "RecommendPipeline", "save_pipeline_config", "load_pipeline_config"]
+__all__ = ["CandidateScorer", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
+           "load_pipeline_config"]

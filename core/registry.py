@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from recsys.errors import ArtifactError, ArtifactMismatchError
+from core.errors import ArtifactError, ArtifactMismatchError
 
 MANIFEST = "manifest.json"
 POINTER = "CURRENT"

@@ -6,10 +6,19 @@ import dataclasses
 import logging
 from typing import Literal
 
-from features import (Dataset, FilesConfig, Split, SplitConfig, SyntheticConfig, generate_synthetic, load_files,
-                      load_movielens_100k, split_interactions)
-from recsys.config import add_config_args, config_from_args
-from recsys.errors import DataError
+from core.config import add_config_args, config_from_args
+from core.errors import DataError
+from features import (
+    Dataset,
+    FilesConfig,
+    Split,
+    SplitConfig,
+    SyntheticConfig,
+    generate_synthetic,
+    load_files,
+    load_movielens_100k,
+    split_interactions,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The one place TensorFlow is imported: forces Keras 2 (`tf_keras`), which TFRS needs.
 
 `TF_USE_LEGACY_KERAS=1` must be set before TensorFlow is first imported, so every module
-that needs TensorFlow imports it from here: `from recsys.tf_env import tf, keras, tfrs`.
+that needs TensorFlow imports it from here: `from core.tf_env import tf, keras, tfrs`.
 """
 import os
 
@@ -14,8 +14,8 @@ import tf_keras as keras  # noqa: E402
 if not tf.keras.__name__.startswith("tf_keras") and "tf_keras" not in getattr(tf.keras, "__file__", ""):
     # TensorFlow was imported elsewhere before this module, so tf.keras is Keras 3.
     raise ImportError(
-        "TensorFlow was imported before recsys.tf_env, so it bound Keras 3; TFRS needs Keras 2. "
-        "Set TF_USE_LEGACY_KERAS=1 in the environment or import recsys.tf_env first."
+        "TensorFlow was imported before core.tf_env, so it bound Keras 3; TFRS needs Keras 2. "
+        "Set TF_USE_LEGACY_KERAS=1 in the environment or import core.tf_env first."
     )
 
 import tensorflow_recommenders as tfrs  # noqa: E402

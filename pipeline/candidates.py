@@ -21,6 +21,16 @@ _FORMAT = 1
 _HEAD = struct.Struct("<2sBIH")
 
 
+def cache_key(model_version: str, user_id: str) -> str:
+    """The key the server writes after computing a user's candidates online."""
+    return f"recsys:{model_version}:cache:{user_id}"
+
+
+def precomputed_key(model_version: str, user_id: str) -> str:
+    """The key the Beam batch job writes a user's precomputed candidates under."""
+    return f"recsys:{model_version}:pre:{user_id}"
+
+
 class CorruptEntryError(ValueError):
     """Bytes that are not a candidate set of this format (corrupt, truncated or foreign)."""
 
@@ -65,7 +75,7 @@ class CandidateSet:
         ))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "CandidateSet":
+    def from_bytes(cls, data: bytes) -> CandidateSet:
         """Decodes `to_bytes` output; raises CorruptEntryError for anything else."""
         try:
             magic, fmt, n, vlen = _HEAD.unpack_from(data, 0)
