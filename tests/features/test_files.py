@@ -270,6 +270,10 @@ def test_feature_files_without_flags_are_inferred_and_printed(tmp_path, capsys):
         f"inferred from --items {items} (no feature flags given): title → text, genres → multi, price → numeric",
     ]
     assert "user features: occupation, zip, age; item features: price, genres, title" in out
+    code, out, err = _data(capsys, "--interactions", inter, "--users", users, "--items", items, "--json")
+    assert code == 0, err
+    assert json.loads(out)["inferred_columns"]["--items"] == {
+        "file": items, "columns": {"title": "text", "genres": "multi", "price": "numeric"}}
 
 
 def test_feature_flags_win_over_inference(tmp_path, capsys):
