@@ -4,7 +4,8 @@ Interactions are a DataFrame with exactly these columns:
 
   user_id    str      raw user id
   item_id    str      raw item id
-  timestamp  int64    seconds (or any monotone clock); splits are temporal on it
+  timestamp  int64    seconds since 1970-01-01 UTC (or any monotone clock); splits are temporal
+                      on it. validate_interactions also accepts ISO-8601 strings and datetimes.
   rating     float64  the quality label when observed, NaN when not (e.g. a non-click)
   engaged    int8     1 = the user engaged (the engagement label), 0 = shown, not engaged
 
@@ -111,44 +112,131 @@ class Dataset:
         }
 
 
-def validate_interactions(df: pd.DataFrame, where: str = "interactions") -> pd.DataFrame:
+def validate_interactions(df: pd.DataFrame, where: str = "interactions",
+                          file_columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Checks columns and types, coerces to the schema, and returns a clean copy.
 
-    Raises DataError naming every missing column or the first ill-typed one.
+    Timestamps may be epoch seconds (numbers, kept as they are: floats are truncated) or
+    ISO-8601 strings ("2024-01-31", "2024-01-31T12:00:00", "2024-01-31T12:00:00+02:00");
+    strings without a zone are taken as UTC, strings with one are converted to UTC, and
+    sub-second parts are floored, so both forms give the same int64 seconds. Datetime
+    columns (e.g. from Parquet) are converted the same way. One column must use one form.
+
+    Args:
+      df: at least one row with user_id, item_id, timestamp; optional rating, engaged.
+      where: names the input in messages, e.g. "--interactions clicks.csv".
+      file_columns: schema name → the input's own column name, when they were renamed, so
+        messages name the column the user sees.
+
+    Raises DataError naming every missing column, or the first ill-typed column with a count,
+    an example value and its data row (1-based, not counting a header).
     """
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in df.columns]
     if missing:
         raise DataError(f"{where}: missing required column(s) {missing}; have {list(df.columns)}")
+    if len(df) == 0:
+        raise DataError(f"{where}: no interactions (0 rows); a source needs at least one")
+    names = file_columns or {}
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
     for col in ("user_id", "item_id"):
-        values = df[col].to_numpy()
-        if pd.isna(values).any():
-            raise DataError(f"{where}: column '{col}' has {int(pd.isna(values).sum())} empty value(s)")
+        empty = df[col].isna().to_numpy()
+        if empty.any():
+            raise DataError(f"{where}: column {_label(col, names)} has {int(empty.sum())} empty value(s), "
+                            f"e.g. {_example(df[col], empty)}; every interaction needs both ids")
         out[col] = df[col].astype(str).to_numpy()
-    out["timestamp"] = _coerce_numeric(df["timestamp"], "timestamp", where, integer=True)
+    out["timestamp"] = _coerce_timestamp(df["timestamp"], where, _label("timestamp", names))
     if "rating" in df.columns:
-        out["rating"] = _coerce_numeric(df["rating"], "rating", where, allow_nan=True)
+        out["rating"] = coerce_numeric(df["rating"], where, _label("rating", names), allow_empty=True,
+                                       expected="ratings must be numbers (leave a cell empty for unrated): fix or remove "
+                                                "those rows")
     else:
         out["rating"] = np.nan
     if "engaged" in df.columns:
-        engaged = _coerce_numeric(df["engaged"], "engaged", where)
-        if not np.isin(engaged, (0, 1)).all():
-            raise DataError(f"{where}: column 'engaged' must be 0 or 1")
+        label = _label("engaged", names)
+        engaged = coerce_numeric(_bool_words_to_digits(df["engaged"]), where, label,
+                                 expected="engaged must be 1 (engaged) or 0 (shown, not engaged): fix or remove those rows")
+        not_binary = ~np.isin(engaged, (0, 1))
+        if not_binary.any():
+            raise DataError(f"{where}: column {label} must be 0 or 1; {int(not_binary.sum())} value(s) are not, "
+                            f"e.g. {_example(df['engaged'], not_binary)}")
         out["engaged"] = engaged.astype("int8")
     else:
         out["engaged"] = np.ones(len(df), dtype="int8")
     return out
 
 
-def _coerce_numeric(series: pd.Series, col: str, where: str, integer: bool = False, allow_nan: bool = False) -> np.ndarray:
-    if integer and pd.api.types.is_datetime64_any_dtype(series):
-        return (series.astype("int64") // 10**9).to_numpy()
+def coerce_numeric(series: pd.Series, where: str, label: str, allow_empty: bool = False,
+                   expected: str = "expected numbers: fix or remove those rows") -> np.ndarray:
+    """`series` as float64, or a DataError with the count, an example and its data row.
+
+    Args:
+      label: the column as shown to the user, e.g. "'rating'".
+      allow_empty: empty cells become NaN instead of being an error.
+      expected: what the column should hold and what to do, ending the message.
+    """
     values = pd.to_numeric(series, errors="coerce")
-    bad = values.isna() & (series.notna() if allow_nan else True)
+    bad = values.isna().to_numpy() & (series.notna().to_numpy() if allow_empty else True)
     if bad.any():
-        first = series[bad].iloc[0]
-        raise DataError(f"{where}: column '{col}' has {int(bad.sum())} non-numeric value(s), e.g. {first!r}")
-    return values.to_numpy(dtype="int64" if integer else "float64")
+        raise DataError(f"{where}: column {label} has {int(bad.sum())} non-numeric value(s), e.g. "
+                        f"{_example(series, bad)}; {expected}")
+    return values.to_numpy(dtype="float64")
+
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_ISO_HINT = "use epoch seconds or ISO-8601 such as 2024-01-31T12:00:00Z"
+
+
+def _coerce_timestamp(series: pd.Series, where: str, label: str) -> np.ndarray:
+    """int64 seconds from epoch numbers (as given), ISO-8601 strings or datetimes (both → UTC)."""
+    empty = series.isna().to_numpy()
+    if empty.any():
+        raise DataError(f"{where}: column {label} has {int(empty.sum())} empty value(s), e.g. "
+                        f"{_example(series, empty)}; every interaction needs a time: fill them in or drop those rows")
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return _utc_seconds(series)
+    values = pd.to_numeric(series, errors="coerce")
+    is_number = values.notna().to_numpy()
+    if is_number.all():  # epoch numbers: exactly the pre-ISO behaviour
+        return values.to_numpy(dtype="int64")
+    parsed = pd.to_datetime(series[~is_number].astype(str), utc=True, format="ISO8601", errors="coerce")
+    bad = np.zeros(len(series), dtype=bool)
+    bad[~is_number] = parsed.isna().to_numpy()
+    if bad.any():
+        raise DataError(f"{where}: column {label} has {int(bad.sum())} value(s) that are neither epoch seconds "
+                        f"nor ISO-8601 times, e.g. {_example(series, bad)}; {_ISO_HINT}: fix or remove those rows")
+    if is_number.any():
+        raise DataError(f"{where}: column {label} mixes epoch numbers ({_example(series, is_number)}) and ISO-8601 "
+                        f"times ({_example(series, ~is_number)}); use one form for the whole column")
+    return _utc_seconds(parsed)
+
+
+def _utc_seconds(times: pd.Series) -> np.ndarray:
+    """Whole seconds since 1970-01-01 UTC (floored) of a datetime Series; naive times are UTC."""
+    times = times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
+    return ((times - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
+
+
+def _bool_words_to_digits(series: pd.Series) -> pd.Series:
+    """'true'/'false' (any case, as CSV writers spell booleans) → '1'/'0'; other values unchanged."""
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return series
+    words = series.astype(str).str.strip().str.lower()
+    return series.where(~words.isin(("true", "false")), words.map({"true": "1", "false": "0"}))
+
+
+def _label(col: str, file_columns: dict[str, str]) -> str:
+    source = file_columns.get(col)
+    return f"'{source}' (mapped to {col})" if source and source != col else f"'{col}'"
+
+
+def _example(series: pd.Series, mask) -> str:
+    """The first flagged value and its 1-based data row: "'yesterday' in data row 2" ("in data row 2" if empty)."""
+    pos = int(np.flatnonzero(np.asarray(mask))[0])
+    value = series.iloc[pos]
+    if pd.isna(value):
+        return f"in data row {pos + 1}"
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value!r} in data row {pos + 1}"
 
 
 def _validate_side_table(df: pd.DataFrame, id_col: str, columns: tuple[str, ...], where: str) -> pd.DataFrame:

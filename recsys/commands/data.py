@@ -20,6 +20,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = data_config_from_args(args)
     dataset, split = load_split(cfg)
     info = {"dataset": dataset.describe(), "split": split.stats()}
+    inferred = dataset.provenance.get("inferred_columns", {})  # files source: feature kinds guessed per file
+    if inferred:
+        info["inferred_columns"] = inferred
     if args.as_json:
         print(json.dumps(info, indent=2))
         return 0
@@ -29,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
           f"(catalogue {d['catalogue_items']:,}), density {d['density']:.4f}, {d['rated']:,} rated")
     print(f"  user features: {', '.join(d['user_features']) or 'none'}; item features: "
           f"{', '.join(d['item_features']) or 'none'}")
+    if inferred:
+        from features import format_inferred
+        for flag, found in inferred.items():
+            print(f"  inferred from {flag} {found['file']} (no feature flags given): {format_inferred(found['columns'])}")
     s = info["split"]
     print(f"split {s['config']['strategy']} (test {s['config']['test_fraction']}, validation "
           f"{s['config']['val_fraction']} of train):")
