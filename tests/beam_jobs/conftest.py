@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from tests.conftest import TINY_SYNTHETIC, RedisServer
+from tests.conftest import TINY_SYNTHETIC, RedisServer, integration_fixture
 
 BATCH_SIZE = 64  # several batches over the tiny version's ~300 users
 
@@ -57,7 +57,7 @@ def eval_data():
     return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
 
 
-@pytest.fixture(scope="module")
+@integration_fixture("a Beam pipeline and a redis-server", scope="module")
 def scored(tiny_version, tmp_path_factory):
     """One job run over every train user into a Redis of its own and a Parquet directory:
     (redis server, output dir). Module-scoped so the tests below read one run."""
