@@ -198,3 +198,17 @@ def pipeline(tiny_version):
 
     return RecommendPipeline.from_version_dir(tiny_version)
 
+
+@pytest.fixture(scope="session")
+def tiny_eval_data():
+    """EvalData of the split tiny_version was trained on (the data flags `recsys train` got)."""
+    import argparse
+
+    from evaluation import build_eval_data
+    from features import fit_feature_store
+    from workflows.data import add_data_args, data_config_from_args, load_split
+
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    dataset, split = load_split(data_config_from_args(parser.parse_args(["--source", "synthetic", *TINY_SYNTHETIC])))
+    return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
