@@ -1,16 +1,20 @@
 """`recsys demo`: the main job end to end on MovieLens-100k, one real command after another.
 
 Each step is printed as the `recsys …` command a user would type, then run in-process
-through the same entry point, so the demo is also the CLI's tour.
+through the same entry point, so the demo is also the CLI's tour. Data flags (e.g.
+`--source synthetic --synthetic-num-users 300`) are passed on to every step that reads data.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import shlex
 import time
+from collections.abc import Sequence
 
 from core.errors import RecsysError
+from workflows.data import DataConfig, add_data_args, data_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,22 +23,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the FAISS index, trains the two-head ranker, precomputes every user's candidates "
                                    "with Beam, evaluates baselines, retrieval, the full pipeline and the batch output "
                                    "on one split (with a blend-weight sweep), then serves over gRPC with Redis and "
-                                   "calls Recommend.")
+                                   "calls Recommend. Data flags (the ones `recsys data` takes) go to every step that "
+                                   "reads data, e.g. `recsys demo --quick --source synthetic --synthetic-num-users "
+                                   "300 --synthetic-num-items 150 --synthetic-num-interactions 6000` for a small run.")
     p.add_argument("--workdir", default="demo-run", help="where artifacts and reports go (default: demo-run)")
     p.add_argument("--quick", action="store_true",
                    help="at most 2 epochs per model: a smoke run of every step, not the measured numbers")
+    add_data_args(p)
     p.set_defaults(func=run)
 
 
-def demo_steps(work: pathlib.Path, quick: bool = False) -> list[tuple[str, list[str]]]:
-    """The demo as (title, `recsys` argv) pairs: what a user would type, in order."""
+def demo_steps(work: pathlib.Path, quick: bool = False,
+               data_args: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """The demo as (title, `recsys` argv) pairs: what a user would type, in order.
+
+    `data_args` (flags of `recsys data`, e.g. `--source synthetic ...`) go to the steps that read
+    data: data, train and evaluate; the others read the trained version. None: MovieLens-100k.
+    """
     artifacts, reports, batch = work / "artifacts", work / "reports", work / "batch"
-    train = ["train", "--artifacts", str(artifacts)] + (["--epochs", "2"] if quick else [])
-    evaluate = ["evaluate", "--models", "random", "popularity", "ease", "itemknn", "two_tower", "pipeline",
+    data = list(data_args)
+    train = ["train", *data, "--artifacts", str(artifacts)] + (["--epochs", "2"] if quick else [])
+    evaluate = ["evaluate", *data, "--models", "random", "popularity", "ease", "itemknn", "two_tower", "pipeline",
                 "--artifacts", str(artifacts), "--batch-output", str(batch), "--sweep-blend", "0:1:6",
                 "--report-dir", str(reports / "evaluation")]
     return [
-        ("Fetch MovieLens-100k and show the per-user temporal split", ["data"]),
+        ("Fetch MovieLens-100k and show the per-user temporal split" if not data else
+         "Load the data and show its split", ["data", *data]),
         ("Train the two-tower retriever and the two-head ranker, export them, build the FAISS index, "
          "promote the new version", train),
         ("Precompute every user's candidates and both head scores with Beam (DirectRunner) into Parquet",
@@ -46,11 +60,34 @@ def demo_steps(work: pathlib.Path, quick: bool = False) -> list[tuple[str, list[
     ]
 
 
+def data_flags(cfg: DataConfig) -> list[str]:
+    """The flags that give `cfg` back to `add_data_args`' parser: only fields that differ from their defaults."""
+    flags: list[str] = []
+    for part, prefix in ((cfg.source, ""), (cfg.synthetic, "synthetic_"), (cfg.files, ""), (cfg.split, "")):
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if value == default:
+                continue
+            flag = "--" + (prefix + f.name).replace("_", "-")
+            if isinstance(value, bool):
+                flags.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, tuple):  # nargs="*"; KEY=VALUE pairs for tuple[tuple[str, str], ...]
+                flags += [flag, *("=".join(v) if isinstance(v, tuple) else str(v) for v in value)]
+            else:
+                flags += [flag, str(value)]
+    return flags
+
+
 def run(args: argparse.Namespace) -> int:
     from recsys.cli import main as recsys_main
 
     work = pathlib.Path(args.workdir)
-    steps = demo_steps(work, args.quick)
+    try:
+        data = data_flags(data_config_from_args(args))
+    except ValueError as e:
+        raise RecsysError(str(e)) from e
+    steps = demo_steps(work, args.quick, data)
     started = time.perf_counter()
     for n, (title, argv) in enumerate(steps, 1):
         print(f"\n=== [{n}/{len(steps)}] {title}\n$ recsys {shlex.join(argv)}", flush=True)

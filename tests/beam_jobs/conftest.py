@@ -1,13 +1,12 @@
 """Beam fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, RedisServer, tiny_version, pipeline)."""
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
 import pytest
 
-from tests.conftest import TINY_SYNTHETIC, RedisServer
+from tests.conftest import RedisServer, integration_fixture
 
 BATCH_SIZE = 64  # several batches over the tiny version's ~300 users
 
@@ -45,19 +44,12 @@ def train_users(pipeline) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def eval_data():
-    """EvalData of the split tiny_version was trained on (same flags as `recsys train` got)."""
-    from evaluation import build_eval_data
-    from features import fit_feature_store
-    from workflows.data import add_data_args, data_config_from_args, load_split
-
-    parser = argparse.ArgumentParser()
-    add_data_args(parser)
-    dataset, split = load_split(data_config_from_args(parser.parse_args(["--source", "synthetic", *TINY_SYNTHETIC])))
-    return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
+def eval_data(tiny_eval_data):
+    """EvalData of the split tiny_version was trained on (tests/conftest.py `tiny_eval_data`)."""
+    return tiny_eval_data
 
 
-@pytest.fixture(scope="module")
+@integration_fixture("a Beam pipeline and a redis-server", scope="module")
 def scored(tiny_version, tmp_path_factory):
     """One job run over every train user into a Redis of its own and a Parquet directory:
     (redis server, output dir). Module-scoped so the tests below read one run."""

@@ -17,6 +17,9 @@ from pipeline import CandidateSet, precomputed_key
 from tests.beam_jobs.conftest import BATCH_SIZE, batch_score, in_memory, job_counters, redis_snapshot
 from tests.conftest import free_port
 
+# Beam's local runner, redis-server and the gRPC server (the flag-checking tests at the end start none).
+pytestmark = pytest.mark.integration
+
 K = 10
 
 

@@ -1,4 +1,5 @@
-"""retrieve → rank → blend → top-k on a tiny version trained by `recsys train` (all stages), and its evaluation."""
+"""retrieve → rank → blend → top-k on the session's tiny version (tests/conftest.py `tiny_version`, trained by
+`recsys train` with all stages), and its evaluation."""
 import json
 
 import numpy as np
@@ -8,17 +9,12 @@ from core.errors import ArtifactMismatchError, InvalidRequestError
 from evaluation import build_eval_data
 from evaluation.pipeline import PipelineEvalConfig, PipelineRecommender, parse_sweep, sweep_blend
 from features import SplitConfig, fit_feature_store, split_interactions
-from pipeline import PipelineConfig, RecommendPipeline
+from pipeline import PipelineConfig
 from ranking import BlendWeights, rank_by_blend
+from tests.conftest import TINY_SYNTHETIC
 
-DATA = ["--source", "synthetic", "--synthetic-num-users", "300", "--synthetic-num-items", "150",
-        "--synthetic-num-interactions", "12000"]
-TRAIN = [*DATA, "--retrieval-epochs", "2", "--retrieval-embedding-dim", "16", "--retrieval-id-dim", "16",
-         "--retrieval-feature-dim", "8", "--no-retrieval-progress", "--index-recall-queries", "50",
-         "--ranking-epochs", "3", "--ranking-id-dim", "8", "--ranking-feature-dim", "4", "--ranking-hidden", "32",
-         "--ranking-head-hidden", "8", "--ranking-history-length", "10", "--ranking-wide-buckets", "20011",
-         "--ranking-batch-size", "256", "--no-ranking-progress", "--pipeline-num-candidates", "40",
-         "--pipeline-blend-mode", "additive"]
+DATA = ["--source", "synthetic", *TINY_SYNTHETIC]
+N = 50  # the tiny version's --pipeline-num-candidates
 
 
 def recsys(*args) -> int:
@@ -27,24 +23,13 @@ def recsys(*args) -> int:
 
 
 @pytest.fixture(scope="module")
-def version(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    assert recsys("train", "--artifacts", str(root), "--version", "tiny", *TRAIN) == 0
-    return root, root / "tiny"
+def version(tiny_version):
+    return tiny_version.parent, tiny_version
 
 
 @pytest.fixture(scope="module")
-def pipeline(version):
-    return RecommendPipeline.from_version_dir(version[1])
-
-
-@pytest.fixture(scope="module")
-def eval_data(pipeline):
-    from recsys.cli import build_parser
-    from workflows.data import data_config_from_args, load_split
-    args = build_parser().parse_args(["train", *TRAIN])
-    dataset, split = load_split(data_config_from_args(args))
-    return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
+def eval_data(tiny_eval_data):
+    return tiny_eval_data
 
 
 def test_train_writes_a_complete_version_with_the_ranker(version):
@@ -54,10 +39,11 @@ def test_train_writes_a_complete_version_with_the_ranker(version):
         assert (d / part).exists(), part
     manifest = json.loads((d / "manifest.json").read_text())
     rk = manifest["ranking"]
-    assert rk["negatives"]["resolved_source"] == "impressions"  # the synthetic log has shown-not-engaged rows
-    assert rk["test_diagnostics"]["engagement_auc"] > 0.6
+    assert rk["negatives"]["resolved_source"] == "sampled"  # as asked; impressions: tests/ranking/test_ranker.py
+    # Better than chance after the tiny version's one epoch; what the heads learn: tests/ranking/test_ranker.py.
+    assert rk["test_diagnostics"]["engagement_auc"] > 0.5
     assert any(p.startswith("ranking/") for p in manifest["checksums"])
-    assert json.loads((d / "ranking/pipeline.json").read_text())["num_candidates"] == 40
+    assert json.loads((d / "ranking/pipeline.json").read_text())["num_candidates"] == N
 
 
 def test_candidates_exclude_seen_items_and_carry_the_rankers_scores(pipeline):
@@ -67,7 +53,7 @@ def test_candidates_exclude_seen_items_and_carry_the_rankers_scores(pipeline):
     assert len(cands) == len(users)
     for u, c, seen in zip(users, cands, pipeline.features.seen_items(users)):
         ids = list(c.item_ids)
-        assert len(ids) == len(set(ids)) and 0 < len(ids) <= 40
+        assert len(ids) == len(set(ids)) and 0 < len(ids) <= N
         assert not set(ids) & seen and pipeline.index.item_ids[0] not in ids
         assert np.all(np.diff(c.retrieval_scores) <= 1e-6)  # retrieval order
         assert c.model_version == "tiny"
@@ -101,7 +87,7 @@ def test_blend_top_k_reweights_cached_candidates_without_the_ranker(pipeline, mo
 def test_unknown_users_get_candidates_and_popular_items(pipeline):
     assert not pipeline.is_known_user("nobody")
     (cands,) = pipeline.candidates(["nobody"])
-    assert len(cands.item_ids) == 40 and np.isfinite(cands.engagement).all()
+    assert len(cands.item_ids) == N and np.isfinite(cands.engagement).all()
     ids, counts = pipeline.popular_items(5)
     assert np.all(np.diff(counts) <= 0) and counts[0] == pipeline.features.popularity([ids[0]])[0]
     ids2, _ = pipeline.popular_items(5, exclude={ids[0]})
@@ -152,7 +138,7 @@ def test_evaluate_cli_tabulates_the_pipeline_and_sweeps_the_blend(version, tmp_p
     report = json.loads((out / "report.json").read_text())
     assert {"popularity", "two_tower", "pipeline"} <= set(report["metrics"])
     assert "ndcg_graded@10" in report["metrics"]["pipeline"]
-    assert report["config"]["head_diagnostics"]["pipeline"]["engagement_auc"] > 0.6
+    assert report["config"]["head_diagnostics"]["pipeline"]["engagement_auc"] > 0.5
     sweep = json.loads((out / "sweep.json").read_text())
     assert [r["quality_share"] for r in sweep["rows"]] == [0.0, 0.5, 1.0]
     assert (out / "sweep.png").stat().st_size > 1000 and (out / "sweep.csv").exists()

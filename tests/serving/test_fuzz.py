@@ -1,4 +1,4 @@
-"""Hostile input: hypothesis-generated malformed and extreme requests against a real server (bench/fuzz.py).
+"""Hostile input: hypothesis-generated malformed and extreme requests against a real server (fuzzing.py).
 
 CI runs RECSYS_FUZZ_EXAMPLES (default 250) Recommend examples and a fifth as many
 SimilarItems with a fixed seed, so a failure reproduces; bench/fuzz.py runs 10,000.
@@ -11,10 +11,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.fuzz import Checker, fuzz
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving import CacheConfig, RecommendServer, ServerConfig
+from tests.serving.fuzzing import Checker, fuzz
 
 pytestmark = pytest.mark.integration
 
