@@ -13,7 +13,8 @@ from core.lazy import lazy_exports
 
 _LAZY = {
     "BatchScore": "beam_jobs.pipeline", "BatchScoreResult": "beam_jobs.pipeline", "run": "beam_jobs.pipeline",
-    "score_users": "beam_jobs.pipeline", "COUNTERS": "beam_jobs.pipeline",
+    "score_users": "beam_jobs.pipeline", "COUNTERS": "beam_jobs.pipeline", "DistinctUsers": "beam_jobs.pipeline",
+    "FixedBatches": "beam_jobs.pipeline",
     "UserTowerHandler": "beam_jobs.handlers", "RetrievalHandler": "beam_jobs.handlers",
     "RankerHandler": "beam_jobs.handlers", "UserBatch": "beam_jobs.handlers", "assign_batches": "beam_jobs.handlers",
     "batch_index": "beam_jobs.handlers", "num_batches": "beam_jobs.handlers",

@@ -85,6 +85,36 @@ def _to_batch(key: int, users: Sequence[str]) -> UserBatch:
     return UserBatch(tuple(sorted(users)))
 
 
+class DistinctUsers(beam.PTransform):
+    """User ids → each id once; the repeats are counted in `users_duplicate`."""
+
+    def expand(self, users):
+        return (users
+                | "CountRepeats" >> beam.combiners.Count.PerElement()
+                | "Dedupe" >> beam.ParDo(_Dedupe()))
+
+
+class FixedBatches(beam.PTransform):
+    """Distinct user ids → one UserBatch per fixed batch, exactly the batches of handlers.assign_batches.
+
+    The batch of a user depends only on its id and the number of users, never on how the
+    runner bundles the elements (see handlers.py), so reruns score the same batches.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        num_batches(0, batch_size)  # validates batch_size
+        self.batch_size = batch_size
+
+    def expand(self, users):
+        total = users | "CountUsers" >> beam.combiners.Count.Globally()
+        return (users
+                | "KeyByBatch" >> beam.Map(_key_by_batch, total=beam.pvalue.AsSingleton(total),
+                                           batch_size=self.batch_size)
+                | "GroupBatches" >> beam.GroupByKey()
+                | "SortBatch" >> beam.MapTuple(_to_batch))
+
+
 class BatchScore(beam.PTransform):
     """PBegin → {"scored": [(user_id, CandidateSet)] per batch, "failed": user ids whose Redis write was lost}.
 
@@ -112,15 +142,10 @@ class BatchScore(beam.PTransform):
         else:
             raw = (pbegin | "Shards" >> beam.Create(list(range(TRAIN_USER_SHARDS)))
                    | "TrainUsers" >> beam.ParDo(TrainUsers(vd, TRAIN_USER_SHARDS)))
-        users = (raw | "Validate" >> beam.ParDo(ValidateUsers(vd))
-                 | "CountRepeats" >> beam.combiners.Count.PerElement()
-                 | "Dedupe" >> beam.ParDo(_Dedupe()))
-        total = users | "CountUsers" >> beam.combiners.Count.Globally()
-        batches = (users
-                   | "KeyByBatch" >> beam.Map(_key_by_batch, total=beam.pvalue.AsSingleton(total),
-                                              batch_size=cfg.batch_size)
-                   | "GroupBatches" >> beam.GroupByKey()
-                   | "SortBatch" >> beam.MapTuple(_to_batch))
+        batches = (raw
+                   | "Validate" >> beam.ParDo(ValidateUsers(vd))
+                   | "DistinctUsers" >> DistinctUsers()
+                   | "FixedBatches" >> FixedBatches(cfg.batch_size))
         scored = (batches
                   | "UserTower" >> RunInference(UserTowerHandler(vd))
                   | "Retrieve" >> RunInference(RetrievalHandler(vd, self.num_candidates))

@@ -105,7 +105,7 @@ def main() -> None:
     import logging
 
     from beam_jobs.logs import quiet_beam_logs
-    from core import registry
+    from core import layout, registry
     from pipeline import load_pipeline_config
 
     logging.basicConfig(level=logging.WARNING)
@@ -121,7 +121,7 @@ def main() -> None:
             version_dir = registry.resolve_version(args.artifacts or registry.default_root(), args.version)
         from features import FeatureStore
 
-        store = FeatureStore.load(version_dir / "features")
+        store = FeatureStore.load(layout.features_dir(version_dir))
         users = list(store.vocabularies["user_id"].tokens)
         n_items = len(store.catalogue)
         num_candidates = load_pipeline_config(version_dir).num_candidates

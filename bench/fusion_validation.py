@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core import registry  # noqa: E402
+from core import layout, registry  # noqa: E402
 from features import SplitConfig, fit_feature_store, split_interactions  # noqa: E402
 from recsys.cli import build_parser  # noqa: E402
 from recsys.commands import train as train_command  # noqa: E402
@@ -59,13 +59,13 @@ def inner_split(split):
 def train_inner(args: argparse.Namespace, dataset, inner, work: pathlib.Path, version: str) -> pathlib.Path:
     """Runs recsys train's steps on the inner split (β = 0) into work/version; returns the version dir."""
     vdir = work / version
-    if (vdir / "manifest.json").exists():
+    if (vdir / registry.MANIFEST).exists():
         log.info("reusing trained version %s", vdir)
         return vdir
     features = fit_feature_store(dataset, inner.train)
     vdir = registry.start_version(work, version)
     ctx = train_command.TrainContext(args, data_config_from_args(args), dataset, inner, features, vdir, {})
-    features.save(vdir / "features")
+    features.save(layout.features_dir(vdir))
     for step in train_command.STEPS:
         started = time.perf_counter()
         step.run(ctx)

@@ -67,14 +67,14 @@ def train_tiny(workdir: pathlib.Path) -> pathlib.Path:
 
 def make_registry(base: pathlib.Path, root: pathlib.Path) -> None:
     """v1, v2 (sealed copies of `base`) and v-corrupt (v2's files, one byte flipped after sealing); CURRENT = v1."""
-    from core import registry
+    from core import layout, registry
 
     for name in ("v1", "v2", "v-corrupt"):
         shutil.copytree(base, root / name)
         manifest = {k: v for k, v in registry.read_manifest(root / name).items()
                     if k not in ("checksums", "version", "created", "git_sha")}
         registry.finalize_version(root / name, manifest)
-    target = root / "v-corrupt" / "retrieval" / "items.npz"
+    target = layout.items_file(root / "v-corrupt")
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.version_dir and not a.train_synthetic:
         p.error("give --version-dir or --train-synthetic")
 
-    from core import registry
+    from core import layout, registry
     from features import FeatureStore
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="recsys-reliability-"))
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         root = work / "registry"
         root.mkdir()
         make_registry(base, root)
-        users = list(FeatureStore.load(base / "features").vocabularies["user_id"].tokens)
+        users = list(FeatureStore.load(layout.features_dir(base)).vocabularies["user_id"].tokens)
         users = random.Random(a.seed).sample(users, min(a.users, len(users)))
         redis_server.start()
         port, metrics_port = free_port(), free_port()

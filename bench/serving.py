@@ -251,9 +251,10 @@ def train_synthetic(workdir: str, users: int, items: int, interactions: int) -> 
 
 
 def known_users(version_dir: str, n: int, seed: int) -> list[str]:
+    from core import layout
     from features import FeatureStore
 
-    store = FeatureStore.load(pathlib.Path(version_dir) / "features")
+    store = FeatureStore.load(layout.features_dir(version_dir))
     users = list(store.vocabularies["user_id"].tokens)
     random.Random(seed).shuffle(users)
     return users[:n]

@@ -31,7 +31,14 @@ from evaluation.metrics import (
                                   recall_at_k,
                                   reciprocal_rank,
 )
-from evaluation.protocol import EvalData, Recommender, build_eval_data, top_k_excluding
+from evaluation.protocol import (
+                                  EvalData,
+                                  Recommender,
+                                  RetrievalValidator,
+                                  build_eval_data,
+                                  retrieval_validator,
+                                  top_k_excluding,
+)
 from evaluation.report import METRIC_DEFINITIONS, ReportPaths, data_summary, format_table, plot_metrics, write_report
 from evaluation.runfiles import (
                                   AlignedRun,
@@ -48,7 +55,7 @@ from evaluation.runner import MODEL_FACTORIES, build_model, evaluate_models, mod
 
 __all__ = [
     # protocol
-    "EvalData", "Recommender", "build_eval_data", "top_k_excluding",
+    "EvalData", "Recommender", "build_eval_data", "top_k_excluding", "RetrievalValidator", "retrieval_validator",
     # metrics
     "evaluate_rankings", "evaluate_ranked", "gains_at_ranks", "dcg_at_k", "ideal_dcg_at_k", "ndcg_at_k",
     "average_precision_at_k", "recall_at_k", "precision_at_k", "reciprocal_rank", "hit_rate_at_k",

@@ -43,6 +43,28 @@ class _ScoringRecommender:
         return top_k_excluding(self.score(rows), self._data.train[rows], k)
 
 
+class _ItemItemRecommender(_ScoringRecommender):
+    """Scores X_u · W: the user's binary train row times an item-item weight matrix W [I, I].
+
+    Subclasses compute W in `fit` (a dense solve or similarity, hence the catalogue cap).
+    """
+
+    name = ""
+    weights: np.ndarray | sp.csr_matrix | None = None
+
+    def _fit_weights(self, data: EvalData, max_items: int, too_large: str,
+                     weights: Callable[[], np.ndarray | sp.csr_matrix]) -> None:
+        """Checks the catalogue fits the dense [I, I] computation, then sets W = weights()."""
+        if data.num_items > max_items:
+            raise ValueError(too_large.format(n=data.num_items, max_items=max_items))
+        self._data = data
+        self.weights = weights()
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        scores = self._data.train[user_rows] @ self.weights
+        return np.asarray(scores.toarray() if sp.issparse(scores) else scores)
+
+
 # -- random --------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RandomConfig:
@@ -127,7 +149,7 @@ def ease_weights(x: sp.csr_matrix, l2: float) -> np.ndarray:
     return b
 
 
-class EASERecommender(_ScoringRecommender):
+class EASERecommender(_ItemItemRecommender):
     """EASE^R on the binary train engagement matrix."""
 
     config_cls = EASEConfig
@@ -136,20 +158,16 @@ class EASERecommender(_ScoringRecommender):
         self.config = config
         self.name = "ease"
         self.l2 = config.l2
-        self.weights: np.ndarray | None = None
         self.tuning: dict[float, float] = {}
 
     def fit(self, data: EvalData) -> None:
-        if data.num_items > self.config.max_items:
-            raise ValueError(f"EASE needs a dense {data.num_items}x{data.num_items} solve; the catalogue exceeds "
-                             f"--ease-max-items {self.config.max_items} (raise it if you have the memory)")
-        if self.config.tune:
-            self.l2, self.tuning = select_lambda(data, self.config.lambda_grid, self.config.tune_metric)
-        self._data = data
-        self.weights = ease_weights(data.train, self.l2)
+        def weights() -> np.ndarray:
+            if self.config.tune:
+                self.l2, self.tuning = select_lambda(data, self.config.lambda_grid, self.config.tune_metric)
+            return ease_weights(data.train, self.l2)
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self._data.train[user_rows] @ self.weights)
+        self._fit_weights(data, self.config.max_items, "EASE needs a dense {n}x{n} solve; the catalogue exceeds "
+                          "--ease-max-items {max_items} (raise it if you have the memory)", weights)
 
 
 # -- item kNN ------------------------------------------------------------------------------
@@ -190,7 +208,7 @@ def item_knn_weights(x: sp.csr_matrix, neighbors: int, shrink: float) -> sp.csr_
     return kept
 
 
-class ItemKNNRecommender(_ScoringRecommender):
+class ItemKNNRecommender(_ItemItemRecommender):
     """Item-based collaborative filtering with cosine similarity."""
 
     config_cls = ItemKNNConfig
@@ -198,17 +216,11 @@ class ItemKNNRecommender(_ScoringRecommender):
     def __init__(self, config: ItemKNNConfig = ItemKNNConfig()) -> None:
         self.config = config
         self.name = "itemknn"
-        self.weights: sp.csr_matrix | None = None
 
     def fit(self, data: EvalData) -> None:
-        if data.num_items > self.config.max_items:
-            raise ValueError(f"item-kNN computes a dense {data.num_items}x{data.num_items} similarity; the catalogue "
-                             f"exceeds --itemknn-max-items {self.config.max_items}")
-        self._data = data
-        self.weights = item_knn_weights(data.train, self.config.neighbors, self.config.shrink)
-
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.asarray((self._data.train[user_rows] @ self.weights).toarray())
+        self._fit_weights(data, self.config.max_items, "item-kNN computes a dense {n}x{n} similarity; the catalogue "
+                          "exceeds --itemknn-max-items {max_items}",
+                          lambda: item_knn_weights(data.train, self.config.neighbors, self.config.shrink))
 
 
 # -- model selection on the validation carve -----------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from evaluation.metrics import evaluate_ranked
 from features import Dataset, FeatureStore, Split
 
 
@@ -138,6 +139,57 @@ def top_k_excluding(scores: np.ndarray, exclude: sp.spmatrix | sp.sparray, k: in
     order = np.argsort(-top_scores, axis=1, kind="stable")
     out[:, :k_eff] = np.take_along_axis(top_cols, order, axis=1)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalValidator:
+    """The two-tower's epoch-selection metrics by this package's protocol and definitions.
+
+    `retrieval.train_two_tower(features, split, config, validator)` calls it after every
+    epoch with the model's scores of the validation users; retrieval cannot import
+    evaluation (it sits below it), so the metrics are injected rather than re-implemented.
+
+    Called as validator(scores, exclude, relevance):
+      scores: [n, I] the model's score of every catalogue item per user, higher is better.
+      exclude: [n, I] sparse; nonzero at each user's earlier (fit) items, which are never
+        ranked (top_k_excluding; ties by lower column).
+      relevance: [n, I] CSR; nonzero at the user's engaged held-out items (binary gain).
+
+    Returns:
+      {"recall_at_{k_recall}": mean Recall@k_recall, "ndcg_at_{k_ndcg}": mean binary NDCG@k_ndcg},
+      as in `evaluate_ranked`: over the full catalogue, means over users with at least one
+      relevant item; 0.0 when no user has one.
+    """
+
+    k_recall: int = 100
+    k_ndcg: int = 10
+    batch_users: int = 1024  # users ranked per top_k_excluding call (bounds its float64 copy)
+
+    def __post_init__(self) -> None:
+        if min(self.k_recall, self.k_ndcg, self.batch_users) < 1:
+            raise ValueError(f"k_recall, k_ndcg and batch_users must be >= 1, got {self}")
+
+    def __call__(self, scores: np.ndarray, exclude: sp.spmatrix | sp.sparray,
+                 relevance: sp.csr_matrix) -> dict[str, float]:
+        n, num_items = scores.shape
+        k = max(self.k_recall, self.k_ndcg)
+        exclude = sp.csr_matrix(exclude)
+        ranked = np.full((n, k), -1, dtype=np.int64)
+        for lo in range(0, n, self.batch_users):
+            hi = min(n, lo + self.batch_users)
+            ranked[lo:hi] = top_k_excluding(scores[lo:hi], exclude[lo:hi], k)
+        m = evaluate_ranked(ranked, relevance, max(num_items, 1), ks=(self.k_recall, self.k_ndcg))
+
+        def value(key: str) -> float:
+            return 0.0 if np.isnan(m[key]) else float(m[key])
+
+        return {f"recall_at_{self.k_recall}": value(f"recall@{self.k_recall}"),
+                f"ndcg_at_{self.k_ndcg}": value(f"ndcg@{self.k_ndcg}")}
+
+
+def retrieval_validator(k_recall: int = 100, k_ndcg: int = 10) -> RetrievalValidator:
+    """The validator `retrieval.train_two_tower` selects epochs with (keys recall_at_100, ndcg_at_10)."""
+    return RetrievalValidator(k_recall, k_ndcg)
 
 
 def _rank_within_rows(rows: np.ndarray, num_rows: int) -> np.ndarray:

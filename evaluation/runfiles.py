@@ -86,6 +86,64 @@ def _read_csv_rows(lines: list[str], path: PathLike, required: Sequence[str], op
     return header, rows
 
 
+@dataclasses.dataclass(frozen=True)
+class _Format:
+    """How one kind of file (run or qrels) is laid out in TREC and CSV form."""
+
+    what: str                        # "run" / "qrels", for messages
+    trec: tuple[str | None, ...]     # the field at each whitespace-separated position (None = not read)
+    usage: str                       # the accepted layouts, for a wrong field count
+    required: tuple[str, ...]        # CSV header columns that must be present
+    numbers: dict[str, tuple[type, float | None]]  # numeric fields: (type, default when a CSV lacks the column)
+
+
+_RUN = _Format("run", ("user_id", None, "item_id", "rank", "score", None),
+               "`user Q0 item rank score tag` (TREC run) or a CSV header user_id,item_id,rank",
+               ("user_id", "item_id", "rank"), {"rank": (int, None), "score": (float, np.nan)})
+_QRELS = _Format("qrels", ("user_id", None, "item_id", "gain"),
+                 "`user 0 item gain` (TREC qrels) or a CSV header user_id,item_id[,gain]",
+                 ("user_id", "item_id"), {"gain": (float, 1.0)})
+
+
+def _read_columns(path: PathLike, fmt: _Format) -> dict[str, list]:
+    """{field: values} of every data line (TREC or CSV, auto-detected), plus "line" (1-based line numbers).
+
+    Raises DataError naming the file and line at the first malformed line.
+    """
+    lines = _read_lines(path)
+    optional = tuple(f for f in fmt.numbers if f not in fmt.required)
+    columns: dict[str, list] = {f: [] for f in (*fmt.required, *optional, "line")}
+
+    def add(lineno: int, values: dict[str, str], labels: dict[str, str]) -> None:
+        for name in (*fmt.required, *optional):
+            kind, default = fmt.numbers.get(name, (str, None))
+            if name not in values:
+                columns[name].append(default)
+            elif kind is str:
+                columns[name].append(values[name])
+            else:
+                columns[name].append(_number(values[name], kind, path, lineno, labels.get(name, name)))
+        columns["line"].append(lineno)
+
+    if _detect(lines, path, fmt.what) == "trec":
+        labels = {name: f"{name} (field {i + 1})" for i, name in enumerate(fmt.trec) if name}
+        for lineno, line in enumerate(lines, start=1):
+            values = line.split()
+            if not values:
+                continue
+            if len(values) != len(fmt.trec):
+                raise DataError(f"{path}:{lineno}: expected {len(fmt.trec)} whitespace-separated fields "
+                                f"{fmt.usage}; got {len(values)} fields")
+            add(lineno, {name: v for name, v in zip(fmt.trec, values) if name}, labels)
+    else:
+        header, rows = _read_csv_rows(lines, path, fmt.required, optional, fmt.what)
+        for lineno, values in rows:
+            add(lineno, {h: v for h, v in zip(header, values)}, {})
+    if not columns["line"]:
+        raise DataError(f"{path}: the {fmt.what} file has a header but no rows")
+    return columns
+
+
 def read_run(path: PathLike) -> pd.DataFrame:
     """Reads a TREC run or CSV ranked-list file.
 
@@ -97,37 +155,10 @@ def read_run(path: PathLike) -> pd.DataFrame:
       DataError naming the file and line for malformed input (wrong field count,
       non-numeric rank/score, a user listing an item twice or two items at one rank).
     """
-    lines = _read_lines(path)
-    fmt = _detect(lines, path, "run")
-    users, items, ranks, scores, where = [], [], [], [], []
-    if fmt == "trec":
-        for lineno, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise DataError(f"{path}:{lineno}: expected 6 whitespace-separated fields `user Q0 item rank score "
-                                f"tag` (TREC run) or a CSV header user_id,item_id,rank; got {len(fields)} fields")
-            users.append(fields[0])
-            items.append(fields[2])
-            ranks.append(_number(fields[3], int, path, lineno, "rank (field 4)"))
-            scores.append(_number(fields[4], float, path, lineno, "score (field 5)"))
-            where.append(lineno)
-    else:
-        header, rows = _read_csv_rows(lines, path, ("user_id", "item_id", "rank"), ("score",), "run")
-        iu, ii, ir = header.index("user_id"), header.index("item_id"), header.index("rank")
-        isc = header.index("score") if "score" in header else None
-        for lineno, fields in rows:
-            users.append(fields[iu])
-            items.append(fields[ii])
-            ranks.append(_number(fields[ir], int, path, lineno, "rank"))
-            scores.append(_number(fields[isc], float, path, lineno, "score") if isc is not None else np.nan)
-            where.append(lineno)
-    if not users:
-        raise DataError(f"{path}: the run file has a header but no rows")
-    run = pd.DataFrame({"user_id": pd.array(users, dtype=object), "item_id": pd.array(items, dtype=object),
-                        "rank": np.asarray(ranks, dtype=np.int64), "score": np.asarray(scores, dtype=np.float64),
-                        "line": np.asarray(where, dtype=np.int64)})
+    c = _read_columns(path, _RUN)
+    run = pd.DataFrame({"user_id": pd.array(c["user_id"], dtype=object), "item_id": pd.array(c["item_id"], dtype=object),
+                        "rank": np.asarray(c["rank"], dtype=np.int64), "score": np.asarray(c["score"], dtype=np.float64),
+                        "line": np.asarray(c["line"], dtype=np.int64)})
     _check_unique(run, ["user_id", "item_id"], path, "lists item {item_id} twice for user {user_id}")
     _check_unique(run, ["user_id", "rank"], path, "gives two items rank {rank} for user {user_id}")
     run = run.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)
@@ -147,34 +178,9 @@ def read_qrels(path: PathLike) -> pd.DataFrame:
       DataFrame with columns user_id, item_id (str), gain (float64) and line. Gains <= 0
       are judged non-relevant.
     """
-    lines = _read_lines(path)
-    fmt = _detect(lines, path, "qrels")
-    users, items, gains, where = [], [], [], []
-    if fmt == "trec":
-        for lineno, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4:
-                raise DataError(f"{path}:{lineno}: expected 4 whitespace-separated fields `user 0 item gain` "
-                                f"(TREC qrels) or a CSV header user_id,item_id[,gain]; got {len(fields)} fields")
-            users.append(fields[0])
-            items.append(fields[2])
-            gains.append(_number(fields[3], float, path, lineno, "gain (field 4)"))
-            where.append(lineno)
-    else:
-        header, rows = _read_csv_rows(lines, path, ("user_id", "item_id"), ("gain",), "qrels")
-        iu, ii = header.index("user_id"), header.index("item_id")
-        ig = header.index("gain") if "gain" in header else None
-        for lineno, fields in rows:
-            users.append(fields[iu])
-            items.append(fields[ii])
-            gains.append(_number(fields[ig], float, path, lineno, "gain") if ig is not None else 1.0)
-            where.append(lineno)
-    if not users:
-        raise DataError(f"{path}: the qrels file has a header but no rows")
-    qrels = pd.DataFrame({"user_id": pd.array(users, dtype=object), "item_id": pd.array(items, dtype=object),
-                          "gain": np.asarray(gains, dtype=np.float64), "line": np.asarray(where, dtype=np.int64)})
+    c = _read_columns(path, _QRELS)
+    qrels = pd.DataFrame({"user_id": pd.array(c["user_id"], dtype=object), "item_id": pd.array(c["item_id"], dtype=object),
+                          "gain": np.asarray(c["gain"], dtype=np.float64), "line": np.asarray(c["line"], dtype=np.int64)})
     _check_unique(qrels, ["user_id", "item_id"], path, "judges item {item_id} twice for user {user_id}")
     return qrels
 

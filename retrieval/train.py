@@ -13,10 +13,11 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from core.tf_env import keras, set_seed, tf
 from features import FeatureStore, Split
@@ -107,40 +108,30 @@ def _tf_values(v: np.ndarray) -> np.ndarray:
     return v.astype(str) if v.dtype == object else v.astype(np.float32)
 
 
-def top_k_scores(scores: np.ndarray, k: int) -> np.ndarray:
-    """[b, k] column indices of the k largest scores per row, best first (ties: lower column)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part.sort(axis=1)  # lower column first, so the stable sort below breaks ties by column
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
-def recall_ndcg(top: np.ndarray, relevant: Sequence[set[int]], k_recall: int = 100, k_ndcg: int = 10) -> dict:
-    """Binary-gain metrics over users with >= 1 relevant item.
-
-    recall@k = |top-k ∩ relevant| / |relevant|; NDCG@k = Σ_{i≤k} rel_i / log2(i+1) divided by
-    the ideal DCG over min(k, |relevant|) hits. Means over users.
-    """
-    discounts = 1.0 / np.log2(np.arange(2, k_ndcg + 2))
-    recalls, ndcgs = [], []
-    for row, rel in zip(top, relevant):
-        if not rel:
-            continue
-        hits = np.fromiter((c in rel for c in row[:max(k_recall, k_ndcg)]), dtype=bool)
-        recalls.append(hits[:k_recall].sum() / len(rel))
-        dcg = (hits[:k_ndcg] * discounts[:len(hits[:k_ndcg])]).sum()
-        ndcgs.append(dcg / discounts[:min(k_ndcg, len(rel))].sum())
-    return {f"recall_at_{k_recall}": float(np.mean(recalls)) if recalls else 0.0,
-            f"ndcg_at_{k_ndcg}": float(np.mean(ndcgs)) if ndcgs else 0.0}
+# The metrics of a held-out ranking, injected: evaluation (a layer above retrieval) owns their
+# definitions, retrieval owns the model that produces the scores. Called as
+#   validator(scores [n, I] float, exclude [n, I] sparse, relevance [n, I] CSR)
+# with exclude = each user's earlier engaged items (never ranked) and relevance = the held-out
+# engaged items (binary gain); returns {"recall_at_100": ..., "ndcg_at_10": ...} (the keys
+# TwoTowerConfig.monitor names). `evaluation.retrieval_validator()` builds the one `recsys train` uses.
+Validator = Callable[[np.ndarray, sp.csr_matrix, sp.csr_matrix], dict]
 
 
 class RetrievalEvaluator:
-    """Scores a model on held-out pairs: full catalogue, each user's `seen` items excluded."""
+    """Scores a model on held-out pairs: full catalogue, each user's `seen` items excluded.
 
-    def __init__(self, features: FeatureStore, seen: pd.DataFrame, heldout: pd.DataFrame,
-                 history_length: int = 0) -> None:
+    The model's scores are computed here; the metrics are `validator`'s (see `Validator`).
+
+    Attributes:
+      user_ids: [n] the users with engaged held-out rows, sorted.
+      exclude: [n, I] CSR, 1 at each user's engaged `seen` items (columns of features.catalogue).
+      relevance: [n, I] CSR, 1 at each user's engaged held-out items in the catalogue.
+    """
+
+    def __init__(self, features: FeatureStore, seen: pd.DataFrame, heldout: pd.DataFrame, history_length: int,
+                 validator: Validator) -> None:
         self.features = features
+        self.validator = validator
         self.catalogue = np.asarray(features.catalogue, dtype=object)
         col = pd.Index(self.catalogue)
         heldout = engaged_pairs(heldout)
@@ -148,24 +139,32 @@ class RetrievalEvaluator:
         row = pd.Index(self.user_ids)
         seen = engaged_pairs(seen)
         seen = seen.loc[seen["user_id"].isin(row)]
-        r, c = row.get_indexer(seen["user_id"]), col.get_indexer(seen["item_id"])
-        self.exclude = (r[c >= 0], c[c >= 0])
-        rel = [set() for _ in self.user_ids]
-        for u, i in zip(row.get_indexer(heldout["user_id"]), col.get_indexer(heldout["item_id"])):
-            if i >= 0:
-                rel[u].add(int(i))
-        self.relevant = rel
+        self.exclude = _binary_matrix(row.get_indexer(seen["user_id"]), col.get_indexer(seen["item_id"]),
+                                      (len(row), len(col)))
+        self.relevance = _binary_matrix(row.get_indexer(heldout["user_id"]), col.get_indexer(heldout["item_id"]),
+                                        (len(row), len(col)))
         self.user_features = features.user_features(self.user_ids)
         if history_length:
             self.user_features[HISTORY] = last_items(seen, self.user_ids, history_length)
         self.item_features = features.item_features(self.catalogue)
 
-    def evaluate(self, model: TwoTowerModel) -> dict:
+    def scores(self, model: TwoTowerModel) -> np.ndarray:
+        """[n, I] float32 inner products of every held-out user with every catalogue item."""
         items = embed_in_batches(model.item_tower, self.item_features)
         users = embed_in_batches(model.user_tower, self.user_features)
-        scores = users @ items.T
-        scores[self.exclude] = -np.inf
-        return recall_ndcg(top_k_scores(scores, 100), self.relevant)
+        return users @ items.T
+
+    def evaluate(self, model: TwoTowerModel) -> dict:
+        return self.validator(self.scores(model), self.exclude, self.relevance)
+
+
+def _binary_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """[shape] CSR with 1.0 at each (row, col) pair whose col >= 0 (items outside the catalogue are dropped)."""
+    keep = cols >= 0
+    m = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=shape)
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
 
 
 class _SelectEpochs(keras.callbacks.Callback):
@@ -179,6 +178,9 @@ class _SelectEpochs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = self.evaluator.evaluate(self.model)
+        if self.monitor not in metrics:
+            raise ValueError(f"the validator returned {sorted(metrics)}, not the monitored {self.monitor!r}; build it "
+                             "with evaluation.retrieval_validator() or pass a matching --retrieval-monitor")
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in metrics.items()})
         self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)),
@@ -201,10 +203,13 @@ def build_model(features: FeatureStore, config: TwoTowerConfig) -> TwoTowerModel
     return model
 
 
-def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig = TwoTowerConfig()) -> TrainResult:
+def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig = TwoTowerConfig(),
+                    validator: Validator | None = None) -> TrainResult:
     """Selects the epoch count on split.fit → split.validation, then builds the final model.
 
-    With no validation rows, trains on split.train for config.epochs with no selection.
+    `validator` computes the validation metrics from the model's scores (see `Validator`;
+    `evaluation.retrieval_validator()`); it is required when split.validation has engaged
+    rows. With no validation rows, trains on split.train for config.epochs with no selection.
     """
     started = time.perf_counter()
     # A live progress bar on a terminal, one line per epoch in a log or a pipe.
@@ -212,12 +217,15 @@ def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig
     history: list[dict] = []
     best_epoch, epochs_run, validation = 0, 0, {}
     have_validation = len(engaged_pairs(split.validation)) > 0
+    if have_validation and validator is None:
+        raise ValueError("train_two_tower needs a validator to select epochs on split.validation: pass "
+                         "evaluation.retrieval_validator(), or a split without validation rows")
     model = None
     if have_validation:
         fit = engaged_pairs(split.fit)
         model = build_model(features, config)
-        select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation, config.history_length),
-                               config.monitor, config.patience)
+        select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation, config.history_length,
+                                                  validator), config.monitor, config.patience)
         log.info("two-tower: selecting epochs on %d fit pairs, validating on %d users", len(fit),
                  len(select.evaluator.user_ids))
         model.fit(make_dataset(features, fit, config), epochs=config.epochs, callbacks=[select], verbose=verbose)

@@ -12,6 +12,10 @@ request in flight keeps the model it started with). SIGHUP (serving.server.serve
 through the same `load_checked`. A refused version is not retried until the pointer
 names another version or its manifest changes.
 
+This module knows nothing of the server: `load_into` and `RegistryWatcher` take the
+`set_model` / `served_version` callables and the ServingMetrics they need (the server
+imports this module, never the other way round).
+
 Observability: `recsys_model_loads_total{result=ok|refused}`,
 `recsys_model_load_seconds` (last successful load, incl. verify + warm-up),
 `recsys_model_info{version}` (ServingMetrics) and every response's `model_version`.
@@ -40,7 +44,6 @@ from core.registry import verify_version
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
-    from serving.server import RecommendServer
 
 log = logging.getLogger(__name__)
 
@@ -240,31 +243,37 @@ def _gil_switch_interval(seconds: float):
 _SWITCH_LOCK = threading.Lock()
 
 
-def load_into(server: RecommendServer, version_dir: str | os.PathLike, verify: bool = True,
-              warmup_users: int = 4, switch_interval_s: float = 0.0) -> Any:
-    """load_checked, then swap `server` to the result; counts and logs either outcome.
+def load_into(set_model: Callable[[Any], None], metrics: ServingMetrics, version_dir: str | os.PathLike,
+              verify: bool = True, warmup_users: int = 4, switch_interval_s: float = 0.0) -> Any:
+    """load_checked, then `set_model(result)`; counts (in `metrics`) and logs either outcome.
 
-    On failure the server keeps its current model and the ArtifactError is re-raised.
-    `switch_interval_s` > 0 shortens the GIL switch interval while loading (HotSwapConfig).
+    Args:
+      set_model: serves the loaded RecommendPipeline (e.g. RecommendServer.set_model).
+      metrics: the server's ServingMetrics, where SwapMetrics registers its counters.
+      switch_interval_s: > 0 shortens the GIL switch interval while loading (HotSwapConfig).
+
+    On failure `set_model` is not called (the current model keeps serving) and the
+    ArtifactError is re-raised.
     """
     d = pathlib.Path(version_dir)
-    metrics = SwapMetrics.of(server.metrics)
+    swaps = SwapMetrics.of(metrics)
     start = time.monotonic()
     log.info("loading version %s", d.name, extra={"event": "model_load_start", "model_version": d.name})
     try:
         with _gil_switch_interval(switch_interval_s):
             model = load_checked(d, verify=verify, warmup_users=warmup_users)
     except ArtifactError as e:
-        metrics.loads.labels("refused").inc()
-        metrics.refused_version.clear()
-        metrics.refused_version.labels(d.name).set(1)
+        # Logged before it is counted: whoever sees the counter move can read the reason.
         log.error("refused version %s: %s", d.name, e,
                   extra={"event": "model_refused", "model_version": d.name, "reason": str(e)})
+        swaps.loads.labels("refused").inc()
+        swaps.refused_version.clear()
+        swaps.refused_version.labels(d.name).set(1)
         raise
     seconds = time.monotonic() - start
-    server.set_model(model)
-    metrics.loads.labels("ok").inc()
-    metrics.load_seconds.set(seconds)
+    set_model(model)
+    swaps.loads.labels("ok").inc()
+    swaps.load_seconds.set(seconds)
     log.info("swapped to version %s (loaded, checked and warmed in %.1fs)", d.name, seconds,
              extra={"event": "model_swapped", "model_version": d.name, "load_seconds": round(seconds, 3)})
     return model
@@ -275,17 +284,22 @@ class RegistryWatcher:
     """Follows the registry pointer: on a change, loads the named version in the background and swaps.
 
     Args:
-      server: the RecommendServer to swap.
       resolve: returns the version directory that should be served (e.g. the CURRENT
         pointer resolved by core.registry.resolve_version); may raise RecsysError.
+      set_model: serves a loaded RecommendPipeline (e.g. RecommendServer.set_model).
+      served_version: the name of the version serving now, "" before the first load.
+      metrics: the server's ServingMetrics (load/refusal counters, see SwapMetrics).
       config: HotSwapConfig (poll interval, warm-up size).
       verify: verify manifest checksums before serving a version.
     """
 
-    def __init__(self, server: RecommendServer, resolve: Callable[[], pathlib.Path],
+    def __init__(self, resolve: Callable[[], pathlib.Path], *, set_model: Callable[[Any], None],
+                 served_version: Callable[[], str], metrics: ServingMetrics,
                  config: HotSwapConfig = HotSwapConfig(), verify: bool = True) -> None:
-        self.server = server
         self.resolve = resolve
+        self.set_model = set_model
+        self._served_version = served_version
+        self.metrics = metrics
         self.config = config
         self.verify = verify
         self._lock = threading.Lock()  # one load at a time (poll and SIGHUP)
@@ -295,8 +309,8 @@ class RegistryWatcher:
         self._thread: threading.Thread | None = None
 
     def served_version(self) -> str:
-        model = self.server.servicer.loaded_model
-        return "" if model is None else str(model.model_version)
+        """The name of the version serving now ("" before the first load)."""
+        return self._served_version()
 
     def check(self, force: bool = False) -> bool:
         """Loads and swaps to the resolved version if it differs from the served one.
@@ -321,8 +335,8 @@ class RegistryWatcher:
             if not force and self._refused.get(target.name) == stamp:
                 return False
             try:
-                load_into(self.server, target, verify=self.verify, warmup_users=self.config.warmup_users,
-                          switch_interval_s=self.config.load_switch_interval_s)
+                load_into(self.set_model, self.metrics, target, verify=self.verify,
+                          warmup_users=self.config.warmup_users, switch_interval_s=self.config.load_switch_interval_s)
             except ArtifactError:
                 self._refused[target.name] = stamp
                 return False

@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Any
 
+from core import registry
 from core.errors import RecsysError
 from serving.cache import CacheConfig
 from serving.hotswap import HotSwapConfig
@@ -285,7 +286,7 @@ class Fleet:
             return current, refused
         if target == current.version_dir:
             return current, refused
-        manifest = target / "manifest.json"
+        manifest = target / registry.MANIFEST
         key = (str(target), manifest.stat().st_mtime_ns if manifest.exists() else None)
         if key == refused:
             return current, refused

@@ -313,10 +313,15 @@ class RecommendServer:
         self.servicer.set_model(model)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    def served_version(self) -> str:
+        """The name of the version serving now ("" before the first load)."""
+        model = self.servicer.loaded_model
+        return "" if model is None else str(model.model_version)
+
     def load(self, version_dir: str | os.PathLike, verify: bool = True, warmup_users: int = 4) -> Any:
         """Loads a version directory and serves it once it passed checksums, consistency checks and
         a warm-up (serving.hotswap.load_into); on failure the current model keeps serving."""
-        return load_into(self, version_dir, verify=verify, warmup_users=warmup_users)
+        return load_into(self.set_model, self.metrics, version_dir, verify=verify, warmup_users=warmup_users)
 
     def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets in-flight RPCs finish for `grace` seconds, then closes."""
@@ -350,7 +355,8 @@ def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: S
     """
     resolve = version_dir if callable(version_dir) else (lambda: pathlib.Path(version_dir))
     server = RecommendServer(config, cache_config, limits, security=security).start()
-    watcher = RegistryWatcher(server, resolve, hotswap, verify=verify)
+    watcher = RegistryWatcher(resolve, set_model=server.set_model, served_version=server.served_version,
+                              metrics=server.metrics, config=hotswap, verify=verify)
     failed: list[BaseException] = []
     stop = threading.Event()
 

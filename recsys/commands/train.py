@@ -87,15 +87,17 @@ def index_config(args: argparse.Namespace):
 
 def train_retrieval(ctx: TrainContext) -> None:
     """Trains the two-tower model, exports the user tower and items.npz, records metrics."""
+    from evaluation import retrieval_validator
     from retrieval import RetrievalEvaluator, export_model, train_two_tower
 
     config = retrieval_config(ctx.args)
-    result = train_two_tower(ctx.features, ctx.split, config)
+    validator = retrieval_validator()
+    result = train_two_tower(ctx.features, ctx.split, config, validator)
     exported = export_model(result.model, ctx.features, ctx.version_dir)
     # Test metrics here are informational (nothing is selected on them); `recsys evaluate`
     # gives the full table through the FAISS index.
     test = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test,
-                              config.history_length).evaluate(result.model)
+                              config.history_length, validator).evaluate(result.model)
     ctx.manifest["retrieval"] = {
         "config": config_to_dict(config),
         "metrics": {"validation": result.validation, "test_exact": test,

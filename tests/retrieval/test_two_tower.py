@@ -9,7 +9,7 @@ import pytest
 from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
 from core.layout import FEATURES_DIR, INDEX_DIR
 from core.registry import finalize_version, start_version
-from evaluation import RandomRecommender, build_eval_data, evaluate_models, top_k_excluding
+from evaluation import RandomRecommender, build_eval_data, evaluate_models, retrieval_validator, top_k_excluding
 from evaluation.two_tower import TwoTowerEvalConfig, TwoTowerRecommender
 from features import (
     SplitConfig,
@@ -38,6 +38,7 @@ from retrieval.two_tower import embed_in_batches
 # input has its own test below.
 TINY = TwoTowerConfig(embedding_dim=16, id_dim=16, feature_dim=8, epochs=6, patience=2, batch_size=256,
                       learning_rate=0.01, history_length=0, progress=False, seed=1)
+VALIDATOR = retrieval_validator()  # what `recsys train` selects epochs with
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def trained(tmp_path_factory):
     dataset = generate_synthetic(SyntheticConfig(num_users=600, num_items=300, num_interactions=30_000, seed=7))
     split = split_interactions(dataset.interactions, SplitConfig())
     features = fit_feature_store(dataset, split.train)
-    result = train_two_tower(features, split, TINY)
+    result = train_two_tower(features, split, TINY, VALIDATOR)
     root = tmp_path_factory.mktemp("artifacts")
     version = start_version(root, "v1")
     features.save(version / FEATURES_DIR)
@@ -205,7 +206,8 @@ def test_logq_correction_restores_popular_items_that_in_batch_negatives_push_dow
     short = dict(epochs=3, refit=False)
     pops = {}
     for logq in (True, False):
-        model = train_two_tower(features, split, TwoTowerConfig(**{**TINY.__dict__, **short, "logq": logq})).model
+        model = train_two_tower(features, split, TwoTowerConfig(**{**TINY.__dict__, **short, "logq": logq}),
+                                VALIDATOR).model
         users = embed_in_batches(model.user_tower, features.user_features(sorted(split.train["user_id"].unique())))
         items = embed_in_batches(model.item_tower, features.item_features(features.catalogue))
         top = np.argsort(-(users @ items.T), axis=1)[:, :10]
@@ -226,7 +228,7 @@ def test_history_input_is_exported_and_filled_by_user_inputs(small_synthetic, tm
     split = split_interactions(small_synthetic.interactions, SplitConfig())
     features = fit_feature_store(small_synthetic, split.train)
     config = TwoTowerConfig(**{**TINY.__dict__, "epochs": 1, "refit": False, "history_length": 3})
-    model = train_two_tower(features, split, config).model
+    model = train_two_tower(features, split, config, VALIDATOR).model
     export_model(model, features, tmp_path)
     tower = UserTower.load(tmp_path)
     assert tower.history_length == 3 and "history" in tower.input_names
@@ -243,7 +245,14 @@ def test_training_is_reproducible_with_a_seed(small_synthetic):
     split = split_interactions(small_synthetic.interactions, SplitConfig())
     features = fit_feature_store(small_synthetic, split.train)
     config = TwoTowerConfig(**{**TINY.__dict__, "epochs": 1})
-    runs = [train_two_tower(features, split, config) for _ in range(2)]
+    runs = [train_two_tower(features, split, config, VALIDATOR) for _ in range(2)]
     items = [embed_in_batches(r.model.item_tower, features.item_features(features.catalogue)) for r in runs]
     np.testing.assert_array_equal(items[0], items[1])
     assert runs[0].validation == runs[1].validation
+
+
+def test_train_two_tower_needs_a_validator_when_the_split_has_validation_rows(small_synthetic):
+    split = split_interactions(small_synthetic.interactions, SplitConfig())
+    features = fit_feature_store(small_synthetic, split.train)
+    with pytest.raises(ValueError, match="retrieval_validator"):
+        train_two_tower(features, split, TINY)

@@ -52,8 +52,10 @@ def swap_server(registry_root, pipeline, redis_url):
                              CacheConfig(redis_url=redis_url, near_ttl_s=0))
     with started(server):
         server.set_model(pipeline)
-        watcher = RegistryWatcher(server, lambda: registry.resolve_version(registry_root, "current"),
-                                  HotSwapConfig(watch_interval_s=0.1, warmup_users=2)).start()
+        watcher = RegistryWatcher(lambda: registry.resolve_version(registry_root, "current"),
+                                  set_model=server.set_model, served_version=server.served_version,
+                                  metrics=server.metrics,
+                                  config=HotSwapConfig(watch_interval_s=0.1, warmup_users=2)).start()
         try:
             yield server, watcher
         finally:
@@ -137,6 +139,23 @@ def test_index_out_of_step_with_the_embeddings_is_refused(swap_server, registry_
     stub = pb_grpc.RecommenderStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     response = stub.Recommend(pb.RecommendRequest(user_id="nobody", num_results=3), timeout=30)
     assert response.model_version == pipeline.model_version
+
+
+def test_load_into_needs_only_a_set_model_callable_and_the_metrics(trained_version, tmp_path):
+    """No server: hotswap swaps through the callable it is given (the server imports hotswap, not the reverse)."""
+    from core import layout
+    from serving.hotswap import load_into
+    from serving.metrics import ServingMetrics
+
+    served, metrics = [], ServingMetrics()
+    bad = copy_version(trained_version, tmp_path, "v-flipped")
+    flip_byte(layout.items_file(bad))
+    with pytest.raises(ArtifactMismatchError):
+        load_into(served.append, metrics, bad)
+    assert served == [] and metrics.value("recsys_model_loads_total", {"result": "refused"}) == 1
+    model = load_into(served.append, metrics, trained_version, warmup_users=1)
+    assert served == [model] and model.model_version == trained_version.name
+    assert metrics.value("recsys_model_loads_total", {"result": "ok"}) == 1
 
 
 def test_a_failed_initial_load_leaves_the_server_not_serving(registry_root, trained_version, tmp_path):
