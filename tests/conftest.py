@@ -87,7 +87,7 @@ def tiny_version(tmp_path_factory):
     from recsys.cli import main as recsys_main
 
     root = tmp_path_factory.mktemp("artifacts")
-    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--version", "tiny", *TINY_TRAIN,
+    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--new-version", "tiny", *TINY_TRAIN,
                         *TINY_RANKING])
     assert code == 0, "recsys train failed for the tiny_version fixture"
     version_dir = root / "tiny"

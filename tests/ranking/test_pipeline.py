@@ -29,7 +29,7 @@ def recsys(*args) -> int:
 @pytest.fixture(scope="module")
 def version(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
-    assert recsys("train", "--artifacts", str(root), "--version", "tiny", *TRAIN) == 0
+    assert recsys("train", "--artifacts", str(root), "--new-version", "tiny", *TRAIN) == 0
     return root, root / "tiny"
 
 
@@ -40,10 +40,10 @@ def pipeline(version):
 
 @pytest.fixture(scope="module")
 def eval_data(pipeline):
-    from recsys.cli import build_parser
-    from workflows.data import data_config_from_args, load_split
-    args = build_parser().parse_args(["train", *TRAIN])
-    dataset, split = load_split(data_config_from_args(args))
+    from core.config import parse_config
+    from workflows.data import load_split
+    from workflows.train import TrainConfig
+    dataset, split = load_split(parse_config(TrainConfig, TRAIN).data)
     return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
 
 
