@@ -169,7 +169,7 @@ def sections(cls: type) -> list[_Section]:
     def walk(c: type, path: tuple[str, ...], prefix: str, title: str) -> None:
         hints = typing.get_type_hints(c)
         fields = dataclasses.fields(c)
-        if any(not _is_section(hints[f.name]) for f in fields):
+        if not fields or any(not _is_section(hints[f.name]) for f in fields):
             if path and any(_is_section(hints[f.name]) for f in fields):
                 raise TypeError(f"{c.__name__} mixes sections and values; a section holds one or the other")
             out.append(_Section(path, c, prefix, title))
