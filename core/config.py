@@ -263,6 +263,8 @@ def flatten(cls: type, values: Mapping[str, Any], where: str = "") -> dict[str, 
                 out[dotted] = value
             elif dotted in tables and isinstance(value, Mapping):
                 walk(value, (*path, key))
+            elif dotted in tables and where:
+                raise ConfigError(f"{where}: {dotted!r} is a table ([{dotted}]), got {value!r}")
             elif where:
                 raise ConfigError(f"{where}: unknown key {dotted!r}" + _suggestion(dotted, valid | tables))
     walk(values, ())
@@ -274,9 +276,6 @@ def _suggestion(key: str, valid: set[str]) -> str:
     tail = key.rsplit(".", 1)[-1]
     same_name = sorted(v for v in valid if v.rsplit(".", 1)[-1] == tail)
     match = same_name or difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.0)
-    if not match:
-        close = difflib.get_close_matches(tail, sorted(valid, key=lambda v: v.rsplit(".", 1)[-1]), n=1, cutoff=0.0)
-        match = close
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
