@@ -1,7 +1,6 @@
 """Beam fixtures on top of tests/conftest.py (redis_server, redis_url, own_redis, RedisServer, tiny_version, pipeline)."""
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
@@ -47,13 +46,12 @@ def train_users(pipeline) -> list[str]:
 @pytest.fixture(scope="session")
 def eval_data():
     """EvalData of the split tiny_version was trained on (same flags as `recsys train` got)."""
+    from core.config import parse_config
     from evaluation import build_eval_data
     from features import fit_feature_store
-    from workflows.data import add_data_args, data_config_from_args, load_split
+    from workflows.data import DataConfig, load_split
 
-    parser = argparse.ArgumentParser()
-    add_data_args(parser)
-    dataset, split = load_split(data_config_from_args(parser.parse_args(["--source", "synthetic", *TINY_SYNTHETIC])))
+    dataset, split = load_split(parse_config(DataConfig, ["--source", "synthetic", *TINY_SYNTHETIC]))
     return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
 
 
