@@ -38,7 +38,7 @@ def train_synthetic(root: pathlib.Path, users: int, items: int, interactions: in
     """A small-model synthetic version via `recsys train` (1 epoch): the bench measures scoring, not quality."""
     from recsys.cli import main as recsys_main
 
-    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--version", "bench",
+    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--new-version", "bench",
                         "--source", "synthetic", "--synthetic-num-users", str(users), "--synthetic-num-items",
                         str(items), "--synthetic-num-interactions", str(interactions), "--epochs", "1",
                         "--no-retrieval-progress", "--index-recall-queries", "100", "--no-promote"])

@@ -7,8 +7,8 @@ hyper-parameter is picked here: on validation.
   1. Inner split: `split.train` re-split with the validation rule, so its "test" part is
      exactly `split.validation` (each user's last val_fraction of train) and its own
      validation carve comes from `split.fit`. Test rows are never read.
-  2. `recsys train`'s steps (retrieval, index, ranker) run on the inner split with β = 0,
-     i.e. the ranker alone, exported as a normal version under --work.
+  2. `workflows.train.train` (what `recsys train` runs: retrieval, index, ranker) runs on the
+     inner split with β = 0, i.e. the ranker alone, exported as a normal version under --work.
   3. Each validation user's N candidates are scored once; fusion is applied post hoc,
      e_β = σ(logit(e) + β·(s − 1)) — identical to the in-model fusion, which
      tests/ranking/test_ranker.py checks — and ranked by the default blend e_β · q.
@@ -19,27 +19,27 @@ ranker alone and each fused β:
   nice -n 10 .venv/bin/python bench/fusion_validation.py --work /tmp/fusion
   .venv/bin/python bench/fusion_validation.py --work /tmp/fusion --betas 0,10,20,30 -- --epochs 2
 
-Flags after `--` go to `recsys train` (data source, model flags...).
+Flags after `--` are `recsys train`'s (data source, model flags..., or --config FILE.toml).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import pathlib
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core import layout, registry  # noqa: E402
+from core import registry  # noqa: E402
+from core.config import parse_config  # noqa: E402
 from features import SplitConfig, fit_feature_store, split_interactions  # noqa: E402
-from recsys.cli import build_parser  # noqa: E402
-from recsys.commands import train as train_command  # noqa: E402
-from workflows.data import data_config_from_args, load_split  # noqa: E402
+from workflows.data import load_split  # noqa: E402
+from workflows.train import TrainConfig, train  # noqa: E402
 
 log = logging.getLogger("fusion_validation")
 
@@ -56,22 +56,14 @@ def inner_split(split):
     return inner
 
 
-def train_inner(args: argparse.Namespace, dataset, inner, work: pathlib.Path, version: str) -> pathlib.Path:
-    """Runs recsys train's steps on the inner split (β = 0) into work/version; returns the version dir."""
+def train_inner(config: TrainConfig, dataset, inner, work: pathlib.Path, version: str) -> pathlib.Path:
+    """Trains every stage on the inner split (β = 0) into work/version; returns the version dir."""
     vdir = work / version
     if (vdir / registry.MANIFEST).exists():
         log.info("reusing trained version %s", vdir)
         return vdir
-    features = fit_feature_store(dataset, inner.train)
-    vdir = registry.start_version(work, version)
-    ctx = train_command.TrainContext(args, data_config_from_args(args), dataset, inner, features, vdir, {})
-    features.save(layout.features_dir(vdir))
-    for step in train_command.STEPS:
-        started = time.perf_counter()
-        step.run(ctx)
-        log.info("%s: %s took %.0f s", step.stage, step.title, time.perf_counter() - started)
-    registry.finalize_version(vdir, ctx.manifest)
-    return vdir
+    run = dataclasses.replace(config.run, artifacts=str(work), new_version=version, promote=False)
+    return train(dataclasses.replace(config, run=run), loaded=(dataset, inner)).version_dir
 
 
 def main() -> int:
@@ -86,13 +78,13 @@ def main() -> int:
     betas = [float(b) for b in opts.betas.split(",") if b.strip()]
     work = pathlib.Path(opts.work)
 
-    args = build_parser().parse_args(["train", "--artifacts", str(work), "--no-promote", "--no-retrieval-progress",
-                                      "--no-ranking-progress", *opts.train_flags, "--ranking-retrieval-weight", "0"])
-    dataset, split = load_split(data_config_from_args(args))
+    config = parse_config(TrainConfig, ["--no-retrieval-progress", "--no-ranking-progress", *opts.train_flags,
+                                        "--ranking-retrieval-weight", "0"], prog="recsys train")
+    dataset, split = load_split(config.data)
     inner = inner_split(split)
     log.info("inner split: fit %d (its validation %d), scored part = split.validation %d rows",
              len(inner.train), len(inner.validation), len(inner.test))
-    vdir = train_inner(args, dataset, inner, work, "inner-beta0")
+    vdir = train_inner(config, dataset, inner, work, "inner-beta0")
 
     from evaluation.metrics import evaluate_rankings
     from evaluation.pipeline import PipelineEvalConfig, PipelineRecommender

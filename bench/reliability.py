@@ -58,7 +58,7 @@ def train_tiny(workdir: pathlib.Path) -> pathlib.Path:
     from recsys.cli import main as recsys_main
 
     root = workdir / "trained"
-    argv = ["--log-level", "WARNING", "train", "--artifacts", str(root), "--version", "base", *TINY_TRAIN]
+    argv = ["--log-level", "WARNING", "train", "--artifacts", str(root), "--new-version", "base", *TINY_TRAIN]
     print("training: recsys", " ".join(argv), flush=True)
     if recsys_main(argv):
         raise SystemExit("training the bench version failed")

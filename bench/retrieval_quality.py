@@ -1,17 +1,19 @@
 """Two-tower retrieval quality on MovieLens-100k: logQ on and off, beside the baselines, one table.
 
-Trains two versions with `recsys train --stages retrieval` (identical flags except --[no-]retrieval-logq), then
+Trains two versions with `workflows.train.train` (what `recsys train --stages retrieval` runs; identical
+settings except retrieval.logq), then
 scores them through their FAISS indexes with the offline protocol (full catalogue, train
 items excluded) next to random, popularity, item-kNN and EASE on the same split.
 
   .venv/bin/python bench/retrieval_quality.py                    # default flags = `recsys train`'s
   .venv/bin/python bench/retrieval_quality.py --retrieval-temperature 0.1 --json out.json
 
-Unknown flags are passed to `recsys train` (e.g. --retrieval-epochs, --source ...).
+Unknown flags are `recsys train`'s (e.g. --retrieval-epochs, --source ..., --config FILE.toml).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core import registry  # noqa: E402
+from core.config import parse_config  # noqa: E402
 from evaluation import (  # noqa: E402
     EASERecommender,
     ItemKNNRecommender,
@@ -31,9 +33,8 @@ from evaluation import (  # noqa: E402
 )
 from evaluation.two_tower import TwoTowerEvalConfig, TwoTowerRecommender  # noqa: E402
 from features import fit_feature_store  # noqa: E402
-from recsys.cli import build_parser  # noqa: E402
-from recsys.cli import main as recsys_main  # noqa: E402
-from workflows.data import data_config_from_args, load_split  # noqa: E402
+from workflows.data import load_split  # noqa: E402
+from workflows.train import TrainConfig, train  # noqa: E402
 
 COLUMNS = ("ndcg@10", "map@10", "recall@10", "recall@100", "coverage@10")
 
@@ -45,19 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     args, train_flags = p.parse_known_args(argv)
     root = args.artifacts or tempfile.mkdtemp(prefix="retrieval-quality-")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    config = parse_config(TrainConfig, train_flags, prog="recsys train")
     versions = {}
     for logq in (True, False):
         name = f"{'logq' if logq else 'nologq'}-{stamp}"
-        flag = "--retrieval-logq" if logq else "--no-retrieval-logq"
-        code = recsys_main(["train", "--stages", "retrieval", "--artifacts", root, "--version", name, "--no-promote",
-                            flag, *train_flags])
-        if code:
-            return code
-        versions[logq] = registry.read_manifest(os.path.join(root, name))
+        run = dataclasses.replace(config.run, artifacts=root, new_version=name, stages=("retrieval",), promote=False)
+        retrieval = dataclasses.replace(config.retrieval, logq=logq)
+        versions[logq] = train(dataclasses.replace(config, run=run, retrieval=retrieval)).manifest
 
-    # The evaluation data comes from the same data flags the versions were trained with.
-    train_args = build_parser().parse_args(["train", *train_flags])
-    dataset, split = load_split(data_config_from_args(train_args))
+    # The evaluation data is the data the versions were trained on.
+    dataset, split = load_split(config.data)
     data = build_eval_data(dataset, split, fit_feature_store(dataset, split.train))
     models = [RandomRecommender(), PopularityRecommender(), ItemKNNRecommender(), EASERecommender()]
     for logq, manifest in versions.items():

@@ -239,7 +239,7 @@ def merge(rounds: list[tuple[list[float], float]], **extra) -> dict:
 # -- the benchmark ----------------------------------------------------------------------
 def train_synthetic(workdir: str, users: int, items: int, interactions: int) -> str:
     root = pathlib.Path(workdir) / "artifacts"
-    argv = ["train", "--artifacts", str(root), "--version", "bench", "--source", "synthetic",
+    argv = ["train", "--artifacts", str(root), "--new-version", "bench", "--source", "synthetic",
             "--synthetic-num-users", str(users), "--synthetic-num-items", str(items),
             "--synthetic-num-interactions", str(interactions), "--epochs", "1"]
     print("training:", "recsys", " ".join(argv), flush=True)

@@ -1,13 +1,24 @@
 """Serving stage: the gRPC Recommender (online retrieve → rank → blend), its cache and metrics.
 
-Importing this package does not import TensorFlow; loading a model version does.
+Importing this package does not import TensorFlow; loading a model version does. Names
+resolve lazily (PEP 562), so a thin client (`recsys recommend` → serving.security) loads
+neither the pipeline, pandas nor Redis.
 """
-from serving.cache import CacheConfig, CandidateCache, LocalCandidateStore, RedisCandidateStore, redis_client
-from serving.hotswap import HotSwapConfig, RegistryWatcher, check_consistency, load_checked
-from serving.metrics import JsonFormatter, ServingMetrics
-from serving.security import ClientSecurity, SecurityConfig, client_channel
-from serving.server import RecommenderServicer, RecommendServer, ServerConfig, serve
-from serving.validation import RequestLimits
+from __future__ import annotations
+
+from core.lazy import lazy_exports
+
+_LAZY = {
+    "CacheConfig": "serving.cache", "CandidateCache": "serving.cache", "LocalCandidateStore": "serving.cache",
+    "RedisCandidateStore": "serving.cache", "redis_client": "serving.cache",
+    "HotSwapConfig": "serving.hotswap", "RegistryWatcher": "serving.hotswap",
+    "check_consistency": "serving.hotswap", "load_checked": "serving.hotswap",
+    "JsonFormatter": "serving.metrics", "ServingMetrics": "serving.metrics",
+    "ClientSecurity": "serving.security", "SecurityConfig": "serving.security", "client_channel": "serving.security",
+    "RecommenderServicer": "serving.server", "RecommendServer": "serving.server", "ServerConfig": "serving.server",
+    "serve": "serving.server",
+    "RequestLimits": "serving.validation",
+}
 
 __all__ = [
     "CacheConfig", "CandidateCache", "LocalCandidateStore", "RedisCandidateStore", "redis_client", "JsonFormatter", "ServingMetrics", "RecommenderServicer",
@@ -15,3 +26,5 @@ __all__ = [
     "HotSwapConfig", "RegistryWatcher", "check_consistency", "load_checked", "ClientSecurity", "SecurityConfig",
     "client_channel",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

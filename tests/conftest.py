@@ -182,7 +182,7 @@ def tiny_version(tmp_path_factory):
     from recsys.cli import main as recsys_main
 
     root = tmp_path_factory.mktemp("artifacts")
-    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--version", "tiny", *TINY_TRAIN,
+    code = recsys_main(["--log-level", "WARNING", "train", "--artifacts", str(root), "--new-version", "tiny", *TINY_TRAIN,
                         *TINY_RANKING])
     assert code == 0, "recsys train failed for the tiny_version fixture"
     version_dir = root / "tiny"
@@ -202,13 +202,10 @@ def pipeline(tiny_version):
 @pytest.fixture(scope="session")
 def tiny_eval_data():
     """EvalData of the split tiny_version was trained on (the data flags `recsys train` got)."""
-    import argparse
-
+    from core.config import parse_config
     from evaluation import build_eval_data
     from features import fit_feature_store
-    from workflows.data import add_data_args, data_config_from_args, load_split
+    from workflows.data import DataConfig, load_split
 
-    parser = argparse.ArgumentParser()
-    add_data_args(parser)
-    dataset, split = load_split(data_config_from_args(parser.parse_args(["--source", "synthetic", *TINY_SYNTHETIC])))
+    dataset, split = load_split(parse_config(DataConfig, ["--source", "synthetic", *TINY_SYNTHETIC]))
     return build_eval_data(dataset, split, fit_feature_store(dataset, split.train))

@@ -1,12 +1,11 @@
-"""Flags shared by every subcommand that reads data: the source and the split."""
+"""The data a run sees: its source and its split, as one config section (DataConfig)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from typing import Literal
 
-from core.config import add_config_args, config_from_args
+from core.config import build_config, flatten, section
 from core.errors import DataError
 from features import (
     Dataset,
@@ -34,40 +33,18 @@ class SourceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Everything that determines the data a run sees; saved into manifests and reports."""
+    """Everything that determines the data a run sees; saved into manifests and reports (manifest["data"])."""
 
-    source: SourceConfig
-    synthetic: SyntheticConfig
-    files: FilesConfig
-    split: SplitConfig
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """Adds --source, the source-specific flags and the split flags."""
-    add_config_args(parser.add_argument_group("data source"), SourceConfig, help_text={
-        "source": "where interactions come from",
-        "data_dir": "download cache for MovieLens",
-        "movielens_path": "read a local GroupLens ml-100k/ folder instead of downloading",
-    })
-    add_config_args(parser.add_argument_group("synthetic source (--source synthetic)"), SyntheticConfig,
-                    prefix="synthetic_")
-    add_config_args(parser.add_argument_group("files source (--source files)"), FilesConfig, help_text={
-        "interactions": "CSV/Parquet with user_id,item_id,timestamp[,rating][,engaged]",
-        "column_map": "schema=file column renames, e.g. user_id=customer",
-    })
-    add_config_args(parser.add_argument_group("split"), SplitConfig, help_text={
-        "strategy": "user_temporal: last fraction per user; global_time: one cut-off; user_random: only to compare "
-                    "with published random-split numbers",
-    })
+    source: SourceConfig = section(SourceConfig, title="data source")
+    synthetic: SyntheticConfig = section(SyntheticConfig, prefix="synthetic_",
+                                         title="synthetic source (--source synthetic)")
+    files: FilesConfig = section(FilesConfig, title="files source (--source files)")
+    split: SplitConfig = section(SplitConfig, title="split")
 
 
-def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(
-        source=config_from_args(SourceConfig, args),
-        synthetic=config_from_args(SyntheticConfig, args, prefix="synthetic_"),
-        files=config_from_args(FilesConfig, args),
-        split=config_from_args(SplitConfig, args),
-    )
+def data_config_from_dict(d: dict) -> DataConfig:
+    """The DataConfig a manifest's "data" section (config_to_dict of one) describes."""
+    return build_config(DataConfig, base=flatten(DataConfig, d))
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

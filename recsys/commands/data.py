@@ -2,23 +2,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from workflows.data import add_data_args, data_config_from_args, load_split
+from core.config import section
+from recsys.commands import add_command
+from recsys.commands._data import DATA_HELP
+from workflows.data import DataConfig, load_split
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCommandConfig:
+    """`recsys data`: the data section alone (the same [data.*] tables train and evaluate read)."""
+
+    data: DataConfig = section(DataConfig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="fetch, describe and split a data source",
-                       description="Loads a data source (downloading MovieLens-100k into the cache on first use), "
-                                   "prints its description and the train/validation/test split statistics.")
-    add_data_args(p)
+    p = add_command(sub, "data", DataCommandConfig, run, help_text={f"data.{k}": v for k, v in DATA_HELP.items()},
+                    description="Loads a data source (downloading MovieLens-100k into the cache on first use), "
+                                "prints its description and the train/validation/test split statistics.")
     p.add_argument("--json", dest="as_json", action="store_true", help="print one JSON document instead of text")
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = data_config_from_args(args)
-    dataset, split = load_split(cfg)
+def run(config: DataCommandConfig, args: argparse.Namespace) -> int:
+    dataset, split = load_split(config.data)
     info = {"dataset": dataset.describe(), "split": split.stats()}
     inferred = dataset.provenance.get("inferred_columns", {})  # files source: feature kinds guessed per file
     if inferred:

@@ -13,24 +13,42 @@ import shlex
 import time
 from collections.abc import Sequence
 
+from core.config import flag_of, leaf_values, section
 from core.errors import RecsysError
-from workflows.data import DataConfig, add_data_args, data_config_from_args
+from recsys.commands import add_command
+from recsys.commands._data import DATA_HELP
+from workflows.data import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRunConfig:
+    """Where the demo writes and how long it trains."""
+
+    workdir: str = "demo-run"  # artifacts, reports and batch scores go here
+    quick: bool = False        # at most 2 epochs per model: a smoke run of every step, not the measured numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """`recsys demo`: the run settings and the data every data-reading step gets."""
+
+    demo: DemoRunConfig = section(DemoRunConfig, title="demo")
+    data: DataConfig = section(DataConfig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole system end to end on MovieLens-100k",
-                       description="Fetches MovieLens-100k, trains the two-tower retriever (TFRS), exports it and builds "
-                                   "the FAISS index, trains the two-head ranker, precomputes every user's candidates "
-                                   "with Beam, evaluates baselines, retrieval, the full pipeline and the batch output "
-                                   "on one split (with a blend-weight sweep), then serves over gRPC with Redis and "
-                                   "calls Recommend. Data flags (the ones `recsys data` takes) go to every step that "
-                                   "reads data, e.g. `recsys demo --quick --source synthetic --synthetic-num-users "
-                                   "300 --synthetic-num-items 150 --synthetic-num-interactions 6000` for a small run.")
-    p.add_argument("--workdir", default="demo-run", help="where artifacts and reports go (default: demo-run)")
-    p.add_argument("--quick", action="store_true",
-                   help="at most 2 epochs per model: a smoke run of every step, not the measured numbers")
-    add_data_args(p)
-    p.set_defaults(func=run)
+    add_command(sub, "demo", DemoConfig, run,
+                help_text={"demo": {"workdir": "where artifacts and reports go",
+                                    "quick": "at most 2 epochs per model: a smoke run of every step, not the "
+                                             "measured numbers"},
+                           **{f"data.{k}": v for k, v in DATA_HELP.items()}},
+                description="Fetches MovieLens-100k, trains the two-tower retriever (TFRS), exports it and builds "
+                            "the FAISS index, trains the two-head ranker, precomputes every user's candidates "
+                            "with Beam, evaluates baselines, retrieval, the full pipeline and the batch output "
+                            "on one split (with a blend-weight sweep), then serves over gRPC with Redis and "
+                            "calls Recommend. Data flags (the ones `recsys data` takes) go to every step that "
+                            "reads data, e.g. `recsys demo --quick --source synthetic --synthetic-num-users "
+                            "300 --synthetic-num-items 150 --synthetic-num-interactions 6000` for a small run.")
 
 
 def demo_steps(work: pathlib.Path, quick: bool = False,
@@ -61,33 +79,28 @@ def demo_steps(work: pathlib.Path, quick: bool = False,
 
 
 def data_flags(cfg: DataConfig) -> list[str]:
-    """The flags that give `cfg` back to `add_data_args`' parser: only fields that differ from their defaults."""
+    """The data flags that give `cfg` back (every command reading data spells them alike): only the
+    fields that differ from their defaults."""
     flags: list[str] = []
-    for part, prefix in ((cfg.source, ""), (cfg.synthetic, "synthetic_"), (cfg.files, ""), (cfg.split, "")):
-        for f in dataclasses.fields(part):
-            value = getattr(part, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            if value == default:
-                continue
-            flag = "--" + (prefix + f.name).replace("_", "-")
-            if isinstance(value, bool):
-                flags.append(flag if value else "--no-" + flag[2:])
-            elif isinstance(value, tuple):  # nargs="*"; KEY=VALUE pairs for tuple[tuple[str, str], ...]
-                flags += [flag, *("=".join(v) if isinstance(v, tuple) else str(v) for v in value)]
-            else:
-                flags += [flag, str(value)]
+    defaults = leaf_values(DemoConfig())
+    for dotted, value in leaf_values(DemoConfig(data=cfg)).items():
+        if not dotted.startswith("data.") or value == defaults[dotted]:
+            continue
+        flag = flag_of(DemoConfig, dotted)
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):  # nargs="*"; KEY=VALUE pairs for tuple[tuple[str, str], ...]
+            flags += [flag, *("=".join(v) if isinstance(v, tuple) else str(v) for v in value)]
+        else:
+            flags += [flag, str(value)]
     return flags
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: DemoConfig, args: argparse.Namespace) -> int:
     from recsys.cli import main as recsys_main
 
-    work = pathlib.Path(args.workdir)
-    try:
-        data = data_flags(data_config_from_args(args))
-    except ValueError as e:
-        raise RecsysError(str(e)) from e
-    steps = demo_steps(work, args.quick, data)
+    work = pathlib.Path(config.demo.workdir)
+    steps = demo_steps(work, config.demo.quick, data_flags(config.data))
     started = time.perf_counter()
     for n, (title, argv) in enumerate(steps, 1):
         print(f"\n=== [{n}/{len(steps)}] {title}\n$ recsys {shlex.join(argv)}", flush=True)

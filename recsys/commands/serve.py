@@ -1,192 +1,126 @@
-"""`recsys serve` (the gRPC server) and `recsys recommend` (a command-line client for it)."""
+"""`recsys serve` (the gRPC server) and `recsys serve-demo` (the serving tour); the client is `recsys recommend`.
+
+Neither takes data flags: a server answers with the trained version's own features,
+vocabularies and models, so its data and split settings are the version's (manifest["data"]).
+"""
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
-import os
-import sys
+from typing import Literal
 
-from core.config import add_config_args, config_from_args, config_to_dict
-from core.errors import RecsysError
+from core.config import config_to_dict, section
 from core.registry import default_root, resolve_version
+from recsys.commands import add_command
+from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig
 
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeRunConfig:
+    """Which version to serve and how to log."""
+
+    artifacts: str = ""            # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
+    version: str = "current"       # a version name, 'current' (the registry pointer) or a version directory
+    verify: bool = True            # check the version's checksums before serving it
+    log_format: Literal["text", "json"] = "json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """`recsys serve`: one section per serving config; none has a flag prefix."""
+
+    run: ServeRunConfig = section(ServeRunConfig, title="run")
+    server: ServerConfig = section(ServerConfig, title="server")
+    cache: CacheConfig = section(CacheConfig, title="cache")
+    limits: RequestLimits = section(RequestLimits, title="request limits")
+    hotswap: HotSwapConfig = section(HotSwapConfig, title="hot swap")
+    security: SecurityConfig = section(SecurityConfig, title="security")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeDemoConfig:
+    artifacts: str = ""            # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
+    version: str = "current"       # version to serve
+    users: tuple[str, ...] = ()    # known users to recommend for (empty = the two most active train users)
+    num_results: int = dataclasses.field(default=5, metadata={"aliases": ("-k",)})
+
+
+_RUN_HELP = {"artifacts": "artifacts root (empty = $RECSYS_ARTIFACTS or ./artifacts)",
+             "version": "version name under --artifacts, 'current' (the registry pointer) or a directory"}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig
-
-    p = sub.add_parser("serve", help="serve Recommend/SimilarItems over gRPC",
-                       description="Starts the gRPC Recommender server for a trained version: health "
-                                   "(grpc.health.v1), reflection, Prometheus metrics, Redis or in-process "
-                                   "candidate cache. SIGTERM stops it gracefully; SIGHUP reloads the version "
-                                   "the registry points at.")
-    p.add_argument("--artifacts", default=str(default_root()), help="artifacts root (default: %(default)s)")
-    p.add_argument("--version", default="current",
-                   help="version name under --artifacts, 'current' (the registry pointer) or a directory")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="check the version's checksums before serving it")
-    p.add_argument("--log-format", choices=["text", "json"], default="json",
-                   help="json: one structured object per line (default); text: human-readable")
-    add_config_args(p.add_argument_group("server"), ServerConfig, help_text={
-        "workers": "handler threads", "max_concurrent_rpcs": "RPCs in flight before RESOURCE_EXHAUSTED",
-        "metrics_port": "Prometheus /metrics port (0 = off)", "grace_s": "seconds in-flight RPCs get on SIGTERM",
-        "engagement_weight": "default blend weight (< 0: the version's)",
-        "quality_weight": "default blend weight (< 0: the version's)",
-        "min_deadline_s": "refuse online computations with less time left than this",
-        "processes": "server processes sharing --port (SO_REUSEPORT), each with its own model copy; process i "
-                     "serves metrics on --metrics-port + i"})
-    add_config_args(p.add_argument_group("cache"), CacheConfig, help_text={
-        "redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
-        "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure"})
-    add_config_args(p.add_argument_group("request limits"), RequestLimits)
-    add_config_args(p.add_argument_group("hot swap"), HotSwapConfig, help_text={
-        "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
-                            "always reloads)",
-        "warmup_users": "known users computed on a new version before it serves",
-        "swap_mode": "in_process: each server loads and switches itself; blue_green: new server processes load "
-                     "the version, then take over the port while the old ones drain (no loader in a serving "
-                     "process)"})
-    add_config_args(p.add_argument_group("security"), SecurityConfig, help_text={
-        "tls_cert": "PEM server certificate chain (with --tls-key; empty = plaintext)",
-        "tls_key": "PEM server private key", "tls_client_ca": "PEM CA for client certificates (mutual TLS)",
-        "auth_tokens_file": "file of accepted bearer tokens, one per line",
-        "auth_tokens_env": "environment variable with comma-separated accepted tokens",
-        "max_message_bytes": "largest request/response message"})
-    p.set_defaults(func=run_serve)
-
-    c = sub.add_parser("recommend", help="call a running server (Recommend or SimilarItems)",
-                       description="A command-line client: recommendations for --user, or items similar to --item.")
-    who = c.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="user id to recommend for")
-    who.add_argument("--item", help="item id to find similar items for (SimilarItems)")
-    c.add_argument("--target", default="localhost:50051", help="server host:port (default: %(default)s)")
-    c.add_argument("-k", "--num-results", type=int, default=10, help="items to return (default: %(default)s)")
-    c.add_argument("--engagement-weight", type=float, help="blend weight; give both weights or neither")
-    c.add_argument("--quality-weight", type=float, help="blend weight; give both weights or neither")
-    c.add_argument("--exclude", nargs="*", default=[], metavar="ITEM", help="item ids not to return")
-    c.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE", help="request context entries")
-    c.add_argument("--explain", action="store_true", help="show retrieval score and stage ranks")
-    c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default: %(default)s)")
-    c.add_argument("--json", dest="as_json", action="store_true", help="print the response as JSON")
-    c.add_argument("--tls-ca", default="", help="PEM CA of the server certificate (enables TLS)")
-    c.add_argument("--tls-cert", default="", help="PEM client certificate, for mutual TLS")
-    c.add_argument("--tls-key", default="", help="PEM client private key, for mutual TLS")
-    c.add_argument("--tls-server-name", default="", help="name to expect in the server certificate")
-    c.add_argument("--token-env", default="RECSYS_TOKEN",
-                   help="environment variable holding the bearer token to send (default: %(default)s)")
-    c.set_defaults(func=run_recommend)
-
-    d = sub.add_parser("serve-demo", help="start Redis and the server, call Recommend, show the answers",
-                       description="The serving tour: starts a local redis-server (in-process cache if none is "
-                                   "installed) and the gRPC server on free ports, calls Recommend for a known user "
-                                   "(online, then cached, then re-weighted from the same cache entry), an unknown "
-                                   "user (popularity fallback) and SimilarItems, then shuts everything down.")
-    d.add_argument("--artifacts", default=str(default_root()), help="artifacts root (default: %(default)s)")
-    d.add_argument("--version", default="current", help="version to serve (default: %(default)s)")
-    d.add_argument("--users", nargs="*", default=[], metavar="USER",
-                   help="known users to recommend for (default: the two most active train users)")
-    d.add_argument("-k", "--num-results", type=int, default=5)
-    d.set_defaults(func=run_serve_demo)
+    add_command(sub, "serve", ServeConfig, run_serve, help_text={
+        "run": {**_RUN_HELP, "verify": "check the version's checksums before serving it",
+                "log_format": "json: one structured object per line; text: human-readable"},
+        "server": {
+            "workers": "handler threads", "max_concurrent_rpcs": "RPCs in flight before RESOURCE_EXHAUSTED",
+            "metrics_port": "Prometheus /metrics port (0 = off)", "grace_s": "seconds in-flight RPCs get on SIGTERM",
+            "engagement_weight": "default blend weight (< 0: the version's)",
+            "quality_weight": "default blend weight (< 0: the version's)",
+            "min_deadline_s": "refuse online computations with less time left than this",
+            "processes": "server processes sharing --port (SO_REUSEPORT), each with its own model copy; process i "
+                         "serves metrics on --metrics-port + i"},
+        "cache": {"redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
+                  "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure"},
+        "hotswap": {
+            "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
+                                "always reloads)",
+            "warmup_users": "known users computed on a new version before it serves",
+            "swap_mode": "in_process: each server loads and switches itself; blue_green: new server processes load "
+                         "the version, then take over the port while the old ones drain (no loader in a serving "
+                         "process)"},
+        "security": {
+            "tls_cert": "PEM server certificate chain (with --tls-key; empty = plaintext)",
+            "tls_key": "PEM server private key", "tls_client_ca": "PEM CA for client certificates (mutual TLS)",
+            "auth_tokens_file": "file of accepted bearer tokens, one per line",
+            "auth_tokens_env": "environment variable with comma-separated accepted tokens",
+            "max_message_bytes": "largest request/response message"}},
+        description="Starts the gRPC Recommender server for a trained version: health (grpc.health.v1), "
+                    "reflection, Prometheus metrics, Redis or in-process candidate cache. SIGTERM stops it "
+                    "gracefully; SIGHUP reloads the version the registry points at. Data and split settings are "
+                    "the version's own (its features and manifest); there are no data flags.")
+    add_command(sub, "serve-demo", ServeDemoConfig, run_serve_demo, help_text={"": {
+        **_RUN_HELP, "users": "known users to recommend for (empty = the two most active train users)"}},
+        description="The serving tour: starts a local redis-server (in-process cache if none is installed) and "
+                    "the gRPC server on free ports, calls Recommend for a known user (online, then cached, then "
+                    "re-weighted from the same cache entry), an unknown user (popularity fallback) and "
+                    "SimilarItems, then shuts everything down.")
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig, serve
+def _root(artifacts: str) -> str:
+    return artifacts or str(default_root())
+
+
+def run_serve(config: ServeConfig, args: argparse.Namespace) -> int:
+    from serving import serve
     from serving.metrics import JsonFormatter
 
-    if args.log_format == "json":
+    run = config.run
+    if run.log_format == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
-    try:
-        config = config_from_args(ServerConfig, args)
-        cache_config = config_from_args(CacheConfig, args)
-        limits = config_from_args(RequestLimits, args)
-        hotswap = config_from_args(HotSwapConfig, args)
-        security = config_from_args(SecurityConfig, args)
-    except ValueError as e:
-        raise RecsysError(str(e)) from e
-    version_dir = resolve_version(args.artifacts, args.version)  # fail fast on a bad --version
+    root = _root(run.artifacts)
+    version_dir = resolve_version(root, run.version)  # fail fast on a bad --version
     log.info("starting", extra={"event": "config", "version_dir": str(version_dir),
-                                "server": config_to_dict(config), "cache": config_to_dict(cache_config),
-                                "limits": config_to_dict(limits), "hotswap": config_to_dict(hotswap),
-                                "security": config_to_dict(security)})
-    if config.processes > 1 or hotswap.swap_mode == "blue_green":
+                                "server": config_to_dict(config.server), "cache": config_to_dict(config.cache),
+                                "limits": config_to_dict(config.limits), "hotswap": config_to_dict(config.hotswap),
+                                "security": config_to_dict(config.security)})
+    if config.server.processes > 1 or config.hotswap.swap_mode == "blue_green":
         from serving.processes import FleetSpec, serve_processes
 
-        return serve_processes(FleetSpec(str(args.artifacts), str(args.version), args.verify, config, cache_config,
-                                         limits, hotswap, security,
-                                         logging.getLevelName(logging.getLogger().level), args.log_format))
+        return serve_processes(FleetSpec(root, run.version, run.verify, config.server, config.cache,
+                                         config.limits, config.hotswap, config.security,
+                                         logging.getLevelName(logging.getLogger().level), run.log_format))
+
     def resolve():
-        return resolve_version(args.artifacts, args.version)
+        return resolve_version(root, run.version)
 
-    return serve(resolve, config, cache_config, limits, verify=args.verify, hotswap=hotswap, security=security)
-
-
-def run_recommend(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf import json_format
-
-    from protos.recsys.v1 import recommender_pb2 as pb
-    from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-
-    if (args.engagement_weight is None) != (args.quality_weight is None):
-        raise RecsysError("give both --engagement-weight and --quality-weight, or neither")
-    context = {}
-    for entry in args.context:
-        if "=" not in entry:
-            raise RecsysError(f"--context {entry!r}: expected KEY=VALUE")
-        key, value = entry.split("=", 1)
-        context[key] = value
-    from serving.security import ClientSecurity, client_channel
-
-    security = ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name,
-                              os.environ.get(args.token_env, "") if args.token_env else "")
-    with client_channel(args.target, security) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
-        try:
-            if args.item is not None:
-                response = stub.SimilarItems(pb.SimilarItemsRequest(item_id=args.item, num_results=args.num_results),
-                                             timeout=args.timeout)
-            else:
-                request = pb.RecommendRequest(user_id=args.user, num_results=args.num_results,
-                                              exclude_item_ids=args.exclude, context=context, explain=args.explain)
-                if args.engagement_weight is not None:
-                    request.weights.engagement = args.engagement_weight
-                    request.weights.quality = args.quality_weight
-                response = stub.Recommend(request, timeout=args.timeout)
-        except grpc.RpcError as e:
-            print(f"recsys recommend: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
-    if args.as_json:
-        print(json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2))
-        return 0
-    if args.item is not None:
-        print(f"items similar to {args.item} (model {response.model_version}):")
-        for rank, item in enumerate(response.items, 1):
-            print(f"{rank:>4}  {item.item_id:<20} {item.score:9.4g}")
-        return 0
-    print_recommendations(args.user, response, args.explain)
-    return 0
-
-
-def print_recommendations(user: str, response, explain: bool = False) -> None:
-    """A RecommendResponse as a table."""
-    from protos.recsys.v1 import recommender_pb2 as pb
-
-    print(f"user {user}: {len(response.items)} items from {pb.Source.Name(response.source)} "
-          f"(model {response.model_version})")
-    header = f"{'rank':>4}  {'item_id':<20} {'score':>9} {'engagement':>10} {'quality':>8}"
-    if explain:
-        header += f" {'retrieval':>9} {'r_rank':>6} {'e_rank':>6} {'q_rank':>6}"
-    print(header)
-    for rank, item in enumerate(response.items, 1):
-        # .4g, not .4f: the retrieval-fused engagement head (ranking/model.py) is often ~1e-5.
-        line = f"{rank:>4}  {item.item_id:<20} {item.score:9.4g} {item.engagement:10.4g} {item.quality:8.4f}"
-        if explain:
-            x = item.explanation
-            line += f" {x.retrieval_score:9.4f} {x.retrieval_rank:>6} {x.engagement_rank:>6} {x.quality_rank:>6}"
-        print(line)
+    return serve(resolve, config.server, config.cache, config.limits, verify=run.verify, hotswap=config.hotswap,
+                 security=config.security)
 
 
 def _start_local_redis(workdir: str):
@@ -227,7 +161,7 @@ def _response_rows(response) -> list[dict]:
              "source": source, "model_version": response.model_version} for n, i in enumerate(response.items, 1)]
 
 
-def run_serve_demo(args: argparse.Namespace) -> int:
+def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
     import tempfile
 
     import grpc
@@ -237,7 +171,7 @@ def run_serve_demo(args: argparse.Namespace) -> int:
     from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
     from serving import CacheConfig, RecommendServer, ServerConfig
 
-    version_dir = resolve_version(args.artifacts, args.version)
+    version_dir = resolve_version(_root(config.artifacts), config.version)
     with tempfile.TemporaryDirectory(prefix="recsys-redis-") as workdir:
         local_redis = _start_local_redis(workdir)
         redis_url = local_redis.url if local_redis is not None else ""
@@ -261,9 +195,9 @@ def run_serve_demo(args: argparse.Namespace) -> int:
                       "small by construction, not a calibrated probability); quality = predicted rating scaled to "
                       "[0, 1] (0 = 1★, 1 = 5★)")
                 stub = pb_grpc.RecommenderStub(channel)
-                k = args.num_results
+                k = config.num_results
                 # The vocabulary lists train users most active first.
-                users = args.users or list(model.features.vocabularies["user_id"].tokens[:2])
+                users = list(config.users) or list(model.features.vocabularies["user_id"].tokens[:2])
                 quality_heavy = pb.BlendWeights(engagement=0.2, quality=1.0)
                 calls = []
                 for user in users:

@@ -2,32 +2,48 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from core import registry
-from core.errors import ArtifactError
+from core.config import build_config
+from core.errors import ArtifactError, RecsysError
+from recsys.commands import add_command
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionsConfig:
+    artifacts: str = ""   # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromoteConfig:
+    artifacts: str = ""   # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
+    version: str = ""     # the version to point CURRENT at (also the positional VERSION)
+
+
+_ARTIFACTS_HELP = {"artifacts": "artifacts root (empty = $RECSYS_ARTIFACTS or ./artifacts)"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("versions", help="list trained artifact versions and the current one",
-                       description="Lists the version directories under --artifacts (newest last), marking the "
-                                   "one the CURRENT pointer names, with each one's headline metrics.")
-    p.add_argument("--artifacts", default="", help="artifacts root (default: $RECSYS_ARTIFACTS or ./artifacts)")
-    p.set_defaults(func=run_versions)
-    q = sub.add_parser("promote", help="point CURRENT at a version (verified first; atomic)",
-                       description="Verifies every checksum of VERSION's manifest, then replaces the CURRENT pointer "
-                                   "atomically (write a temp file, rename over). A running server watching the "
-                                   "registry swaps to it; promoting the previous version is the rollback.")
-    q.add_argument("version", help="a version name under --artifacts")
-    q.add_argument("--artifacts", default="", help="artifacts root (default: $RECSYS_ARTIFACTS or ./artifacts)")
-    q.set_defaults(func=run_promote)
+    add_command(sub, "versions", VersionsConfig, run_versions, help_text={"": _ARTIFACTS_HELP},
+                description="Lists the version directories under --artifacts (newest last), marking the "
+                            "one the CURRENT pointer names, with each one's headline metrics.")
+    q = add_command(sub, "promote", PromoteConfig, run_promote, build=_build_promote,
+                    help_text={"": {**_ARTIFACTS_HELP, "version": "the version to promote (or the positional "
+                                                                  "VERSION)"}},
+                    description="Verifies every checksum of VERSION's manifest, then replaces the CURRENT pointer "
+                                "atomically (write a temp file, rename over). A running server watching the "
+                                "registry swaps to it; promoting the previous version is the rollback.")
+    q.add_argument("positional_version", nargs="?", metavar="VERSION", default=argparse.SUPPRESS,
+                   help="a version name under --artifacts (the same as --version)")
 
 
-def _root(args: argparse.Namespace) -> str:
-    return args.artifacts or str(registry.default_root())
+def _root(artifacts: str) -> str:
+    return artifacts or str(registry.default_root())
 
 
-def run_versions(args: argparse.Namespace) -> int:
-    root = _root(args)
+def run_versions(config: VersionsConfig, args: argparse.Namespace) -> int:
+    root = _root(config.artifacts)
     names = registry.list_versions(root)
     if not names:
         print(f"no versions under {root}: run `recsys train`")
@@ -52,10 +68,22 @@ def _summary(manifest: dict) -> str:
     source = data.get("source", {}) if isinstance(data, dict) else {}
     source = source.get("source", "?") if isinstance(source, dict) else str(source)
     stages = [k for k in ("retrieval", "index", "ranking") if k in manifest]
-    return f"created {str(manifest.get('created', '?'))[:19]}  data {source}  stages {','.join(stages) or '-'}"
+    base = f"  (retriever of {manifest['base_version']})" if manifest.get("base_version") else ""
+    return f"created {str(manifest.get('created', '?'))[:19]}  data {source}  stages {','.join(stages) or '-'}{base}"
 
 
-def run_promote(args: argparse.Namespace) -> int:
-    path = registry.promote(_root(args), args.version)
-    print(f"CURRENT -> {args.version} ({path})")
+def _build_promote(args: argparse.Namespace) -> PromoteConfig:
+    """The positional VERSION is --version spelled the short way."""
+    config = build_config(PromoteConfig, args)
+    positional = getattr(args, "positional_version", "")
+    if positional and hasattr(args, "version") and args.version != positional:
+        raise RecsysError(f"two versions given: VERSION {positional!r} and --version {args.version!r}")
+    return dataclasses.replace(config, version=positional) if positional else config
+
+
+def run_promote(config: PromoteConfig, args: argparse.Namespace) -> int:
+    if not config.version:
+        raise RecsysError("give the version to promote: `recsys promote VERSION` (see `recsys versions`)")
+    path = registry.promote(_root(config.artifacts), config.version)
+    print(f"CURRENT -> {config.version} ({path})")
     return 0

@@ -13,7 +13,7 @@ BATCH_SIZE = 64  # several batches over the tiny version's ~300 users
 
 def in_memory(workers: int = 1) -> list[str]:
     """Beam flags for the fast, single-process local runner."""
-    return ["--direct_running_mode", "in_memory", "--direct_num_workers", str(workers)]
+    return ["--direct-running-mode", "in_memory", "--direct-num-workers", str(workers)]
 
 
 def batch_score(version_dir: pathlib.Path, *flags: str) -> int:

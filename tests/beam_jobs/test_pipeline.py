@@ -102,7 +102,7 @@ def test_a_rerun_on_two_worker_processes_leaves_identical_state(scored, tiny_ver
     table_before = read_scores(output)
     job_before = (output / "job.json").read_text()
     code = batch_score(tiny_version, "--redis-url", server.url, "--output", str(output),
-                       "--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
+                       "--direct-running-mode", "multi_processing", "--direct-num-workers", "2")
     assert code == 0
     assert redis_snapshot(server) == before  # same keys, byte-identical values
     assert {p.name for p in output.iterdir()} == set(files_before)  # same files, overwritten in place

@@ -29,8 +29,11 @@ def test_every_demo_step_parses_with_the_real_cli(tmp_path: pathlib.Path, quick:
 
 
 def test_data_flags_given_to_the_demo_reach_every_step_that_reads_data(tmp_path: pathlib.Path) -> None:
+    from core.config import build_config
     from recsys.commands.demo import data_flags
-    from workflows.data import data_config_from_args
+
+    def data_config_from_args(args):
+        return build_config(args.config_class, args).data
 
     parser = build_parser()
     given = ["--source", "synthetic", "--synthetic-num-users", "300", "--synthetic-popularity-exponent", "0.5",

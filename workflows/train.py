@@ -1,0 +1,378 @@
+"""Training as a function of a TrainConfig: data → split → features → each stage → one sealed version.
+
+A step is a function of a `TrainContext` that writes its artifacts into the version
+directory and adds its section to the manifest. `STEPS` lists them in order, each tagged
+with its stage; `config.run.stages` picks stages (the choices come from STAGES). Adding a stage:
+
+  1. its config dataclass as a section of TrainConfig (`section(XConfig, prefix="x_")`);
+  2. `def train_x(ctx: TrainContext) -> None` — read ctx.config.x, write into
+     ctx.version_dir/<stage>/, set ctx.manifest["<stage>"]; earlier steps' objects are in
+     ctx.state (e.g. "user_tower");
+  3. one entry in STEPS after the steps it needs: `Step("x", "what it does", train_x)`.
+
+`train(TrainConfig(...))` is what `recsys train` runs; benches call it the same way.
+With `run.base_version = V` the new version starts as a byte-identical copy of V's
+features/, retrieval/ and index/ and only the later stages are trained on V's retriever.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from core import layout, registry
+from core.config import ConfigError, build_config, config_errors, config_to_dict, flatten, section
+from features import Dataset, FeatureStore, Split, fit_feature_store
+from pipeline import PipelineConfig
+from ranking import RankerConfig
+from ranking.negatives import NegativeConfig
+from retrieval import IndexConfig, TwoTowerConfig
+from workflows.data import DataConfig, load_split
+from workflows.index import artifacts_root, build_index
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["retrieval", "ranking"]
+STAGES: tuple[str, ...] = ("retrieval", "ranking")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where the version goes, what it is built on, which stages train."""
+
+    artifacts: str = ""               # artifacts root ("" = $RECSYS_ARTIFACTS or ./artifacts)
+    new_version: str = ""             # name of the new version ("" = v<UTC time>-<random>)
+    base_version: str = ""            # reuse this version's features, retriever and index; train the later stages
+    stages: tuple[Stage, ...] = STAGES  # stages to train
+    promote: bool = True              # point CURRENT at the new version when done (if serving can load it)
+    epochs: int = 0                   # override every stage's maximum epochs (0 = each stage's own); for smoke runs
+
+    def __post_init__(self) -> None:
+        if not self.stages or len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"--stages must name each stage once, from {', '.join(STAGES)}; got {list(self.stages)}")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+        if self.epochs < 0:
+            raise ValueError(f"--epochs must be >= 0 (0 = each stage's default), got {self.epochs}")
+        if self.base_version and self.stages == ("retrieval",):
+            raise ValueError(f"--base-version {self.base_version} reuses its retriever; with --stages retrieval "
+                             "there is nothing left to train")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`recsys train`: every setting of a training run; each section lands in the manifest."""
+
+    data: DataConfig = section(DataConfig)
+    run: RunConfig = section(RunConfig, title="run")
+    retrieval: TwoTowerConfig = section(TwoTowerConfig, prefix="retrieval_", title="two-tower retrieval model")
+    index: IndexConfig = section(IndexConfig, prefix="index_", title="FAISS index")
+    ranking: RankerConfig = section(RankerConfig, prefix="ranking_", title="wide & deep ranker")
+    negatives: NegativeConfig = section(NegativeConfig, prefix="neg_", title="ranker negatives")
+    pipeline: PipelineConfig = section(PipelineConfig, prefix="pipeline_", title="serving pipeline defaults")
+
+    @property
+    def retrieval_config(self) -> TwoTowerConfig:
+        """The two-tower config with run.epochs applied."""
+        with config_errors("retrieval"):
+            return dataclasses.replace(self.retrieval, epochs=self.run.epochs) if self.run.epochs else self.retrieval
+
+    @property
+    def ranker_config(self) -> RankerConfig:
+        """The ranker config with run.epochs applied."""
+        with config_errors("ranking"):
+            return dataclasses.replace(self.ranking, epochs=self.run.epochs) if self.run.epochs else self.ranking
+
+
+@dataclasses.dataclass
+class TrainContext:
+    """What every step sees. Steps add their manifest section and may leave objects in `state`."""
+
+    config: TrainConfig
+    dataset: Dataset
+    split: Split
+    features: FeatureStore
+    version_dir: pathlib.Path
+    manifest: dict[str, Any]
+    base_dir: pathlib.Path | None = None
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One unit of training."""
+
+    stage: str
+    title: str
+    run: Callable[[TrainContext], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """The sealed version. `not_promoted` says why a version asked to be promoted was not ("" otherwise)."""
+
+    version_dir: pathlib.Path
+    manifest: dict[str, Any]
+    promoted: bool
+    not_promoted: str = ""
+
+
+def train_retrieval(ctx: TrainContext) -> None:
+    """Trains the two-tower model, exports the user tower and items.npz, records metrics."""
+    from evaluation import retrieval_validator
+    from retrieval import RetrievalEvaluator, export_model, train_two_tower
+
+    config = ctx.config.retrieval_config
+    validator = retrieval_validator()  # evaluation's metrics select the epochs
+    result = train_two_tower(ctx.features, ctx.split, config, validator)
+    exported = export_model(result.model, ctx.features, ctx.version_dir)
+    # Test metrics here are informational (nothing is selected on them); `recsys evaluate`
+    # gives the full table through the FAISS index.
+    test = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test,
+                              config.history_length, validator).evaluate(result.model)
+    ctx.manifest["retrieval"] = {
+        "config": config_to_dict(config),
+        "metrics": {"validation": result.validation, "test_exact": test,
+                    "definition": "binary gain over engaged held-out items, full catalogue, the user's earlier "
+                                  "items excluded; recall@k = hits/|relevant|"},
+        "training_seconds": round(result.training_seconds, 2),
+        "epochs_run": result.epochs_run,
+        **{k: v for k, v in result.summary().items() if k not in ("training_seconds", "epochs_run")},
+        "export": exported,
+    }
+    ctx.state["user_tower"] = result.model.user_tower
+    log.info("two-tower: test (exact) %s", ", ".join(f"{k}={v:.4f}" for k, v in test.items()))
+
+
+def train_index(ctx: TrainContext) -> None:
+    """Builds the FAISS index over this version's items.npz and records recall vs exact."""
+    users = sorted(ctx.split.train["user_id"].unique())
+    ctx.manifest["index"] = build_index(ctx.version_dir, ctx.features, users, ctx.config.index)
+
+
+def train_ranking(ctx: TrainContext) -> None:
+    """Trains the wide & deep ranker on the retriever's candidates, exports it with the
+    version's default pipeline config, and records its head diagnostics on test."""
+    from pipeline import save_pipeline_config
+    from ranking import diagnose, evaluation_rows, export_ranker, train_ranker, training_rows
+    from ranking.train import resolve_negative_source
+
+    config, neg, pipeline = ctx.config.ranker_config, ctx.config.negatives, ctx.config.pipeline
+    with config_errors("negatives"):
+        source = resolve_negative_source(ctx.split, neg)
+    have_retrieval = layout.has_retrieval(ctx.version_dir)
+    generator = None
+    if source == "window" and have_retrieval:
+        generator = _fit_only_generator(ctx, pipeline.num_candidates)
+    elif source == "sampled" and have_retrieval:
+        generator = _version_generator(ctx, pipeline.num_candidates)
+    rows = training_rows(ctx.split, ctx.features, neg, config.history_length, generator)
+    retrieval = None
+    if config.retrieval_weight > 0 and have_retrieval:
+        from retrieval import load_items
+        tower = ctx.state.get("user_tower") or _saved_user_tower(ctx.version_dir)
+        retrieval = (tower, *load_items(ctx.version_dir))
+    elif config.retrieval_weight > 0:
+        log.warning("ranker: --ranking-retrieval-weight %g ignored: this version has no retrieval model",
+                    config.retrieval_weight)
+    with config_errors("ranking"):
+        model, info = train_ranker(rows, ctx.features, config, retrieval=retrieval)
+    # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
+    test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
+    test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
+    diagnostics = diagnose(model, test_rows, ctx.features) if len(test_rows) else {}
+    export_ranker(model, layout.ranking_dir(ctx.version_dir), info)
+    save_pipeline_config(ctx.version_dir, pipeline)
+    ctx.manifest["ranking"] = {
+        "config": config_to_dict(config), "negatives": {**config_to_dict(neg), "resolved_source": source,
+                                                        "generator": None if generator is None else
+                                                        ("two-tower on split.fit" if source == "window"
+                                                         else "this version's retriever")},
+        "pipeline": config_to_dict(pipeline), "training": {k: v for k, v in info.items() if k != "history"},
+        "loss_history": info["history"], "test_diagnostics": diagnostics,
+    }
+    log.info("ranker: %d examples in %.0f s; test %s", info["examples"], info["seconds"],
+             ", ".join(f"{k}={v:.4f}" for k, v in diagnostics.items() if isinstance(v, float)))
+
+
+def _version_generator(ctx: TrainContext, n: int):
+    """user ids → this version's FAISS top-n (the user's train items excluded): the serving candidates."""
+    from retrieval import ItemIndex, UserTower
+
+    tower, index = UserTower.load(ctx.version_dir), ItemIndex.load(layout.index_dir(ctx.version_dir))
+
+    def generate(user_ids):
+        ids, _ = index.search(tower.embed_ids(ctx.features, user_ids), n, ctx.features.seen_items(user_ids))
+        return [row[row != ""] for row in ids]
+    return generate
+
+
+def _retriever_config(ctx: TrainContext) -> TwoTowerConfig:
+    """The config this version's retriever was trained with (the base version's, when reused)."""
+    trained = ctx.manifest.get("retrieval", {}).get("config")
+    if ctx.base_dir is not None and trained:
+        return build_config(TwoTowerConfig, base=flatten(TwoTowerConfig, trained))
+    return ctx.config.retrieval_config
+
+
+def _fit_only_generator(ctx: TrainContext, n: int):
+    """A two-tower retriever trained like this version's but on split.fit alone (its own feature
+    store, so neither vocabulary, history nor popularity has seen the validation window), for
+    the ranker's window examples: its top-n for a user is what serving would have retrieved
+    just before the window."""
+    import tempfile
+
+    from features import SplitConfig
+    from retrieval import ItemIndex, UserTower, export_model, load_items, train_two_tower
+
+    fit = ctx.split.fit
+    store = fit_feature_store(ctx.dataset, fit)
+    config = _retriever_config(ctx)
+    epochs = int(ctx.manifest.get("retrieval", {}).get("final_epochs") or config.epochs)
+    config = dataclasses.replace(config, epochs=max(1, epochs), refit=False)
+    log.info("ranker: training a split.fit-only two-tower (%d epochs) to generate window candidates", config.epochs)
+    result = train_two_tower(store, Split(fit, fit.iloc[:0], fit.iloc[:0], SplitConfig(val_fraction=0.0)), config)
+    with tempfile.TemporaryDirectory(prefix="recsys-fit-retriever-") as tmp:
+        export_model(result.model, store, tmp)
+        item_ids, embeddings = load_items(tmp)
+        tower = UserTower.load(tmp)
+        index = ItemIndex.build(item_ids, embeddings, IndexConfig(recall_queries=0))
+
+    def generate(user_ids):
+        ids, _ = index.search(tower.embed_ids(store, user_ids), n, store.seen_items(user_ids))
+        return [row[row != ""] for row in ids]
+    return generate
+
+
+def _saved_user_tower(version_dir: pathlib.Path):
+    """The version's exported user tower as a frozen Keras layer, for the ranker's retrieval fusion
+    when the two-tower was not trained in this run (--base-version): same inputs, same embeddings."""
+    from core.tf_env import keras, tf
+
+    loaded = tf.saved_model.load(str(layout.user_tower_dir(version_dir)))
+    signature = loaded.signatures["serving_default"]
+    specs = dict(signature.structured_input_signature[1])
+    history_length = int(loaded.history_length.numpy()) if hasattr(loaded, "history_length") else 0
+
+    class SavedUserTower(keras.layers.Layer):
+        def __init__(self) -> None:
+            super().__init__(trainable=False, name="saved_user_tower")
+            # Tracked: the loaded object (its lookup tables) and, as this layer's frozen weights, the
+            # variables the signature reads, so the ranker's SavedModel carries both.
+            self.tower = loaded
+            self.tower_variables = list(signature.variables)
+            self.feature_names = tuple(specs)
+            self.history_length = history_length
+
+        def call(self, inputs, training=False):
+            args = {k: inputs[k] if spec.dtype == tf.string else tf.cast(inputs[k], spec.dtype)
+                    for k, spec in specs.items()}
+            return signature(**args)["embedding"]
+    return SavedUserTower()
+
+
+STEPS: list[Step] = [
+    Step("retrieval", "train the two-tower model and export it", train_retrieval),
+    Step("retrieval", "build the FAISS index", train_index),
+    Step("ranking", "train the ranker on the retriever's candidates", train_ranking),
+]
+
+# What --base-version copies from the base version, byte for byte.
+_REUSED_DIRS = (layout.FEATURES_DIR, layout.RETRIEVAL_DIR, layout.INDEX_DIR)
+
+
+def base_version_dir(config: TrainConfig) -> pathlib.Path | None:
+    """The verified --base-version directory, or None; ConfigError if it holds no retriever and index."""
+    if not config.run.base_version:
+        return None
+    base = registry.resolve_version(artifacts_root(config.run.artifacts), config.run.base_version)
+    registry.verify_version(base)
+    if not (layout.user_tower_dir(base).is_dir() and layout.items_file(base).is_file()
+            and layout.index_dir(base).is_dir()):
+        raise ConfigError(f"--base-version {config.run.base_version}: {base} holds no trained retriever and index "
+                          "to reuse; train one with `recsys train --stages retrieval`")
+    return base
+
+
+def train(config: TrainConfig, loaded: tuple[Dataset, Split] | None = None) -> TrainResult:
+    """Trains `config.run.stages` into a new sealed version and promotes it if asked and servable.
+
+    `loaded`: an already loaded (dataset, split) to train on instead of `config.data`'s
+    (benches that train on an inner split); config.data is still what the manifest records.
+    """
+    started = time.perf_counter()
+    run = config.run
+    root = artifacts_root(run.artifacts)
+    base = base_version_dir(config)
+    base_manifest = registry.read_manifest(base) if base is not None else {}
+    if base is not None and base_manifest.get("data") is not None and loaded is None:
+        trained_on = flatten(DataConfig, base_manifest["data"])
+        now = flatten(DataConfig, config_to_dict(config.data))
+        differ = sorted(k for k in now if k in trained_on and _plain(trained_on[k]) != _plain(now[k]))
+        if differ:
+            raise ConfigError(f"--base-version {base.name} was trained on other data settings ({', '.join(differ)}); "
+                              "its features and retriever only fit its own split: drop those flags")
+    steps = [s for s in STEPS if s.stage in run.stages and not (base is not None and s.stage == "retrieval")]
+    dataset, split = loaded or load_split(config.data)
+    features = (FeatureStore.load(layout.features_dir(base)) if base is not None
+                else fit_feature_store(dataset, split.train))
+    version_dir = registry.start_version(root, run.new_version or None)
+    log.info("training version %s", version_dir)
+    manifest: dict[str, Any] = {
+        "data": config_to_dict(config.data),
+        "dataset": dataset.describe(),
+        "split": split.stats(),
+        "stages": [s for s in run.stages if not (base is not None and s == "retrieval")],
+        "run": config_to_dict(run),
+    }
+    ctx = TrainContext(config, dataset, split, features, version_dir, manifest, base)
+    try:
+        if base is not None:
+            for name in _REUSED_DIRS:  # byte-identical copies: their checksums carry over
+                if (base / name).is_dir():
+                    shutil.copytree(base / name, version_dir / name)
+            for key in ("retrieval", "index"):
+                if key in base_manifest:
+                    manifest[key] = base_manifest[key]
+            manifest["base_version"] = base.name
+            log.info("reusing features, retriever and index of %s", base)
+        else:
+            features.save(layout.features_dir(version_dir))
+        for step in steps:
+            log.info("[%s] %s", step.stage, step.title)
+            step.run(ctx)
+        manifest["sizes"] = {
+            "users": len(features.vocabularies["user_id"]) - 1, "items": len(features.catalogue),
+            "vocabularies": {k: len(v) for k, v in features.vocabularies.items()},
+            "bytes": sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file()),
+        }
+        manifest["train_seconds"] = round(time.perf_counter() - started, 1)
+        manifest = registry.finalize_version(version_dir, manifest)
+    except BaseException:
+        # An unfinished version has no manifest and can never be served; remove it so the
+        # same --new-version can be retried.
+        shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+    if not run.promote:
+        return TrainResult(version_dir, manifest, False)
+    if not layout.is_servable(version_dir):
+        missing = [name for name, present in (("retriever", layout.user_tower_dir(version_dir).is_dir()),
+                                              ("index", layout.index_dir(version_dir).is_dir()),
+                                              ("ranker", layout.ranking_dir(version_dir).is_dir())) if not present]
+        return TrainResult(version_dir, manifest, False,
+                           f"serving cannot load it (no {' and no '.join(missing)}); complete it with "
+                           f"`recsys train --base-version {version_dir.name}`, then `recsys promote`")
+    registry.promote(root, version_dir.name)
+    return TrainResult(version_dir, manifest, True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON round-trips turn tuples into lists; compare on lists."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
