@@ -14,8 +14,13 @@ log = logging.getLogger(__name__)
 DATA_HELP = {
     "source": {"source": "where interactions come from", "data_dir": "download cache for MovieLens",
                "movielens_path": "read a local GroupLens ml-100k/ folder instead of downloading"},
-    "files": {"interactions": "CSV/Parquet with user_id,item_id,timestamp[,rating][,engaged]",
-              "column_map": "schema=file column renames, e.g. user_id=customer"},
+    "files": {"interactions": "CSV/Parquet with user_id,item_id,timestamp[,rating][,engaged]; timestamps as epoch "
+                              "seconds or ISO-8601",
+              "column_map": "schema=file column renames for --interactions, e.g. user_id=customer",
+              "users_column_map": "schema=file column renames for --users, e.g. user_id=uid",
+              "items_column_map": "schema=file column renames for --items, e.g. item_id=sku",
+              "users": "CSV/Parquet of user features (without feature-column flags, columns are used by dtype)",
+              "items": "CSV/Parquet of item features (without feature-column flags, columns are used by dtype)"},
     "split": {"strategy": "user_temporal: last fraction per user; global_time: one cut-off; user_random: only to "
                           "compare with published random-split numbers"},
 }
