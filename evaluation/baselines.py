@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import scipy.sparse as sp
 
 from evaluation.metrics import evaluate_rankings
@@ -509,7 +508,7 @@ class ItemKNNConfig:
     tune: bool = True
     neighbors_grid: tuple[int, ...] = (10, 25, 50, 100, 200, 400)
     shrink_grid: tuple[float, ...] = (0.0, 10.0, 50.0, 200.0)
-    max_extensions: int = 2  # of the neighbours grid, past whichever edge wins
+    max_extensions: int = 3  # of the neighbours grid, past whichever edge wins (bounded by [1, I])
     tune_metric: str = "ndcg@10"
     max_items: int = 20_000  # the similarity is computed densely, O(I^2) memory
 
@@ -580,7 +579,7 @@ class ItemKNNRecommender(_ItemItemRecommender):
 
 def select_item_knn(data: EvalData, neighbors_grid: Sequence[int] = (10, 25, 50, 100, 200, 400),
                     shrink_grid: Sequence[float] = (0.0, 10.0, 50.0, 200.0), metric: str = "ndcg@10",
-                    max_extensions: int = 2) -> Selection:
+                    max_extensions: int = 3) -> Selection:
     """(neighbors, shrink) of item-kNN by `metric` on the validation carve (fit on split.fit,
     score split.validation); one similarity per shrink, pruned per neighbourhood size. The
     neighbours grid is extended past an edge (grid_search; integers within [1, I]); shrink 0
@@ -680,7 +679,7 @@ def _solve_two_block(c: sp.csr_matrix, d_a: np.ndarray, d_b: np.ndarray, rhs_a: 
     scaled = c.multiply(1.0 / d_b[None, :]).tocsr()
     schur = -(scaled @ c.T).toarray()
     schur[np.diag_indices_from(schur)] += d_a
-    x_a = scipy.linalg.solve(schur, rhs_a - scaled @ rhs_b, assume_a="pos")
+    x_a = np.linalg.solve(schur, rhs_a - scaled @ rhs_b)
     x_b = (rhs_b - c.T @ x_a) / d_b
     return x_a, x_b
 
