@@ -295,8 +295,9 @@ def select_on_validation(data: EvalData, make: Callable[[float], Recommender], g
 
 
 # -- EASE ----------------------------------------------------------------------------------
-# Half-decade steps over three decades; grid_search extends past whichever edge wins.
-EASE_LAMBDA_GRID: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+# Three decades in 1-2-5 steps (log-spaced, ratio 2-2.5: fine enough that the optimum is
+# within ~1.6x of a grid point); grid_search extends past whichever edge wins.
+EASE_LAMBDA_GRID: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
 
 
 @dataclasses.dataclass(frozen=True)
