@@ -368,8 +368,7 @@ def select_ease(data: EvalData, grid: Sequence[float] = EASE_LAMBDA_GRID, metric
         model.fit(inner)
         return _validation_metric(model, inner, metric)
 
-    sel = grid_search("ease", {"l2": grid}, score, metric, extend="l2", max_extensions=max_extensions)
-    return sel
+    return grid_search("ease", {"l2": grid}, score, metric, extend="l2", max_extensions=max_extensions)
 
 
 def select_lambda(data: EvalData, grid: Sequence[float] = EASE_LAMBDA_GRID, metric: str = "ndcg@10",
