@@ -4,7 +4,11 @@ Full-catalogue top-k per test user with train items excluded (DESIGN.md §7); ev
 a `Recommender` scored on the same `EvalData`.
 """
 from evaluation.baselines import (
+                                  BiasConfig,
+                                  BiasRecommender,
                                   EASEConfig,
+                                  EASERecencyConfig,
+                                  EASERecencyRecommender,
                                   EASERecommender,
                                   ItemKNNConfig,
                                   ItemKNNRecommender,
@@ -12,7 +16,18 @@ from evaluation.baselines import (
                                   PopularityRecommender,
                                   RandomConfig,
                                   RandomRecommender,
+                                  RatingBiases,
+                                  Selection,
+                                  bias_baseline_metrics,
+                                  fit_bias_baseline,
+                                  fit_biases,
+                                  grid_search,
                                   rank_users,
+                                  recency_history,
+                                  select_bias_reg,
+                                  select_ease,
+                                  select_ease_recency,
+                                  select_item_knn,
                                   select_lambda,
                                   select_on_validation,
                                   validation_data,
@@ -62,8 +77,10 @@ __all__ = [
     "catalogue_coverage",
     # baselines
     "RandomConfig", "RandomRecommender", "PopularityConfig", "PopularityRecommender", "EASEConfig",
-    "EASERecommender", "ItemKNNConfig", "ItemKNNRecommender", "select_lambda", "select_on_validation",
-    "validation_data", "rank_users",
+    "EASERecommender", "EASERecencyConfig", "EASERecencyRecommender", "recency_history", "ItemKNNConfig",
+    "ItemKNNRecommender", "BiasConfig", "BiasRecommender", "RatingBiases", "fit_biases", "fit_bias_baseline",
+    "bias_baseline_metrics", "Selection", "grid_search", "select_ease", "select_ease_recency", "select_item_knn",
+    "select_bias_reg", "select_lambda", "select_on_validation", "validation_data", "rank_users",
     # runner and report
     "MODEL_FACTORIES", "build_model", "model_config_class", "evaluate_models",
     "METRIC_DEFINITIONS", "ReportPaths", "data_summary", "format_table", "plot_metrics", "write_report",

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
+from evaluation.baselines import bias_baseline_metrics
 from evaluation.metrics import evaluate_rankings
 from evaluation.protocol import EvalData
 from pipeline import CandidateSet, PipelineConfig, RecommendPipeline  # TensorFlow loads only with a version
@@ -154,7 +155,9 @@ def head_diagnostics(rec: PipelineRecommender, data: EvalData, neg: NegativeConf
     retrieved candidates, half by popularity; never an item the user engaged with in train
     or test), so it is measured on the distribution the ranker serves. RMSE/MAE: the
     quality head in rating units against every rated test engagement. See
-    ranking.head_metrics for the exact definitions.
+    ranking.head_metrics for the exact definitions. bias_baseline_rmse/_mae: the bias-only
+    rating baseline μ + b_u + b_i (evaluation.baselines.bias_baseline_metrics, fit on
+    train, reg chosen on validation) on the same rated rows, the bar the quality head must clear.
     """
     from ranking import diagnose, evaluation_rows
 
@@ -168,7 +171,7 @@ def head_diagnostics(rec: PipelineRecommender, data: EvalData, neg: NegativeConf
         return [c.item_ids for c in pipeline.candidates(users)]
 
     rows = evaluation_rows(test, pipeline.features, neg, data.split.train, candidates=generator)
-    return diagnose(pipeline.ranker, rows, pipeline.features)
+    return {**diagnose(pipeline.ranker, rows, pipeline.features), **bias_baseline_metrics(data.split, rows)}
 
 
 def parse_sweep(text: str) -> list[float]:

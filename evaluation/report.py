@@ -149,7 +149,9 @@ def write_report(directory: str | pathlib.Path, results: pd.DataFrame, split_sta
 
     Args:
       directory: output directory; existing report files in it are overwritten.
-      results: evaluate_models' frame (one row per model, one column per metric).
+      results: evaluate_models' frame (one row per model, one column per metric); its
+        attrs["selection"] (hyper-parameters chosen on the validation carve, with every point
+        tried) goes to report.json "selection" and a report.md section.
       split_stats: e.g. data_summary(data): split config and sizes.
       config: the run's config (a dataclass or JSON-ready dict); saved verbatim.
       title: the markdown heading.
@@ -164,16 +166,33 @@ def write_report(directory: str | pathlib.Path, results: pd.DataFrame, split_sta
     metrics = {str(name): {str(k): _jsonable(v) for k, v in row.items()} for name, row in
                results.to_dict(orient="index").items()}
     json_path = d / "report.json"
-    json_path.write_text(json.dumps({"config": cfg, "split": summary, "metrics": metrics}, indent=2,
+    selection = _jsonable(results.attrs.get("selection", {}))
+    json_path.write_text(json.dumps({"config": cfg, "split": summary, "metrics": metrics,
+                                     **({"selection": selection} if selection else {})}, indent=2,
                                     sort_keys=False) + "\n")
     plot_path = plot_metrics(results, d / "metrics.png")
     md = [f"# {title}", "", markdown_table(results), "", "![metrics](metrics.png)", "",
+          *(_selection_markdown(selection) if selection else []),
           "## Metric definitions", "", METRIC_DEFINITIONS, "## Split", "", _split_table(summary), "",
           "```json", json.dumps(summary, indent=2), "```", "", "## Config", "", "```json",
           json.dumps(cfg, indent=2), "```", ""]
     md_path = d / "report.md"
     md_path.write_text("\n".join(md))
     return ReportPaths(markdown=md_path, json=json_path, plot=plot_path)
+
+
+def _selection_markdown(selection: dict[str, Any]) -> list[str]:
+    """report.md lines: per model, the values chosen on the validation carve and the table tried."""
+    out = ["## Hyper-parameter selection (validation carve: fit on split.fit, scored on split.validation; "
+           "never test)", ""]
+    for model, sel in selection.items():
+        chosen = ", ".join(f"{k}={v:g}" for k, v in sel["chosen"].items())
+        out += [f"### {model}: {chosen} (by validation {sel['metric']})", ""]
+        out += [f"- {msg}" for msg in sel.get("extensions", [])]
+        if sel.get("edges"):
+            out.append(f"- still on the edge of its grid: {', '.join(sel['edges'])}")
+        out += ["", markdown_table(pd.DataFrame(sel["table"]).set_index(list(sel["chosen"])[0])), ""]
+    return out
 
 
 def _split_table(summary: dict[str, Any]) -> str:

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from evaluation.baselines import (
+    BiasRecommender,
+    EASERecencyRecommender,
     EASERecommender,
     ItemKNNRecommender,
     PopularityRecommender,
@@ -31,7 +33,9 @@ MODEL_FACTORIES: dict[str, Callable[..., Recommender]] = {
     "random": RandomRecommender,
     "popularity": PopularityRecommender,
     "ease": EASERecommender,
+    "ease_recency": EASERecencyRecommender,
     "itemknn": ItemKNNRecommender,
+    "bias": BiasRecommender,
     "two_tower": TwoTowerRecommender,
     "pipeline": PipelineRecommender,
 }
@@ -67,7 +71,9 @@ def evaluate_models(data: EvalData, models: Sequence[Recommender], ks: Sequence[
 
     Returns:
       One row per model (index "model", in the given order), one column per metric of
-      evaluate_rankings, plus "fit_seconds" and "score_seconds".
+      evaluate_rankings, plus "fit_seconds" and "score_seconds". `attrs["selection"]` holds
+      {model: Selection.as_dict()} for every model that chose hyper-parameters on the
+      validation carve (a `selection` attribute set by fit); write_report records it.
     """
     if not models:
         raise ValueError("no models to evaluate")
@@ -75,7 +81,7 @@ def evaluate_models(data: EvalData, models: Sequence[Recommender], ks: Sequence[
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (they label the report rows), got {names}")
     k = max(int(v) for v in ks)
-    rows = []
+    rows, selections = [], {}
     for i, (name, model) in enumerate(zip(names, models), 1):
         log.info("[%d/%d] %s: fitting", i, len(models), name)
         t0 = time.perf_counter()
@@ -90,6 +96,10 @@ def evaluate_models(data: EvalData, models: Sequence[Recommender], ks: Sequence[
         log.info("[%d/%d] %s: scored in %.2fs; %s", i, len(models), name, score_s,
                  ", ".join(f"{key} {metrics[key]:.4f}" for key in (f"ndcg@{min(ks)}", f"recall@{k}") if key in metrics))
         rows.append({"model": name, **metrics, "fit_seconds": fit_s, "score_seconds": score_s})
+        if (sel := getattr(model, "selection", None)) is not None:
+            selections[name] = sel.as_dict()
     df = pd.DataFrame(rows).set_index("model")
     df["users"] = df["users"].astype(np.int64)
+    if selections:
+        df.attrs["selection"] = selections
     return df

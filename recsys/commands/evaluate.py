@@ -166,7 +166,10 @@ def run(config: EvaluateCommandConfig, args: argparse.Namespace) -> int:
         version = scores["model_version"].iloc[0] if len(scores) else pathlib.Path(path).name
         run_rows.append(pd.Series(evaluate_run(scores, data, cfg.ks, where=path), name=f"batch:{version}"))
     if run_rows:
+        selection = results.attrs.get("selection")  # concat drops attrs; the report records the selections
         results = pd.concat([results, pd.DataFrame(run_rows)]) if len(results) else pd.DataFrame(run_rows)
+        if selection:
+            results.attrs["selection"] = selection
     if results.empty:
         raise ConfigError("nothing to evaluate: give --models, --run-files and/or --batch-output")
     results.index.name = "model"

@@ -12,6 +12,7 @@ from evaluation import (
     MODEL_FACTORIES,
     EASEConfig,
     EASERecommender,
+    ItemKNNConfig,
     ItemKNNRecommender,
     PopularityRecommender,
     RandomRecommender,
@@ -37,7 +38,7 @@ def ml_data(movielens):
 def _models():
     # λ fixed at the value validation selects (select_lambda is tested on synthetic data) to keep this fast.
     return [RandomRecommender(), PopularityRecommender(), EASERecommender(EASEConfig(l2=100.0, tune=False)),
-            ItemKNNRecommender()]
+            ItemKNNRecommender(ItemKNNConfig(tune=False))]
 
 
 def test_baselines_on_movielens_are_ordered_and_identical_across_runs(ml_data):
@@ -77,7 +78,7 @@ def test_registry_builds_every_model_and_its_config_round_trips_through_flags():
     cfg = config_from_args(EASEConfig, parser.parse_args(["--ease-l2", "250", "--no-ease-tune",
                                                           "--ease-lambda-grid", "10", "20"]), prefix="ease_")
     assert cfg == EASEConfig(l2=250.0, tune=False, lambda_grid=(10.0, 20.0))
-    with pytest.raises(ValueError, match="unknown model 'nope'; choose from ease, itemknn"):
+    with pytest.raises(ValueError, match="unknown model 'nope'; choose from bias, ease, ease_recency, itemknn"):
         build_model("nope")
 
 
@@ -101,6 +102,27 @@ def test_write_report_writes_markdown_strict_json_and_png(tmp_path, ml_data):
     assert report["split"]["evaluated_users"] == 943 and report["split"]["catalogue_items"] == 1682
     assert report["config"]["split"]["strategy"] == "user_temporal"
     assert paths.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_selections_on_validation_are_recorded_in_the_report(tmp_path, small_synthetic):
+    split = split_interactions(small_synthetic.interactions, SplitConfig())
+    data = build_eval_data(small_synthetic, split, fit_feature_store(small_synthetic, split.train))
+    models = [PopularityRecommender(), EASERecommender(EASEConfig(lambda_grid=(10.0, 100.0, 1000.0))),
+              build_model("ease_recency", model_config_class("ease_recency")(lambda_grid=(100.0, 1000.0),
+                                                                              decay_grid=(1.0, 0.5))),
+              ItemKNNRecommender(ItemKNNConfig(neighbors_grid=(10, 20), shrink_grid=(0.0,))), build_model("bias")]
+    results = evaluate_models(data, models, ks=(10,))
+    paths = write_report(tmp_path, results, data_summary(data))
+    report = json.loads(paths.json.read_text())
+    sel = report["selection"]
+    assert set(sel) == {"ease", "ease_recency", "itemknn", "bias"}
+    assert sel["ease"]["chosen"] == {"l2": models[1].l2} and sel["ease"]["metric"] == "ndcg@10"
+    assert [row["l2"] for row in sel["ease"]["table"]][:3] == [10.0, 100.0, 1000.0]
+    assert set(sel["ease_recency"]["chosen"]) == {"l2", "decay"} and set(sel["itemknn"]["chosen"]) == {
+        "shrink", "neighbors"}
+    assert sel["bias"]["metric"] == "rmse"
+    md = paths.markdown.read_text()
+    assert "## Hyper-parameter selection" in md and f"### ease: l2={models[1].l2:g}" in md
 
 
 def test_format_table_aligns_columns():
