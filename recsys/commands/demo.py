@@ -61,7 +61,8 @@ def demo_steps(work: pathlib.Path, quick: bool = False,
     artifacts, reports, batch = work / "artifacts", work / "reports", work / "batch"
     data = list(data_args)
     train = ["train", *data, "--artifacts", str(artifacts)] + (["--epochs", "2"] if quick else [])
-    evaluate = ["evaluate", *data, "--models", "random", "popularity", "ease", "itemknn", "two_tower", "pipeline",
+    evaluate = ["evaluate", *data, "--models", "random", "popularity", "ease", "ease_recency", "itemknn", "two_tower",
+                "pipeline",
                 "--artifacts", str(artifacts), "--batch-output", str(batch), "--sweep-blend", "0:1:6",
                 "--report-dir", str(reports / "evaluation")]
     return [
