@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="server micro-batch size for the batched servers (default: ServerConfig's)")
     p.add_argument("--batch-max-wait-s", type=float, default=None,
                    help="server micro-batch wait (default: ServerConfig's)")
+    p.add_argument("--batch-workers", type=int, default=None,
+                   help="batches computed at once per server (default: ServerConfig's)")
     p.add_argument("--tf-intra-op-threads", type=int, default=None, help="TF threads (default: ServerConfig's)")
     p.add_argument("--tf-inter-op-threads", type=int, default=None, help="TF threads (default: ServerConfig's)")
     p.add_argument("--reference-batch", type=int, default=256,
@@ -327,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = ServerConfig()
     batching = {"batch_max_users": a.batch_max_users if a.batch_max_users is not None else defaults.batch_max_users,
                 "batch_max_wait_s": a.batch_max_wait_s if a.batch_max_wait_s is not None else defaults.batch_max_wait_s,
+                "batch_workers": a.batch_workers if a.batch_workers is not None else defaults.batch_workers,
                 "tf_intra_op_threads": (a.tf_intra_op_threads if a.tf_intra_op_threads is not None
                                         else defaults.tf_intra_op_threads),
                 "tf_inter_op_threads": (a.tf_inter_op_threads if a.tf_inter_op_threads is not None
@@ -616,7 +619,7 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
     cfg = results["server_config"]
     print(f"\nconcurrency {a.concurrency} (hits) / {a.miss_concurrency} (misses), {a.rounds} rounds, server: sync "
           f"thread pool x {a.workers} workers, {a.processes} process(es), batching {cfg['batch_max_users']} users / "
-          f"{cfg['batch_max_wait_s'] * 1e3:g} ms, TF threads intra {cfg['tf_intra_op_threads']} inter "
+          f"{cfg['batch_max_wait_s'] * 1e3:g} ms / {cfg['batch_workers']} workers, TF threads intra {cfg['tf_intra_op_threads']} inter "
           f"{cfg['tf_inter_op_threads']}")
     print("| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
     print("|---|---:|---:|---:|---:|---:|---|")

@@ -2,12 +2,12 @@
 one ranker call for every user whose candidates are being computed at the same moment.
 
 A request thread that needs a user's candidates `compute`s them here instead of calling
-`RecommendPipeline.candidates([user])` itself; the worker calls
-`RecommendPipeline.candidates_each(users)` for the batch. One worker thread takes what is queued: the
-batch closes when it holds `max_users`, when the first queued request has waited
-`max_wait_s`, or early enough that the tightest queued deadline can still be met (the
-deadline less the recent batch compute time, and never after half a request's time budget). Requests that queue while a batch computes
-form the next batch, so under load batches grow without any wait at all.
+`RecommendPipeline.candidates([user])` itself. A free worker thread takes what is queued and
+calls `RecommendPipeline.candidates_each(users)`: the batch closes when it holds `max_users`,
+when the first queued request has waited `max_wait_s`, or early enough that the tightest
+queued deadline can still be met (the deadline less the recent batch compute time, and never
+after half a request's time budget). Requests that queue while batches compute form the next
+batch, so under load batches grow without any wait at all.
 
 Answers are the unbatched ones, bit for bit: `candidates_each` shares model calls only in
 layouts checked to reproduce `candidates([user])` (a plain batched call may round differently
@@ -48,16 +48,21 @@ class CandidateBatcher:
       max_users: the largest batch (users per candidates() call), >= 1.
       max_wait_s: how long the first request of a batch may wait for batch-mates, >= 0.
         0 = no wait: a batch is whatever queued while the previous one computed.
+      workers: worker threads, each computing one batch at a time. Model calls release the
+        GIL, so with one TF thread per op, one worker per core keeps every core busy while
+        batches still form from what queues during a computation.
       clock: monotonic seconds (injected by tests).
       on_batch: called with (users in the batch, seconds it took) after each batch (metrics).
     """
 
-    def __init__(self, max_users: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, max_users: int, max_wait_s: float, workers: int = 1, clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         if max_users < 1:
             raise ValueError(f"max_users must be >= 1, got {max_users}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.max_users = max_users
         self.max_wait_s = max_wait_s
         self._clock = clock
@@ -66,8 +71,10 @@ class CandidateBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._compute_s = 0.0  # recent batch compute time (EWMA): how early a deadline closes a batch
-        self._thread = threading.Thread(target=self._run, name="candidate-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"candidate-batcher-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     # -- request threads ----------------------------------------------------------------
     def submit(self, model: Any, user_id: str, timeout: float | None = None) -> concurrent.futures.Future:
@@ -102,8 +109,9 @@ class CandidateBatcher:
         """Finishes what is queued, then stops the worker."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     # -- the worker ---------------------------------------------------------------------
     def _take(self) -> list[_Pending] | None:

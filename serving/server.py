@@ -83,6 +83,7 @@ class ServerConfig:
     # one user-tower call, FAISS search and ranker call; 0 = off (each miss computes alone).
     batch_max_users: int = 64
     batch_max_wait_s: float = 0.002    # the first request of a batch waits at most this for batch-mates
+    batch_workers: int = 2             # batches computed at once (threads); one per core with 1 TF thread each
     # TensorFlow's thread pools in this process (0 = TF's default: one thread per core each).
     # Measured on 2 cores (bench/RESULTS.md, issue 14): intra 1 / inter 1 serves the most misses.
     tf_intra_op_threads: int = 1
@@ -104,9 +105,9 @@ class ServerConfig:
             raise ValueError(f"--grace-s must be >= 0, got {self.grace_s}")
         if self.processes < 1:
             raise ValueError(f"--processes must be >= 1, got {self.processes}")
-        if self.batch_max_users < 0 or self.batch_max_wait_s < 0:
-            raise ValueError(f"--batch-max-users and --batch-max-wait-s must be >= 0, got {self.batch_max_users}, "
-                             f"{self.batch_max_wait_s}")
+        if self.batch_max_users < 0 or self.batch_max_wait_s < 0 or self.batch_workers < 1:
+            raise ValueError(f"--batch-max-users and --batch-max-wait-s must be >= 0 and --batch-workers >= 1, got "
+                             f"{self.batch_max_users}, {self.batch_max_wait_s}, {self.batch_workers}")
         if self.gil_switch_interval_s < 0:
             raise ValueError(f"--gil-switch-interval-s must be >= 0 (0 = Python's default), got "
                              f"{self.gil_switch_interval_s}")
@@ -145,7 +146,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 batch_users.observe(users)
                 batch_seconds.observe(seconds)
 
-            self.batcher = CandidateBatcher(config.batch_max_users, config.batch_max_wait_s, on_batch=on_batch)
+            self.batcher = CandidateBatcher(config.batch_max_users, config.batch_max_wait_s, config.batch_workers,
+                                            on_batch=on_batch)
 
     def close(self) -> None:
         """Stops the batch worker (after the batches already queued)."""
