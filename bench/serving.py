@@ -12,11 +12,14 @@ process, the server in child processes) for:
   (c0) the same on a server with batching off (today's behaviour before issue 14)
   (d) the servicer's cache-miss path called in-process, without gRPC, at the same concurrency
   (e) RecommendPipeline.candidates() in-process, `--reference-batch` users per call: what the
-      models cost when fed in bulk — the reference for (c)'s throughput
+      models cost when fed in bulk — the reference for (c)'s throughput (this process has the
+      server's TF/FAISS thread settings)
+  (e') the same in a process of its own with TensorFlow's and FAISS's default threads (both cores)
   paced: an open-loop load at `--paced-fraction` of (c)'s (and (c0)'s) measured throughput
   (a') / (b') a second server with the near cache off: every hit is a Redis MGET + decode + blend
-Targets: (b)/(a) >= 0.8, (b')/(a') >= 0.6, (c)/(e) >= 0.6 in throughput; paced p99 <= 3 × p50.
-(a) and (b) alternate round by round, and so do (c), (c0), (d) and (e), so machine noise hits all.
+Targets: (b)/(a) >= 0.8, (b')/(a') >= 0.6, (c)/(e) and (c)/(e') >= 0.6 in throughput; paced
+p99 <= 3 × p50. (a) and (b) alternate round by round, and so do (c), (c0), (d), (e) and (e'), so
+machine noise hits all.
 
 `--compare-stacks` also measures the server models the server could use — the sync
 thread pool, grpc.aio, and several sync processes sharing the port (SO_REUSEPORT) — on
@@ -61,6 +64,51 @@ def _empty_handler():
     return grpc.method_handlers_generic_handler("recsys.bench.Bench", {
         "Empty": grpc.unary_unary_rpc_method_handler(lambda request, context: b""),
     })
+
+
+def reference_main(argv: list[str]) -> int:
+    """`bench/serving.py reference VERSION_DIR BATCH INTRA INTER`: for each line on stdin, one round of
+    RecommendPipeline.candidates() over every train user, BATCH users per call; prints "<n> <seconds>"."""
+    version_dir, batch, intra, inter = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    from core.tf_env import limit_threads
+
+    limit_threads(intra, inter)
+    from pipeline import RecommendPipeline
+
+    pipeline = RecommendPipeline.from_version_dir(version_dir, verify=False)
+    users = list(pipeline.features.vocabularies["user_id"].tokens)
+    pipeline.candidates(users[:batch])  # warm the batch shape
+    print("READY", flush=True)
+    for _ in sys.stdin:
+        t = time.perf_counter()
+        for lo in range(0, len(users), batch):
+            pipeline.candidates(users[lo:lo + batch])
+        print(len(users), time.perf_counter() - t, flush=True)
+    return 0
+
+
+class ReferenceProcess:
+    """A child running reference_main: (e') in its own process, with TF's own thread defaults."""
+
+    def __init__(self, version_dir: str, batch: int, intra: int = 0, inter: int = 0) -> None:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve()), "reference", version_dir,
+                                      str(batch), str(intra), str(inter)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        if self.proc.stdout.readline().strip() != "READY":
+            self.close()
+            raise RuntimeError("the reference process did not start; run it alone to see its error")
+
+    def round(self) -> tuple[list[float], float]:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        n, seconds = self.proc.stdout.readline().split()
+        return [float(seconds) / int(n)] * int(n), float(seconds)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(30)
 
 
 def child_main(argv: list[str]) -> int:
@@ -274,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["child"]:
         return child_main(argv[1:])
+    if argv[:1] == ["reference"]:
+        return reference_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
@@ -388,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             local.servicer.answer(validate_recommend(r, limits))
         pipeline = local.servicer.model
         pipeline.candidates(miss_users[:a.reference_batch])  # warm the reference's batch shape
+        results["f_decode_blend"] = decode_blend_us(pipeline, hit_users[:64], k)
         queries = [validate_recommend(q, limits) for q in miss_requests]
         d_sources: dict[str, int] = {}
 
@@ -412,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             servers.close()
 
-        rounds: dict[str, list] = {"c": [], "c0": [], "d": [], "e": []}
+        rounds: dict[str, list] = {"c": [], "c0": [], "d": [], "e": [], "e2": []}
         paced: dict[str, dict] = {}
         if not a.misses:
             local.stop(0)
@@ -420,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             # Cache misses: servers without the near cache and Redis flushed before every round, so
             # every request of a round is a cold computation; batched (c), unbatched (c0), the servicer
             # in process (d) and the in-process batched reference (e) alternate round by round.
+            reference = ReferenceProcess(version_dir, a.reference_batch)  # (e'): TF's default threads
             miss_servers = {"batched": ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
                                                        batching)}
             if a.unbatched:
@@ -437,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush()
                     rounds["d"].append(drive_threads(in_process, a.miss_concurrency, 1e9, m))
                     rounds["e"].append(reference_round())
+                    rounds["e2"].append(reference.round())
                 if a.paced:
                     for key, label in (("c", "batched"), ("c0", "unbatched")):
                         if label not in miss_servers:
@@ -449,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for srv in miss_servers.values():
                     srv.close()
+                reference.close()
                 local.stop(0)
 
         sweep = {}
@@ -481,11 +535,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["c0_cache_miss_rpc_unbatched"] = merge(rounds["c0"])
             results["d_online_in_process"] = merge(rounds["d"], sources=d_sources)
             results["e_candidates_batched_in_process"] = merge(rounds["e"])
+            results["e2_candidates_batched_tf_default_threads"] = merge(rounds["e2"])
             rc, rd, re_ = (results[x] for x in ("c_cache_miss_rpc", "d_online_in_process",
                                                 "e_candidates_batched_in_process"))
             results["ratios"].update({
                 "c_over_e_throughput": round(rc["throughput_rps"] / re_["throughput_rps"], 3),
                 "c_over_e_throughput_per_round": per_round(rounds["e"], rounds["c"]),
+                "c_over_e2_throughput": round(rc["throughput_rps"]
+                                              / results["e2_candidates_batched_tf_default_threads"]["throughput_rps"], 3),
+                "c_over_e2_throughput_per_round": per_round(rounds["e2"], rounds["c"]),
                 "c_over_d_p50": round(rc["p50_ms"] / rd["p50_ms"], 3),
                 "c_over_d_p99": round(rc["p99_ms"] / rd["p99_ms"], 3),
             })
@@ -566,6 +624,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def decode_blend_us(pipeline, users: list[str], k: int, calls: int = 2000) -> dict:
+    """(f): µs per CandidateSet.from_bytes + blend_top_k of these users' real entries, as a Redis hit
+    without the decoded-entry reuse does it (best of 5 rounds; plus each part alone)."""
+    from pipeline import CandidateSet
+
+    raws = [c.to_bytes() for c in pipeline.candidates(users)]
+    decoded = [CandidateSet.from_bytes(r) for r in raws]
+    weights = pipeline.default_weights
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for i in range(calls):
+                fn(i % len(raws))
+            times.append((time.perf_counter() - t) / calls * 1e6)
+        return round(min(times), 2)
+
+    return {"candidates": int(np.mean([len(c) for c in decoded])), "k": k,
+            "decode_us": best(lambda i: CandidateSet.from_bytes(raws[i])),
+            "blend_top_k_us": best(lambda i: pipeline.blend_top_k(decoded[i], weights, k)),
+            "decode_blend_us": best(lambda i: pipeline.blend_top_k(CandidateSet.from_bytes(raws[i]), weights, k))}
+
+
 async def paced_load(port: int, call: Callable[[Client, int], Awaitable], rate: float, n: int,
                      channels: int) -> tuple[list[float], float]:
     """Open loop: request i is sent at start + i / rate whatever the earlier ones are doing; its
@@ -628,7 +710,9 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
                        ("c0_cache_miss_rpc_unbatched", "(c0) Recommend, cache miss, batching off"),
                        ("d_online_in_process", "(d) servicer in-process (no gRPC), cache miss"),
                        ("e_candidates_batched_in_process",
-                        f"(e) candidates() in-process, {a.reference_batch} users per call (reference; per user)")):
+                        f"(e) candidates() in-process, {a.reference_batch} users per call (reference; per user)"),
+                       ("e2_candidates_batched_tf_default_threads",
+                        "(e') the same in its own process, TF's default threads (reference; per user)")):
         if key in results:
             print(_row(label, results[key]))
     for label, r in results.get("paced", {}).items():
@@ -641,6 +725,10 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
         r0 = results["redis_hits_no_decoded_reuse"]
         print(_row("(a'') empty RPC, third server", r0["a_empty_rpc"]))
         print(_row("(b'') Redis hit, near cache and decoded-entry reuse off", r0["b_cache_hit"]))
+    f = results["f_decode_blend"]
+    print(f"\n(f) decode + blend_top_k of one {f['candidates']}-candidate entry (k {f['k']}), in-process: "
+          f"{f['decode_blend_us']} µs (decode {f['decode_us']} µs, blend_top_k {f['blend_top_k_us']} µs)  "
+          f"target <= 100 µs")
     ratios = results["ratios"]
     print(f"\n(b)/(a) throughput: {ratios['b_over_a_throughput']} over all rounds, median round "
           f"{ratios['b_over_a_throughput_median_round']} (per round {ratios['b_over_a_throughput_per_round']})"
@@ -657,6 +745,9 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
     if "c_over_e_throughput" in ratios:
         print(f"(c)/(e) throughput: {ratios['c_over_e_throughput']} (per round "
               f"{ratios['c_over_e_throughput_per_round']})  target >= 0.6")
+    if "c_over_e2_throughput" in ratios:
+        print(f"(c)/(e') throughput: {ratios['c_over_e2_throughput']} (per round "
+              f"{ratios['c_over_e2_throughput_per_round']})  target >= 0.6")
     if "c0_over_e_throughput" in ratios:
         print(f"(c0)/(e) throughput, batching off: {ratios['c0_over_e_throughput']}; answers identical batched vs "
               f"unbatched: {ratios['answers_identical']} of {ratios['answers_compared']}")

@@ -49,8 +49,8 @@ class CandidateBatcher:
       max_wait_s: how long the first request of a batch may wait for batch-mates, >= 0.
         0 = no wait: a batch is whatever queued while the previous one computed.
       workers: worker threads, each computing one batch at a time. Model calls release the
-        GIL, so with one TF thread per op, one worker per core keeps every core busy while
-        batches still form from what queues during a computation.
+        GIL, so one worker's Python work (features, CandidateSets) overlaps another's model
+        calls, while batches still form from what queues during a computation.
       clock: monotonic seconds (injected by tests).
       on_batch: called with (users in the batch, seconds it took) after each batch (metrics).
     """

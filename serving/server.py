@@ -9,7 +9,8 @@ FAISS calls that release the GIL plus blocking Redis I/O, which threads overlap 
 Per Recommend: validate → unknown user? popularity FALLBACK → cache (Redis or in-process)
 → on a miss compute once per user (single-flight): user tower → FAISS top-N without the
 user's train items → ranker (both heads) → store → blend with the request's weights →
-drop excluded items → top-k.
+drop excluded items → top-k. Concurrent misses share those model calls (serving/batcher.py,
+`batch_*` fields; answers identical to computing each user alone).
 """
 from __future__ import annotations
 
@@ -83,11 +84,12 @@ class ServerConfig:
     # one user-tower call, FAISS search and ranker call; 0 = off (each miss computes alone).
     batch_max_users: int = 64
     batch_max_wait_s: float = 0.002    # the first request of a batch waits at most this for batch-mates
-    batch_workers: int = 2             # batches computed at once (threads); one per core with 1 TF thread each
+    batch_workers: int = 2             # batches computed at once (threads): one computes while the next forms
     # TensorFlow's thread pools in this process (0 = TF's default: one thread per core each).
-    # Measured on 2 cores (bench/RESULTS.md, issue 14): intra 1 / inter 1 serves the most misses.
-    tf_intra_op_threads: int = 1
-    tf_inter_op_threads: int = 1
+    # Measured on 2 cores (bench/RESULTS.md, issue 14): the defaults (= 2/2 there) served ~30% more
+    # misses than 1/1 with two batch workers; with --processes N, give each process cores/N.
+    tf_intra_op_threads: int = 0
+    tf_inter_op_threads: int = 0
     # FAISS's OpenMP threads in this process (0 = FAISS's default, one per core). On a busy host
     # OpenMP's spinning threads made a 32-query search 4.5x slower than one thread (issue 14).
     faiss_threads: int = 1
