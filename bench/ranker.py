@@ -1,18 +1,23 @@
-"""Ranker scoring throughput: the exported SavedModel signature vs the in-memory Keras model.
+"""Ranker scoring throughput: the exported SavedModel signature vs the traced model and a FLOP bound.
 
 Trains the default-architecture wide & deep ranker (RankerConfig defaults: ids, side
 features, 50-item history, wide crosses, 128-64 bottom, two heads) on MovieLens-100k for
 one epoch, exports it, loads it back with ranking.Ranker, and scores the same (user, item)
 pairs in batches of 1, 50, 200 and 1000 through:
 
-  keras_eager     model(batch, training=False) on the in-memory Keras model — the reference
-  keras_graph     the same model call traced once as a tf.function (ranking.predict's path)
+  keras_graph     model(batch, training=False) traced once as a tf.function (ranking.predict's
+                  path) — the reference: the same graph with no export or conversion around it
+  keras_eager     the same call run eagerly, op by op (for scale; not a reference)
   saved_model     the loaded SavedModel's serving signature, same input tensors
   ranker_score    Ranker.score end to end: raw numpy feature dicts in, numpy heads out
                   (includes building the string tensors, as serving does)
+  flop_bound      what the dense layers alone would allow: this run's measured float32 matmul
+                  rate (TF, same thread settings) / the model's dense multiply-adds per pair
+                  (2 × Σ in·out over Dense layers); embedding lookups, string hashing and the
+                  wide part are not counted, so no path can reach it
 
 Every figure is pairs/s (best of `--repeats` timed rounds of `--calls` calls, after a warm-up)
-and its ratio to keras_eager at the same batch size in the same run; the scores of the
+and its ratio to keras_graph at the same batch size in the same run; the scores of the
 SavedModel and the traced Keras call are checked to be identical first.
 
   nice -n 10 .venv/bin/python bench/ranker.py
@@ -52,6 +57,23 @@ def timed(fn, calls: int, repeats: int) -> float:
     return best
 
 
+def dense_flops_per_pair(model) -> int:
+    """2 × Σ in·out over the model's Dense layers: the multiply-adds of one (user, item) pair."""
+    from core.tf_env import keras
+
+    return sum(2 * int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+               for layer in model.submodules if isinstance(layer, keras.layers.Dense))
+
+
+def matmul_flops_per_s(repeats: int) -> float:
+    """This process's float32 matmul rate through TensorFlow (the thread settings in force)."""
+    a = tf.random.stateless_normal([512, 512], seed=[1, 2])
+    b = tf.random.stateless_normal([512, 512], seed=[3, 4])
+    mm = tf.function(lambda: tf.matmul(a, b))
+    secs = timed(lambda: mm().numpy(), 20, repeats)
+    return 2 * 512 ** 3 / secs
+
+
 def to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return {k: tf.constant(v.astype(str)) if v.dtype == object else tf.constant(v.astype(np.float32))
             for k, v in inputs.items()}
@@ -86,6 +108,11 @@ def main() -> int:
     user_raw = user_inputs(features, users, config.history_length)
     item_raw = features.item_features(items)
     graph = _graph_call(model)
+    flops_pair = dense_flops_per_pair(model)
+    flops_rate = matmul_flops_per_s(args.repeats)
+    bound = flops_rate / flops_pair
+    print(f"dense multiply-adds per pair: {flops_pair / 2:,.0f}; measured matmul rate {flops_rate / 1e9:.1f} GFLOP/s "
+          f"→ FLOP bound {bound:,.0f} pairs/s", flush=True)
     results = []
     for b in args.batches:
         inputs = ranker_inputs({k: v[:b] for k, v in user_raw.items()}, {k: v[:b] for k, v in item_raw.items()})
@@ -96,30 +123,35 @@ def main() -> int:
         same = all(np.array_equal(sm[h].numpy(), np.asarray(kg[h]).reshape(-1)) for h in ("engagement", "quality"))
         calls = args.calls or int(np.clip(20_000 // b, 20, 400))
         secs = {
-            "keras_eager": timed(lambda: model(tensors, training=False), calls, args.repeats),
+            # Eager costs ~250 ms a call whatever the batch: a few calls are enough to show it.
+            "keras_eager": timed(lambda: model(tensors, training=False), min(calls, 5), args.repeats),
             "keras_graph": timed(lambda: graph(tensors), calls, args.repeats),
             "saved_model": timed(lambda: fn(**{k: tensors[k] for k in ranker.input_names}), calls, args.repeats),
             "ranker_score": timed(lambda: ranker.score({k: v[:b] for k, v in user_raw.items()},
                                                        {k: v[:b] for k, v in item_raw.items()}), calls, args.repeats),
         }
-        ref = secs["keras_eager"]
+        ref = secs["keras_graph"]
         row = {"batch": b, "calls": calls, "identical_scores": bool(same),
                **{f"{k}_pairs_per_s": b / v for k, v in secs.items()},
-               **{f"{k}_vs_keras_eager": ref / v for k, v in secs.items()}}
+               **{f"{k}_vs_keras_graph": ref / v for k, v in secs.items()},
+               "flop_bound_pairs_per_s": bound, "flop_bound_vs_keras_graph": bound * ref / b}
         results.append(row)
         print(f"batch {b:5d}: " + ", ".join(f"{k} {b / v:,.0f} pairs/s ({ref / v:.2f}×)" for k, v in secs.items())
               + f"; SavedModel == traced Keras: {same}", flush=True)
 
-    print("\n| batch | Keras eager (reference) | Keras traced | SavedModel signature | Ranker.score (numpy in/out) |")
-    print("|---:|---:|---:|---:|---:|")
+    print("\n| batch | Keras traced (reference) | SavedModel signature | Ranker.score (numpy in/out) | Keras eager "
+          "| FLOP bound |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        cells = [f"{r[f'{k}_pairs_per_s']:,.0f} ({r[f'{k}_vs_keras_eager']:.2f}×)"
-                 for k in ("keras_eager", "keras_graph", "saved_model", "ranker_score")]
+        cells = [f"{r[f'{k}_pairs_per_s']:,.0f} ({r[f'{k}_vs_keras_graph']:.2f}×)"
+                 for k in ("keras_graph", "saved_model", "ranker_score", "keras_eager")]
+        cells.append(f"{r['flop_bound_pairs_per_s']:,.0f} ({r['flop_bound_vs_keras_graph']:.1f}×)")
         print(f"| {r['batch']} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                       "config": vars(args), "results": results}, f, indent=2)
+                       "config": vars(args), "dense_flops_per_pair": flops_pair, "matmul_flops_per_s": flops_rate,
+                       "results": results}, f, indent=2)
     tmp.cleanup()
     return 0
 

@@ -6,11 +6,20 @@
 Bounded concurrent load (`--concurrency` requests in flight, a grpc.aio client in this
 process, the server in child processes) for:
   (a) an empty RPC on the same server stack (same grpc.server, thread pool, limits) — the reference
-  (b) Recommend answered from the Redis cache
-  (c) Recommend on a cache miss: the full online path (user tower → FAISS → ranker → blend)
-  (d) the same online computation as (c) called in-process, without gRPC, at the same concurrency
-Targets: throughput(b) >= 0.8 × throughput(a); latency(c) <= 1.5 × latency(d) at p50/p95/p99.
-(a) and (b) alternate round by round, and so do (c) and (d), so machine noise hits both.
+  (b) Recommend answered from the server's near cache
+  (c) Recommend on a cache miss: the full online path (user tower → FAISS → ranker → blend),
+      concurrent misses micro-batched (serving/batcher.py), `--miss-concurrency` in flight
+  (c0) the same on a server with batching off (today's behaviour before issue 14)
+  (d) the servicer's cache-miss path called in-process, without gRPC, at the same concurrency
+  (e) RecommendPipeline.candidates() in-process, `--reference-batch` users per call: what the
+      models cost when fed in bulk — the reference for (c)'s throughput (this process has the
+      server's TF/FAISS thread settings)
+  (e') the same in a process of its own with TensorFlow's and FAISS's default threads (both cores)
+  paced: an open-loop load at `--paced-fraction` of (c)'s (and (c0)'s) measured throughput
+  (a') / (b') a second server with the near cache off: every hit is a Redis MGET + decode + blend
+Targets: (b)/(a) >= 0.8, (b')/(a') >= 0.6, (c)/(e) and (c)/(e') >= 0.6 in throughput; paced
+p99 <= 3 × p50. (a) and (b) alternate round by round, and so do (c), (c0), (d), (e) and (e'), so
+machine noise hits all.
 
 `--compare-stacks` also measures the server models the server could use — the sync
 thread pool, grpc.aio, and several sync processes sharing the port (SO_REUSEPORT) — on
@@ -57,6 +66,51 @@ def _empty_handler():
     })
 
 
+def reference_main(argv: list[str]) -> int:
+    """`bench/serving.py reference VERSION_DIR BATCH INTRA INTER`: for each line on stdin, one round of
+    RecommendPipeline.candidates() over every train user, BATCH users per call; prints "<n> <seconds>"."""
+    version_dir, batch, intra, inter = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    from core.tf_env import limit_threads
+
+    limit_threads(intra, inter)
+    from pipeline import RecommendPipeline
+
+    pipeline = RecommendPipeline.from_version_dir(version_dir, verify=False)
+    users = list(pipeline.features.vocabularies["user_id"].tokens)
+    pipeline.candidates(users[:batch])  # warm the batch shape
+    print("READY", flush=True)
+    for _ in sys.stdin:
+        t = time.perf_counter()
+        for lo in range(0, len(users), batch):
+            pipeline.candidates(users[lo:lo + batch])
+        print(len(users), time.perf_counter() - t, flush=True)
+    return 0
+
+
+class ReferenceProcess:
+    """A child running reference_main: (e') in its own process, with TF's own thread defaults."""
+
+    def __init__(self, version_dir: str, batch: int, intra: int = 0, inter: int = 0) -> None:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve()), "reference", version_dir,
+                                      str(batch), str(intra), str(inter)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        if self.proc.stdout.readline().strip() != "READY":
+            self.close()
+            raise RuntimeError("the reference process did not start; run it alone to see its error")
+
+    def round(self) -> tuple[list[float], float]:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        n, seconds = self.proc.stdout.readline().split()
+        return [float(seconds) / int(n)] * int(n), float(seconds)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(30)
+
+
 def child_main(argv: list[str]) -> int:
     """`bench/serving.py child ...`: runs one server until stdin closes."""
     p = argparse.ArgumentParser()
@@ -67,6 +121,8 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--max-concurrent-rpcs", type=int, default=256)
     p.add_argument("--near-ttl-s", type=float, default=30.0)
+    p.add_argument("--server-config", default="{}", help="JSON of further ServerConfig fields")
+    p.add_argument("--cache-config", default="{}", help="JSON of further CacheConfig fields")
     a = p.parse_args(argv)
     if a.stack == "aio":
         import grpc
@@ -85,8 +141,9 @@ def child_main(argv: list[str]) -> int:
 
     server = RecommendServer(
         ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, max_concurrent_rpcs=a.max_concurrent_rpcs,
-                     metrics_port=0),
-        CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s),
+                     metrics_port=0, **json.loads(a.server_config)),
+        CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s,
+                    **json.loads(a.cache_config)),
         extra_handlers=(_empty_handler(),)).start()
     if a.version_dir:
         server.load(a.version_dir, verify=False)
@@ -100,13 +157,15 @@ class ServerProcesses:
     """`processes` child servers sharing one port (SO_REUSEPORT, gRPC's default on Linux)."""
 
     def __init__(self, stack: str, processes: int, version_dir: str, redis_url: str, workers: int,
-                 near_ttl_s: float = 30.0) -> None:
+                 near_ttl_s: float = 30.0, server_config: dict | None = None,
+                 cache_config: dict | None = None) -> None:
         self.port = free_port()
         self.procs = []
         for _ in range(processes):
             cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "child", "--stack", stack,
                    "--port", str(self.port), "--redis-url", redis_url, "--workers", str(workers),
-                   "--near-ttl-s", str(near_ttl_s)]
+                   "--near-ttl-s", str(near_ttl_s), "--server-config", json.dumps(server_config or {}),
+                   "--cache-config", json.dumps(cache_config or {})]
             if version_dir:
                 cmd += ["--version-dir", version_dir]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
@@ -264,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["child"]:
         return child_main(argv[1:])
+    if argv[:1] == ["reference"]:
+        return reference_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
@@ -272,16 +333,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-users", type=int, default=3000)
     p.add_argument("--synthetic-items", type=int, default=1000)
     p.add_argument("--synthetic-interactions", type=int, default=60000)
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight for (a), (b) (default: %(default)s)")
+    p.add_argument("--miss-concurrency", type=int, default=32,
+                   help="requests in flight for the cache-miss cases (c), (c0), (d) (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=3.0, help="per round of (a)/(b) (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default: %(default)s)")
-    p.add_argument("--miss-requests", type=int, default=300, help="distinct users per (c)/(d) round")
+    p.add_argument("--miss-requests", type=int, default=0,
+                   help="distinct users per cache-miss round (0 = every train user; Redis is flushed before each "
+                        "round and the miss servers run without the near cache, so every request is cold)")
     p.add_argument("--hit-users", type=int, default=256, help="users cycled through in (b)")
     p.add_argument("--num-results", type=int, default=10)
     p.add_argument("--workers", type=int, default=8, help="server handler threads per process")
     p.add_argument("--processes", type=int, default=1, help="server processes for (a)-(c)")
     p.add_argument("--channels", type=int, default=4, help="client channels (TCP connections)")
-    p.add_argument("--near-ttl-s", type=float, default=30.0, help="server near-cache TTL for (a)-(c)")
+    p.add_argument("--near-ttl-s", type=float, default=30.0, help="server near-cache TTL for (a)/(b)")
+    p.add_argument("--batch-max-users", type=int, default=None,
+                   help="server micro-batch size for the batched servers (default: ServerConfig's)")
+    p.add_argument("--batch-max-wait-s", type=float, default=None,
+                   help="server micro-batch wait (default: ServerConfig's)")
+    p.add_argument("--batch-workers", type=int, default=None,
+                   help="batches computed at once per server (default: ServerConfig's)")
+    p.add_argument("--tf-intra-op-threads", type=int, default=None, help="TF threads (default: ServerConfig's)")
+    p.add_argument("--tf-inter-op-threads", type=int, default=None, help="TF threads (default: ServerConfig's)")
+    p.add_argument("--reference-batch", type=int, default=256,
+                   help="users per in-process candidates() call in the reference (e) (default: %(default)s)")
+    p.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the cache-miss cases on a server with batching off (c0)")
+    p.add_argument("--paced", action=argparse.BooleanOptionalAction, default=True,
+                   help="also offer an open-loop load at --paced-fraction of (c)'s throughput and report latency")
+    p.add_argument("--paced-fraction", type=float, default=0.5)
+    p.add_argument("--tf-threads-sweep", nargs="*", default=[], metavar="INTRA,INTER",
+                   help="also measure (c)'s throughput on servers with these TF thread settings, e.g. 1,1 2,1 2,2 0,0")
+    p.add_argument("--misses", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the cache-miss cases (c), (c0), (d), (e) and the paced load")
+    p.add_argument("--gil-switch-interval-s", type=float, default=None, help="(default: ServerConfig's)")
     p.add_argument("--redis-hits", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure (a)/(b) with the near cache off, so every hit is a Redis GET")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
@@ -290,7 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from protos.recsys.v1 import recommender_pb2 as pb
+    from serving import ServerConfig
 
+    defaults = ServerConfig()
+    batching = {"batch_max_users": a.batch_max_users if a.batch_max_users is not None else defaults.batch_max_users,
+                "batch_max_wait_s": a.batch_max_wait_s if a.batch_max_wait_s is not None else defaults.batch_max_wait_s,
+                "batch_workers": a.batch_workers if a.batch_workers is not None else defaults.batch_workers,
+                "tf_intra_op_threads": (a.tf_intra_op_threads if a.tf_intra_op_threads is not None
+                                        else defaults.tf_intra_op_threads),
+                "tf_inter_op_threads": (a.tf_inter_op_threads if a.tf_inter_op_threads is not None
+                                        else defaults.tf_inter_op_threads),
+                "gil_switch_interval_s": (a.gil_switch_interval_s if a.gil_switch_interval_s is not None
+                                          else defaults.gil_switch_interval_s)}
     tmp = tempfile.mkdtemp(prefix="bench-serving-")
     try:
         local_redis = LocalRedis(tmp).start()
@@ -298,22 +394,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(e)) from None
     redis_url = local_redis.url
     rclient = local_redis.client(timeout_s=10.0)
-    results: dict = {}
+    results: dict = {"server_config": batching}
     try:
         version_dir = a.version_dir or train_synthetic(tmp, a.synthetic_users, a.synthetic_items,
                                                        a.synthetic_interactions)
-        users = known_users(version_dir, a.hit_users + a.rounds * a.miss_requests, a.seed)
+        users = known_users(version_dir, 10**9, a.seed)
         hit_users = users[:a.hit_users]
-        # Every (c)/(d) round has users of its own: a user computed once is in the near cache.
-        m = (len(users) - a.hit_users) // a.rounds
-        if m < 50:
-            raise SystemExit(f"only {m} users per cache-miss round; use a bigger version or fewer --rounds")
-        miss_sets = [users[a.hit_users + r * m:a.hit_users + (r + 1) * m] for r in range(a.rounds)]
+        miss_users = users[:a.miss_requests] if a.miss_requests else users
+        m = len(miss_users)
         k = a.num_results
         hit_requests = [pb.RecommendRequest(user_id=u, num_results=k) for u in hit_users]
-        miss_requests = [[pb.RecommendRequest(user_id=u, num_results=k) for u in ms] for ms in miss_sets]
+        miss_requests = [pb.RecommendRequest(user_id=u, num_results=k) for u in miss_users]
         sources: dict[str, dict[int, int]] = {"hit": {}, "miss": {}}
-        current = {"round": -1}
+        answers: dict[str, dict[str, list]] = {"batched": {}, "unbatched": {}}
 
         # Every call carries a deadline, as production clients' calls do (it costs timer work).
         async def empty(c: Client, n: int):
@@ -323,77 +416,168 @@ def main(argv: list[str] | None = None) -> int:
             r = await c.stubs[n % len(c.stubs)].Recommend(hit_requests[n % len(hit_requests)], timeout=10)
             sources["hit"][r.source] = sources["hit"].get(r.source, 0) + 1
 
-        async def miss(c: Client, n: int):
-            r = await c.stubs[n % len(c.stubs)].Recommend(miss_requests[current["round"]][n], timeout=30)
-            sources["miss"][r.source] = sources["miss"].get(r.source, 0) + 1
+        def miss_case(label: str):
+            async def miss(c: Client, n: int):
+                r = await c.stubs[n % len(c.stubs)].Recommend(miss_requests[n % m], timeout=30)
+                sources["miss"][r.source] = sources["miss"].get(r.source, 0) + 1
+                answers[label][miss_requests[n % m].user_id] = [(i.item_id, i.score) for i in r.items]
+            return miss
 
-        def next_miss_round(name: str) -> None:
+        def flush(_name: str = "") -> None:
             rclient.flushdb()
-            current["round"] += 1
 
-        # (d): the same servicer code, in this process, on the same Redis, without gRPC. Loaded
-        # before the server starts so loading does not overlap the measured rounds.
-        from serving import CacheConfig, RecommendServer, ServerConfig
+        # (d) and (e): the same code in this process, on the same Redis, without gRPC. Loaded
+        # before the servers start so loading does not overlap the measured rounds.
+        from serving import CacheConfig, RecommendServer
         from serving.validation import RequestLimits, validate_recommend
 
-        local = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=1, metrics_port=0),
-                                CacheConfig(redis_url=redis_url, near_ttl_s=a.near_ttl_s))
+        local = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=1, metrics_port=0, **batching),
+                                CacheConfig(redis_url=redis_url, near_ttl_s=0.0))
         local.load(version_dir, verify=False)
         limits = RequestLimits()
         for r in hit_requests[:32]:  # warm TensorFlow in this process
             local.servicer.answer(validate_recommend(r, limits))
-        d_rounds = []
+        pipeline = local.servicer.model
+        pipeline.candidates(miss_users[:a.reference_batch])  # warm the reference's batch shape
+        results["f_decode_blend"] = decode_blend_us(pipeline, hit_users[:64], k)
+        queries = [validate_recommend(q, limits) for q in miss_requests]
         d_sources: dict[str, int] = {}
-        c_rounds = []
 
-        servers = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s)
+        def in_process(n: int) -> None:
+            _, source = local.servicer.answer(queries[n % m])
+            d_sources[source] = d_sources.get(source, 0) + 1
+
+        def reference_round() -> tuple[list[float], float]:
+            """(e): candidates() for every miss user, `--reference-batch` users per call; one 'latency' per user."""
+            lat = []
+            t0 = time.perf_counter()
+            for lo in range(0, m, a.reference_batch):
+                t = time.perf_counter()
+                n = len(pipeline.candidates(miss_users[lo:lo + a.reference_batch]))
+                lat += [(time.perf_counter() - t) / n] * n
+            return lat, time.perf_counter() - t0
+
+        servers = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s, batching)
         try:
             asyncio.run(_warm(servers.port, hit_requests))  # also warms TensorFlow in the server
             ab = rpc_rounds(servers.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds, a.channels)
-            # (c) and (d) alternate round by round on the same users (Redis flushed before each),
-            # so load from other processes on the machine hits both alike.
-            for r in range(a.rounds):
-                c_rounds += rpc_rounds(servers.port, {"miss": miss}, a.concurrency, 1e9, 1, a.channels,
-                                       max_requests={"miss": m}, before_round=next_miss_round, warmup_s=0.0)["miss"]
-                rclient.flushdb()
-                queries = [validate_recommend(q, limits) for q in miss_requests[r]]
-
-                def in_process(n: int, queries=queries) -> None:
-                    _, source = local.servicer.answer(queries[n])
-                    d_sources[source] = d_sources.get(source, 0) + 1
-
-                d_rounds.append(drive_threads(in_process, a.concurrency, 1e9, m))
         finally:
             servers.close()
+
+        rounds: dict[str, list] = {"c": [], "c0": [], "d": [], "e": [], "e2": []}
+        paced: dict[str, dict] = {}
+        if not a.misses:
             local.stop(0)
+        else:
+            # Cache misses: servers without the near cache and Redis flushed before every round, so
+            # every request of a round is a cold computation; batched (c), unbatched (c0), the servicer
+            # in process (d) and the in-process batched reference (e) alternate round by round.
+            reference = ReferenceProcess(version_dir, a.reference_batch)  # (e'): TF's default threads
+            miss_servers = {"batched": ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
+                                                       batching)}
+            if a.unbatched:
+                miss_servers["unbatched"] = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
+                                                            {**batching, "batch_max_users": 0})
+            try:
+                for srv in miss_servers.values():
+                    asyncio.run(_warm(srv.port, hit_requests))
+                for _ in range(a.rounds):
+                    for key, label in (("c", "batched"), ("c0", "unbatched")):
+                        if label in miss_servers:
+                            rounds[key] += rpc_rounds(miss_servers[label].port, {"miss": miss_case(label)},
+                                                      a.miss_concurrency, 1e9, 1, a.channels, max_requests={"miss": m},
+                                                      before_round=flush, warmup_s=0.0)["miss"]
+                    flush()
+                    rounds["d"].append(drive_threads(in_process, a.miss_concurrency, 1e9, m))
+                    rounds["e"].append(reference_round())
+                    rounds["e2"].append(reference.round())
+                if a.paced:
+                    for key, label in (("c", "batched"), ("c0", "unbatched")):
+                        if label not in miss_servers:
+                            continue
+                        rate = a.paced_fraction * merge(rounds[key])["throughput_rps"]
+                        flush()
+                        lat, elapsed = asyncio.run(paced_load(miss_servers[label].port, miss_case(label), rate, m,
+                                                              a.channels))
+                        paced[label] = summarize(lat, elapsed, offered_rps=round(rate, 1))
+            finally:
+                for srv in miss_servers.values():
+                    srv.close()
+                reference.close()
+                local.stop(0)
+
+        sweep = {}
+        for setting in a.tf_threads_sweep:
+            intra, inter = (int(x) for x in setting.split(","))
+            srv = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
+                                  {**batching, "tf_intra_op_threads": intra, "tf_inter_op_threads": inter})
+            try:
+                asyncio.run(_warm(srv.port, hit_requests))
+                out = []
+                for _ in range(a.rounds):
+                    out += rpc_rounds(srv.port, {"miss": miss_case("batched")}, a.miss_concurrency, 1e9, 1,
+                                      a.channels, max_requests={"miss": m}, before_round=flush, warmup_s=0.0)["miss"]
+            finally:
+                srv.close()
+            sweep[setting] = merge(out)
 
         results["a_empty_rpc"] = merge(ab["empty"])
         results["b_cache_hit"] = merge(ab["hit"], sources={pb.Source.Name(s): c for s, c in sources["hit"].items()})
-        results["c_cache_miss_rpc"] = merge(c_rounds, sources={pb.Source.Name(s): c for s, c in sources["miss"].items()})
-        results["d_online_in_process"] = merge(d_rounds, sources=d_sources)
-        ra, rb, rc, rd = (results[x] for x in ("a_empty_rpc", "b_cache_hit", "c_cache_miss_rpc",
-                                                "d_online_in_process"))
         rounds_ratio = per_round(ab["empty"], ab["hit"])
         results["ratios"] = {
-            "b_over_a_throughput": round(rb["throughput_rps"] / ra["throughput_rps"], 3),
+            "b_over_a_throughput": round(results["b_cache_hit"]["throughput_rps"]
+                                         / results["a_empty_rpc"]["throughput_rps"], 3),
             "b_over_a_throughput_median_round": round(float(np.median(rounds_ratio)), 3),
-            "b_over_a_throughput_per_round": rounds_ratio,
-            "c_over_d_p50": round(rc["p50_ms"] / rd["p50_ms"], 3),
-            "c_over_d_p95": round(rc["p95_ms"] / rd["p95_ms"], 3),
-            "c_over_d_p99": round(rc["p99_ms"] / rd["p99_ms"], 3),
-            "c_over_d_p50_per_round": [round(float(np.percentile(c[0], 50) / np.percentile(d[0], 50)), 3)
-                                       for c, d in zip(c_rounds, d_rounds)],
-        }
+            "b_over_a_throughput_per_round": rounds_ratio}
+        if a.misses:
+            results["c_cache_miss_rpc"] = merge(rounds["c"], sources={pb.Source.Name(s): c
+                                                                      for s, c in sources["miss"].items()})
+            if rounds["c0"]:
+                results["c0_cache_miss_rpc_unbatched"] = merge(rounds["c0"])
+            results["d_online_in_process"] = merge(rounds["d"], sources=d_sources)
+            results["e_candidates_batched_in_process"] = merge(rounds["e"])
+            results["e2_candidates_batched_tf_default_threads"] = merge(rounds["e2"])
+            rc, rd, re_ = (results[x] for x in ("c_cache_miss_rpc", "d_online_in_process",
+                                                "e_candidates_batched_in_process"))
+            results["ratios"].update({
+                "c_over_e_throughput": round(rc["throughput_rps"] / re_["throughput_rps"], 3),
+                "c_over_e_throughput_per_round": per_round(rounds["e"], rounds["c"]),
+                "c_over_e2_throughput": round(rc["throughput_rps"]
+                                              / results["e2_candidates_batched_tf_default_threads"]["throughput_rps"], 3),
+                "c_over_e2_throughput_per_round": per_round(rounds["e2"], rounds["c"]),
+                "c_over_d_p50": round(rc["p50_ms"] / rd["p50_ms"], 3),
+                "c_over_d_p99": round(rc["p99_ms"] / rd["p99_ms"], 3),
+            })
+            if rounds["c0"]:
+                results["ratios"]["c0_over_e_throughput"] = round(
+                    results["c0_cache_miss_rpc_unbatched"]["throughput_rps"] / re_["throughput_rps"], 3)
+                same = [u for u in answers["batched"] if u in answers["unbatched"]]
+                results["ratios"]["answers_compared"] = len(same)
+                results["ratios"]["answers_identical"] = sum(answers["batched"][u] == answers["unbatched"][u]
+                                                             for u in same)
+            if paced:
+                results["paced"] = paced
+                for label, r in paced.items():
+                    results["ratios"][f"paced_{label}_p99_over_p50"] = round(r["p99_ms"] / r["p50_ms"], 3)
+        if sweep:
+            results["tf_threads_sweep"] = sweep
 
         if a.redis_hits:  # every hit a Redis round trip + decode (near cache off)
             sources["hit"].clear()
-            srv = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, near_ttl_s=0.0)
+            srv = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0, batching)
+            # (b''): the same with the decoded-entry reuse off too: every hit decodes and blends.
+            srv0 = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0, batching,
+                                   {"decoded_max_entries": 0})
             try:
                 asyncio.run(_warm(srv.port, hit_requests))
+                asyncio.run(_warm(srv0.port, hit_requests))
                 out = rpc_rounds(srv.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds,
                                  a.channels)
+                out0 = rpc_rounds(srv0.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds,
+                                  a.channels)
             finally:
                 srv.close()
+                srv0.close()
             rounds_ratio = per_round(out["empty"], out["hit"])
             results["redis_hits"] = {
                 "a_empty_rpc": merge(out["empty"]),
@@ -403,6 +587,14 @@ def main(argv: list[str] | None = None) -> int:
             results["redis_hits"]["b_over_a_throughput"] = round(
                 results["redis_hits"]["b_cache_hit"]["throughput_rps"]
                 / results["redis_hits"]["a_empty_rpc"]["throughput_rps"], 3)
+            rounds0 = per_round(out0["empty"], out0["hit"])
+            results["redis_hits_no_decoded_reuse"] = {
+                "a_empty_rpc": merge(out0["empty"]), "b_cache_hit": merge(out0["hit"]),
+                "b_over_a_throughput_median_round": round(float(np.median(rounds0)), 3),
+                "b_over_a_throughput_per_round": rounds0}
+            r0 = results["redis_hits_no_decoded_reuse"]
+            r0["b_over_a_throughput"] = round(r0["b_cache_hit"]["throughput_rps"] / r0["a_empty_rpc"]["throughput_rps"],
+                                              3)
 
         if a.compare_stacks:
             stacks = {}
@@ -411,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   ("sync x2 processes, 4 threads", "sync", 2, 4)):
                 with_model = stack == "sync"
                 srv = ServerProcesses(stack, procs, version_dir if with_model else "", redis_url, workers or 1,
-                                      a.near_ttl_s)
+                                      a.near_ttl_s, batching)
                 try:
                     if with_model:
                         asyncio.run(_warm(srv.port, hit_requests))
@@ -433,6 +625,51 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def decode_blend_us(pipeline, users: list[str], k: int, calls: int = 2000) -> dict:
+    """(f): µs per CandidateSet.from_bytes + blend_top_k of these users' real entries, as a Redis hit
+    without the decoded-entry reuse does it (best of 5 rounds; plus each part alone)."""
+    from pipeline import CandidateSet
+
+    raws = [c.to_bytes() for c in pipeline.candidates(users)]
+    decoded = [CandidateSet.from_bytes(r) for r in raws]
+    weights = pipeline.default_weights
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for i in range(calls):
+                fn(i % len(raws))
+            times.append((time.perf_counter() - t) / calls * 1e6)
+        return round(min(times), 2)
+
+    return {"candidates": int(np.mean([len(c) for c in decoded])), "k": k,
+            "decode_us": best(lambda i: CandidateSet.from_bytes(raws[i])),
+            "blend_top_k_us": best(lambda i: pipeline.blend_top_k(decoded[i], weights, k)),
+            "decode_blend_us": best(lambda i: pipeline.blend_top_k(CandidateSet.from_bytes(raws[i]), weights, k))}
+
+
+async def paced_load(port: int, call: Callable[[Client, int], Awaitable], rate: float, n: int,
+                     channels: int) -> tuple[list[float], float]:
+    """Open loop: request i is sent at start + i / rate whatever the earlier ones are doing; its
+    latency counts from that scheduled time (no coordinated omission)."""
+    client = Client(port, channels)
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.05
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        await call(client, i)
+        latencies.append(time.perf_counter() - scheduled)
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        await client.close()
+    return latencies, time.perf_counter() - start
+
+
 def per_round(reference: list, other: list) -> list[float]:
     """Throughput ratio other/reference of each pair of adjacent rounds."""
     return [round((len(o[0]) / o[1]) / (len(r[0]) / r[1]), 3) for r, o in zip(reference, other)]
@@ -451,29 +688,48 @@ def hardware() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform()}
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg": os.getloadavg()}
+
+
+def _row(label: str, r: dict) -> str:
+    src = ", ".join(f"{k} {v}" for k, v in r.get("sources", {}).items())
+    return (f"| {label} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+            f"{src} |")
 
 
 def print_table(results: dict, a: argparse.Namespace) -> None:
-    print(f"\nconcurrency {a.concurrency}, {a.rounds} rounds, server: sync thread pool x {a.workers} workers, "
-          f"{a.processes} process(es)")
+    cfg = results["server_config"]
+    print(f"\nconcurrency {a.concurrency} (hits) / {a.miss_concurrency} (misses), {a.rounds} rounds, server: sync "
+          f"thread pool x {a.workers} workers, {a.processes} process(es), batching {cfg['batch_max_users']} users / "
+          f"{cfg['batch_max_wait_s'] * 1e3:g} ms / {cfg['batch_workers']} workers, TF threads intra {cfg['tf_intra_op_threads']} inter "
+          f"{cfg['tf_inter_op_threads']}")
     print("| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for key, label in (("a_empty_rpc", "(a) empty RPC (reference)"), ("b_cache_hit", "(b) Recommend, cache hit"),
-                       ("c_cache_miss_rpc", "(c) Recommend, cache miss (online)"),
-                       ("d_online_in_process", "(d) online path in-process")):
-        r = results[key]
-        src = ", ".join(f"{k} {v}" for k, v in r.get("sources", {}).items())
-        print(f"| {label} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | "
-              f"{r['p99_ms']} | {src} |")
+    for key, label in (("a_empty_rpc", "(a) empty RPC (reference)"), ("b_cache_hit", "(b) Recommend, near-cache hit"),
+                       ("c_cache_miss_rpc", "(c) Recommend, cache miss, batched server"),
+                       ("c0_cache_miss_rpc_unbatched", "(c0) Recommend, cache miss, batching off"),
+                       ("d_online_in_process", "(d) servicer in-process (no gRPC), cache miss"),
+                       ("e_candidates_batched_in_process",
+                        f"(e) candidates() in-process, {a.reference_batch} users per call (reference; per user)"),
+                       ("e2_candidates_batched_tf_default_threads",
+                        "(e') the same in its own process, TF's default threads (reference; per user)")):
+        if key in results:
+            print(_row(label, results[key]))
+    for label, r in results.get("paced", {}).items():
+        print(_row(f"paced {label} server at {r['offered_rps']} rps offered", r))
     if "redis_hits" in results:
         rh = results["redis_hits"]
-        for key, label in (("a_empty_rpc", "(a') empty RPC, second server"),
-                           ("b_cache_hit", "(b') Recommend, Redis hit (near cache off)")):
-            r = rh[key]
-            src = ", ".join(f"{k} {v}" for k, v in r.get("sources", {}).items())
-            print(f"| {label} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | "
-                  f"{r['p99_ms']} | {src} |")
+        print(_row("(a') empty RPC, second server", rh["a_empty_rpc"]))
+        print(_row("(b') Recommend, Redis hit (near cache off)", rh["b_cache_hit"]))
+    if "redis_hits_no_decoded_reuse" in results:
+        r0 = results["redis_hits_no_decoded_reuse"]
+        print(_row("(a'') empty RPC, third server", r0["a_empty_rpc"]))
+        print(_row("(b'') Redis hit, near cache and decoded-entry reuse off", r0["b_cache_hit"]))
+    f = results["f_decode_blend"]
+    print(f"\n(f) decode + blend_top_k of one {f['candidates']}-candidate entry (k {f['k']}), in-process: "
+          f"{f['decode_blend_us']} µs (decode {f['decode_us']} µs, blend_top_k {f['blend_top_k_us']} µs)  "
+          f"target <= 100 µs")
     ratios = results["ratios"]
     print(f"\n(b)/(a) throughput: {ratios['b_over_a_throughput']} over all rounds, median round "
           f"{ratios['b_over_a_throughput_median_round']} (per round {ratios['b_over_a_throughput_per_round']})"
@@ -481,9 +737,30 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
     if "redis_hits" in results:
         rh = results["redis_hits"]
         print(f"(b')/(a') throughput, every hit from Redis: {rh['b_over_a_throughput']} over all rounds, median "
-              f"round {rh['b_over_a_throughput_median_round']} (per round {rh['b_over_a_throughput_per_round']})")
-    print(f"(c)/(d) latency: p50 {ratios['c_over_d_p50']}, p95 {ratios['c_over_d_p95']}, "
-          f"p99 {ratios['c_over_d_p99']}  target <= 1.5 (p50 per round {ratios['c_over_d_p50_per_round']})")
+              f"round {rh['b_over_a_throughput_median_round']} (per round {rh['b_over_a_throughput_per_round']})"
+              f"  target >= 0.6")
+    if "redis_hits_no_decoded_reuse" in results:
+        r0 = results["redis_hits_no_decoded_reuse"]
+        print(f"(b'')/(a'') throughput, every hit decoded and blended: {r0['b_over_a_throughput']} (per round "
+              f"{r0['b_over_a_throughput_per_round']})")
+    if "c_over_e_throughput" in ratios:
+        print(f"(c)/(e) throughput: {ratios['c_over_e_throughput']} (per round "
+              f"{ratios['c_over_e_throughput_per_round']})  target >= 0.6")
+    if "c_over_e2_throughput" in ratios:
+        print(f"(c)/(e') throughput: {ratios['c_over_e2_throughput']} (per round "
+              f"{ratios['c_over_e2_throughput_per_round']})  target >= 0.6")
+    if "c0_over_e_throughput" in ratios:
+        print(f"(c0)/(e) throughput, batching off: {ratios['c0_over_e_throughput']}; answers identical batched vs "
+              f"unbatched: {ratios['answers_identical']} of {ratios['answers_compared']}")
+    for label in results.get("paced", {}):
+        print(f"paced {label}: p99/p50 {ratios[f'paced_{label}_p99_over_p50']}  target <= 3")
+    if "c_over_d_p50" in ratios:
+        print(f"(c)/(d) latency: p50 {ratios['c_over_d_p50']}, p99 {ratios['c_over_d_p99']}")
+    if "tf_threads_sweep" in results:
+        print("\n| TF threads intra,inter | (c) throughput (rps) | p50 ms | p99 ms |")
+        print("|---|---:|---:|---:|")
+        for setting, r in results["tf_threads_sweep"].items():
+            print(f"| {setting} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} |")
     if "stacks" in results:
         print("\n| server stack (near cache on) | empty RPC rps | cache-hit rps | hit/empty |")
         print("|---|---:|---:|---:|")

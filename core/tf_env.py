@@ -26,12 +26,25 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def limit_threads(intra_op: int = 0, inter_op: int = 0) -> None:
-    """Caps TensorFlow's thread pools (0 = TF's default); call before the first op runs."""
-    if intra_op:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    if inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+def limit_threads(intra_op: int = 0, inter_op: int = 0) -> bool:
+    """Caps TensorFlow's thread pools (0 = TF's default); takes effect only before the first op runs.
+
+    intra_op: threads one op (a matmul, a gather) may split over; inter_op: ops of one graph
+    run concurrently. Returns False, without raising, when TensorFlow was already initialised
+    with other values (they cannot change then; the caller decides whether to warn).
+    """
+    ok = True
+    for value, get, put in ((intra_op, tf.config.threading.get_intra_op_parallelism_threads,
+                             tf.config.threading.set_intra_op_parallelism_threads),
+                            (inter_op, tf.config.threading.get_inter_op_parallelism_threads,
+                             tf.config.threading.set_inter_op_parallelism_threads)):
+        if not value or get() == value:
+            continue
+        try:
+            put(value)
+        except RuntimeError:  # "cannot be modified after initialization"
+            ok = False
+    return ok
 
 
 __all__ = ["tf", "keras", "tfrs", "set_seed", "limit_threads"]

@@ -96,15 +96,26 @@ class FeatureStore:
                                    self.spec.item_multi, self.spec.item_text, "item_id")
 
     def _side_features(self, table, ids, categorical, numeric, multi, text, id_name) -> dict[str, np.ndarray]:
+        # A row gather from per-column arrays built once per table (no pandas per call): the
+        # values are exactly what `table.reindex(ids)` + fillna/astype would give.
+        columns = self._columns(table, (*categorical, *multi, *text), numeric)
         ids = np.asarray([str(i) for i in ids], dtype=object)
-        rows = table.reindex(ids)
+        row = columns.row
+        missing = columns.missing
+        rows = np.fromiter((row.get(i, missing) for i in ids), dtype=np.intp, count=len(ids))
         out: dict[str, np.ndarray] = {id_name: ids}
-        for col in (*categorical, *multi, *text):
-            out[col] = rows[col].fillna("").astype(str).to_numpy(dtype=object)
-        for col in numeric:
-            mean = self.numeric_stats.get(col, (0.0, 1.0))[0]
-            out[col] = rows[col].astype("float64").fillna(mean).to_numpy(dtype=np.float32)
+        for col, values in columns.values.items():
+            out[col] = values[rows]
         return out
+
+    def _columns(self, table: pd.DataFrame, strings: tuple[str, ...], numeric: tuple[str, ...]) -> _Columns:
+        """The gather arrays of `table`, built on first use and rebuilt if the table object is replaced."""
+        cache = self.__dict__.setdefault("_column_cache", {})
+        key = (strings, numeric)
+        found = cache.get(key)
+        if found is None or found.table is not table:
+            found = cache[key] = _Columns.build(table, strings, numeric, self.numeric_stats)
+        return found
 
     def popularity(self, item_ids: Sequence[str]) -> np.ndarray:
         """[n] train engagement counts (0 for items unseen in train)."""
@@ -154,6 +165,35 @@ class FeatureStore:
         return cls(spec, {k: Vocabulary(tuple(v)) for k, v in meta["vocabularies"].items()},
                    {k: int(v) for k, v in meta["item_counts"].items()}, users, items,
                    {k: (float(v[0]), float(v[1])) for k, v in meta["numeric_stats"].items()}, seen)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Columns:
+    """A side-feature table as arrays: `values[col][row[id]]`, with a last row of defaults.
+
+    The last row (index `missing`) holds what an unknown id gets: "" for string columns and
+    the train mean for numeric ones, the same values `reindex` + `fillna` produce.
+    """
+
+    table: pd.DataFrame
+    row: dict[str, int]
+    missing: int
+    values: dict[str, np.ndarray]
+
+    @classmethod
+    def build(cls, table: pd.DataFrame, strings: Sequence[str], numeric: Sequence[str],
+              stats: dict[str, tuple[float, float]]) -> _Columns:
+        values: dict[str, np.ndarray] = {}
+        for col in strings:
+            known = table[col].fillna("").astype(str).to_numpy(dtype=object)
+            values[col] = np.append(known, np.array([""], dtype=object))
+        for col in numeric:
+            mean = stats.get(col, (0.0, 1.0))[0]
+            known = table[col].astype("float64").fillna(mean).to_numpy(dtype=np.float32)
+            # float64 mean → float32, as `fillna(mean)` on the reindexed float64 column then astype does.
+            values[col] = np.append(known, np.array([mean], dtype=np.float64).astype(np.float32))
+        row = {k: r for r, k in enumerate(table.index)}
+        return cls(table, row, len(table), values)
 
 
 def _seen_from_pairs(pairs: pd.DataFrame) -> dict[str, tuple[str, ...]]:

@@ -19,6 +19,7 @@ import numpy as np
 _MAGIC = b"RC"
 _FORMAT = 1
 _HEAD = struct.Struct("<2sBIH")
+_F32 = np.dtype("<f4")
 
 
 def cache_key(model_version: str, user_id: str) -> str:
@@ -64,7 +65,7 @@ class CandidateSet:
 
     def to_bytes(self) -> bytes:
         version = self.model_version.encode()
-        ids = "\x00".join(str(i) for i in self.item_ids).encode()
+        ids = "\x00".join(map(str, self.item_ids)).encode()
         n = len(self.item_ids)
         return b"".join((
             _HEAD.pack(_MAGIC, _FORMAT, n, len(version)), version,
@@ -76,7 +77,10 @@ class CandidateSet:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CandidateSet:
-        """Decodes `to_bytes` output; raises CorruptEntryError for anything else."""
+        """Decodes `to_bytes` output; raises CorruptEntryError for anything else.
+
+        The score arrays are read-only views into `data` (a candidate set is never modified).
+        """
         try:
             magic, fmt, n, vlen = _HEAD.unpack_from(data, 0)
             if magic != _MAGIC or fmt != _FORMAT:
@@ -84,20 +88,18 @@ class CandidateSet:
             off = _HEAD.size
             version = data[off:off + vlen].decode()
             off += vlen
-            arrays = []
-            for _ in range(3):
-                arrays.append(np.frombuffer(data, dtype="<f4", count=n, offset=off).astype(np.float32))
-                off += 4 * n
+            # One read-only float32 view of all three score arrays: no copies.
+            scores = np.frombuffer(data, dtype=_F32, count=3 * n, offset=off).reshape(3, n)
+            off += 12 * n
             (blen,) = struct.unpack_from("<I", data, off)
             off += 4
-            blob = data[off:off + blen]
-            if len(blob) != blen or off + blen != len(data):
+            if off + blen != len(data):
                 raise CorruptEntryError("candidate set length mismatch")
-            ids = np.array(blob.decode().split("\x00") if n else [], dtype=object)
+            ids = np.array(data[off:].decode().split("\x00") if n else [], dtype=object)
             if len(ids) != n:
                 raise CorruptEntryError(f"candidate set has {len(ids)} ids for {n} scores")
         except (struct.error, ValueError, UnicodeDecodeError) as e:
             if isinstance(e, CorruptEntryError):
                 raise
             raise CorruptEntryError(f"corrupt candidate set: {e}") from e
-        return cls(ids, arrays[0], arrays[1], arrays[2], version)
+        return cls(ids, scores[0], scores[1], scores[2], version)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import threading
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -61,6 +62,20 @@ class PipelineConfig:
         return BlendWeights(self.engagement_weight, self.quality_weight, self.blend_mode, self.blend_transform)
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchingPlan:
+    """How RecommendPipeline.candidates_each shares model calls (see batching_plan).
+
+    tower_rows: users per user-tower call whose rows equal one-user calls bit for bit.
+    rank_shared: whether users with full N-candidate lists share one ranker call.
+    alone: compute every user alone (the end-to-end check failed).
+    """
+
+    tower_rows: int
+    rank_shared: bool
+    alone: bool
+
+
 class RecommendPipeline:
     """One model version's retrieve → rank → blend → top-k.
 
@@ -87,6 +102,8 @@ class RecommendPipeline:
         order = np.argsort(-counts, kind="stable")  # most engaged first, ties by index row
         self._popular_ids = ids[order]
         self._popular_counts = counts[order].astype(np.float32)
+        self._plan: BatchingPlan | None = None
+        self._plan_lock = threading.Lock()
 
     @classmethod
     def from_version_dir(cls, path: str | os.PathLike, config: PipelineConfig | None = None,
@@ -145,6 +162,96 @@ class RecommendPipeline:
         queries = self.tower.embed_ids(self.features, user_ids)  # with its own history length
         ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra)
         return self.scorer.score(user_ids, ids, scores)
+
+    # -- the same, shared between concurrent requests (serving/batcher.py) ---------------
+    def candidates_each(self, user_ids: Sequence[str],
+                        exclude: Sequence[Collection[str]] | None = None) -> list[CandidateSet]:
+        """Each user's candidates bit for bit as `candidates([user])` computes them alone, in shared calls.
+
+        Matrix kernels may round a row differently depending on how many rows share a call
+        (oneDNN's matmul computes the last `rows % block` rows of a call with another kernel),
+        so a plain batched `candidates(users)` can differ from the one-user answer in the last
+        bit. This method shares model calls only in layouts that a one-time check on this
+        machine (`batching_plan`) showed reproduce the one-user bits: user-tower calls of at
+        most `tower_rows` users, one FAISS search, and one ranker call over the users whose
+        candidate lists are full (N rows each) if N-row blocks are row-exact; any other user
+        is ranked alone. If the check fails, every user is computed alone.
+
+        Args and Returns: as `candidates`.
+        """
+        user_ids = [str(u) for u in user_ids]
+        if exclude is not None and len(exclude) != len(user_ids):
+            raise InvalidRequestError(f"exclude has {len(exclude)} entries for {len(user_ids)} users")
+        plan = self.batching_plan()
+        if plan.alone:
+            return [self.candidates([u], None if exclude is None else [exclude[i]])[0]
+                    for i, u in enumerate(user_ids)]
+        out: list[CandidateSet] = []
+        step = self.config.batch_users
+        for lo in range(0, len(user_ids), step):
+            out.extend(self._candidates_each(user_ids[lo:lo + step],
+                                             exclude[lo:lo + step] if exclude is not None else None, plan))
+        return out
+
+    def _candidates_each(self, user_ids: list[str], extra: Sequence[Collection[str]] | None,
+                         plan: BatchingPlan) -> list[CandidateSet]:
+        c = plan.tower_rows
+        queries = np.concatenate([self.tower.embed_ids(self.features, user_ids[lo:lo + c])
+                                  for lo in range(0, len(user_ids), c)]) if user_ids else None
+        if queries is None:
+            return []
+        ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra)
+        full = (ids != "").sum(axis=1) == ids.shape[1]
+        shared = np.flatnonzero(full) if plan.rank_shared else np.zeros(0, dtype=np.int64)
+        out: list[CandidateSet | None] = [None] * len(user_ids)
+        if len(shared):
+            scored = self.scorer.score([user_ids[i] for i in shared], ids[shared], scores[shared])
+            for i, cands in zip(shared.tolist(), scored):
+                out[i] = cands
+        for i, cands in enumerate(out):
+            if cands is None:
+                out[i] = self.scorer.score([user_ids[i]], ids[i:i + 1], scores[i:i + 1])[0]
+        return out  # type: ignore[return-value]
+
+    def batching_plan(self, sample_users: int = 24) -> BatchingPlan:
+        """How `candidates_each` may share calls and still give the one-user bits (checked once, cached).
+
+        Computes `sample_users` known users alone, then finds the largest user-tower call size
+        whose rows equal the one-row calls, checks whether full N-row ranker blocks scored in
+        one call equal their one-user calls, and finally checks `candidates_each` end to end
+        against the one-user CandidateSets (bytes); any mismatch there → compute users alone.
+        """
+        with self._plan_lock:
+            if self._plan is None:
+                self._plan = self._check_plan(sample_users)
+                log.info("batched candidates: %s", self._plan, extra={"event": "batching_plan",
+                                                                      **dataclasses.asdict(self._plan)})
+            return self._plan
+
+    def _check_plan(self, sample_users: int) -> BatchingPlan:
+        users = sorted(self._known_users)[:sample_users]
+        if len(users) < 4:
+            return BatchingPlan(tower_rows=1, rank_shared=False, alone=True)
+        alone_rows = np.concatenate([self.tower.embed_ids(self.features, [u]) for u in users])
+        tower_rows = 1
+        for c in (16, 12, 8, 7, 6, 5, 4, 3, 2):
+            if 2 * c > len(users):
+                continue
+            chunked = np.concatenate([self.tower.embed_ids(self.features, users[lo:lo + c])
+                                      for lo in range(0, len(users), c)])
+            if chunked.tobytes() == alone_rows.tobytes():
+                tower_rows = c
+                break
+        alone = [self.candidates([u])[0].to_bytes() for u in users]
+        ids, scores = retrieve(self.features, self.index, users, alone_rows, self.config.num_candidates)
+        full = np.flatnonzero((ids != "").sum(axis=1) == ids.shape[1])
+        rank_shared = len(full) >= 2 and [c.to_bytes() for c in self.scorer.score(
+            [users[i] for i in full], ids[full], scores[full])] == [alone[i] for i in full]
+        plan = BatchingPlan(tower_rows=tower_rows, rank_shared=bool(rank_shared), alone=False)
+        got = [c.to_bytes() for c in self._candidates_each(users, None, plan)]
+        if got != alone:
+            return BatchingPlan(tower_rows=1, rank_shared=False, alone=True)
+        return plan
 
     # -- the per-request part ---------------------------------------------------------
     @staticmethod
@@ -224,7 +331,10 @@ class CandidateScorer:
         self.ranker = ranker
         self.model_version = model_version
         self._item_row = {item: r for r, item in enumerate(ids)}
-        self._item_features = features.item_features(ids)
+        # As fixed-width str arrays: the ranker turns object arrays into exactly these before
+        # making tensors (ranking.export._tensor), so converting once here gives the same
+        # tensors without a per-call conversion of every candidate row.
+        self._item_features = _as_text(features.item_features(ids))
 
     def score(self, user_ids: Sequence[str], ids: np.ndarray, scores: np.ndarray) -> list[CandidateSet]:
         """CandidateSets for b users from their retrieved candidates.
@@ -237,13 +347,13 @@ class CandidateScorer:
         Raises:
           ArtifactMismatchError: a candidate is not in the catalogue this scorer was built on.
         """
-        user_rows = self.ranker.user_features(self.features, list(user_ids))
+        user_rows = _as_text(self.ranker.user_features(self.features, list(user_ids)))  # b rows, before repeating
         valid = ids != ""
         counts = valid.sum(axis=1)
         owner = np.repeat(np.arange(len(user_ids)), counts)
         flat_ids = ids[valid].astype(str)
         try:
-            rows = np.fromiter((self._item_row[i] for i in flat_ids), dtype=np.int64, count=len(flat_ids))
+            rows = np.fromiter(map(self._item_row.__getitem__, flat_ids), dtype=np.int64, count=len(flat_ids))
         except KeyError as e:
             raise ArtifactMismatchError(f"the FAISS index returned item {e.args[0]!r}, which is not in the feature "
                                         "store's catalogue; rebuild the index") from e
@@ -255,6 +365,11 @@ class CandidateScorer:
                              engagement=engagement[a:b].astype(np.float32), quality=quality[a:b].astype(np.float32),
                              model_version=self.model_version)
                 for u, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _as_text(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Object (string) columns as numpy str arrays, the form the ranker makes tensors from; others as they are."""
+    return {k: v.astype(str) if v.dtype == object else v for k, v in columns.items()}
 
 
 def save_pipeline_config(version_dir: str | os.PathLike, config: PipelineConfig) -> pathlib.Path:
@@ -276,5 +391,5 @@ def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
         raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
-__all__ = ["CandidateScorer", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
+__all__ = ["BatchingPlan", "CandidateScorer", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
            "load_pipeline_config"]

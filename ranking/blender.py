@@ -85,10 +85,20 @@ def _check_head(name: str, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"{name} scores must be 1-D [num_candidates], got shape {x.shape}")
-    if x.size and (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
+    # min/max propagate NaN and see ±inf, so this one comparison checks finite and in [0, 1].
+    if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):
         bad = x[~(np.isfinite(x) & (x >= 0.0) & (x <= 1.0))][0]
         raise ValueError(f"{name} scores must be finite and in [0, 1], got {bad}")
     return x
+
+
+def _power(x: np.ndarray, exponent: float) -> np.ndarray:
+    """x ** exponent; exponents 1 and 0 skip the pow call (IEEE pow(x, 1) = x, pow(x, 0) = 1 even at 0)."""
+    if exponent == 1.0:
+        return x
+    if exponent == 0.0:
+        return np.ones_like(x)
+    return np.power(x, exponent)
 
 
 def blend_scores(engagement: np.ndarray, quality: np.ndarray, w: BlendWeights) -> np.ndarray:
@@ -113,7 +123,7 @@ def blend_scores(engagement: np.ndarray, quality: np.ndarray, w: BlendWeights) -
     if w.mode == "additive":
         return w.engagement * _transform(e, w.transform) + w.quality * _transform(q, w.transform)
     # 0^0 = 1, so a zero exponent ignores its head even where the head is 0.
-    return np.power(e, w.engagement) * np.power(q, w.quality)
+    return _power(e, w.engagement) * _power(q, w.quality)
 
 
 def rank_by_blend(engagement: np.ndarray, quality: np.ndarray, w: BlendWeights) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,10 @@ decoded entries: a hot user's repeated requests skip the Redis round trip and th
 and each entry memoizes its response per (weights, k) so repeating a request shape costs
 no re-blend. Its short TTL bounds how stale a process can be after the batch job
 rewrites an entry; 0 turns it off. Without Redis the in-process LRU is the only layer.
+Behind it, with or without the near cache, every Redis read is compared with the bytes it
+last decoded for that key (`decoded_max_entries`): unchanged bytes reuse the decoded entry
+and its memoized responses, so a repeat Redis hit costs the round trip and a memcmp, never
+stale data.
 
 Redis trouble is never an RPC failure: every redis.RedisError is caught, counted in
 `recsys_redis_faults_total` and the request goes on to the online path. After a
@@ -66,6 +70,10 @@ class CacheConfig:
     max_connections: int = 64        # connection pool size (>= server worker threads)
     near_ttl_s: float = 30.0         # per-process cache in front of Redis; 0 = off
     near_max_entries: int = 10_000
+    # Decoded entries kept per key beside the bytes they came from: a Redis hit whose bytes are
+    # unchanged reuses the decoded entry (and its memoized responses) instead of decoding and
+    # blending again. Every hit still reads Redis, so this never serves stale data. 0 = off.
+    decoded_max_entries: int = 10_000
 
     def __post_init__(self) -> None:
         if self.ttl_s < 1:
@@ -77,6 +85,8 @@ class CacheConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.retries < 0 or self.max_connections < 1 or self.circuit_open_s < 0:
             raise ValueError("--retries and --circuit-open-s must be >= 0 and --max-connections >= 1")
+        if self.decoded_max_entries < 0:
+            raise ValueError(f"--decoded-max-entries must be >= 0, got {self.decoded_max_entries}")
         if self.near_ttl_s < 0 or self.near_max_entries < 1:
             raise ValueError(f"--near-ttl-s must be >= 0 and --near-max-entries >= 1, got {self.near_ttl_s}, "
                              f"{self.near_max_entries}")
@@ -179,17 +189,22 @@ class RedisCandidateStore:
     """Candidate sets in Redis under the key layout in this module's docstring."""
 
     def __init__(self, client: redis.Redis, ttl_s: int, metrics: ServingMetrics, circuit_open_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, decoded_max_entries: int = 0) -> None:
         self.client = client
         self._ttl = ttl_s
         self._metrics = metrics
         self._circuit_open_s = circuit_open_s
         self._clock = clock
         self._closed_until = 0.0  # Redis is skipped while clock() < this
+        self._decoded_max = decoded_max_entries
+        # key → (the exact bytes read, the entry decoded from them); LRU-bounded
+        self._decoded: collections.OrderedDict[str, tuple[bytes, CacheEntry]] = collections.OrderedDict()
+        self._decoded_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> RedisCandidateStore:
-        return cls(redis_client(config), config.ttl_s, metrics, config.circuit_open_s)
+        return cls(redis_client(config), config.ttl_s, metrics, config.circuit_open_s,
+                   decoded_max_entries=config.decoded_max_entries)
 
     def _skip(self, op: str) -> bool:
         if self._closed_until and self._clock() < self._closed_until:
@@ -209,17 +224,28 @@ class RedisCandidateStore:
         self._metrics.redis_fault(op, kind)
 
     def get(self, model_version: str, user_id: str) -> tuple[CandidateSet, str] | None:
+        entry = self.get_entry(model_version, user_id)
+        return None if entry is None else (entry.candidates, entry.source)
+
+    def get_entry(self, model_version: str, user_id: str) -> CacheEntry | None:
+        """The decoded entry for the user (precomputed first), or None on a miss or any fault."""
         if self._skip("get"):
             return None
+        keys = (precomputed_key(model_version, user_id), cache_key(model_version, user_id))
         try:
-            pre, cached = self.client.mget((precomputed_key(model_version, user_id), cache_key(model_version, user_id)))
+            pre, cached = self.client.mget(keys)
         except redis.RedisError as e:
             self._fault("get", e)
             return None
         self._closed_until = 0.0
-        for raw, source in ((pre, PRECOMPUTED), (cached, CACHE)):
+        for key, raw, source in ((keys[0], pre, PRECOMPUTED), (keys[1], cached, CACHE)):
             if raw is None:
                 continue
+            if self._decoded_max:
+                with self._decoded_lock:
+                    known = self._decoded.get(key)
+                if known is not None and known[0] == raw:  # the same bytes: the same decoded entry
+                    return known[1]
             try:
                 candidates = CandidateSet.from_bytes(raw)
             except CorruptEntryError as e:
@@ -230,7 +256,14 @@ class RedisCandidateStore:
             if candidates.model_version != model_version:
                 self._metrics.redis_fault("get", "corrupt")
                 continue
-            return candidates, source
+            entry = CacheEntry(candidates, source)
+            if self._decoded_max:
+                with self._decoded_lock:
+                    self._decoded[key] = (raw, entry)
+                    self._decoded.move_to_end(key)
+                    while len(self._decoded) > self._decoded_max:
+                        self._decoded.popitem(last=False)
+            return entry
         return None
 
     def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
@@ -242,6 +275,8 @@ class RedisCandidateStore:
             self._fault("set", e)
 
     def close(self) -> None:
+        with self._decoded_lock:
+            self._decoded.clear()
         self.client.close()
 
 
@@ -320,13 +355,17 @@ class CandidateCache:
                                            "near" if local is self.near else "store")
                 return entry, entry.source
         if local is not self.store:
-            hit = self.store.get(model_version, user_id)
-            if hit is not None:
-                self._metrics.cache_lookup("hit" if hit[1] == CACHE else "precomputed")
-                entry = CacheEntry(*hit)
+            get_entry = getattr(self.store, "get_entry", None)
+            if get_entry is not None:
+                entry = get_entry(model_version, user_id)
+            else:
+                hit = self.store.get(model_version, user_id)
+                entry = None if hit is None else CacheEntry(*hit)
+            if entry is not None:
+                self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed")
                 if self.near is not None:
                     self.near.put_entry(model_version, user_id, entry)
-                return entry, hit[1]
+                return entry, entry.source
         self._metrics.cache_lookup("miss")
 
         def computed() -> CacheEntry:

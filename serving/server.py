@@ -9,7 +9,8 @@ FAISS calls that release the GIL plus blocking Redis I/O, which threads overlap 
 Per Recommend: validate → unknown user? popularity FALLBACK → cache (Redis or in-process)
 → on a miss compute once per user (single-flight): user tower → FAISS top-N without the
 user's train items → ranker (both heads) → store → blend with the request's weights →
-drop excluded items → top-k.
+drop excluded items → top-k. Concurrent misses share those model calls (serving/batcher.py,
+`batch_*` fields; answers identical to computing each user alone).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +30,14 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Histogram
 
 from core.errors import ArtifactError, InvalidRequestError, ModelNotReadyError, RecsysError, UnknownItemError
 from pipeline import CandidateSet
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking.blender import BlendWeights, rank_by_blend
+from serving.batcher import CandidateBatcher
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
 from serving.hotswap import HotSwapConfig, RegistryWatcher, load_into
 from serving.metrics import ServingMetrics
@@ -76,6 +80,22 @@ class ServerConfig:
     # Server processes on the one port (SO_REUSEPORT), each with its own model copy: the
     # measured way past one Python process's GIL (bench/RESULTS.md, serving). `recsys serve` only.
     processes: int = 1
+    # Micro-batching of concurrent cache misses (serving/batcher.py): up to this many users share
+    # one user-tower call, FAISS search and ranker call; 0 = off (each miss computes alone).
+    batch_max_users: int = 64
+    batch_max_wait_s: float = 0.002    # the first request of a batch waits at most this for batch-mates
+    batch_workers: int = 2             # batches computed at once (threads): one computes while the next forms
+    # TensorFlow's thread pools in this process (0 = TF's default: one thread per core each).
+    # Measured on 2 cores (bench/RESULTS.md, issue 14): the defaults (= 2/2 there) served ~30% more
+    # misses than 1/1 with two batch workers; with --processes N, give each process cores/N.
+    tf_intra_op_threads: int = 0
+    tf_inter_op_threads: int = 0
+    # FAISS's OpenMP threads in this process (0 = FAISS's default, one per core). On a busy host
+    # OpenMP's spinning threads made a 32-query search 4.5x slower than one thread (issue 14).
+    faiss_threads: int = 1
+    # Python's GIL switch interval in this process (0 = Python's default, 5 ms). A handler thread back
+    # from Redis waits up to this long for the GIL while other handlers run Python (issue 14).
+    gil_switch_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
@@ -87,6 +107,16 @@ class ServerConfig:
             raise ValueError(f"--grace-s must be >= 0, got {self.grace_s}")
         if self.processes < 1:
             raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.batch_max_users < 0 or self.batch_max_wait_s < 0 or self.batch_workers < 1:
+            raise ValueError(f"--batch-max-users and --batch-max-wait-s must be >= 0 and --batch-workers >= 1, got "
+                             f"{self.batch_max_users}, {self.batch_max_wait_s}, {self.batch_workers}")
+        if self.gil_switch_interval_s < 0:
+            raise ValueError(f"--gil-switch-interval-s must be >= 0 (0 = Python's default), got "
+                             f"{self.gil_switch_interval_s}")
+        if self.tf_intra_op_threads < 0 or self.tf_inter_op_threads < 0 or self.faiss_threads < 0:
+            raise ValueError(f"--tf-intra-op-threads, --tf-inter-op-threads and --faiss-threads must be >= 0 (0 = the "
+                             f"library's default), got {self.tf_intra_op_threads}, {self.tf_inter_op_threads}, "
+                             f"{self.faiss_threads}")
         if self.processes > 1 and self.port == 0:
             raise ValueError("--processes > 1 needs a fixed --port: with --port 0 every process would listen on "
                              "a different free port")
@@ -106,6 +136,25 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.config = config
         self.limits = limits
         self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
+        self.batcher: CandidateBatcher | None = None
+        if config.batch_max_users > 0:
+            batch_users = Histogram("recsys_batch_users", "Users per batched candidates() call",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=metrics.registry)
+            batch_seconds = Histogram("recsys_batch_seconds", "Seconds per batched candidates() call",
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+                                      registry=metrics.registry)
+
+            def on_batch(users: int, seconds: float) -> None:
+                batch_users.observe(users)
+                batch_seconds.observe(seconds)
+
+            self.batcher = CandidateBatcher(config.batch_max_users, config.batch_max_wait_s, config.batch_workers,
+                                            on_batch=on_batch)
+
+    def close(self) -> None:
+        """Stops the batch worker (after the batches already queued)."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     # -- model lifecycle ----------------------------------------------------------------
     @property
@@ -123,6 +172,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def set_model(self, model: Any) -> None:
         """Serves `model` (a RecommendPipeline) from the next request on."""
+        if self.batcher is not None and hasattr(type(model), "batching_plan"):
+            model.batching_plan()  # the one-time check of how candidates_each may share calls, before serving
         weights = model.default_weights
         e, q = self.config.engagement_weight, self.config.quality_weight
         if e >= 0 or q >= 0:
@@ -190,9 +241,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return self._fallback(model, query), FALLBACK
         if time_left is not None and time_left <= self.config.min_deadline_s:
             raise DeadlineExceededError("the deadline passed before the request could be served")
+        # Models without candidates_each (test doubles wrapping a pipeline) compute alone, as unbatched.
+        batcher = self.batcher if hasattr(type(model), "candidates_each") else None
+        if batcher is None:
+            def compute() -> CandidateSet:
+                return model.candidates([query.user_id])[0]
+        else:
+            def compute() -> CandidateSet:
+                return batcher.compute(model, query.user_id, time_left)
         try:
-            entry, source = self.cache.get_or_compute(
-                model.model_version, query.user_id, lambda: model.candidates([query.user_id])[0], timeout=time_left)
+            entry, source = self.cache.get_or_compute(model.model_version, query.user_id, compute, timeout=time_left)
         except concurrent.futures.TimeoutError as e:
             raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
         # With nothing excluded the answer depends only on (entry, weights, k), so a cached entry
@@ -271,6 +329,19 @@ class RecommendServer:
                  extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
                  security: SecurityConfig = SecurityConfig()) -> None:
         self.config = config
+        if config.tf_intra_op_threads or config.tf_inter_op_threads:
+            from core.tf_env import limit_threads  # imports TensorFlow, which loading a model does anyway
+
+            if not limit_threads(config.tf_intra_op_threads, config.tf_inter_op_threads):
+                log.warning("TensorFlow was initialised before the server, so --tf-intra-op-threads %d / "
+                            "--tf-inter-op-threads %d do not apply to this process", config.tf_intra_op_threads,
+                            config.tf_inter_op_threads, extra={"event": "tf_threads_not_applied"})
+        if config.gil_switch_interval_s:
+            sys.setswitchinterval(config.gil_switch_interval_s)  # process-wide
+        if config.faiss_threads:
+            import faiss  # process-wide, like TensorFlow's pools; loading a model imports it anyway
+
+            faiss.omp_set_num_threads(config.faiss_threads)
         self.metrics = metrics or ServingMetrics()
         self.cache = CandidateCache.from_config(cache_config, self.metrics)
         self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits)
@@ -335,6 +406,7 @@ class RecommendServer:
         self._executor.shutdown(wait=False)
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
+        self.servicer.close()
         self.cache.close()
 
     def wait(self) -> None:

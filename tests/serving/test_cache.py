@@ -249,3 +249,30 @@ def test_cache_config_rejects_bad_values():
         CacheConfig(near_ttl_s=-1)
     with pytest.raises(ValueError, match="redis-url"):
         redis_client(CacheConfig(redis_url="http://nope"))
+
+
+def test_redis_store_reuses_the_decoded_entry_only_while_its_bytes_are_unchanged(redis_server, redis_url):
+    config = CacheConfig(redis_url=redis_url, decoded_max_entries=2)
+    store = RedisCandidateStore.from_config(config, ServingMetrics())
+    first, second = make_candidates(seed=1), make_candidates(seed=2)
+    store.put("v1", "u1", first)
+    a = store.get_entry("v1", "u1")
+    assert store.get_entry("v1", "u1") is a  # same bytes: same decoded entry, memoized responses kept
+    assert_same(a.candidates, first)
+    redis_server.client().set(cache_key("v1", "u1"), second.to_bytes())  # e.g. the batch job rewrote it
+    b = store.get_entry("v1", "u1")
+    assert b is not a
+    assert_same(b.candidates, second)
+    redis_server.client().set(precomputed_key("v1", "u1"), first.to_bytes())
+    c = store.get_entry("v1", "u1")
+    assert c.source == PRECOMPUTED and c is not a
+    assert_same(c.candidates, first)
+    redis_server.client().delete(precomputed_key("v1", "u1"), cache_key("v1", "u1"))
+    assert store.get_entry("v1", "u1") is None  # gone from Redis: a miss, whatever was decoded before
+    for user in ("u2", "u3", "u4"):  # bounded
+        store.put("v1", user, first)
+        store.get_entry("v1", user)
+    assert len(store._decoded) == 2
+    off = RedisCandidateStore.from_config(CacheConfig(redis_url=redis_url, decoded_max_entries=0), ServingMetrics())
+    store.put("v1", "u5", first)
+    assert off.get_entry("v1", "u5") is not off.get_entry("v1", "u5")
