@@ -146,29 +146,79 @@ def check_same_split(pipeline: RecommendPipeline, data: EvalData) -> None:
 
 
 def head_diagnostics(rec: PipelineRecommender, data: EvalData, neg: NegativeConfig = NegativeConfig(),
-                     max_users: int = 0) -> dict[str, float]:
-    """Engagement AUC and quality RMSE/MAE of the ranker on the test split.
+                     max_users: int = 0, bins: int = 15) -> dict:
+    """Both heads on the test split, on the candidates the server scores.
 
-    AUC: test engagements against the test log's non-engaged impressions where it has
-    them, else against negatives sampled like the training ones (half from the user's
-    retrieved candidates, half by popularity; never an item the user engaged with in train
-    or test), so it is measured on the distribution the ranker serves. RMSE/MAE: the
-    quality head in rating units against every rated test engagement. See
-    ranking.head_metrics for the exact definitions.
+    Engagement (every test user with an engaged test item; the pairs are each user's
+    served top-N candidates, label = engaged in test):
+      engagement_auc — ROC AUC of the (calibrated) engagement head (ranking.head_metrics);
+      retrieval_auc — the same for the retriever's score on the same pairs;
+      engagement_ece — expected calibration error, 15 equal-mass bins
+        (evaluation.calibration.expected_calibration_error); reliability_bins its table;
+      mean_engagement / engaged_rate — mean prediction and observed rate over those pairs.
+    Quality (every rated test engagement, whether retrieved or not; the quality head does
+    not read the candidate context): quality_rmse / quality_mae in the data's rating units
+    (ranking.denormalize_quality with the version's rating scale); bias_rmse: a damped
+    user + item bias baseline (global mean + b_u + b_i, fit on train ratings) on the same rows.
+    `neg` is kept for callers of the older signature and unused.
     """
-    from ranking import diagnose, evaluation_rows
+    from evaluation.calibration import expected_calibration_error, reliability_bins
+    from ranking import denormalize_quality, head_metrics
 
     pipeline = rec.pipeline
     test = data.split.test
+    engaged = test.loc[test["engaged"] == 1]
+    users = sorted(engaged["user_id"].astype(str).unique())
     if max_users:
-        keep = np.asarray(sorted(test["user_id"].unique()))[:max_users]
-        test = test.loc[test["user_id"].isin(keep)]
+        users = users[:max_users]
+    pos = set(zip(engaged["user_id"].astype(str), engaged["item_id"].astype(str)))
+    e, r, y = [], [], []
+    for lo in range(0, len(users), 256):
+        batch = users[lo:lo + 256]
+        for u, c in zip(batch, pipeline.candidates(batch)):
+            e.append(c.engagement)
+            r.append(c.retrieval_scores)
+            y.append(np.fromiter(((u, str(i)) in pos for i in c.item_ids), dtype=bool, count=len(c.item_ids)))
+    e = np.concatenate(e) if e else np.zeros(0, np.float32)
+    r = np.concatenate(r) if r else np.zeros(0, np.float32)
+    y = np.concatenate(y) if y else np.zeros(0, bool)
+    rated = engaged.loc[engaged["rating"].notna() & engaged["user_id"].astype(str).isin(set(users))]
+    ranker = pipeline.ranker
+    u_ids = rated["user_id"].astype(str).to_numpy()
+    i_ids = rated["item_id"].astype(str).to_numpy()
+    _, q = ranker.score(ranker.user_features(pipeline.features, u_ids), pipeline.features.item_features(i_ids))
+    scale = tuple(getattr(ranker, "rating_scale", (1.0, 5.0)))
+    rating = rated["rating"].to_numpy(np.float64)
+    err = denormalize_quality(q, scale) - rating
+    bias_pred = _bias_baseline(data.split.train, u_ids, i_ids)
+    out = {
+        "engagement_auc": head_metrics(e, y, e, np.full(len(e), np.nan))["engagement_auc"],
+        "retrieval_auc": head_metrics(r, y, e, np.full(len(e), np.nan))["engagement_auc"],
+        "engagement_ece": expected_calibration_error(e, y, bins) if len(e) else float("nan"),
+        "mean_engagement": float(e.mean()) if len(e) else float("nan"),
+        "engaged_rate": float(y.mean()) if len(y) else float("nan"),
+        "candidate_pairs": int(len(e)), "candidate_positives": int(y.sum()),
+        "quality_rmse": float(np.sqrt(np.mean(err ** 2))) if len(err) else float("nan"),
+        "quality_mae": float(np.mean(np.abs(err))) if len(err) else float("nan"),
+        "bias_rmse": float(np.sqrt(np.mean((bias_pred - rating) ** 2))) if len(err) else float("nan"),
+        "quality_rated": int(len(err)), "rating_scale": list(scale),
+        "reliability_bins": reliability_bins(e, y, bins) if len(e) else [],
+    }
+    return out
 
-    def generator(users: Sequence[str]) -> list[np.ndarray]:
-        return [c.item_ids for c in pipeline.candidates(users)]
 
-    rows = evaluation_rows(test, pipeline.features, neg, data.split.train, candidates=generator)
-    return diagnose(pipeline.ranker, rows, pipeline.features)
+def _bias_baseline(train: pd.DataFrame, users: np.ndarray, items: np.ndarray, damping: float = 5.0) -> np.ndarray:
+    """Global mean + damped item bias + damped user bias (user bias on item-debiased ratings), fit on train."""
+    rated = train.loc[train["rating"].notna(), ["user_id", "item_id", "rating"]].astype({"user_id": str, "item_id": str})
+    if len(rated) == 0:
+        return np.full(len(users), np.nan)
+    mu = float(rated["rating"].mean())
+    g = rated.groupby("item_id")["rating"]
+    b_i = (g.sum() - mu * g.count()) / (g.count() + damping)
+    resid = rated["rating"] - mu - rated["item_id"].map(b_i).to_numpy()
+    gu = resid.groupby(rated["user_id"])
+    b_u = gu.sum() / (gu.count() + damping)
+    return (mu + pd.Series(items).map(b_i).fillna(0.0).to_numpy() + pd.Series(users).map(b_u).fillna(0.0).to_numpy())
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -215,13 +265,19 @@ def sweep_blend(rec: PipelineRecommender, data: EvalData, shares: Sequence[float
       One row per α: the engagement metrics (binary ndcg@k, map@k, recall@k), the quality
       metrics (ndcg_graded@k: rating as gain; mean_hit_rating@k: mean test rating of the
       top-k items that were hits; hit_rating_4plus@k: the share of those rated 4 or 5) and
-      mean_pred_quality@k / mean_pred_engagement@k (the heads' own view of the top k).
+      mean_pred_quality@k / mean_pred_engagement@k (the heads' own view of the top k);
+      clickbait_share@k where the items carry an item_type column: the share of top-k slots
+      holding an item_type == "clickbait" item.
     """
     base = rec.weights
     mode = mode or base.mode
     transform = transform or (base.transform if mode == "additive" else "identity")
     started = time.perf_counter()
     cands = rec.candidate_sets(data.test_users)
+    items = rec.pipeline.features.items
+    # Synthetic data plants "clickbait" items (engaging, low quality): report their share of each top k.
+    clickbait = (frozenset(items.index[items["item_type"].astype(str) == "clickbait"].astype(str))
+                 if "item_type" in items.columns else None)
     log.info("sweep: candidate sets for %d users in %.1fs", len(cands), time.perf_counter() - started)
     rows = []
     for alpha in shares:
@@ -230,17 +286,21 @@ def sweep_blend(rec: PipelineRecommender, data: EvalData, shares: Sequence[float
         ranked = rec.rank(cands, k, weights=w, order="blend")
         m = evaluate_rankings(ranked, data, ks=(k,))
         mean_rating, share_4 = _hit_ratings(ranked, data, k)
-        pred_e, pred_q = [], []
+        pred_e, pred_q, flagged = [], [], []
         for c in cands:
             order = rec.pipeline.blend_top_k(c, w, k)[2]
             pred_e.extend(c.engagement[order])
             pred_q.extend(c.quality[order])
+            if clickbait is not None:
+                flagged.extend(c.item_ids[j] in clickbait for j in order)
         rows.append({"quality_share": alpha, "engagement_weight": w.engagement, "quality_weight": w.quality,
                      "mode": mode, f"ndcg@{k}": m[f"ndcg@{k}"], f"map@{k}": m[f"map@{k}"],
                      f"recall@{k}": m[f"recall@{k}"], f"ndcg_graded@{k}": m[f"ndcg_graded@{k}"],
                      f"mean_hit_rating@{k}": mean_rating, f"hit_rating_4plus@{k}": share_4,
                      f"mean_pred_engagement@{k}": float(np.mean(pred_e)) if pred_e else float("nan"),
-                     f"mean_pred_quality@{k}": float(1 + 4 * np.mean(pred_q)) if pred_q else float("nan")})
+                     f"mean_pred_quality@{k}": float(1 + 4 * np.mean(pred_q)) if pred_q else float("nan"),
+                     **({f"clickbait_share@{k}": float(np.mean(flagged)) if flagged else float("nan")}
+                        if clickbait is not None else {})})
     return pd.DataFrame(rows)
 
 

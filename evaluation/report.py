@@ -171,6 +171,7 @@ def write_report(directory: str | pathlib.Path, results: pd.DataFrame, split_sta
           "## Metric definitions", "", METRIC_DEFINITIONS, "## Split", "", _split_table(summary), "",
           "```json", json.dumps(summary, indent=2), "```", "", "## Config", "", "```json",
           json.dumps(cfg, indent=2), "```", ""]
+    md[5:5] = _calibration_section(d, cfg)
     md_path = d / "report.md"
     md_path.write_text("\n".join(md))
     return ReportPaths(markdown=md_path, json=json_path, plot=plot_path)
@@ -184,3 +185,25 @@ def _split_table(summary: dict[str, Any]) -> str:
     lines = ["| part | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += ["| " + p + " | " + " | ".join(str(summary[p].get(c, "")) for c in cols) + " |" for p in parts]
     return "\n".join(lines)
+
+
+def _calibration_section(d: pathlib.Path, cfg: Any) -> list[str]:
+    """Engagement calibration of each model with head diagnostics: ECE and a reliability diagram PNG."""
+    from evaluation.calibration import plot_reliability
+
+    diagnostics = cfg.get("head_diagnostics", {}) if isinstance(cfg, dict) else {}
+    out: list[str] = []
+    for name, diag in diagnostics.items():
+        bins = diag.get("reliability_bins") if isinstance(diag, dict) else None
+        if not bins:
+            continue
+        png = f"reliability_{name.replace('[', '_').replace(']', '')}.png"
+        plot_reliability(bins, d / png, title=f"{name}: test candidates, ECE = {diag.get('engagement_ece', 0):.4f}")
+        out += [f"## Engagement calibration: {name}", "",
+                f"ECE (15 equal-mass bins over the test candidates, evaluation.calibration) = "
+                f"{diag.get('engagement_ece', float('nan')):.4f}; engagement AUC {diag.get('engagement_auc', 0):.4f} "
+                f"vs the retriever score's {diag.get('retrieval_auc', float('nan')):.4f} on the same "
+                f"{diag.get('candidate_pairs', 0)} pairs; quality RMSE {diag.get('quality_rmse', float('nan')):.4f} "
+                f"vs user+item bias {diag.get('bias_rmse', float('nan')):.4f} (rating units, "
+                f"{diag.get('quality_rated', 0)} rated test engagements).", "", f"![reliability]({png})", ""]
+    return out

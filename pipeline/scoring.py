@@ -247,8 +247,12 @@ class CandidateScorer:
         except KeyError as e:
             raise ArtifactMismatchError(f"the FAISS index returned item {e.args[0]!r}, which is not in the feature "
                                         "store's catalogue; rebuild the index") from e
+        # The ranker's candidate context (retriever score and rank, history similarity, ...): ranking.context.
+        ranks = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)[valid] if ids.ndim == 2 else np.zeros(0)
+        context = self.ranker.candidate_context(self.features, list(user_ids), owner, flat_ids,
+                                                np.asarray(scores)[valid], ranks)
         engagement, quality = self.ranker.score({k: v[owner] for k, v in user_rows.items()},
-                                                {k: v[rows] for k, v in self._item_features.items()})
+                                                {k: v[rows] for k, v in self._item_features.items()}, context)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         return [CandidateSet(item_ids=np.asarray(flat_ids[a:b], dtype=object),
                              retrieval_scores=scores[u, :counts[u]].astype(np.float32),

@@ -18,6 +18,10 @@ _LAZY = {
     "denormalize_quality": "ranking.model", "normalize_rating": "ranking.model", "ranker_inputs": "ranking.model",
     "diagnose": "ranking.train", "evaluation_rows": "ranking.train", "head_metrics": "ranking.train",
     "predict": "ranking.train", "train_ranker": "ranking.train", "training_rows": "ranking.train",
+    "WindowRetriever": "ranking.train", "holdout_users": "ranking.train",
+    "CandidateContext": "ranking.context", "fit_candidate_context": "ranking.context",
+    "PlattCalibration": "ranking.calibration", "fit_platt": "ranking.calibration",
+    "select_blend": "ranking.selection", "blend_candidates": "ranking.selection",
 }
 
 __all__ = [

@@ -23,9 +23,10 @@ class RankerConfig:
     wide_buckets: int = 200_003        # hash buckets shared by all crossed features
     engagement_weight: float = 1.0     # loss weight of the engagement head (BCE)
     quality_weight: float = 1.0        # loss weight of the quality head (masked MSE on normalised rating)
-    # β: when serving, the engagement logit adds β · (the retrieval model's user·item score - 1)
-    # (a frozen copy of the trained two-tower inside the ranker; not during training). 0 = off.
-    retrieval_weight: float = 20.0
+    # The engagement head reads the candidate context (retriever score and rank, similarity to the
+    # user's recent items, popularity recency/trend, user activity; ranking.context).
+    context: bool = True
+    calibration_users: float = 0.2     # share of validation-window users held out to calibrate and select the blend
     l2: float = 1e-6                   # L2 penalty on embedding tables (per example)
     learning_rate: float = 2e-3        # Adam
     batch_size: int = 1024
@@ -44,11 +45,13 @@ class RankerConfig:
                              f"{self.head_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
-        for name in ("engagement_weight", "quality_weight", "retrieval_weight", "l2"):
+        for name in ("engagement_weight", "quality_weight", "l2"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {getattr(self, name)}")
         if self.engagement_weight == 0 and self.quality_weight == 0:
             raise ValueError("--engagement-weight and --quality-weight are both 0; nothing would be trained")
+        if not 0.0 < self.calibration_users < 1.0:
+            raise ValueError(f"--calibration-users must be in (0, 1), got {self.calibration_users}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
         for cross in self.crosses:

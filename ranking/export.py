@@ -3,7 +3,9 @@
 Layout of a ranking artifact directory (`<version>/ranking/`):
   model/        SavedModel; signature "serving_default": the ranker's inputs (each [n],
                 names of model.input_specs) → {"engagement": [n], "quality": [n]} float32
-  ranker.json   config, input names, heads and training info
+  ranker.json   config, input names, heads, training info, the engagement calibration and
+                the rating scale of the quality head
+  context.npz   with context inputs: the served version's CandidateContext (ranking.context)
 
 Loaders use only TensorFlow's SavedModel API, never the training code's classes.
 """
@@ -20,7 +22,9 @@ import numpy as np
 from core.errors import ArtifactError, ArtifactMismatchError
 from core.tf_env import tf
 from features import FeatureStore
-from ranking.model import HEADS, WideDeepRanker, ranker_inputs, user_inputs
+from ranking.calibration import PlattCalibration
+from ranking.context import CONTEXT_FILE, CandidateContext, neutral_context
+from ranking.model import HEADS, RATING_MAX, RATING_MIN, WideDeepRanker, ranker_inputs, user_inputs
 
 MODEL_DIR = "model"
 META_FILE = "ranker.json"
@@ -53,8 +57,16 @@ class _Serving(tf.Module):
         self.serve = serve
 
 
-def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Mapping[str, Any] | None = None) -> pathlib.Path:
-    """Writes `directory/model` (SavedModel) and `directory/ranker.json`; returns `directory`."""
+def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Mapping[str, Any] | None = None,
+                  context: CandidateContext | None = None, calibration: PlattCalibration | None = None,
+                  rating_scale: tuple[float, float] = (RATING_MIN, RATING_MAX)) -> pathlib.Path:
+    """Writes `directory/model` (SavedModel), `directory/ranker.json` (+ context.npz); returns `directory`.
+
+    `context`: the serving CandidateContext (required when the model reads context inputs);
+    `calibration`: the engagement head's Platt calibration, applied by Ranker.score.
+    """
+    if model.config.context and context is None:
+        raise ValueError("this ranker reads candidate context: export it with the serving CandidateContext")
     d = pathlib.Path(directory)
     if (d / MODEL_DIR).exists():
         raise ArtifactError(f"{d / MODEL_DIR} already exists; artifacts are never overwritten")
@@ -69,7 +81,11 @@ def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Ma
         "heads": list(HEADS),
         "config": dataclasses.asdict(model.config),
         "info": dict(info or {}),
+        "calibration": (calibration or PlattCalibration()).to_dict(),
+        "rating_scale": [float(rating_scale[0]), float(rating_scale[1])],
     }
+    if model.config.context:
+        context.save(d)
     (d / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
     return d
 
@@ -95,6 +111,11 @@ class Ranker:
         self.directory = directory
         self.input_names: tuple[str, ...] = tuple(meta["inputs"])
         self._dtypes = {k: tf.as_dtype(v) for k, v in meta["inputs"].items()}
+        self.calibration = PlattCalibration.from_dict(meta.get("calibration"))
+        self.rating_scale: tuple[float, float] = tuple(meta.get("rating_scale", (RATING_MIN, RATING_MAX)))
+        self.context: CandidateContext | None = None
+        if self.config.get("context") and (directory / CONTEXT_FILE).exists():
+            self.context = CandidateContext.load(directory)
 
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> Ranker:
@@ -118,6 +139,8 @@ class Ranker:
             raise ArtifactMismatchError(f"{d}: SavedModel inputs {sorted(expected)} differ from {META_FILE} "
                                         f"{sorted(meta['inputs'])}")
         ranker = cls(signature, meta, d)
+        if ranker.config.get("context") and ranker.context is None:
+            raise ArtifactMismatchError(f"{d}: the ranker reads candidate context but {CONTEXT_FILE} is missing")
         ranker._loaded = loaded  # keep the restored object (and its variables) alive
         return ranker
 
@@ -133,23 +156,53 @@ class Ranker:
         """The user dict `score` takes: FeatureStore.user_features plus the history this ranker reads."""
         return user_inputs(features, user_ids, self.history_length)
 
+    @property
+    def uses_context(self) -> bool:
+        return bool(self.config.get("context"))
+
+    def candidate_context(self, features: FeatureStore, user_ids: list[str], owner: np.ndarray,
+                          item_ids: np.ndarray, scores: np.ndarray, ranks: np.ndarray) -> dict[str, np.ndarray]:
+        """The context inputs of n candidates (ranking.context.CandidateContext.features) as of this
+        version: the users' train items (FeatureStore.seen) and this version's retriever and stats.
+
+        Args:
+          user_ids: b users; owner: [n] index into them; item_ids, scores, ranks: [n] each
+          candidate, its retriever score and 0-based position in the user's retrieved list.
+        """
+        if self.context is None:
+            return {}
+        hists = features.history(user_ids, self.context.history_k)
+        activity = np.array([len(s) for s in features.seen_items(user_ids)])
+        return self.context.features(hists, activity, owner, item_ids, scores, ranks)
+
     def score(self, user_features: Mapping[str, np.ndarray], item_features: Mapping[str, np.ndarray],
-              batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+              context: Mapping[str, np.ndarray] | None = None, batch_size: int = 8192,
+              calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Scores n (user, item) pairs.
 
         Args:
           user_features: raw dict of FeatureStore.user_features for the n pairs' users, [n]
             each, plus "history" when the ranker reads it (see `user_features`).
           item_features: raw dict of FeatureStore.item_features for the n pairs' items, [n] each.
+          context: the candidates' context inputs (`candidate_context`) when the ranker reads
+            them; None = neutral (all zero), valid for the quality head only.
           batch_size: rows per signature call (bounds memory).
+          calibrated: apply the version's engagement calibration (ranker.json "calibration").
 
         Returns:
-          (engagement [n], quality [n]) float32 in [0, 1].
+          (engagement [n], quality [n]) float32 in [0, 1]: engagement = P(engaged | user,
+          candidate) on the served candidate distribution; quality = the normalised rating
+          (rating units: ranking.denormalize_quality(q, ranker.rating_scale)).
         """
-        return self.score_inputs(ranker_inputs(user_features, item_features), batch_size)
+        inputs = ranker_inputs(user_features, item_features)
+        if self.uses_context:
+            n = len(next(iter(inputs.values()))) if inputs else 0
+            inputs.update(context if context else neutral_context(n))
+        return self.score_inputs(inputs, batch_size, calibrated)
 
-    def score_inputs(self, inputs: Mapping[str, np.ndarray], batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """Scores the merged input dict of model.ranker_inputs (same result as `score`)."""
+    def score_inputs(self, inputs: Mapping[str, np.ndarray], batch_size: int = 8192,
+                     calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Scores the merged input dict of model.ranker_inputs (+ context; same result as `score`)."""
         missing = [k for k in self.input_names if k not in inputs]
         if missing:
             raise ArtifactMismatchError(f"ranker input(s) {missing} are missing; the feature store does not match the "
@@ -166,7 +219,10 @@ class Ranker:
             res = self._fn(**batch)
             for h in HEADS:
                 outs[h].append(res[h].numpy())
-        return np.concatenate(outs["engagement"]), np.concatenate(outs["quality"])
+        engagement = np.concatenate(outs["engagement"])
+        if calibrated:
+            engagement = self.calibration.apply(engagement)
+        return engagement, np.concatenate(outs["quality"])
 
 
 def _tensor(values: np.ndarray, dtype: tf.DType) -> tf.Tensor:

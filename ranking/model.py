@@ -13,15 +13,13 @@ so the exported SavedModel takes raw strings and floats.
          item·user and item·history → shared ReLU MLP bottom — generalisation.
   heads: engagement = σ(tower_e(bottom) + wide_e), quality = σ(tower_q(bottom) + wide_q);
          quality predicts the normalised rating (rating - 1) / 4 in [0, 1].
-  fusion (config.retrieval_weight = β > 0 and a trained retriever given): when not
-         training, engagement = σ(logit_e + β · (s(u, i) - 1)), s the retrieval model's
-         score of the pair (a frozen copy of its user tower and item embeddings, see
-         RetrievalAffinity; 1 = a perfect match of unit-norm towers) — the ranker's and
-         the retriever's evidence multiplied as experts. Anchoring at s = 1 only ever
-         lowers the logit, so the head does not saturate at 1 and a blend with quality
-         still orders the top. Trained without it: on train rows the retriever's scores
-         are in-sample (it was fit on those very engagements), so a learned weight would
-         over-trust them; β is chosen on the validation carve (bench/RESULTS.md).
+  context (config.context, the serving-shaped engagement head): the engagement tower also
+         reads the candidate's context features (ranking.context: the retriever's score
+         and rank of the pair, similarity to the user's recent items, item popularity
+         recency/trend, user activity), standardised, plus a linear term in them — the
+         retriever's evidence enters as learned inputs, not as a fixed weight. Trained on
+         candidates of a retriever that did not see the labels (see ranking.train), so the
+         weight it learns is the out-of-sample one. The quality head never reads them.
 """
 from __future__ import annotations
 
@@ -34,6 +32,7 @@ from core.tf_env import keras, tf
 from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore
 from features.tf_layers import BagEmbedding, l2_regularizer, split_multi, string_lookup, tokenize
 from ranking.config import RankerConfig
+from ranking.context import CONTEXT_FEATURES, CONTEXT_PREFIX
 
 USER_PREFIX = "u__"
 ITEM_PREFIX = "i__"
@@ -42,14 +41,19 @@ HEADS = ("engagement", "quality")
 RATING_MIN, RATING_MAX = 1.0, 5.0
 
 
-def normalize_rating(rating: np.ndarray) -> np.ndarray:
-    """1-5 rating → [0, 1] quality label; NaN (unobserved) stays NaN."""
-    return (np.asarray(rating, dtype=np.float64) - RATING_MIN) / (RATING_MAX - RATING_MIN)
+def normalize_rating(rating: np.ndarray, scale: tuple[float, float] = (RATING_MIN, RATING_MAX)) -> np.ndarray:
+    """Rating on `scale` (lo, hi) → [0, 1] quality label; NaN (unobserved) stays NaN."""
+    lo, hi = scale
+    return (np.asarray(rating, dtype=np.float64) - lo) / (hi - lo)
 
 
-def denormalize_quality(quality: np.ndarray) -> np.ndarray:
-    """Quality head output in [0, 1] → rating units (1-5)."""
-    return RATING_MIN + (RATING_MAX - RATING_MIN) * np.asarray(quality, dtype=np.float64)
+def denormalize_quality(quality: np.ndarray, scale: tuple[float, float] = (RATING_MIN, RATING_MAX)) -> np.ndarray:
+    """Quality head output in [0, 1] → the data's rating units: lo + (hi - lo) · q.
+
+    `scale` is the version's rating scale (ranker.json "rating_scale", the train ratings'
+    min and max; MovieLens and synthetic: 1-5)."""
+    lo, hi = scale
+    return lo + (hi - lo) * np.asarray(quality, dtype=np.float64)
 
 
 def user_inputs(features: FeatureStore, user_ids: Sequence[str], history_length: int,
@@ -90,8 +94,9 @@ def ranker_inputs(user_features: Mapping[str, np.ndarray], item_features: Mappin
     return out
 
 
-def input_specs(features: FeatureStore, history_length: int = 0) -> dict[str, tf.TensorSpec]:
-    """The ranker's inputs: name → TensorSpec([None]) (strings, or float32 for numerics)."""
+def input_specs(features: FeatureStore, history_length: int = 0, context: bool = False) -> dict[str, tf.TensorSpec]:
+    """The ranker's inputs: name → TensorSpec([None]) (strings, or float32 for numerics; with
+    `context`, the float32 CONTEXT_PREFIX features of ranking.context)."""
     spec = features.spec
     specs = {USER_PREFIX + "user_id": tf.TensorSpec([None], tf.string, name=USER_PREFIX + "user_id")}
     if history_length > 0:
@@ -105,6 +110,9 @@ def input_specs(features: FeatureStore, history_length: int = 0) -> dict[str, tf
         specs[ITEM_PREFIX + c] = tf.TensorSpec([None], tf.string, name=ITEM_PREFIX + c)
     for c in spec.item_numeric:
         specs[ITEM_PREFIX + c] = tf.TensorSpec([None], tf.float32, name=ITEM_PREFIX + c)
+    if context:
+        for c in CONTEXT_FEATURES:
+            specs[CONTEXT_PREFIX + c] = tf.TensorSpec([None], tf.float32, name=CONTEXT_PREFIX + c)
     return specs
 
 
@@ -144,50 +152,6 @@ class _WideCrosses(keras.layers.Layer):
         return tf.math.unsorted_segment_sum(weights, tf.concat(rows, axis=0), batch)  # [b, heads]
 
 
-class RetrievalAffinity(keras.layers.Layer):
-    """The retrieval model's score of each (user, item) row: user_tower(user) · item_embedding[item]  [b, 1].
-
-    Frozen (no trainable weights): `user_tower` is the trained two-tower's user tower (a
-    Keras layer taking the raw user feature dict, see retrieval.Tower), `item_ids` [m] and
-    `item_embeddings` [m, d] its exported item vectors (items.npz), so s is exactly the
-    FAISS inner-product score of the candidate. The tower reads the last min(its own
-    history length, `history_length`) items of the ranker's history input: with a ranker
-    history at least as long as the tower's (the defaults: 50 ≥ 20) s equals the FAISS
-    score; a shorter one gives the tower a shorter history. Unknown items score 0.
-    """
-
-    def __init__(self, user_tower: keras.layers.Layer, item_ids: Sequence[str], item_embeddings: np.ndarray,
-                 history_length: int, **kwargs) -> None:
-        super().__init__(trainable=False, **kwargs)
-        user_tower.trainable = False
-        self.user_tower = user_tower
-        self.feature_names = tuple(user_tower.feature_names)
-        self.history_length = min(int(getattr(user_tower, "history_length", 0)), int(history_length))
-        emb = np.asarray(item_embeddings, dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] != len(item_ids):
-            raise ValueError(f"item_embeddings must be [{len(item_ids)}, d], got {emb.shape}")
-        self.item_lookup = keras.layers.StringLookup(vocabulary=[str(i) for i in item_ids], num_oov_indices=1,
-                                                     mask_token=None)
-        table = np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])  # row 0: OOV
-        self.item_table = self.add_weight(name="item_table", shape=table.shape, trainable=False,
-                                          initializer=keras.initializers.Constant(table))
-
-    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        user = {}
-        for name in self.feature_names:
-            if name == HISTORY:
-                if self.history_length > 0:
-                    tokens = split_multi(inputs[USER_PREFIX + HISTORY])[:, -self.history_length:]
-                    user[name] = tf.strings.reduce_join(tokens, axis=1, separator=MULTI_VALUE_SEP)
-                else:
-                    user[name] = tf.fill(tf.shape(inputs[USER_PREFIX + "user_id"]), "")
-            else:
-                user[name] = inputs[USER_PREFIX + name]
-        u = self.user_tower(user, training=False)  # [b, d]
-        v = tf.gather(self.item_table, self.item_lookup(inputs[ITEM_PREFIX + "item_id"]))  # [b, d]
-        return tf.reduce_sum(u * v, axis=1, keepdims=True)
-
-
 class WideDeepRanker(keras.Model):
     """The ranker. call(inputs) → {"engagement": [b, 1], "quality": [b, 1]}, both in [0, 1].
 
@@ -196,18 +160,16 @@ class WideDeepRanker(keras.Model):
     quality mask) row by row; the exported signature returns them as [b].
     """
 
-    def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: RetrievalParts | None = None,
-                 **kwargs) -> None:
+    def __init__(self, features: FeatureStore, config: RankerConfig,
+                 context_stats: Mapping[str, tuple[float, float]] | None = None, **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config
-        # Retrieval fusion only with β > 0 and a retrieval model; otherwise the ranker alone.
-        self.affinity = None
-        if config.retrieval_weight > 0 and retrieval is not None:
-            tower, item_ids, item_embeddings = retrieval
-            self.affinity = RetrievalAffinity(tower, item_ids, item_embeddings, config.history_length,
-                                              name="retrieval_affinity")
         spec, vocabs = features.spec, features.vocabularies
-        self.specs = input_specs(features, config.history_length)
+        self.specs = input_specs(features, config.history_length, config.context)
+        # (mean, std) per context feature over the engagement training rows, for standardising.
+        self.context_stats = {k: (float(m), float(sd)) for k, (m, sd) in (context_stats or {}).items()}
+        self.context_keys = tuple(CONTEXT_PREFIX + c for c in CONTEXT_FEATURES) if config.context else ()
+        self.context_linear = keras.layers.Dense(1, name="context_linear") if config.context else None
         self.embedders: dict[str, keras.layers.Layer] = {}
         self.bags: dict[str, tuple[keras.layers.Layer, bool]] = {}  # key → (bag layer, is text)
         for prefix, col, dim in ((USER_PREFIX, "user_id", config.id_dim), (ITEM_PREFIX, "item_id", config.id_dim),
@@ -263,14 +225,21 @@ class WideDeepRanker(keras.Model):
         for layer in self.bottom:
             x = layer(x, training=training)
         wide = self.wide(inputs) if self.wide is not None else None
-        fused = self.affinity is not None and not training
+        ctx = None
+        if self.context_keys:
+            cols = []
+            for key in self.context_keys:
+                mean, std = self.context_stats.get(key, (0.0, 1.0))
+                cols.append(((tf.cast(inputs[key], tf.float32) - mean) / (std or 1.0))[:, None])
+            ctx = tf.concat(cols, axis=1)
         out = {}
         for h, head in enumerate(HEADS):
-            logit = self.towers[head](x)
+            if head == "engagement" and ctx is not None:
+                logit = self.towers[head](tf.concat([x, ctx], axis=1)) + self.context_linear(ctx)
+            else:
+                logit = self.towers[head](x)
             if wide is not None:
                 logit = logit + wide[:, h:h + 1]
-            if fused and head == "engagement":
-                logit = logit + self.config.retrieval_weight * (self.affinity(inputs) - 1.0)
             out[head] = tf.sigmoid(logit)
         return out
 
@@ -290,22 +259,18 @@ def _resolve_crosses(spec: FeatureSpec, crosses: Sequence[str]) -> list[tuple[st
     return out
 
 
-# (user tower layer, item ids [m], item embeddings [m, d]) of a trained two-tower: see RetrievalAffinity.
-RetrievalParts = tuple[keras.layers.Layer, Sequence[str], np.ndarray]
-
-
 def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 retrieval: RetrievalParts | None = None) -> WideDeepRanker:
+                 context_stats: Mapping[str, tuple[float, float]] | None = None) -> WideDeepRanker:
     """A compiled WideDeepRanker for `features` (vocabularies fit on train).
 
-    `retrieval` (with config.retrieval_weight > 0) adds the retrieval score to the
-    engagement logit when serving (see the module docstring); None = the ranker alone.
+    `context_stats`: (mean, std) of each context input (CONTEXT_PREFIX names) for
+    standardising them, measured on the engagement training rows; None = (0, 1).
 
     Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
     on the normalised rating, weighted by a 0/1 mask so rows without an observed rating
     contribute nothing. Total = engagement_weight · L_e + quality_weight · L_q.
     """
-    model = WideDeepRanker(features, config, retrieval)
+    model = WideDeepRanker(features, config, context_stats)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},

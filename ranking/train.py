@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,10 @@ from scipy import stats
 
 from core.tf_env import keras, set_seed, tf
 from features import MULTI_VALUE_SEP, FeatureStore, Split, SplitConfig
+from ranking.context import CONTEXT_PREFIX, CandidateContext, neutral_context
 from ranking.model import (
     HEADS,
     RankerConfig,
-    RetrievalParts,
     WideDeepRanker,
     build_ranker,
     normalize_rating,
@@ -71,12 +71,15 @@ class Examples:
         return len(self.engaged)
 
 
-def make_examples(rows: pd.DataFrame, features: FeatureStore, history_length: int = 0) -> Examples:
+def make_examples(rows: pd.DataFrame, features: FeatureStore, history_length: int = 0, context: bool = False,
+                  rating_scale: tuple[float, float] = (1.0, 5.0)) -> Examples:
     """Looks up the raw features of every (user, item) row and derives labels and weights.
 
     The user's history is the row's `history` column when present (training rows built
     as of an earlier time), else FeatureStore.history with the row's own item left out
-    (model.user_inputs), as it is for every served candidate.
+    (model.user_inputs), as it is for every served candidate. With `context`, the rows'
+    CONTEXT_PREFIX columns (ranking.context) are inputs too; rows without them (quality
+    rows) get zeros, which only the engagement head reads.
     """
     rows = rows.reset_index(drop=True)
     users, items = rows["user_id"].to_numpy(), rows["item_id"].to_numpy()
@@ -86,9 +89,16 @@ def make_examples(rows: pd.DataFrame, features: FeatureStore, history_length: in
     else:
         user = user_inputs(features, users, history_length, leave_out=items)
     inputs = ranker_inputs(user, features.item_features(items))
+    if context:
+        ctx = neutral_context(len(rows))
+        for k in ctx:
+            if k in rows.columns:
+                ctx[k] = np.nan_to_num(rows[k].to_numpy(np.float32))
+        inputs.update(ctx)
     rating = rows["rating"].to_numpy(dtype=np.float64)
     observed = np.isfinite(rating) & (rows["engaged"].to_numpy() == 1)
-    quality = np.where(observed, np.clip(normalize_rating(np.where(observed, rating, 1.0)), 0.0, 1.0), 0.0)
+    quality = np.where(observed, np.clip(normalize_rating(np.where(observed, rating, rating_scale[0]), rating_scale),
+                                         0.0, 1.0), 0.0)
     w_e = rows["w_engagement"].to_numpy(np.float32) if "w_engagement" in rows.columns else np.ones(len(rows), np.float32)
     w_q = rows["w_quality"].to_numpy(np.float32) if "w_quality" in rows.columns else np.ones(len(rows), np.float32)
     return Examples(rows, inputs, rows["engaged"].to_numpy().astype(np.float32), quality.astype(np.float32),
@@ -101,7 +111,8 @@ def _truncate(history: str, length: int) -> str:
 
 
 def training_rows(split: Split | pd.DataFrame, features: FeatureStore, neg: NegativeConfig, history_length: int = 0,
-                  candidates: CandidateGenerator | None = None) -> pd.DataFrame:
+                  candidates: CandidateGenerator | WindowRetriever | None = None, holdout_share: float = 0.2,
+                  seed: int = 42) -> pd.DataFrame:
     """The ranker's example rows for `split` (see the module docstring for the sources).
 
     Args:
@@ -111,9 +122,10 @@ def training_rows(split: Split | pd.DataFrame, features: FeatureStore, neg: Nega
       features: fit on split.train (vocabularies, popularity, seen items).
       neg: where engagement negatives come from.
       history_length: the ranker's history feature length (0 = none).
-      candidates: for "window", a generator trained WITHOUT split.validation (else the
+      candidates: for "window", a WindowRetriever trained WITHOUT split.validation (else the
         window's positives leak into which items are retrieved); for "sampled", the
-        serving retriever. None = popularity-sampled negatives instead.
+        serving retriever's CandidateGenerator. None = popularity-sampled negatives instead.
+      holdout_share, seed: for "window", the share of window users held out for calibration.
 
     Returns:
       Interactions-schema rows plus `history` (the user's items as of the row, joined
@@ -121,7 +133,7 @@ def training_rows(split: Split | pd.DataFrame, features: FeatureStore, neg: Nega
     """
     split = as_train_split(split)
     train = split.train
-    source = resolve_negative_source(split, neg)
+    source = resolve_negative_source(split, neg, have_retriever=isinstance(candidates, WindowRetriever))
     if source == "impressions":
         log.info("ranker negatives: %d logged shown-not-engaged impressions", int((train["engaged"] == 0).sum()))
         rows = train.reset_index(drop=True).assign(w_engagement=1.0, w_quality=1.0)
@@ -131,7 +143,7 @@ def training_rows(split: Split | pd.DataFrame, features: FeatureStore, neg: Nega
         negatives = sample_negatives(positives, features.catalogue, features.item_counts, neg, candidates)
         rows = pd.concat([positives, negatives], ignore_index=True).assign(w_engagement=1.0, w_quality=1.0)
         return _with_history(rows, train, history_length)
-    return _window_rows(split, features, neg, history_length, candidates)
+    return _window_rows(split, features, neg, history_length, candidates, holdout_share, seed)
 
 
 def as_train_split(data: Split | pd.DataFrame) -> Split:
@@ -144,9 +156,12 @@ def as_train_split(data: Split | pd.DataFrame) -> Split:
     return Split(train=data, validation=empty, test=empty, config=SplitConfig(val_fraction=0.0))
 
 
-def resolve_negative_source(split: Split, neg: NegativeConfig) -> str:
-    """The concrete source "auto" stands for: impressions if logged, else sampled."""
+def resolve_negative_source(split: Split, neg: NegativeConfig, have_retriever: bool = False) -> str:
+    """The concrete source "auto" stands for: window (serving-shaped) when there is a retriever and a
+    validation carve with engagements, else impressions if logged, else sampled."""
     if neg.source == "auto":
+        if have_retriever and (split.validation["engaged"] == 1).any():
+            return "window"
         return "impressions" if uses_impressions(split.train, neg) else "sampled"
     if neg.source == "impressions":
         uses_impressions(split.train, neg)  # raises when the log has none
@@ -183,8 +198,45 @@ def _with_history(rows: pd.DataFrame, train: pd.DataFrame, history_length: int) 
     return rows.assign(history=out)
 
 
+@dataclasses.dataclass
+class WindowRetriever:
+    """A retriever trained WITHOUT split.validation, for serving-shaped window examples.
+
+    Attributes:
+      search: user_ids [b] → (item ids [b, N] object, "" padded; scores [b, N]): each user's
+        top-N with their fit items excluded, best first — what serving would have retrieved
+        just before the window.
+      pair_scores: (user_ids [n], item_ids [n]) → [n] the retriever's score of each pair
+        (for logged impressions outside the top-N).
+      context: CandidateContext of this retriever's item vectors and stats fit on split.fit.
+    """
+
+    search: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+    pair_scores: Callable[[Sequence[str], Sequence[str]], np.ndarray]
+    context: CandidateContext
+
+
+def holdout_users(users: Sequence[str], share: float, seed: int) -> set[str]:
+    """A seeded random `share` of `users` (at least one, at most all but one when there are two or more)."""
+    users = sorted(set(map(str, users)))
+    if not users:
+        return set()
+    n = min(max(1, int(round(share * len(users)))), max(1, len(users) - 1))
+    rng = np.random.default_rng(seed)
+    return set(np.asarray(users, dtype=object)[rng.permutation(len(users))[:n]])
+
+
 def _window_rows(split: Split, features: FeatureStore, neg: NegativeConfig, history_length: int,
-                 candidates: CandidateGenerator | None) -> pd.DataFrame:
+                 retriever: WindowRetriever | None, holdout_share: float = 0.2, seed: int = 42) -> pd.DataFrame:
+    """Serving-shaped engagement rows from the validation window, plus quality rows from train.
+
+    For each user with a validation-window engagement: the retriever's top-N (it never saw
+    the window), label = engaged in the window; on data with impressions also the window's
+    logged shown-but-not-engaged rows outside that list (rank = N). Each row carries the
+    context features (ranking.context) computed as of the end of split.fit, and its
+    history is the user's fit items. A seeded `holdout_share` of those users is held out
+    (`holdout` = True, w_engagement = 0): calibration and blend selection use them only.
+    """
     fit, window = split.fit, split.validation
     fit_engaged = fit.loc[fit["engaged"] == 1].sort_values("timestamp", kind="stable")
     fit_seen = {u: tuple(g) for u, g in fit_engaged.drop_duplicates(["user_id", "item_id"], keep="last")
@@ -192,55 +244,79 @@ def _window_rows(split: Split, features: FeatureStore, neg: NegativeConfig, hist
     pos = window.loc[window["engaged"] == 1].drop_duplicates(["user_id", "item_id"], keep="last")
     users = sorted(pos["user_id"].unique())
     positives = {u: dict(zip(g["item_id"], zip(g["rating"], g["timestamp"]))) for u, g in pos.groupby("user_id")}
-    rows_u, rows_i, rows_r, rows_t, rows_e = [], [], [], [], []
+    shown = window.loc[window["engaged"] == 0].drop_duplicates(["user_id", "item_id"], keep="last")
+    engaged_window = set(zip(pos["user_id"], pos["item_id"]))
+    shown = shown.loc[[(u, i) not in engaged_window for u, i in zip(shown["user_id"], shown["item_id"])]]
+    shown_by_user = {u: dict(zip(g["item_id"], g["timestamp"])) for u, g in shown.groupby("user_id")}
+    if retriever is None:
+        raise ValueError("window examples need a retriever trained on split.fit (a version with a retrieval stage)")
+    cols: dict[str, list] = {k: [] for k in ("user_id", "item_id", "timestamp", "rating", "engaged",
+                                             "retrieval_score", "retrieval_rank")}
     retrieved = 0
-    if candidates is not None:
-        for lo in range(0, len(users), neg.batch_users):
-            batch = users[lo:lo + neg.batch_users]
-            lists = candidates(batch)
-            if len(lists) != len(batch):
-                raise ValueError(f"candidate generator returned {len(lists)} lists for {len(batch)} users")
-            for u, items in zip(batch, lists):
-                seen = set(fit_seen.get(u, ()))
-                got = positives[u]
-                t_default = min(t for _, t in got.values())
-                for item in items:
-                    item = str(item)
-                    if not item or item in seen:
-                        continue
-                    hit = got.get(item)
-                    rows_u.append(u)
-                    rows_i.append(item)
-                    rows_r.append(hit[0] if hit else np.nan)
-                    rows_t.append(hit[1] if hit else t_default)
-                    rows_e.append(1 if hit else 0)
-                    retrieved += hit is not None
-    cand = pd.DataFrame({"user_id": rows_u, "item_id": rows_i, "timestamp": np.asarray(rows_t, dtype=np.int64),
-                         "rating": np.asarray(rows_r, dtype=np.float64), "engaged": np.asarray(rows_e, dtype=np.int8)})
-    # Window positives the generator missed are left out by default: the ranker only ever
-    # sees candidates, and "not retrievable" items as positives teach it to favour oddities.
-    # Without a generator they are all there is, against popularity-sampled negatives.
-    have = set(zip(cand["user_id"], cand["item_id"]))
-    missed = pos.loc[[(u, i) not in have for u, i in zip(pos["user_id"], pos["item_id"])]]
-    if candidates is not None and not neg.window_missed:
-        missed = missed.iloc[:0]
-    parts = [cand, missed[["user_id", "item_id", "timestamp", "rating", "engaged"]]]
-    if candidates is None:
-        banned = pd.concat([fit_engaged[["user_id", "item_id"]], pos[["user_id", "item_id"]]])
-        parts.append(sample_negatives(pos, features.catalogue, features.item_counts,
-                                      dataclasses.replace(neg, hard_fraction=0.0), None, exclude=banned))
-    engagement = pd.concat(parts, ignore_index=True).assign(w_engagement=1.0, w_quality=0.0)
+    for lo in range(0, len(users), neg.batch_users):
+        batch = users[lo:lo + neg.batch_users]
+        ids, scores = retriever.search(batch)
+        if len(ids) != len(batch):
+            raise ValueError(f"window retriever returned {len(ids)} lists for {len(batch)} users")
+        extra_u, extra_i, extra_t = [], [], []
+        for u, row_ids, row_scores in zip(batch, ids, scores):
+            seen = set(fit_seen.get(u, ()))
+            got = positives[u]
+            t_default = min(t for _, t in got.values())
+            listed = set()
+            for rank, (item, score) in enumerate(zip(row_ids, row_scores)):
+                item = str(item)
+                if not item or item in seen:
+                    continue
+                listed.add(item)
+                hit = got.get(item)
+                cols["user_id"].append(u)
+                cols["item_id"].append(item)
+                cols["rating"].append(hit[0] if hit else np.nan)
+                cols["timestamp"].append(hit[1] if hit else t_default)
+                cols["engaged"].append(1 if hit else 0)
+                cols["retrieval_score"].append(float(score))
+                cols["retrieval_rank"].append(rank)
+                retrieved += hit is not None
+            for item, t in shown_by_user.get(u, {}).items():
+                if item not in listed and item not in seen:
+                    extra_u.append(u)
+                    extra_i.append(str(item))
+                    extra_t.append(t)
+        if extra_u:
+            sc = retriever.pair_scores(extra_u, extra_i)
+            cols["user_id"].extend(extra_u)
+            cols["item_id"].extend(extra_i)
+            cols["timestamp"].extend(extra_t)
+            cols["rating"].extend([np.nan] * len(extra_u))
+            cols["engaged"].extend([0] * len(extra_u))
+            cols["retrieval_score"].extend(float(x) for x in sc)
+            cols["retrieval_rank"].extend([-1] * len(extra_u))
+    cand = pd.DataFrame({"user_id": np.asarray(cols["user_id"], dtype=object),
+                         "item_id": np.asarray(cols["item_id"], dtype=object),
+                         "timestamp": np.asarray(cols["timestamp"], dtype=np.int64),
+                         "rating": np.asarray(cols["rating"], dtype=np.float64),
+                         "engaged": np.asarray(cols["engaged"], dtype=np.int8)})
+    order_users = list(dict.fromkeys(cand["user_id"]))
+    hists = [fit_seen.get(u, ()) for u in order_users]
+    owner = pd.Index(order_users).get_indexer(cand["user_id"]) if len(cand) else np.zeros(0, np.int64)
+    ctx = retriever.context.features(hists, np.array([len(h) for h in hists]), owner, cand["item_id"].to_numpy(),
+                                     np.asarray(cols["retrieval_score"], np.float32),
+                                     np.asarray(cols["retrieval_rank"], np.float64))
+    cand = cand.assign(**ctx, retrieval_rank=np.asarray(cols["retrieval_rank"], dtype=np.int64))
+    held = holdout_users(users, holdout_share, seed)
+    is_held = cand["user_id"].isin(held).to_numpy()
+    cand = cand.assign(w_engagement=np.where(is_held, 0.0, 1.0), w_quality=0.0, holdout=is_held)
     if history_length > 0:
-        engagement["history"] = [MULTI_VALUE_SEP.join(fit_seen.get(u, ())[-history_length:])
-                                 for u in engagement["user_id"]]
-    log.info("ranker window examples: %d users, %d candidates (%d engaged in the window), %d window positives not "
-             "retrieved, %d popularity negatives", len(users), len(cand), retrieved, len(missed),
-             len(engagement) - len(cand) - len(missed))
+        cand["history"] = [MULTI_VALUE_SEP.join(fit_seen.get(u, ())[-history_length:]) for u in cand["user_id"]]
+    log.info("ranker window examples: %d users (%d held out), %d rows, %d engaged in the window and retrieved of "
+             "%d window engagements, %d logged impressions outside the lists", len(users), len(held), len(cand),
+             retrieved, len(pos), int((np.asarray(cols["retrieval_rank"]) < 0).sum()))
     # The quality head learns from every rated train engagement.
     train = split.train
     rated = train.loc[(train["engaged"] == 1) & train["rating"].notna()].reset_index(drop=True)
-    quality = _with_history(rated.assign(w_engagement=0.0, w_quality=1.0), train, history_length)
-    return pd.concat([engagement, quality], ignore_index=True)
+    quality = _with_history(rated.assign(w_engagement=0.0, w_quality=1.0, holdout=False), train, history_length)
+    return pd.concat([cand, quality], ignore_index=True)
 
 
 def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
@@ -254,33 +330,40 @@ def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data
 
 
 def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 validation: Examples | None = None, retrieval: RetrievalParts | None = None
+                 validation: Examples | None = None, rating_scale: tuple[float, float] = (1.0, 5.0)
                  ) -> tuple[WideDeepRanker, dict]:
     """Trains a fresh ranker on `rows` (training_rows output: engaged and non-engaged rows).
 
-    `retrieval`: the trained two-tower's parts for the serving-time fusion of
-    config.retrieval_weight (model.RetrievalAffinity); None = the ranker alone.
+    With config.context, the rows must carry the context columns (window rows); rows
+    without them train a ranker without context inputs (config.context set False, logged).
 
     Returns:
       (model, info): info holds the per-epoch Keras history, example counts and seconds.
     """
     set_seed(config.seed)
     started = time.perf_counter()
-    ex = make_examples(rows, features, config.history_length)
+    if config.context and not any(c.startswith(CONTEXT_PREFIX) for c in rows.columns):
+        log.warning("ranker: these training rows carry no candidate context (not window rows); training without it")
+        config = dataclasses.replace(config, context=False)
+    ex = make_examples(rows, features, config.history_length, config.context, rating_scale)
     if len(ex) == 0:
         raise ValueError("no training rows for the ranker")
     trains_e = ex.engagement_mask > 0
     if not trains_e.any() or ex.engaged[trains_e].min() == ex.engaged[trains_e].max():
         raise ValueError("the ranker's engagement rows need both labels (engaged 0 and 1); check the negative "
                          "sampling flags")
-    model = build_ranker(features, config, retrieval)
+    stats = None
+    if config.context:
+        stats = {k: (float(np.mean(v[trains_e])), float(np.std(v[trains_e]))) for k, v in ex.inputs.items()
+                 if k.startswith(CONTEXT_PREFIX)}
+    model = build_ranker(features, config, stats)
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
                         verbose=2 if config.progress else 0)
     info = {
         "examples": len(ex), "engagement_examples": int(trains_e.sum()),
         "engaged": int(ex.engaged[trains_e].sum()), "rated": int((ex.quality_mask > 0).sum()),
-        "retrieval_fusion": model.affinity is not None,
+        "context": bool(config.context), "context_stats": stats or {},
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -363,7 +446,8 @@ def diagnose(model_or_scorer, rows: pd.DataFrame, features: FeatureStore) -> dic
     """head_metrics of a model (in-memory Keras or an exported Ranker) on `rows`."""
     config = model_or_scorer.config
     history_length = config["history_length"] if isinstance(config, dict) else config.history_length
-    ex = make_examples(rows, features, history_length)
+    context = config.get("context", False) if isinstance(config, dict) else config.context
+    ex = make_examples(rows, features, history_length, context)
     if hasattr(model_or_scorer, "score_inputs"):
         e, q = model_or_scorer.score_inputs(ex.inputs)
     else:
@@ -372,5 +456,5 @@ def diagnose(model_or_scorer, rows: pd.DataFrame, features: FeatureStore) -> dic
     return head_metrics(e, ex.engaged, q, rating)
 
 
-__all__: Sequence[str] = ("Examples", "make_examples", "training_rows", "train_ranker", "predict", "head_metrics",
-                          "evaluation_rows", "diagnose")
+__all__: Sequence[str] = ("Examples", "WindowRetriever", "holdout_users", "make_examples", "training_rows",
+                          "train_ranker", "predict", "head_metrics", "evaluation_rows", "diagnose")

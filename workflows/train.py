@@ -156,48 +156,143 @@ def train_index(ctx: TrainContext) -> None:
 
 
 def train_ranking(ctx: TrainContext) -> None:
-    """Trains the wide & deep ranker on the retriever's candidates, exports it with the
-    version's default pipeline config, and records its head diagnostics on test."""
+    """Trains the wide & deep ranker, calibrates its engagement head and picks the default blend on
+    held-out validation users, exports it with the version's pipeline config.
+
+    With a retriever and a validation carve (neg source auto → window) the engagement head
+    learns from serving-shaped rows: the top-N of a two-tower trained on split.fit alone for
+    each user with validation-window engagements, label = engaged in the window, with the
+    candidate context features (ranking.context). A held-out share of those users
+    (--ranking-calibration-users) trains nothing: the Platt calibration and the default
+    blend (ranking.selection's rule) are fit on them.
+    """
     from pipeline import save_pipeline_config
     from ranking import diagnose, evaluation_rows, export_ranker, train_ranker, training_rows
-    from ranking.train import resolve_negative_source
 
     config, neg, pipeline = ctx.config.ranker_config, ctx.config.negatives, ctx.config.pipeline
-    with config_errors("negatives"):
-        source = resolve_negative_source(ctx.split, neg)
     have_retrieval = layout.has_retrieval(ctx.version_dir)
+    with config_errors("negatives"):
+        from ranking.train import resolve_negative_source
+        source = resolve_negative_source(ctx.split, neg, have_retriever=have_retrieval)
+        if source == "window" and not have_retrieval:
+            raise ValueError("--neg-source window needs this version's retrieval stage (a retriever to replay)")
+    rating_scale = _rating_scale(ctx.split.train)
     generator = None
-    if source == "window" and have_retrieval:
-        generator = _fit_only_generator(ctx, pipeline.num_candidates)
+    if source == "window":
+        generator = _fit_only_retriever(ctx, pipeline.num_candidates)
     elif source == "sampled" and have_retrieval:
         generator = _version_generator(ctx, pipeline.num_candidates)
-    rows = training_rows(ctx.split, ctx.features, neg, config.history_length, generator)
-    retrieval = None
-    if config.retrieval_weight > 0 and have_retrieval:
-        from retrieval import load_items
-        tower = ctx.state.get("user_tower") or _saved_user_tower(ctx.version_dir)
-        retrieval = (tower, *load_items(ctx.version_dir))
-    elif config.retrieval_weight > 0:
-        log.warning("ranker: --ranking-retrieval-weight %g ignored: this version has no retrieval model",
-                    config.retrieval_weight)
+    rows = training_rows(ctx.split, ctx.features, neg, config.history_length, generator,
+                         holdout_share=config.calibration_users, seed=config.seed)
     with config_errors("ranking"):
-        model, info = train_ranker(rows, ctx.features, config, retrieval=retrieval)
-    # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
-    test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
-    test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
-    diagnostics = diagnose(model, test_rows, ctx.features) if len(test_rows) else {}
-    export_ranker(model, layout.ranking_dir(ctx.version_dir), info)
+        model, info = train_ranker(rows, ctx.features, config, rating_scale=rating_scale)
+    trained = model.config
+    serving_context = calibration = None
+    validation: dict[str, Any] = {}
+    ranking_dir = layout.ranking_dir(ctx.version_dir)
+    if trained.context:
+        from ranking import fit_candidate_context
+        from retrieval import load_items
+        serving_context = fit_candidate_context(ctx.split.train, *load_items(ctx.version_dir),
+                                                pipeline.num_candidates)
+    held = rows.loc[rows["holdout"].fillna(False).astype(bool)] if "holdout" in rows.columns else rows.iloc[:0]
+    if "retrieval_rank" in held.columns:
+        held = held.loc[held["retrieval_rank"] >= 0]  # the candidates serving scores (not off-list impressions)
+    if len(held) and held["engaged"].nunique() == 2:
+        calibration, validation, chosen = _calibrate_and_select(ctx, model, held, rating_scale, ranking_dir)
+        pipeline = dataclasses.replace(pipeline, engagement_weight=chosen.engagement, quality_weight=chosen.quality,
+                                       blend_mode=chosen.mode, blend_transform=chosen.transform)
+    test_diagnostics: dict[str, Any] = {}
+    if not trained.context:
+        # Old-style diagnostics on test, with negatives from the serving retriever (see evaluation_rows);
+        # context rankers are measured on test candidates by `recsys evaluate`.
+        test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
+        test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
+        test_diagnostics = diagnose(model, test_rows, ctx.features) if len(test_rows) else {}
+    export_ranker(model, ranking_dir, info, context=serving_context, calibration=calibration,
+                  rating_scale=rating_scale)
     save_pipeline_config(ctx.version_dir, pipeline)
     ctx.manifest["ranking"] = {
-        "config": config_to_dict(config), "negatives": {**config_to_dict(neg), "resolved_source": source,
-                                                        "generator": None if generator is None else
-                                                        ("two-tower on split.fit" if source == "window"
-                                                         else "this version's retriever")},
+        "config": config_to_dict(trained), "negatives": {**config_to_dict(neg), "resolved_source": source,
+                                                         "generator": None if generator is None else
+                                                         ("two-tower on split.fit" if source == "window"
+                                                          else "this version's retriever")},
+        "rating_scale": list(rating_scale),
+        "calibration": calibration.to_dict() if calibration is not None else None,
         "pipeline": config_to_dict(pipeline), "training": {k: v for k, v in info.items() if k != "history"},
-        "loss_history": info["history"], "test_diagnostics": diagnostics,
+        "loss_history": info["history"], "validation": validation, "test_diagnostics": test_diagnostics,
     }
-    log.info("ranker: %d examples in %.0f s; test %s", info["examples"], info["seconds"],
-             ", ".join(f"{k}={v:.4f}" for k, v in diagnostics.items() if isinstance(v, float)))
+    log.info("ranker: %d examples in %.0f s; validation %s", info["examples"], info["seconds"],
+             ", ".join(f"{k}={v:.4f}" for k, v in validation.items() if isinstance(v, float)))
+
+
+def _rating_scale(train) -> tuple[float, float]:
+    """(min, max) of the train ratings: the quality head's scale (1-5 when there are none)."""
+    rated = train["rating"].dropna()
+    if len(rated) == 0 or float(rated.min()) == float(rated.max()):
+        return (1.0, 5.0)
+    return (float(rated.min()), float(rated.max()))
+
+
+def _calibrate_and_select(ctx: TrainContext, model, held, rating_scale, ranking_dir: pathlib.Path):
+    """Platt calibration and the default blend from the held-out validation users' candidates.
+
+    ECE is reported out of fold (two user folds, each calibrated on the other), so the
+    manifest's figure is not fit on the rows it is measured on; the exported calibration is
+    then fit on all held-out rows.
+    """
+    import numpy as np
+
+    from evaluation.calibration import expected_calibration_error, plot_reliability, reliability_bins
+    from ranking import fit_platt, head_metrics, predict, select_blend
+    from ranking.train import make_examples
+
+    held = held.reset_index(drop=True)
+    ex = make_examples(held, ctx.features, model.config.history_length, model.config.context, rating_scale)
+    e_raw, q = predict(model, ex.inputs)
+    y = held["engaged"].to_numpy()
+    users = held["user_id"].astype(str).to_numpy()
+    fold = np.array([hash_user(u) % 2 for u in users])
+    e_oof = np.zeros(len(y), np.float32)
+    for f in (0, 1):
+        train_f = fold != f
+        if len(np.unique(y[train_f])) == 2 and (fold == f).any():
+            e_oof[fold == f] = fit_platt(e_raw[train_f], y[train_f]).apply(e_raw[fold == f])
+        else:
+            e_oof[fold == f] = e_raw[fold == f]
+    calibration = fit_platt(e_raw, y)
+    e_cal = calibration.apply(e_raw)
+    bins = reliability_bins(e_oof, y)
+    plot_reliability(bins, ranking_dir / "reliability_validation.png",
+                     title=f"validation (held-out users, out-of-fold), ECE = {expected_calibration_error(e_oof, y):.4f}")
+    metrics = head_metrics(e_cal, y, q, np.full(len(y), np.nan))
+    retrieval_auc = head_metrics(held["c__retrieval_score"].to_numpy(), y, q, np.full(len(y), np.nan))
+    frame = held[["user_id", "item_id", "engaged", "rating"]].assign(engagement=e_cal, quality=q)
+    if "item_type" in ctx.features.items.columns:  # synthetic: how much clickbait each blend shows (a diagnostic)
+        frame["clickbait"] = (ctx.features.items["item_type"].reindex(frame["item_id"].astype(str))
+                              .fillna("").to_numpy() == "clickbait")
+        frame.attrs["flags"] = ("clickbait",)
+    chosen, table = select_blend(frame)
+    validation = {
+        "rows": int(len(y)), "users": int(len(set(users))), "engaged": int(y.sum()),
+        "engagement_auc": metrics["engagement_auc"], "retrieval_score_auc": retrieval_auc["engagement_auc"],
+        "ece_raw": expected_calibration_error(e_raw, y), "ece_out_of_fold": expected_calibration_error(e_oof, y),
+        "ece_in_sample": expected_calibration_error(e_cal, y), "mean_engagement": float(e_cal.mean()),
+        "engaged_rate": float(y.mean()), "reliability_bins": bins, "reliability_png": "ranking/reliability_validation.png",
+        "blend_rule": "best validation ndcg@10 among blends whose mean_hit_rating@10 >= the engagement-only blend's "
+                      "(ties: earlier grid entry); held-out validation users' candidates only",
+        "blend_selection": table.to_dict(orient="records"),
+        "chosen_blend": {"mode": chosen.mode, "transform": chosen.transform, "engagement_weight": chosen.engagement,
+                         "quality_weight": chosen.quality},
+    }
+    log.info("ranker validation blend selection:\n%s", table.to_string(index=False))
+    return calibration, validation, chosen
+
+
+def hash_user(user_id: str) -> int:
+    """A stable (process-independent) hash of a user id, for folds."""
+    import zlib
+    return zlib.crc32(str(user_id).encode())
 
 
 def _version_generator(ctx: TrainContext, n: int):
@@ -220,14 +315,17 @@ def _retriever_config(ctx: TrainContext) -> TwoTowerConfig:
     return ctx.config.retrieval_config
 
 
-def _fit_only_generator(ctx: TrainContext, n: int):
+def _fit_only_retriever(ctx: TrainContext, n: int):
     """A two-tower retriever trained like this version's but on split.fit alone (its own feature
     store, so neither vocabulary, history nor popularity has seen the validation window), for
     the ranker's window examples: its top-n for a user is what serving would have retrieved
-    just before the window."""
+    just before the window (ranking.WindowRetriever, with its CandidateContext fit on split.fit)."""
     import tempfile
 
+    import numpy as np
+
     from features import SplitConfig
+    from ranking import WindowRetriever, fit_candidate_context
     from retrieval import ItemIndex, UserTower, export_model, load_items, train_two_tower
 
     fit = ctx.split.fit
@@ -242,38 +340,21 @@ def _fit_only_generator(ctx: TrainContext, n: int):
         item_ids, embeddings = load_items(tmp)
         tower = UserTower.load(tmp)
         index = ItemIndex.build(item_ids, embeddings, IndexConfig(recall_queries=0))
+    item_row = {str(i): r for r, i in enumerate(item_ids)}
+    emb = np.vstack([embeddings, np.zeros((1, embeddings.shape[1]), embeddings.dtype)])  # last row: unknown
 
-    def generate(user_ids):
-        ids, _ = index.search(tower.embed_ids(store, user_ids), n, store.seen_items(user_ids))
-        return [row[row != ""] for row in ids]
-    return generate
+    def search(user_ids):
+        ids, scores = index.search(tower.embed_ids(store, user_ids), n, store.seen_items(user_ids))
+        return ids, scores
 
+    def pair_scores(user_ids, items):
+        uniq = sorted(set(user_ids))
+        u_emb = tower.embed_ids(store, uniq)
+        u_row = {u: r for r, u in enumerate(uniq)}
+        rows = np.array([item_row.get(str(i), len(item_ids)) for i in items])
+        return np.einsum("nd,nd->n", u_emb[[u_row[u] for u in user_ids]], emb[rows])
 
-def _saved_user_tower(version_dir: pathlib.Path):
-    """The version's exported user tower as a frozen Keras layer, for the ranker's retrieval fusion
-    when the two-tower was not trained in this run (--base-version): same inputs, same embeddings."""
-    from core.tf_env import keras, tf
-
-    loaded = tf.saved_model.load(str(layout.user_tower_dir(version_dir)))
-    signature = loaded.signatures["serving_default"]
-    specs = dict(signature.structured_input_signature[1])
-    history_length = int(loaded.history_length.numpy()) if hasattr(loaded, "history_length") else 0
-
-    class SavedUserTower(keras.layers.Layer):
-        def __init__(self) -> None:
-            super().__init__(trainable=False, name="saved_user_tower")
-            # Tracked: the loaded object (its lookup tables) and, as this layer's frozen weights, the
-            # variables the signature reads, so the ranker's SavedModel carries both.
-            self.tower = loaded
-            self.tower_variables = list(signature.variables)
-            self.feature_names = tuple(specs)
-            self.history_length = history_length
-
-        def call(self, inputs, training=False):
-            args = {k: inputs[k] if spec.dtype == tf.string else tf.cast(inputs[k], spec.dtype)
-                    for k, spec in specs.items()}
-            return signature(**args)["embedding"]
-    return SavedUserTower()
+    return WindowRetriever(search, pair_scores, fit_candidate_context(fit, item_ids, embeddings, n))
 
 
 STEPS: list[Step] = [

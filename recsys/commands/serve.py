@@ -190,10 +190,9 @@ def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
             with grpc.insecure_channel(target) as channel:
                 status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 print(f"health: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
-                print("columns: score = the version's blend (default engagement^1 · quality^1); engagement = the ranker's "
-                      "engagement head (with retrieval fusion, β > 0: σ(logit + β·(s − 1)), a ranking score that is "
-                      "small by construction, not a calibrated probability); quality = predicted rating scaled to "
-                      "[0, 1] (0 = 1★, 1 = 5★)")
+                print("columns: score = the version's blend (chosen on validation, ranking/pipeline.json); engagement = "
+                      "the ranker's engagement head, P(engaged | user, candidate) calibrated on held-out validation "
+                      "users; quality = predicted rating scaled to [0, 1] (0 = lowest, 1 = highest rating)")
                 stub = pb_grpc.RecommenderStub(channel)
                 k = config.num_results
                 # The vocabulary lists train users most active first.

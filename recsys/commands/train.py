@@ -21,8 +21,10 @@ _HELP = {
                   "logq": "sampling-bias (logQ) correction"},
     "index": {"factory": "faiss.index_factory string: Flat, IVF1024,Flat, HNSW32, IVF1024,PQ16 ..."},
     "ranking": {"crosses": "wide crossed features USER_COL*ITEM_COL (empty = every user × item categorical pair)",
-                "retrieval_weight": "β: served engagement = σ(ranker logit + β·(retrieval score - 1)), the "
-                                    "version's two-tower (0 = ranker alone)"},
+                "context": "the engagement head reads the candidate context: retriever score and rank, similarity "
+                           "to the user's recent items, item popularity recency/trend, user activity",
+                "calibration_users": "share of validation-window users held out to calibrate the engagement head "
+                                     "and choose the default blend"},
     "pipeline": {"num_candidates": "N: FAISS candidates the ranker scores per user"},
     **{f"data.{k}": v for k, v in DATA_HELP.items()},
 }
@@ -90,4 +92,13 @@ def _print_summary(manifest: dict, version_dir: pathlib.Path, promoted: bool) ->
         d = rk["test_diagnostics"]
         print(f"  ranker: {rk['training']['examples']} examples ({rk['negatives']['resolved_source']} negatives) in "
               f"{rk['training']['seconds']:.0f} s; test engagement AUC {d.get('engagement_auc', float('nan')):.4f}, "
-              f"quality RMSE {d.get('quality_rmse', float('nan')):.4f} / MAE {d.get('quality_mae', float('nan')):.4f}")
+              f"quality RMSE {d.get('quality_rmse', float('nan')):.4f} / MAE {d.get('quality_mae', float('nan')):.4f}"
+              if d else f"  ranker: {rk['training']['examples']} examples ({rk['negatives']['resolved_source']} rows) "
+                        f"in {rk['training']['seconds']:.0f} s")
+        v = rk.get("validation") or {}
+        if v:
+            b = v["chosen_blend"]
+            print(f"  ranker on held-out validation users: engagement AUC {v['engagement_auc']:.4f} (retriever score "
+                  f"{v['retrieval_score_auc']:.4f}), ECE {v['ece_out_of_fold']:.4f} calibrated out of fold (raw "
+                  f"{v['ece_raw']:.4f}); default blend {b['mode']} e={b['engagement_weight']:g} "
+                  f"q={b['quality_weight']:g}")

@@ -116,55 +116,6 @@ def test_export_then_load_gives_identical_scores(trained, exported):
         export_ranker(model, exported)
 
 
-def _fake_user_tower():
-    """Stands in for retrieval.Tower (history length 3): u = unit([number of history items it reads, 1])."""
-    from core.tf_env import keras, tf
-    from features.tf_layers import split_multi
-
-    class FakeUserTower(keras.layers.Layer):
-        history_length = 3
-        feature_names = ("user_id", "history")
-
-        def call(self, inputs, training=False):
-            n = tf.cast(split_multi(inputs["history"]).row_lengths(), tf.float32)
-            return tf.math.l2_normalize(tf.stack([n, tf.ones_like(n)], axis=1), axis=1)
-    return FakeUserTower()
-
-
-def test_retrieval_fusion_adds_the_retrievers_score_to_the_engagement_logit(trained, tmp_path):
-    """Served engagement = σ(ranker logit + β·(s - 1)), s = user tower · item embedding on the tower's
-    own (shorter) history; training (and a ranker without a retriever) sees the ranker alone."""
-    import dataclasses
-
-    from core.tf_env import tf
-
-    _, split, store, _, _ = trained
-    beta = 4.0
-    config = dataclasses.replace(TINY, dropout=0.0, retrieval_weight=beta)
-    item_ids = np.asarray(store.catalogue)
-    emb = np.random.default_rng(0).normal(size=(len(item_ids), 2)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    model = build_ranker(store, config, (_fake_user_tower(), item_ids, emb))
-    assert build_ranker(store, config).affinity is None  # no retriever given: the ranker alone
-    ex = make_examples(split.test.iloc[:300], store, config.history_length)
-    batch = {k: tf.constant(v.astype(str)) if v.dtype == object else tf.constant(v) for k, v in ex.inputs.items()}
-    fused = model(batch, training=False)["engagement"].numpy().ravel().astype(np.float64)
-    plain = model(batch, training=True)["engagement"].numpy().ravel().astype(np.float64)  # no dropout: deterministic
-    n = np.array([min(len([t for t in h.split("|") if t]), 3) for h in ex.inputs["u__history"]], dtype=np.float64)
-    assert n.max() == 3 and (np.array([len(h.split("|")) for h in ex.inputs["u__history"]]) > 3).any()
-    u = np.stack([n, np.ones_like(n)], axis=1) / np.sqrt(n ** 2 + 1)[:, None]
-    rows = {item: r for r, item in enumerate(item_ids)}
-    s = (u * emb[[rows[i] for i in ex.inputs["i__item_id"]]]).sum(axis=1)
-    want = 1 / (1 + np.exp(-(np.log(plain) - np.log1p(-plain) + beta * (s - 1))))
-    np.testing.assert_allclose(fused, want, rtol=1e-4, atol=1e-6)
-    assert not np.allclose(fused, plain)
-    # The exported SavedModel serves the fused head too.
-    export_ranker(model, tmp_path / "ranking")
-    e, _ = Ranker.load(tmp_path / "ranking").score_inputs(ex.inputs)
-    np.testing.assert_allclose(e, predict(model, ex.inputs)[0], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(e, fused, rtol=1e-4, atol=1e-6)
-
-
 def test_exported_ranker_scores_unknown_users_and_items(trained, exported):
     _, _, store, model, _ = trained
     ranker = Ranker.load(exported)

@@ -125,7 +125,7 @@ RANKING = ["--ranking-id-dim", "8", "--ranking-feature-dim", "4", "--ranking-hid
 
 def test_train_base_version_reuses_the_retriever_byte_identical_and_trains_the_ranker(trained, capsys):
     """Last in this module: it adds (and promotes) v3 in the shared artifacts root."""
-    # No data flags: v1's manifest gives them; the ranker fuses v1's exported user tower (β > 0).
+    # No data flags: v1's manifest gives them; sampled negatives: a ranker without candidate context.
     code = main(["train", "--artifacts", str(trained), "--base-version", "v1", "--new-version", "v3", *RANKING])
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
@@ -138,9 +138,9 @@ def test_train_base_version_reuses_the_retriever_byte_identical_and_trains_the_r
     assert new["base_version"] == "v1" and new["stages"] == ["ranking"]
     assert new["retrieval"] == base["retrieval"] and new["index"] == base["index"]
     assert new["data"] == base["data"]
-    assert new["ranking"]["training"]["retrieval_fusion"] is True
+    assert new["ranking"]["training"]["context"] is False
     assert registry.current_version(trained) == "v3"
-    from pipeline import RecommendPipeline  # serving loads it: the ranker carries v1's user tower for fusion
+    from pipeline import RecommendPipeline  # serving loads it
 
     pipe = RecommendPipeline.from_version_dir(trained / "v3")
     users = list(pipe.features.vocabularies["user_id"].tokens[:3])
