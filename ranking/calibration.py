@@ -1,8 +1,11 @@
 """Calibrating the engagement head: Platt scaling fit on held-out candidates, applied by the exported Ranker.
 
-p_cal = σ(a · logit(p) + b), a > 0: strictly increasing (it never changes the order of
-candidates) and maps into (0, 1). Fit by maximum likelihood (Newton's method) on a held-out
-part of the validation carve, the distribution of candidates the server scores (Platt 1999).
+p_cal = σ(a · (logit(p) + γ · gap) + b), a > 0: strictly increasing in p (for a fixed gap)
+and in (0, 1). `gap` is the candidate's retrieval_gap context feature (its retriever score
+minus the best in the user's list, ≤ 0); γ ≥ 0 is the retrieval fusion weight chosen per
+training run on held-out validation users (0 = none; ranking.selection.select_fusion).
+(a, b) are fit by maximum likelihood (Newton's method) on the same held-out candidates,
+the distribution the server scores (Platt 1999).
 """
 from __future__ import annotations
 
@@ -20,22 +23,26 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class PlattCalibration:
-    """σ(a · logit(p) + b); the identity is a = 1, b = 0."""
+    """σ(a · (logit(p) + gap_weight · gap) + b); the identity is a = 1, b = 0, gap_weight = 0."""
 
     a: float = 1.0
     b: float = 0.0
+    gap_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.a) and np.isfinite(self.b)) or self.a <= 0:
             raise ValueError(f"Platt calibration needs finite a > 0 and finite b, got a={self.a}, b={self.b}")
+        if not np.isfinite(self.gap_weight) or self.gap_weight < 0:
+            raise ValueError(f"the retrieval fusion weight must be finite and >= 0, got {self.gap_weight}")
 
-    def apply(self, p: np.ndarray) -> np.ndarray:
-        """[n] probabilities → [n] calibrated probabilities (float32, in [0, 1], same order)."""
-        z = self.a * _logit(p) + self.b
+    def apply(self, p: np.ndarray, gap: np.ndarray | None = None) -> np.ndarray:
+        """[n] probabilities (and [n] retrieval gaps) → [n] calibrated probabilities (float32, in [0, 1])."""
+        z = fuse(p, gap, self.gap_weight)
+        z = self.a * z + self.b
         return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # σ(z) without overflow
 
     def to_dict(self) -> dict:
-        return {"method": "platt", "a": float(self.a), "b": float(self.b)}
+        return {"method": "platt", "a": float(self.a), "b": float(self.b), "gap_weight": float(self.gap_weight)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> PlattCalibration:
@@ -43,19 +50,29 @@ class PlattCalibration:
             return cls()
         if d.get("method") != "platt":
             raise ValueError(f"unknown calibration method {d.get('method')!r}; expected 'platt'")
-        return cls(float(d["a"]), float(d["b"]))
+        return cls(float(d["a"]), float(d["b"]), float(d.get("gap_weight", 0.0)))
 
 
-def fit_platt(p: np.ndarray, y: np.ndarray, iterations: int = 50, l2: float = 1e-6) -> PlattCalibration:
-    """Maximum-likelihood (a, b) of σ(a · logit(p) + b) for labels `y` in {0, 1}.
+def fuse(p: np.ndarray, gap: np.ndarray | None, weight: float) -> np.ndarray:
+    """logit(p) + weight · gap (gap None or weight 0: logit(p))."""
+    z = _logit(p)
+    if gap is not None and weight:
+        z = z + weight * np.asarray(gap, dtype=np.float64)
+    return z
+
+
+def fit_platt(p: np.ndarray, y: np.ndarray, iterations: int = 50, l2: float = 1e-6, gap: np.ndarray | None = None,
+              gap_weight: float = 0.0) -> PlattCalibration:
+    """Maximum-likelihood (a, b) of σ(a · (logit(p) + gap_weight · gap) + b) for labels `y` in {0, 1}.
 
     Args:
       p: [n] uncalibrated probabilities.
+      gap, gap_weight: the retrieval fusion (see the module docstring); None / 0 = none.
       y: [n] 0/1 labels; both classes must be present.
       iterations: Newton steps (converges in a handful).
       l2: ridge on (a - 1, b) for numerical safety.
     """
-    x = _logit(p)
+    x = fuse(p, gap, gap_weight)
     y = np.asarray(y, dtype=np.float64)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"fit_platt needs equal, non-empty p and y; got {len(x)} and {len(y)}")
@@ -74,7 +91,7 @@ def fit_platt(p: np.ndarray, y: np.ndarray, iterations: int = 50, l2: float = 1e
         if np.abs(step).max() < 1e-10:
             break
     a = float(max(theta[0], 1e-3))  # a <= 0 would reverse or flatten the order: keep it increasing
-    return PlattCalibration(a, float(theta[1]))
+    return PlattCalibration(a, float(theta[1]), float(gap_weight) if gap is not None else 0.0)
 
 
-__all__ = ["PlattCalibration", "fit_platt"]
+__all__ = ["PlattCalibration", "fit_platt", "fuse"]

@@ -3,6 +3,9 @@
 For each candidate of a user, given the retriever's score and rank of it:
   retrieval_score  — the retriever's inner-product score of the pair;
   retrieval_rank   — log(1 + its 0-based position in the retriever's top-N; N if outside it);
+  retrieval_gap    — score minus the best score in the user's list (≤ 0 for listed items);
+  retrieval_z      — (score − mean) / std over the user's listed candidates (0 if fewer than 2)
+                     — the within-list view: pooled over users, the raw score says little;
   history_max_sim / history_mean_sim — max / mean cosine of the candidate's retriever item
                      embedding with those of the user's last `history_k` engaged items (0 without history);
   item_popularity  — log(1 + the item's engagements in the stats data);
@@ -24,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 CONTEXT_PREFIX = "c__"
-CONTEXT_FEATURES: tuple[str, ...] = ("retrieval_score", "retrieval_rank", "history_max_sim", "history_mean_sim",
+CONTEXT_FEATURES: tuple[str, ...] = ("retrieval_score", "retrieval_rank", "retrieval_gap", "retrieval_z",
+                                     "history_max_sim", "history_mean_sim",
                                      "item_popularity", "item_recent", "item_trend", "user_activity")
 CONTEXT_FILE = "context.npz"
 
@@ -80,10 +84,20 @@ class CandidateContext:
         emb = np.where(known[:, None], self.embeddings[safe], 0.0).astype(np.float32)
         max_sim = np.zeros(n, np.float32)
         mean_sim = np.zeros(n, np.float32)
+        gap = np.zeros(n, np.float64)
+        zscore = np.zeros(n, np.float64)
+        raw_ranks = np.asarray(ranks, dtype=np.float64)
+        sc = np.nan_to_num(np.asarray(scores, dtype=np.float64), neginf=0.0, posinf=0.0)
+        listed_all = (raw_ranks >= 0) & (raw_ranks < self.num_candidates)
         order = np.argsort(owner, kind="stable")
         bounds = np.flatnonzero(np.r_[True, owner[order][1:] != owner[order][:-1], True]) if n else np.zeros(1, int)
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             idx = order[lo:hi]
+            listed = sc[idx][listed_all[idx]]
+            if len(listed):
+                gap[idx] = sc[idx] - listed.max()
+                if len(listed) > 1 and listed.std() > 0:
+                    zscore[idx] = (sc[idx] - listed.mean()) / listed.std()
             hist = list(histories[owner[idx[0]]])[-self.history_k:] if self.history_k > 0 else []
             h_rows = self.rows(hist)
             h_rows = h_rows[h_rows >= 0]
@@ -98,6 +112,8 @@ class CandidateContext:
         out = {
             "retrieval_score": np.nan_to_num(np.asarray(scores, dtype=np.float32), neginf=0.0, posinf=0.0),
             "retrieval_rank": np.log1p(ranks),
+            "retrieval_gap": gap,
+            "retrieval_z": zscore,
             "history_max_sim": max_sim,
             "history_mean_sim": mean_sim,
             "item_popularity": np.where(known, self.popularity[safe], 0.0),

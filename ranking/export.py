@@ -23,7 +23,7 @@ from core.errors import ArtifactError, ArtifactMismatchError
 from core.tf_env import tf
 from features import FeatureStore
 from ranking.calibration import PlattCalibration
-from ranking.context import CONTEXT_FILE, CandidateContext, neutral_context
+from ranking.context import CONTEXT_FILE, CONTEXT_PREFIX, CandidateContext, neutral_context
 from ranking.model import HEADS, RATING_MAX, RATING_MIN, WideDeepRanker, ranker_inputs, user_inputs
 
 MODEL_DIR = "model"
@@ -221,7 +221,8 @@ class Ranker:
                 outs[h].append(res[h].numpy())
         engagement = np.concatenate(outs["engagement"])
         if calibrated:
-            engagement = self.calibration.apply(engagement)
+            gap = inputs.get(CONTEXT_PREFIX + "retrieval_gap")
+            engagement = self.calibration.apply(engagement, None if gap is None else np.asarray(gap))
         return engagement, np.concatenate(outs["quality"])
 
 

@@ -94,4 +94,30 @@ def select_blend(rows: pd.DataFrame, grid: Sequence[BlendWeights] | None = None,
     return grid[best], df
 
 
-__all__ = ["SHARES", "blend_candidates", "blend_grid", "select_blend"]
+FUSION_WEIGHTS: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+def select_fusion(rows: pd.DataFrame, logit: np.ndarray, gap: np.ndarray,
+                  weights: Sequence[float] = FUSION_WEIGHTS, k: int = 10) -> tuple[float, pd.DataFrame]:
+    """The retrieval fusion weight γ of the engagement head, chosen on held-out validation candidates.
+
+    Each γ orders every user's candidates by logit + γ · gap (gap = retrieval_gap ≤ 0); the
+    γ with the best NDCG@k (blend_candidates, engagement alone) wins, ties to the smaller γ.
+    `rows` as for blend_candidates (its engagement/quality columns are replaced).
+
+    Returns:
+      (γ, table of γ → ndcg@k, map@k).
+    """
+    table = []
+    for g in weights:
+        z = np.asarray(logit, np.float64) + g * np.asarray(gap, np.float64)
+        m = blend_candidates(rows.assign(engagement=1.0 / (1.0 + np.exp(-np.clip(z, -700, 700))), quality=1.0),
+                             BlendWeights(1.0, 0.0, "multiplicative"), k)
+        table.append({"fusion_weight": float(g), f"ndcg@{k}": m[f"ndcg@{k}"], f"map@{k}": m[f"map@{k}"]})
+    df = pd.DataFrame(table)
+    best = int(np.argmax(np.nan_to_num(df[f"ndcg@{k}"].to_numpy(), nan=-np.inf)))
+    df["chosen"] = np.arange(len(df)) == best
+    return float(df["fusion_weight"].iloc[best]), df
+
+
+__all__ = ["FUSION_WEIGHTS", "SHARES", "blend_candidates", "blend_grid", "select_blend", "select_fusion"]

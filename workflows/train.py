@@ -244,7 +244,9 @@ def _calibrate_and_select(ctx: TrainContext, model, held, rating_scale, ranking_
     import numpy as np
 
     from evaluation.calibration import expected_calibration_error, plot_reliability, reliability_bins
-    from ranking import fit_platt, head_metrics, predict, select_blend
+    from ranking import BlendWeights, blend_candidates, fit_platt, head_metrics, predict, select_blend
+    from ranking.calibration import fuse
+    from ranking.selection import select_fusion
     from ranking.train import make_examples
 
     held = held.reset_index(drop=True)
@@ -253,39 +255,51 @@ def _calibrate_and_select(ctx: TrainContext, model, held, rating_scale, ranking_
     y = held["engaged"].to_numpy()
     users = held["user_id"].astype(str).to_numpy()
     fold = np.array([hash_user(u) % 2 for u in users])
+    gap = held["c__retrieval_gap"].to_numpy(np.float64) if "c__retrieval_gap" in held.columns else np.zeros(len(y))
+    base = held[["user_id", "item_id", "engaged", "rating"]]
+    # The retrieval fusion weight γ: chosen on these held-out users (engagement-alone NDCG@10).
+    gamma, fusion_table = select_fusion(base, fuse(e_raw, None, 0.0), gap)
+    e_fused_raw = 1.0 / (1.0 + np.exp(-np.clip(fuse(e_raw, gap, gamma), -700, 700)))
     e_oof = np.zeros(len(y), np.float32)
     for f in (0, 1):
         train_f = fold != f
         if len(np.unique(y[train_f])) == 2 and (fold == f).any():
-            e_oof[fold == f] = fit_platt(e_raw[train_f], y[train_f]).apply(e_raw[fold == f])
+            cal_f = fit_platt(e_raw[train_f], y[train_f], gap=gap[train_f], gap_weight=gamma)
+            e_oof[fold == f] = cal_f.apply(e_raw[fold == f], gap[fold == f])
         else:
-            e_oof[fold == f] = e_raw[fold == f]
-    calibration = fit_platt(e_raw, y)
-    e_cal = calibration.apply(e_raw)
+            e_oof[fold == f] = e_fused_raw[fold == f]
+    calibration = fit_platt(e_raw, y, gap=gap, gap_weight=gamma)
+    e_cal = calibration.apply(e_raw, gap)
     bins = reliability_bins(e_oof, y)
     plot_reliability(bins, ranking_dir / "reliability_validation.png",
                      title=f"validation (held-out users, out-of-fold), ECE = {expected_calibration_error(e_oof, y):.4f}")
     metrics = head_metrics(e_cal, y, q, np.full(len(y), np.nan))
     retrieval_auc = head_metrics(held["c__retrieval_score"].to_numpy(), y, q, np.full(len(y), np.nan))
-    frame = held[["user_id", "item_id", "engaged", "rating"]].assign(engagement=e_cal, quality=q)
+    frame = base.assign(engagement=e_cal, quality=q)
     if "item_type" in ctx.features.items.columns:  # synthetic: how much clickbait each blend shows (a diagnostic)
         frame["clickbait"] = (ctx.features.items["item_type"].reindex(frame["item_id"].astype(str))
                               .fillna("").to_numpy() == "clickbait")
         frame.attrs["flags"] = ("clickbait",)
     chosen, table = select_blend(frame)
+    # Reference (not a candidate for selection): the retriever's own order of the same lists.
+    ranks = held["retrieval_rank"].to_numpy(np.float64)
+    retrieval_only = blend_candidates(frame.assign(engagement=1.0 / (2.0 + ranks), quality=1.0),
+                                      BlendWeights(1.0, 0.0, "multiplicative"))
     validation = {
         "rows": int(len(y)), "users": int(len(set(users))), "engaged": int(y.sum()),
         "engagement_auc": metrics["engagement_auc"], "retrieval_score_auc": retrieval_auc["engagement_auc"],
-        "ece_raw": expected_calibration_error(e_raw, y), "ece_out_of_fold": expected_calibration_error(e_oof, y),
+        "fusion_weight": gamma, "fusion_selection": fusion_table.to_dict(orient="records"),
+        "ece_raw": expected_calibration_error(e_fused_raw, y), "ece_out_of_fold": expected_calibration_error(e_oof, y),
         "ece_in_sample": expected_calibration_error(e_cal, y), "mean_engagement": float(e_cal.mean()),
         "engaged_rate": float(y.mean()), "reliability_bins": bins, "reliability_png": "ranking/reliability_validation.png",
         "blend_rule": "best validation ndcg@10 among blends whose mean_hit_rating@10 >= the engagement-only blend's "
                       "(ties: earlier grid entry); held-out validation users' candidates only",
-        "blend_selection": table.to_dict(orient="records"),
+        "blend_selection": table.to_dict(orient="records"), "retrieval_order": retrieval_only,
         "chosen_blend": {"mode": chosen.mode, "transform": chosen.transform, "engagement_weight": chosen.engagement,
                          "quality_weight": chosen.quality},
     }
-    log.info("ranker validation blend selection:\n%s", table.to_string(index=False))
+    log.info("ranker validation: retriever's own order %s; fusion weight γ:\n%s\nblend selection:\n%s",
+             retrieval_only, fusion_table.to_string(index=False), table.to_string(index=False))
     return calibration, validation, chosen
 
 

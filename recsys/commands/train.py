@@ -99,6 +99,6 @@ def _print_summary(manifest: dict, version_dir: pathlib.Path, promoted: bool) ->
         if v:
             b = v["chosen_blend"]
             print(f"  ranker on held-out validation users: engagement AUC {v['engagement_auc']:.4f} (retriever score "
-                  f"{v['retrieval_score_auc']:.4f}), ECE {v['ece_out_of_fold']:.4f} calibrated out of fold (raw "
-                  f"{v['ece_raw']:.4f}); default blend {b['mode']} e={b['engagement_weight']:g} "
-                  f"q={b['quality_weight']:g}")
+                  f"{v['retrieval_score_auc']:.4f}), retrieval fusion γ = {v.get('fusion_weight', 0):g}, ECE "
+                  f"{v['ece_out_of_fold']:.4f} calibrated out of fold (raw {v['ece_raw']:.4f}); default blend "
+                  f"{b['mode']} e={b['engagement_weight']:g} q={b['quality_weight']:g}")

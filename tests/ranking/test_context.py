@@ -41,6 +41,12 @@ def test_candidate_context_features_match_hand_computed_values():
     np.testing.assert_allclose(out[CONTEXT_PREFIX + "item_trend"], [1, 0, 1])
     np.testing.assert_allclose(out[CONTEXT_PREFIX + "user_activity"], np.log1p([3, 3, 0]), rtol=1e-6)
     np.testing.assert_allclose(out[CONTEXT_PREFIX + "retrieval_score"], [0.5, 0.2, -0.1], rtol=1e-6)
+    # Within-list: user 0's only listed candidate is c (zz's rank 7 is outside N = 5).
+    np.testing.assert_allclose(out[CONTEXT_PREFIX + "retrieval_gap"], [0.0, -0.3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(out[CONTEXT_PREFIX + "retrieval_z"], [0.0, 0.0, 0.0])
+    z = ctx.features([()], np.array([0]), np.zeros(3, int), ["a", "b", "c"], np.array([3.0, 1.0, 2.0]),
+                     np.array([0, 2, 1]))[CONTEXT_PREFIX + "retrieval_z"]
+    np.testing.assert_allclose(z, [1.2247449, -1.2247449, 0.0], rtol=1e-6)
     assert set(out) == {CONTEXT_PREFIX + c for c in CONTEXT_FEATURES}
 
 
@@ -67,6 +73,12 @@ def test_platt_calibration_is_monotone_and_maps_into_unit_interval():
     np.testing.assert_allclose(PlattCalibration().apply(np.array([0.2, 0.7])), [0.2, 0.7], rtol=1e-6)
     with pytest.raises(ValueError, match="a > 0"):
         PlattCalibration(a=-1.0)
+    # With the retrieval fusion: still increasing in p for a fixed gap, and the gap term is γ·gap on the logit.
+    fused = PlattCalibration(1.0, 0.0, gap_weight=2.0)
+    np.testing.assert_allclose(fused.apply(np.array([0.5]), np.array([-1.0])), [1 / (1 + np.exp(2.0))], rtol=1e-6)
+    assert (np.diff(fused.apply(grid[1:-1], np.full(len(grid) - 2, -0.3))) >= 0).all()
+    cal_g = fit_platt(p, y, gap=-rng.uniform(0, 1, len(p)), gap_weight=1.5)
+    assert cal_g.gap_weight == 1.5 and PlattCalibration.from_dict(cal_g.to_dict()) == cal_g
 
 
 def test_holdout_users_is_seeded_and_a_share():

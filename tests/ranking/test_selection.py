@@ -66,3 +66,16 @@ def test_selection_is_blind_to_test_labels():
     frame = held[["user_id", "item_id", "engaged", "rating"]].assign(engagement=heads.uniform(size=len(held)),
                                                                      quality=heads.uniform(size=len(held)))
     assert select_blend(frame)[0] == select_blend(frame.copy())[0]
+
+
+def test_select_fusion_picks_the_weight_that_orders_validation_lists_best():
+    from ranking.selection import select_fusion
+
+    rows = _rows()
+    logit = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.0])  # the head alone prefers the non-engaged z / x
+    gap = np.array([0.0, -0.1, -0.5, -0.5, 0.0, -0.3])  # the retriever prefers the engaged items
+    gamma, table = select_fusion(rows, logit, gap, weights=(0.0, 1.0, 10.0), k=1)
+    assert gamma == 10.0 and table.loc[table["chosen"], "fusion_weight"].item() == 10.0
+    assert table["ndcg@1"].iloc[0] < table["ndcg@1"].iloc[2]
+    gamma0, _ = select_fusion(rows, np.array([1.0, 0.5, 0.0, 0.0, 1.0, 0.0]), gap, weights=(0.0, 1.0), k=1)
+    assert gamma0 == 0.0  # ties go to the smaller weight
