@@ -357,14 +357,26 @@ def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfi
         stats = {k: (float(np.mean(v[trains_e])), float(np.std(v[trains_e]))) for k, v in ex.inputs.items()
                  if k.startswith(CONTEXT_PREFIX)}
     model = build_ranker(features, config, stats)
+    # Window rows: the held-out users' candidates pick the epoch count (best engagement loss on
+    # them, weights restored) — per run, on validation; never a dataset constant.
+    callbacks = []
+    if validation is None and "holdout" in rows.columns and config.context:
+        held = rows.loc[rows["holdout"].fillna(False).astype(bool)]
+        if len(held) and held["engaged"].nunique() == 2:
+            validation = make_examples(held.assign(w_engagement=1.0, w_quality=0.0), features, config.history_length,
+                                       config.context, rating_scale)
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_engagement_loss", patience=1,
+                                                           restore_best_weights=True))
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
-                        verbose=2 if config.progress else 0)
+                        callbacks=callbacks, verbose=2 if config.progress else 0)
     info = {
         "examples": len(ex), "engagement_examples": int(trains_e.sum()),
         "engaged": int(ex.engaged[trains_e].sum()), "rated": int((ex.quality_mask > 0).sum()),
         "context": bool(config.context), "context_stats": stats or {},
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "epochs_selected": (int(np.argmin(history.history["val_engagement_loss"])) + 1
+                            if "val_engagement_loss" in history.history else len(history.history.get("loss", []))),
         "seconds": round(time.perf_counter() - started, 1),
     }
     return model, info
