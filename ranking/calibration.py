@@ -78,18 +78,38 @@ def fit_platt(p: np.ndarray, y: np.ndarray, iterations: int = 50, l2: float = 1e
         raise ValueError(f"fit_platt needs equal, non-empty p and y; got {len(x)} and {len(y)}")
     if y.min() == y.max():
         raise ValueError("fit_platt needs both labels (engaged and not) among the held-out candidates")
-    theta = np.array([1.0, 0.0])
-    feats = np.stack([x, np.ones_like(x)], axis=1)
+    # Newton's method on the standardised logit (well conditioned whatever γ·gap adds), with
+    # step halving so the log-likelihood never decreases; mapped back to (a, b) at the end.
+    mu, sd = float(x.mean()), float(x.std()) or 1.0
+    feats = np.stack([(x - mu) / sd, np.ones_like(x)], axis=1)
+    prior = np.array([sd, mu])  # (a, b) = (1, 0) in standardised coordinates: the l2 anchor
+
+    def nll(t: np.ndarray) -> float:
+        z = feats @ t
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * np.sum((t - prior) ** 2))
+
+    theta = prior.copy()
+    current = nll(theta)
     for _ in range(iterations):
         z = feats @ theta
         q = 0.5 * (1.0 + np.tanh(0.5 * z))
-        grad = feats.T @ (q - y) + l2 * (theta - np.array([1.0, 0.0]))
+        grad = feats.T @ (q - y) + l2 * (theta - prior)
         w = np.maximum(q * (1 - q), 1e-12)
         hess = (feats * w[:, None]).T @ feats + l2 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        theta = theta - step
-        if np.abs(step).max() < 1e-10:
+        scale = 1.0
+        while scale > 1e-6:
+            cand = theta - scale * step
+            value = nll(cand)
+            if value <= current:
+                break
+            scale /= 2
+        else:
             break
+        theta, current = cand, value
+        if np.abs(scale * step).max() < 1e-10:
+            break
+    theta = np.array([theta[0] / sd, theta[1] - theta[0] * mu / sd])  # back to a·x + b
     a = float(max(theta[0], 1e-3))  # a <= 0 would reverse or flatten the order: keep it increasing
     return PlattCalibration(a, float(theta[1]), float(gap_weight) if gap is not None else 0.0)
 
