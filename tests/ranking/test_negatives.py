@@ -85,25 +85,37 @@ def _split(fit_pairs, window_pairs):
 
 
 def test_window_rows_label_generated_candidates_by_the_window(small_synthetic):
+    import numpy as np
+
+    from ranking import WindowRetriever, fit_candidate_context
     from ranking.train import resolve_negative_source
     split = _split([("a", "i0"), ("a", "i1"), ("b", "i2")], [("a", "i3"), ("b", "i4"), ("b", "i9")])
     store = fit_feature_store(small_synthetic, split.train)
     calls = []
 
-    def candidates(users):  # a's i1 was engaged in fit: never a candidate row
+    def search(users):  # a's i1 was engaged in fit: never a candidate row
         calls.append(list(users))
-        return [["i3", "i1", "i5"] if u == "a" else ["i6", "i4"] for u in users]
+        lists = [["i3", "i1", "i5"] if u == "a" else ["i6", "i4", ""] for u in users]
+        return np.array(lists, dtype=object), np.array([[0.9, 0.8, 0.7]] * len(users), dtype=np.float32)
 
-    rows = training_rows(split, store, NegativeConfig(source="window"), history_length=5, candidates=candidates)
-    eng = rows.loc[rows["w_engagement"] == 1]
+    items = store.catalogue
+    retriever = WindowRetriever(search, lambda u, i: np.zeros(len(u), np.float32),
+                                fit_candidate_context(split.fit, items, np.eye(len(items))[:, :8], 3))
+    rows = training_rows(split, store, NegativeConfig(source="window"), history_length=5, candidates=retriever)
+    eng = rows.loc[rows["w_quality"] == 0]
     got = {(u, i): e for u, i, e in zip(eng["user_id"], eng["item_id"], eng["engaged"])}
     assert got == {("a", "i3"): 1, ("a", "i5"): 0, ("b", "i6"): 0, ("b", "i4"): 1}  # b's i9 was not retrieved
+    assert dict(zip(zip(eng["user_id"], eng["item_id"]), eng["retrieval_rank"])) == {
+        ("a", "i3"): 0, ("a", "i5"): 2, ("b", "i6"): 0, ("b", "i4"): 1}  # ranks in the retriever's list
+    assert eng["holdout"].sum() == len(eng.loc[eng["user_id"] == eng.loc[eng["holdout"], "user_id"].iloc[0]])
+    assert (eng.loc[eng["holdout"], "w_engagement"] == 0).all() and (eng.loc[~eng["holdout"], "w_engagement"] == 1).all()
     assert calls == [["a", "b"]]
     assert set(eng.loc[eng["user_id"] == "a", "history"]) == {"i0|i1"}  # fit items only, never the window's
     quality = rows.loc[rows["w_quality"] == 1]
     assert len(quality) == len(split.train) and (quality["w_engagement"] == 0).all()
-    # auto never picks window: sampled (retriever candidates + popularity) measured better on MovieLens.
+    # auto picks window only when there is a retriever to replay; else sampled (no impressions here).
     assert resolve_negative_source(split, NegativeConfig()) == "sampled"
+    assert resolve_negative_source(split, NegativeConfig(), have_retriever=True) == "window"
     with pytest.raises(ValueError, match="--val-fraction"):
         training_rows(split.train, store, NegativeConfig(source="window"))  # a bare log has no window
 
