@@ -370,13 +370,35 @@ def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfi
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
                         callbacks=callbacks, verbose=2 if config.progress else 0)
+    quality_epochs = 0
+    stopped = len(history.history.get("loss", []))
+    best = (int(np.argmin(history.history["val_engagement_loss"])) + 1 if "val_engagement_loss" in history.history
+            else stopped)
+    if callbacks and best < config.epochs and (ex.quality_mask > 0).any() and config.quality_weight > 0:
+        # The engagement side stopped early; the quality head (which the held-out loss does not
+        # see) trains its remaining epochs alone: every other layer frozen, quality rows only.
+        quality_epochs = config.epochs - best
+        for layer in model._flatten_layers(include_self=False, recursive=False):
+            layer.trainable = layer is model.towers["quality"]
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},
+                      loss_weights={"engagement": 0.0, "quality": 1.0})
+        q_rows = ex.quality_mask > 0
+        q_ex = Examples(ex.rows.loc[q_rows].reset_index(drop=True), {k: v[q_rows] for k, v in ex.inputs.items()},
+                        ex.engaged[q_rows], ex.quality[q_rows], np.zeros(int(q_rows.sum()), np.float32),
+                        ex.quality_mask[q_rows])
+        q_hist = model.fit(_dataset(q_ex, config.batch_size, config.seed + 1), epochs=quality_epochs,
+                           verbose=2 if config.progress else 0)
+        history.history["quality_only_loss"] = q_hist.history.get("quality_loss", [])
+        for layer in model._flatten_layers(include_self=False, recursive=False):
+            layer.trainable = True
     info = {
         "examples": len(ex), "engagement_examples": int(trains_e.sum()),
+        "quality_only_epochs": quality_epochs,
         "engaged": int(ex.engaged[trains_e].sum()), "rated": int((ex.quality_mask > 0).sum()),
         "context": bool(config.context), "context_stats": stats or {},
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-        "epochs_selected": (int(np.argmin(history.history["val_engagement_loss"])) + 1
-                            if "val_engagement_loss" in history.history else len(history.history.get("loss", []))),
+        "epochs_selected": best,
         "seconds": round(time.perf_counter() - started, 1),
     }
     return model, info
