@@ -5,16 +5,17 @@ Each example row carries labels and per-head loss weights:
   quality head — the normalised rating, weight `w_quality` × (a rating was observed), so
     rows without a rating (negatives, unrated engagements) never train quality.
 
-Where the engagement negatives come from (NegativeConfig.source, see `training_rows`):
-  impressions — the log's shown-but-not-engaged rows (synthetic data);
-  sampled — every train engagement (its history: the user's engagements before it)
-    against negatives sampled per positive, half from the serving retriever's top-N for
-    the user and half by popularity (MovieLens default: on ML-100k it beats "window" by
-    0.045 NDCG@10, bench/RESULTS.md — 80k positives instead of 5k);
-  window — the serving distribution, reproduced one time window earlier: a candidate
-    generator that knows only `split.fit` (the retrieval model trained without the
-    validation window) retrieves each user's top-N; a candidate is positive iff the user
-    engaged with it in the window. The user's history is their fit items only.
+Where the engagement rows come from (NegativeConfig.source, see `training_rows`):
+  window (auto's choice with a retriever and a validation carve) — the serving
+    distribution one time window earlier: a WindowRetriever that knows only `split.fit`
+    (a two-tower trained without the validation window) retrieves each window user's
+    top-N; label = engaged in the window; on data with impressions also the window's
+    logged shown-but-not-engaged rows outside the list. Rows carry the candidate context
+    (ranking.context) and the user's fit items as history; a seeded share of the window
+    users is held out (early stopping, calibration, blend selection: workflows.train);
+  impressions — the log's shown-but-not-engaged rows (no context);
+  sampled — every train engagement against negatives sampled per positive, half from the
+    serving retriever's top-N and half by popularity (no context; the pre-issue-12 default).
 """
 from __future__ import annotations
 
