@@ -82,7 +82,8 @@ def test_the_demo_runs_end_to_end_on_a_small_synthetic_dataset(tmp_path: pathlib
     # evaluate: the report, NDCG in [0, 1], the pipeline ahead of random, the Beam output scored as the pipeline.
     report = json.loads((work / "reports" / "evaluation" / "report.json").read_text())
     metrics = report["metrics"]
-    assert {"random", "popularity", "ease", "itemknn", "two_tower", "pipeline", f"batch:{version}"} == set(metrics)
+    assert {"random", "popularity", "ease", "ease_recency", "itemknn", "two_tower", "pipeline",
+                f"batch:{version}"} == set(metrics)
     for model, m in metrics.items():
         for name in ("ndcg@10", "ndcg_graded@10", "ndcg@100"):
             assert 0.0 <= m[name] <= 1.0, (model, name, m[name])
