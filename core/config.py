@@ -236,7 +236,10 @@ def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 def read_config_file(cls: type, path: str) -> dict[str, Any]:
     """{dotted key: value} of a TOML config file for command config `cls`; ConfigError on an
     unreadable file or an unknown key (naming the closest valid one)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (a dependency there)
+        import tomli as tomllib
 
     try:
         with open(path, "rb") as f:

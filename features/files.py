@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class FilesConfig:
-    """Where the files are and how their columns map onto the schema.
+class FilesConfig(FeatureSpec):
+    """Where the files are and how their columns map onto the schema; the FeatureSpec fields it
+    inherits (user_categorical, ..., item_text) name the side-feature columns by kind.
 
     column_map maps the interactions file's columns onto *schema* names, as schema=file
     pairs, e.g. {"user_id": "customer", "item_id": "sku", "timestamp": "ts"}; unmapped schema
@@ -46,12 +47,6 @@ class FilesConfig:
     column_map: tuple[tuple[str, str], ...] = ()
     users_column_map: tuple[tuple[str, str], ...] = ()
     items_column_map: tuple[tuple[str, str], ...] = ()
-    user_categorical: tuple[str, ...] = ()
-    user_numeric: tuple[str, ...] = ()
-    item_categorical: tuple[str, ...] = ()
-    item_numeric: tuple[str, ...] = ()
-    item_multi: tuple[str, ...] = ()
-    item_text: tuple[str, ...] = ()
 
 
 def read_table(path: str | pathlib.Path, flag: str = "file", text_columns: tuple[str, ...] | None = None) -> pd.DataFrame:

@@ -6,13 +6,17 @@ import subprocess
 import sys
 
 import pytest
-import tomllib
 
 from core import registry
 from core.config import config_to_dict, parse_config
 from recsys.cli import main
 from workflows.data import DataConfig, SourceConfig
 from workflows.train import TrainConfig
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 # Every command with some non-default flags: printing, loading back and printing again must agree.
 COMMANDS = {
