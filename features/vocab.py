@@ -21,6 +21,10 @@ from core.errors import ArtifactError
 from features.schema import Dataset, FeatureSpec, split_multi
 
 OOV_TOKEN = "[OOV]"
+# m of the per-item rating prior: each item's mean train rating is shrunk towards the global
+# mean as if it had m more ratings at that mean (a Bayesian average); an item with m ratings
+# sits halfway between its own mean and the global one.
+RATING_PRIOR_STRENGTH = 10.0
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
 
 
@@ -60,6 +64,53 @@ class Vocabulary:
         return cached
 
 
+@dataclasses.dataclass(frozen=True)
+class RatingPrior:
+    """Each train item's Bayesian-average rating, in the data's rating units (fit on train only).
+
+    prior(i) = (Σ ratings of i + strength · global_mean) / (count(i) + strength), where the sums
+    run over i's train rows with an observed rating and global_mean is the mean of all of them;
+    an item without ratings gets global_mean. Serving's fallback normalises it to [0, 1] like
+    the ranker's quality head (pipeline.RecommendPipeline).
+
+    Attributes:
+      global_mean: mean observed train rating.
+      strength: m, the pseudo-ratings at global_mean added to every item (RATING_PRIOR_STRENGTH).
+      items: item_id → prior(i) for the items with at least one rating.
+    """
+
+    global_mean: float
+    strength: float
+    items: dict[str, float]
+
+    def of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """[n] float64 priors (global_mean for items without train ratings)."""
+        return np.array([self.items.get(str(i), self.global_mean) for i in item_ids], dtype=np.float64)
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, strength: float = RATING_PRIOR_STRENGTH) -> RatingPrior | None:
+        """From `train` rows' observed ratings; None if no row has one (no quality signal)."""
+        if not np.isfinite(strength) or strength < 0:
+            raise ValueError(f"the rating prior strength must be finite and >= 0, got {strength}")
+        if "rating" not in train.columns:
+            return None
+        rated = train.loc[train["rating"].notna(), ["item_id", "rating"]]
+        if len(rated) == 0:
+            return None
+        mean = float(rated["rating"].astype("float64").mean())
+        g = rated.astype({"item_id": str, "rating": "float64"}).groupby("item_id", sort=True)["rating"]
+        sums, counts = g.sum(), g.count()
+        prior = (sums + strength * mean) / (counts + strength)
+        return cls(mean, float(strength), {str(k): float(v) for k, v in prior.items()})
+
+    def to_dict(self) -> dict:
+        return {"global_mean": self.global_mean, "strength": self.strength, "items": self.items}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RatingPrior:
+        return cls(float(d["global_mean"]), float(d["strength"]), {str(k): float(v) for k, v in d["items"].items()})
+
+
 @dataclasses.dataclass
 class FeatureStore:
     """Everything fit on train that later stages need to turn raw ids into model inputs.
@@ -74,6 +125,9 @@ class FeatureStore:
       seen: user_id → the item ids the user engaged with in train, oldest first (each once,
         at its latest engagement): never recommended to that user again (serving, Beam
         and offline evaluation exclude them), and the user's recent history feature.
+      rating_prior: each item's Bayesian-average train rating (RatingPrior), the quality
+        prior of serving's fallback; None when train has no ratings or the store was saved
+        before it existed.
     """
 
     spec: FeatureSpec
@@ -83,6 +137,7 @@ class FeatureStore:
     items: pd.DataFrame
     numeric_stats: dict[str, tuple[float, float]]
     seen: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    rating_prior: RatingPrior | None = None
 
     # -- raw feature rows, the inputs of every exported model's signature -----------------
     def user_features(self, user_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -144,6 +199,8 @@ class FeatureStore:
             "item_counts": self.item_counts,
             "numeric_stats": {k: list(v) for k, v in self.numeric_stats.items()},
         }
+        if self.rating_prior is not None:
+            meta["rating_prior"] = self.rating_prior.to_dict()
         (d / "features.json").write_text(json.dumps(meta))
         self.users.to_parquet(d / "users.parquet")
         self.items.to_parquet(d / "items.parquet")
@@ -162,9 +219,10 @@ class FeatureStore:
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot load feature store from {d}: {e}") from e
         spec = FeatureSpec(**{k: tuple(v) for k, v in meta["spec"].items()})
+        prior = RatingPrior.from_dict(meta["rating_prior"]) if meta.get("rating_prior") else None  # older stores: none
         return cls(spec, {k: Vocabulary(tuple(v)) for k, v in meta["vocabularies"].items()},
                    {k: int(v) for k, v in meta["item_counts"].items()}, users, items,
-                   {k: (float(v[0]), float(v[1])) for k, v in meta["numeric_stats"].items()}, seen)
+                   {k: (float(v[0]), float(v[1])) for k, v in meta["numeric_stats"].items()}, seen, prior)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +263,7 @@ def _seen_from_pairs(pairs: pd.DataFrame) -> dict[str, tuple[str, ...]]:
 
 
 def fit_feature_store(dataset: Dataset, train: pd.DataFrame, min_count: int = 1) -> FeatureStore:
-    """Fits vocabularies, popularity and normalisation on `train` rows only.
+    """Fits vocabularies, popularity, the per-item rating prior and normalisation on `train` rows only.
 
     user_id/item_id vocabularies contain only ids seen in train (others go to OOV);
     side-feature vocabularies are fit on the features of train users/items.
@@ -234,4 +292,5 @@ def fit_feature_store(dataset: Dataset, train: pd.DataFrame, min_count: int = 1)
     engaged = train.loc[train["engaged"] == 1, ["user_id", "item_id", "timestamp"]]
     engaged = engaged.sort_values("timestamp", kind="stable")[["user_id", "item_id"]]
     return FeatureStore(spec, vocabs, {str(k): int(v) for k, v in counts.items()},
-                        dataset.users.copy(), dataset.items.copy(), stats, _seen_from_pairs(engaged))
+                        dataset.users.copy(), dataset.items.copy(), stats, _seen_from_pairs(engaged),
+                        RatingPrior.fit(train))

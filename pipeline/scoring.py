@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # loading a version imports TensorFlow and FAISS; importing t
 
 log = logging.getLogger(__name__)
 
+# The fallback blend of a version saved without the item rating prior: popularity alone.
+POPULARITY_ONLY = BlendWeights(1.0, 0.0, "additive", "identity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,12 @@ class RecommendPipeline:
       tower, index, ranker: the exported user tower, FAISS index and ranker.
       model_version: the version name, stamped on every CandidateSet.
       config: PipelineConfig (N, default blend weights).
+      rating_scale: (lo, hi) of the quality head's normalisation (ranker.json "rating_scale", else 1-5).
+      engagement_calibrated: whether the ranker records a fitted engagement calibration.
+      fallback_candidates: every catalogue item's train priors as a CandidateSet, what unknown
+        users' answers are blended from (see _fallback_candidates).
+      has_quality_prior: whether the feature store carries the item rating prior (else the
+        fallback blends POPULARITY_ONLY).
     """
 
     def __init__(self, features: FeatureStore, tower: UserTower, index: ItemIndex, ranker: Ranker, version: str,
@@ -98,10 +106,10 @@ class RecommendPipeline:
         ids = np.asarray(index.item_ids).astype(str)
         known = set(features.vocabularies["user_id"].tokens)
         self._known_users = known
-        counts = features.popularity(ids)
-        order = np.argsort(-counts, kind="stable")  # most engaged first, ties by index row
-        self._popular_ids = ids[order]
-        self._popular_counts = counts[order].astype(np.float32)
+        self.rating_scale = _rating_scale(ranker)
+        self.engagement_calibrated = _engagement_calibrated(ranker)
+        self.fallback_candidates, self.has_quality_prior = _fallback_candidates(features, ids, len(known),
+                                                                                self.rating_scale, version)
         self._plan: BatchingPlan | None = None
         self._plan_lock = threading.Lock()
 
@@ -281,21 +289,96 @@ class RecommendPipeline:
         return [self.blend_top_k(c, weights, k)[:2] for c in cands]
 
     # -- unknown users ------------------------------------------------------------------
-    def popular_items(self, k: int, exclude: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """The k most engaged-with train items not in `exclude`: (item_ids [<=k], counts [<=k] float32)."""
+    def fallback_weights(self, weights: BlendWeights | None = None) -> BlendWeights:
+        """The blend the fallback applies for `weights` (None = the default): the same, or
+        POPULARITY_ONLY for a version saved without the item rating prior."""
+        if not self.has_quality_prior:
+            return POPULARITY_ONLY
+        return weights or self.default_weights
+
+    def popular_items(self, k: int, exclude: Collection[str] = (),
+                      weights: BlendWeights | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The unknown-user answer: the catalogue's train priors blended with `weights`, top k not in `exclude`.
+
+        See `fallback_candidates` for the priors; `weights` None = the version's default blend.
+
+        Returns:
+          (item_ids [<=k], scores [<=k] float64 blended scores, best first; ties by popularity).
+        """
         if k < 0:
             raise InvalidRequestError(f"k must be >= 0, got {k}")
-        if not exclude:
-            return self._popular_ids[:k], self._popular_counts[:k]
-        excluded = frozenset(map(str, exclude))
-        keep = []
-        for j, item in enumerate(self._popular_ids):
-            if item not in excluded:
-                keep.append(j)
-                if len(keep) == k:
-                    break
-        keep_arr = np.asarray(keep, dtype=np.int64)
-        return self._popular_ids[keep_arr], self._popular_counts[keep_arr]
+        ids, scores, _ = self.blend_top_k(self.fallback_candidates, self.fallback_weights(weights), k, exclude)
+        return ids, scores
+
+    def quality_ratings(self, quality: np.ndarray) -> np.ndarray:
+        """[n] quality head values in [0, 1] → the data's rating units on the version's rating scale."""
+        from ranking import denormalize_quality
+
+        lo, hi = self.rating_scale
+        if (lo, hi) == _DEFAULT_SCALE:
+            return denormalize_quality(quality)
+        # The same affine map on the scale the version recorded (ranker.json "rating_scale").
+        return lo + (hi - lo) * np.asarray(quality, dtype=np.float64)
+
+
+_DEFAULT_SCALE = (1.0, 5.0)  # ranking.denormalize_quality's (MovieLens, synthetic)
+
+
+def _rating_scale(ranker: Ranker) -> tuple[float, float]:
+    """The version's rating scale: ranker.json "rating_scale" if recorded, else ranking's default 1-5."""
+    scale = getattr(ranker, "meta", {}).get("rating_scale")
+    if scale is None:
+        return _DEFAULT_SCALE
+    lo, hi = float(scale[0]), float(scale[1])
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ArtifactMismatchError(f"the ranker's rating_scale {scale} is not an interval [lo, hi] with lo < hi")
+    return lo, hi
+
+
+def _engagement_calibrated(ranker: Ranker) -> bool:
+    """Whether the ranker records a fitted (non-identity) engagement calibration in ranker.json."""
+    cal = getattr(ranker, "meta", {}).get("calibration")
+    if not isinstance(cal, dict) or cal.get("method") != "platt":
+        return False
+    return (float(cal.get("a", 1.0)), float(cal.get("b", 0.0))) != (1.0, 0.0)
+
+
+def _fallback_candidates(features: FeatureStore, ids: np.ndarray, num_users: int, scale: tuple[float, float],
+                         version: str) -> tuple[CandidateSet, bool]:
+    """Every catalogue item's train priors as a CandidateSet, most popular first (ties by index row).
+
+    engagement = the item's popularity as a frequency: the share of the train users (the user
+      vocabulary) who engaged with it in train (FeatureStore.seen; each user once). Not smoothed:
+      the denominator is the whole train population, not the item's own exposures, so a rarely
+      shown item is not inflated; in [0, 1] like the engagement head.
+    quality = the item's Bayesian-average train rating (FeatureStore.rating_prior, shrunk towards
+      the global mean with RATING_PRIOR_STRENGTH pseudo-ratings), normalised to [0, 1] on the
+      version's rating scale like the quality head: (prior - lo) / (hi - lo), clipped. 0 for every
+      item when the store has no prior (then the fallback blends POPULARITY_ONLY).
+    retrieval_scores = 0.
+
+    Returns:
+      (the CandidateSet, whether the quality prior exists).
+    """
+    engaged_users: dict[str, int] = {}
+    for items in features.seen.values():
+        for item in items:
+            engaged_users[item] = engaged_users.get(item, 0) + 1
+    reach = np.array([engaged_users.get(i, 0) for i in ids], dtype=np.float64) / max(num_users, 1)
+    prior = features.rating_prior
+    if prior is None:
+        log.warning("version %s has no item rating prior (trained before it was saved): unknown users get "
+                    "popularity alone, whatever the request's blend weights", version,
+                    extra={"event": "fallback_without_quality_prior", "model_version": version})
+        quality = np.zeros(len(ids))
+    else:
+        lo, hi = scale
+        quality = np.clip((prior.of(ids) - lo) / (hi - lo), 0.0, 1.0)
+    order = np.argsort(-reach, kind="stable")
+    return CandidateSet(item_ids=np.asarray(ids[order], dtype=object),
+                        retrieval_scores=np.zeros(len(ids), dtype=np.float32),
+                        engagement=np.clip(reach[order], 0.0, 1.0).astype(np.float32),
+                        quality=quality[order].astype(np.float32), model_version=version), prior is not None
 
 
 def retrieve(features: FeatureStore, index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, n: int,
@@ -391,5 +474,5 @@ def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
         raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
-__all__ = ["BatchingPlan", "CandidateScorer", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
+__all__ = ["BatchingPlan", "CandidateScorer", "POPULARITY_ONLY", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
            "load_pipeline_config"]

@@ -5,7 +5,7 @@ quality separately; this pure function combines them with weights taken from con
 from each request, so re-weighting never retrains and never re-runs the ranker.
 
   additive:        score = w_e · f(engagement) + w_q · f(quality)
-  multiplicative:  score = engagement^w_e · quality^w_q
+  multiplicative:  score = engagement^w_e · quality^w_q      (0^0 = 1: a zero exponent ignores its head)
 
 where f is `transform`: identity, log (log-probability) or logit, both heads clipped to
 [TINY, 1 - EPS] first for log/logit so scores stay finite. The lower bound is the smallest
@@ -70,6 +70,19 @@ class BlendWeights:
     def with_weights(self, engagement: float, quality: float) -> BlendWeights:
         """The same mode and transform with new (validated) weights, e.g. from a request."""
         return dataclasses.replace(self, engagement=engagement, quality=quality)
+
+    def with_blend(self, engagement: float, quality: float, mode: BlendMode | None = None,
+                   transform: Transform | None = None) -> BlendWeights:
+        """New weights and, optionally, another mode and transform (a request's choice over these defaults).
+
+        `mode` None keeps this mode. `transform` None means this transform when the result is
+        additive (a multiplicative default's is "identity") and "identity" when it is
+        multiplicative, the only transform that form takes.
+        """
+        mode = self.mode if mode is None else mode
+        if transform is None:
+            transform = self.transform if mode == "additive" else "identity"
+        return BlendWeights(engagement, quality, mode, transform)
 
 
 def _transform(x: np.ndarray, transform: Transform) -> np.ndarray:

@@ -6,7 +6,8 @@ Chosen by measurement (bench/serving.py, bench/RESULTS.md): the work is TensorFl
 FAISS calls that release the GIL plus blocking Redis I/O, which threads overlap well;
 `grpc.aio` was slower per RPC on the same stack.
 
-Per Recommend: validate → unknown user? popularity FALLBACK → cache (Redis or in-process)
+Per Recommend: validate → unknown user? FALLBACK (the catalogue's popularity and quality
+priors blended with the request's weights, RecommendPipeline.popular_items) → cache (Redis or in-process)
 → on a miss compute once per user (single-flight): user tower → FAISS top-N without the
 user's train items → ranker (both heads) → store → blend with the request's weights →
 drop excluded items → top-k. Concurrent misses share those model calls (serving/batcher.py,
@@ -235,10 +236,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if serving is None:
             raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
         model, defaults = serving
-        weights = defaults if query.weights is None else defaults.with_weights(*query.weights)
+        weights = defaults if query.weights is None else query.weights.resolve(defaults)
         if not model.is_known_user(query.user_id):
             self.metrics.fallbacks.inc()
-            return self._fallback(model, query), FALLBACK
+            return self._fallback(model, weights, query), FALLBACK
         if time_left is not None and time_left <= self.config.min_deadline_s:
             raise DeadlineExceededError("the deadline passed before the request could be served")
         # Models without candidates_each (test doubles wrapping a pipeline) compute alone, as unbatched.
@@ -263,19 +264,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 return response, source
         items = _blended_items(model, entry.candidates, weights, query)
         response = pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
-                                        source=_SOURCE_ENUM[source])
+                                        source=_SOURCE_ENUM[source], blend=_blend_pb(weights),
+                                        engagement_calibrated=bool(model.engagement_calibrated))
         if key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE:
             entry.memo[key] = response
         return response, source
 
-    def _fallback(self, model: Any, query: RecommendQuery) -> pb.RecommendResponse:
-        item_ids, scores = model.popular_items(query.num_results, query.exclude)
-        response = pb.RecommendResponse(model_version=model.model_version, source=pb.FALLBACK)
-        for rank, (item, score) in enumerate(zip(item_ids, scores), 1):
-            item_pb = response.items.add(item_id=str(item), score=float(score))
-            if query.explain:
-                item_pb.explanation.blend_rank = rank
-        return response
+    def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery) -> pb.RecommendResponse:
+        """The catalogue's train priors (model.fallback_candidates) blended like any candidates."""
+        weights = model.fallback_weights(weights)  # popularity alone for a version without the quality prior
+        items = _blended_items(model, model.fallback_candidates, weights, query, retrieved=False)
+        return pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
+                                    blend=_blend_pb(weights), engagement_calibrated=False)
 
     def _similar_items(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
         item_id, k = validate_similar(request, self.limits)
@@ -299,14 +299,31 @@ def _ranks(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
+_BLEND_MODE = {"additive": pb.ADDITIVE, "multiplicative": pb.MULTIPLICATIVE}
+_BLEND_TRANSFORM = {"identity": pb.IDENTITY, "log": pb.LOG, "logit": pb.LOGIT}
+
+
+def _blend_pb(weights: BlendWeights) -> pb.BlendWeights:
+    return pb.BlendWeights(engagement=weights.engagement, quality=weights.quality, mode=_BLEND_MODE[weights.mode],
+                           transform=_BLEND_TRANSFORM[weights.transform])
+
+
 def _blended_items(model: Any, candidates: CandidateSet, weights: BlendWeights,
-                   query: RecommendQuery) -> list[pb.RecommendedItem]:
-    """Blends the stored heads with `weights`, drops excluded items, keeps the top k (model.blend_top_k)."""
+                   query: RecommendQuery, retrieved: bool = True) -> list[pb.RecommendedItem]:
+    """Blends the stored heads with `weights`, drops excluded items, keeps the top k (model.blend_top_k).
+
+    `retrieved` False (the fallback's priors): the explanation has no retrieval score or rank.
+    """
     ids, scores, order = model.blend_top_k(candidates, weights, query.num_results, query.exclude)
     e, q = candidates.engagement, candidates.quality
     top = order.tolist()
-    items = [pb.RecommendedItem(item_id=item, score=float(score), engagement=float(e[j]), quality=float(q[j]))
-             for item, score, j in zip(ids.tolist(), scores.tolist(), top)]
+    ratings = model.quality_ratings(q[order]).tolist()
+    items = [pb.RecommendedItem(item_id=item, score=float(score), engagement=float(e[j]), quality=float(q[j]),
+                                quality_rating=rating)
+             for item, score, j, rating in zip(ids.tolist(), scores.tolist(), top, ratings)]
+    if not retrieved and len(top) and not model.has_quality_prior:
+        for item in items:
+            item.quality_rating = 0.0  # no prior: quality 0 means "not predicted", not the scale's minimum
     if query.explain and top:
         blend_order, _ = rank_by_blend(e, q, weights)
         blend_rank = _ranks(blend_order)
@@ -316,7 +333,8 @@ def _blended_items(model: Any, candidates: CandidateSet, weights: BlendWeights,
         r_rank = _ranks(np.argsort(-candidates.retrieval_scores, kind="stable"))
         for item, j in zip(items, top):
             item.explanation.CopyFrom(pb.Explanation(
-                retrieval_score=float(candidates.retrieval_scores[j]), retrieval_rank=int(r_rank[j]),
+                retrieval_score=float(candidates.retrieval_scores[j]) if retrieved else 0.0,
+                retrieval_rank=int(r_rank[j]) if retrieved else 0,
                 engagement_rank=int(e_rank[j]), quality_rank=int(q_rank[j]), blend_rank=int(blend_rank[j])))
     return items
 

@@ -9,6 +9,20 @@ import dataclasses
 import math
 
 from core.errors import InvalidRequestError
+from ranking.blender import BlendWeights
+
+# The blend weights a request may send (recsys.v1.BlendWeights): each 0 or in [WEIGHT_MIN, WEIGHT_MAX].
+# Only the ratio w_e : w_q changes the order in either mode, so the bounds cost no ordering
+# beyond ratios of 1:30 .. 30:1; they keep the float32 `score` on the wire from flattening.
+# Measured on the tiny test version (retrieval-fused engagement down to ~1e-12 in a top 20):
+# exponents of 4 underflow the multiplicative score of a quarter of the users' top items to
+# (sub)normal float32 zeros, 5 and 10 flatten nearly every user's; exponents of 0.01 round the
+# quality-only score e.g. q^0.01 ≈ 0.9929 of 41 of 296 users' top 20 into ties, 0.1 of 1.
+# With exponents <= 3 the product of heads >= 1e-12 and >= 0.3 stays a normal float32.
+WEIGHT_MIN = 0.1
+WEIGHT_MAX = 3.0
+_MODES = {1: "additive", 2: "multiplicative"}  # recsys.v1.BlendMode; 0 = the version's default
+_TRANSFORMS = {1: "identity", 2: "log", 3: "logit"}  # recsys.v1.BlendTransform; 0 = the default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,20 +41,45 @@ class RequestLimits:
 
 
 @dataclasses.dataclass(frozen=True)
+class BlendRequest:
+    """A request's validated blend: weights in range, mode and transform None = the version's default."""
+
+    engagement: float
+    quality: float
+    mode: str | None = None
+    transform: str | None = None
+
+    def resolve(self, defaults: BlendWeights) -> BlendWeights:
+        """The blend to serve: these weights over the version's `defaults` (see BlendWeights.with_blend).
+
+        Raises:
+          InvalidRequestError naming weights.transform when the transform does not fit the mode
+          (LOG or LOGIT with a multiplicative blend, chosen or the version's default).
+        """
+        try:
+            return defaults.with_blend(self.engagement, self.quality, self.mode, self.transform)
+        except InvalidRequestError as e:
+            mode = self.mode or f"{defaults.mode} (the version's default)"
+            raise InvalidRequestError(f"weights.transform {self.transform!r} does not apply to the {mode} mode: "
+                                      f"{e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
 class RecommendQuery:
     """A validated Recommend request.
 
     Attributes:
       user_id: the user, as sent.
       num_results: k, in [1, limits.max_num_results].
-      weights: (engagement, quality) blend weights, finite, >= 0, not both 0; None = server defaults.
+      weights: the requested blend (weights each 0 or in [WEIGHT_MIN, WEIGHT_MAX], not both 0;
+        mode, transform); None = the server's defaults.
       exclude: item ids that must not be returned.
       explain: fill per-item explanations.
     """
 
     user_id: str
     num_results: int
-    weights: tuple[float, float] | None
+    weights: BlendRequest | None
     exclude: frozenset[str]
     explain: bool
 
@@ -65,16 +104,32 @@ def check_num_results(value: int, limits: RequestLimits, field: str = "num_resul
 
 
 def check_weights(engagement: float, quality: float, field: str = "weights") -> tuple[float, float]:
-    """Finite, non-negative, and not both zero (a zero score for every item ranks nothing)."""
+    """Each finite and 0 or in [WEIGHT_MIN, WEIGHT_MAX]; not both zero (a zero score for every item ranks nothing)."""
     for name, w in (("engagement", engagement), ("quality", quality)):
         if not math.isfinite(w):
             raise InvalidRequestError(f"{field}.{name} must be finite, got {w}")
-        if w < 0:
-            raise InvalidRequestError(f"{field}.{name} must be >= 0, got {w}")
+        if w != 0 and not WEIGHT_MIN <= w <= WEIGHT_MAX:
+            raise InvalidRequestError(f"{field}.{name} must be 0 or in [{WEIGHT_MIN:g}, {WEIGHT_MAX:g}], got {w}")
     if engagement == 0 and quality == 0:
         raise InvalidRequestError(f"{field}: engagement and quality are both 0; set at least one > 0 "
                                   "or omit weights for the server defaults")
     return float(engagement), float(quality)
+
+
+def check_blend(weights, field: str = "weights") -> BlendRequest:
+    """A recsys.v1.BlendWeights: the weights (check_weights), a known mode and a transform that fits it."""
+    engagement, quality = check_weights(weights.engagement, weights.quality, field)
+    if weights.mode and weights.mode not in _MODES:
+        raise InvalidRequestError(f"{field}.mode {weights.mode} is not a BlendMode: use ADDITIVE ({1}), "
+                                  f"MULTIPLICATIVE ({2}) or leave it unset for the version's default")
+    if weights.transform and weights.transform not in _TRANSFORMS:
+        raise InvalidRequestError(f"{field}.transform {weights.transform} is not a BlendTransform: use IDENTITY (1), "
+                                  "LOG (2), LOGIT (3) or leave it unset for the version's default")
+    mode, transform = _MODES.get(weights.mode), _TRANSFORMS.get(weights.transform)
+    if mode == "multiplicative" and transform not in (None, "identity"):
+        raise InvalidRequestError(f"{field}.transform {transform.upper()} applies to the ADDITIVE mode only; the "
+                                  "MULTIPLICATIVE mode takes the raw heads (leave transform unset or IDENTITY)")
+    return BlendRequest(engagement, quality, mode, transform)
 
 
 _NO_EXCLUDES: frozenset[str] = frozenset()
@@ -84,8 +139,7 @@ def validate_recommend(request, limits: RequestLimits) -> RecommendQuery:
     """Validates a recsys.v1.RecommendRequest."""
     user_id = check_id(request.user_id, "user_id", limits)
     k = check_num_results(request.num_results, limits)
-    weights = (check_weights(request.weights.engagement, request.weights.quality)
-               if request.HasField("weights") else None)
+    weights = check_blend(request.weights) if request.HasField("weights") else None
     excludes = request.exclude_item_ids
     exclude = _NO_EXCLUDES
     if excludes:  # most requests have none: skip the per-item work (this runs on every cache hit)

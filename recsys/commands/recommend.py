@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Literal
 
 from core.errors import RecsysError
 from recsys.commands import add_command
@@ -26,6 +27,7 @@ class RecommendConfig:
     num_results: int = dataclasses.field(default=10, metadata={"aliases": ("-k",)})
     engagement_weight: float = -1.0   # blend weight (< 0 = the server's default); give both weights or neither
     quality_weight: float = -1.0      # blend weight (< 0 = the server's default); give both weights or neither
+    blend_mode: Literal["default", "additive", "multiplicative"] = "default"  # with both weights; default = the version's
     exclude: tuple[str, ...] = ()     # item ids not to return
     context: tuple[tuple[str, str], ...] = ()  # request context entries KEY=VALUE
     explain: bool = False             # show retrieval score and stage ranks
@@ -42,6 +44,8 @@ _HELP = {
     "target": "server host:port", "num_results": "items to return",
     "engagement_weight": "blend weight (< 0 = the server's default); give both weights or neither",
     "quality_weight": "blend weight (< 0 = the server's default); give both weights or neither",
+    "blend_mode": "how the weights combine the heads: additive w_e·e + w_q·q or multiplicative e^w_e·q^w_q "
+                  "(default = the served version's mode); needs both weights",
     "exclude": "item ids not to return", "context": "request context entries", "explain":
     "show retrieval score and stage ranks", "timeout": "deadline in seconds",
     "tls_ca": "PEM CA of the server certificate (enables TLS)", "tls_cert": "PEM client certificate, for mutual TLS",
@@ -61,6 +65,8 @@ def run_recommend(config: RecommendConfig, args: argparse.Namespace) -> int:
         raise RecsysError("give one of --user (Recommend) or --item (SimilarItems)")
     if (config.engagement_weight < 0) != (config.quality_weight < 0):
         raise RecsysError("give both --engagement-weight and --quality-weight, or neither")
+    if config.blend_mode != "default" and config.engagement_weight < 0:
+        raise RecsysError("--blend-mode needs --engagement-weight and --quality-weight too")
     import grpc
     from google.protobuf import json_format
 
@@ -84,6 +90,8 @@ def run_recommend(config: RecommendConfig, args: argparse.Namespace) -> int:
                 if config.engagement_weight >= 0:
                     request.weights.engagement = config.engagement_weight
                     request.weights.quality = config.quality_weight
+                    request.weights.mode = {"default": pb.BLEND_MODE_UNSPECIFIED, "additive": pb.ADDITIVE,
+                                            "multiplicative": pb.MULTIPLICATIVE}[config.blend_mode]
                 response = stub.Recommend(request, timeout=config.timeout)
         except grpc.RpcError as e:
             print(f"recsys recommend: {e.code().name}: {e.details()}", file=sys.stderr)

@@ -155,10 +155,10 @@ def _response_rows(response) -> list[dict]:
     from protos.recsys.v1 import recommender_pb2 as pb
 
     source = pb.Source.Name(response.source)
-    heads = response.source != pb.FALLBACK  # the fallback's score is a popularity count; no head scores
-    return [{"rank": n, "item_id": i.item_id, "score": i.score,
-             "engagement": f"{i.engagement:.4g}" if heads else "-", "quality": f"{i.quality:.4f}" if heads else "-",
-             "source": source, "model_version": response.model_version} for n, i in enumerate(response.items, 1)]
+    # The fallback's engagement and quality are the items' train priors, blended like the heads.
+    return [{"rank": n, "item_id": i.item_id, "score": i.score, "engagement": f"{i.engagement:.4g}",
+             "quality": f"{i.quality:.4f}", "source": source, "model_version": response.model_version}
+            for n, i in enumerate(response.items, 1)]
 
 
 def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
@@ -210,7 +210,9 @@ def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
                          "same cache entry without running the ranker",
                          pb.RecommendRequest(user_id=user, num_results=k, weights=quality_heavy)),
                     ]
-                calls.append(("an unknown user: popularity fallback (score = train engagement count)",
+                calls.append(("an unknown user: fallback, the catalogue's train priors blended with the version's "
+                              "weights (engagement = share of train users who engaged, quality = the item's mean "
+                              "rating shrunk towards the global mean, scaled like the quality head)",
                               pb.RecommendRequest(user_id="no-such-user", num_results=k)))
                 first_item = ""
                 for title, request in calls:

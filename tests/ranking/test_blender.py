@@ -124,3 +124,51 @@ def test_blend_scores_is_pure():
     np.testing.assert_array_equal(e, E)
     np.testing.assert_array_equal(q, Q)
     assert blend_scores(np.zeros(0), np.zeros(0), w).shape == (0,)
+
+
+def test_blend_modes_are_the_documented_formulas_exactly():
+    """The proto's formulas (recsys.v1.BlendWeights) on hand values, bit for bit."""
+    e, q = np.array([0.25, 0.5, 1.0]), np.array([0.5, 0.125, 0.0])
+    additive = blend_scores(e, q, BlendWeights(3.0, 0.5, "additive"))
+    assert additive.tolist() == [3 * 0.25 + 0.5 * 0.5, 3 * 0.5 + 0.5 * 0.125, 3.0]
+    multiplicative = blend_scores(e, q, BlendWeights(2.0, 3.0, "multiplicative"))
+    assert multiplicative.tolist() == [0.25 ** 2 * 0.5 ** 3, 0.5 ** 2 * 0.125 ** 3, 0.0]
+    # A zero exponent ignores its head, even where the head is 0 (0^0 = 1).
+    assert blend_scores(e, q, BlendWeights(1.0, 0.0, "multiplicative")).tolist() == e.tolist()
+
+
+def test_with_blend_takes_the_requested_mode_and_resolves_the_transform():
+    multiplicative = BlendWeights(1.0, 1.0, "multiplicative")
+    logit_additive = BlendWeights(0.5, 0.5, "additive", "logit")
+    assert multiplicative.with_blend(2.0, 1.0) == BlendWeights(2.0, 1.0, "multiplicative", "identity")
+    assert multiplicative.with_blend(2.0, 1.0, "additive") == BlendWeights(2.0, 1.0, "additive", "identity")
+    assert logit_additive.with_blend(1.0, 2.0, "additive") == BlendWeights(1.0, 2.0, "additive", "logit")
+    assert logit_additive.with_blend(1.0, 2.0) == BlendWeights(1.0, 2.0, "additive", "logit")
+    assert logit_additive.with_blend(1.0, 2.0, "multiplicative") == BlendWeights(1.0, 2.0, "multiplicative")
+    assert multiplicative.with_blend(1.0, 2.0, "additive", "log").transform == "log"
+    with pytest.raises(InvalidRequestError, match="additive mode only"):
+        multiplicative.with_blend(1.0, 2.0, None, "log")
+
+
+# Heads spanning what the retrieval-fused engagement head produces (down to ~1e-12) and quality.
+_E = np.array([1e-12, 3e-12, 1e-9, 2e-9, 1e-6, 1.2e-6, 1e-3, 0.3, 0.31, 0.9], dtype=np.float32)
+_Q = np.array([0.30, 0.31, 0.40, 0.41, 0.45, 0.46, 0.50, 0.70, 0.71, 0.95], dtype=np.float32)
+
+
+@pytest.mark.parametrize("mode", ["additive", "multiplicative"])
+def test_extreme_accepted_request_weights_keep_distinct_candidates_distinct(mode):
+    """At every corner of the request range (serving.validation) the float32 scores sent on the wire stay
+    distinct for distinct heads: none flattens to 0 or 1."""
+    from serving.validation import WEIGHT_MAX, WEIGHT_MIN
+
+    corners = [(a, b) for a in (0.0, WEIGHT_MIN, WEIGHT_MAX) for b in (0.0, WEIGHT_MIN, WEIGHT_MAX) if a or b]
+    for we, wq in corners:
+        wire = blend_scores(_E, _Q, BlendWeights(we, wq, mode)).astype(np.float32)
+        assert len(set(wire.tolist())) == len(wire), f"({we}, {wq}) {mode}: {wire}"
+        assert (wire > 0).all() and (wire != 1).all() if mode == "multiplicative" else np.isfinite(wire).all()
+
+
+def test_weights_outside_the_request_range_flatten_the_wire_scores():
+    """Why the range has bounds: the multiplicative exponents the API refused before flattened every score."""
+    assert (blend_scores(_E[:6], _Q[:6], BlendWeights(10.0, 10.0, "multiplicative")).astype(np.float32) == 0).all()
+    assert (blend_scores(_E[4:], _Q[4:], BlendWeights(1e-9, 1e-9, "multiplicative")).astype(np.float32) == 1).all()

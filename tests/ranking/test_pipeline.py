@@ -88,10 +88,17 @@ def test_unknown_users_get_candidates_and_popular_items(pipeline):
     assert not pipeline.is_known_user("nobody")
     (cands,) = pipeline.candidates(["nobody"])
     assert len(cands.item_ids) == N and np.isfinite(cands.engagement).all()
-    ids, counts = pipeline.popular_items(5)
-    assert np.all(np.diff(counts) <= 0) and counts[0] == pipeline.features.popularity([ids[0]])[0]
+    # The fallback blends the catalogue's priors (popularity as a share of train users, a rating prior).
+    ids, scores = pipeline.popular_items(5)
+    assert np.all(np.diff(scores) <= 0) and 0 < scores[-1] <= scores[0] <= 1
     ids2, _ = pipeline.popular_items(5, exclude={ids[0]})
     assert list(ids2[:4]) == list(ids[1:5])
+    from ranking import BlendWeights
+
+    by_popularity, shares = pipeline.popular_items(5, weights=BlendWeights(1.0, 0.0))
+    users = len(pipeline.features.vocabularies["user_id"].tokens)
+    top_users = sum(by_popularity[0] in items for items in pipeline.features.seen.values())
+    assert shares[0] == pytest.approx(top_users / users, rel=1e-6) and np.all(np.diff(shares) <= 0)
 
 
 def test_pipeline_config_is_validated():

@@ -98,9 +98,10 @@ def recommend_cases(draw, known_users: list[str], known_items: list[str]) -> Cas
     k = _mostly(draw, st.integers(1, 100), _hostile_num_results())
     request = pb.RecommendRequest(user_id=user, num_results=k, explain=draw(st.booleans()))
     if draw(st.booleans()):
-        benign = st.floats(0.0, 10.0)
+        benign = st.one_of(st.just(0.0), st.floats(0.1, 3.0))
         request.weights.engagement = _mostly(draw, benign, _weight())
         request.weights.quality = _mostly(draw, benign, _weight())
+        request.weights.mode = _mostly(draw, st.sampled_from([0, 1, 2]), st.integers(-3, 9))
     request.exclude_item_ids.extend(_mostly(
         draw, st.lists(st.sampled_from(known_items), max_size=60),
         st.one_of(st.lists(hostile_ids(), max_size=10),
@@ -146,7 +147,9 @@ def recommend_is_valid(r: pb.RecommendRequest, limits: RequestLimits) -> bool:
         return False
     if r.HasField("weights"):
         e, q = r.weights.engagement, r.weights.quality
-        if not (math.isfinite(e) and math.isfinite(q) and e >= 0 and q >= 0 and (e > 0 or q > 0)):
+        if not all(math.isfinite(w) and (w == 0 or 0.1 <= w <= 3.0) for w in (e, q)) or e == q == 0:
+            return False
+        if r.weights.mode not in (0, 1, 2):  # the cases leave transform unset
             return False
     if len(r.exclude_item_ids) > limits.max_exclude_ids or not all(_id_ok(i, limits) for i in r.exclude_item_ids):
         return False

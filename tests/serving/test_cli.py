@@ -75,6 +75,11 @@ def test_serve_answers_the_cli_client_and_stops_gracefully_on_sigterm(trained_ve
         assert code == 0 and "from CACHE" in out and "r_rank" in out
         code, _, err = client(capsys, "--target", target, "--user", known_users[0], "-k", "0")
         assert code == 1 and "INVALID_ARGUMENT" in err and "num_results" in err
+        code, out, err = client(capsys, "--target", target, "--user", known_users[0], "--json", "--blend-mode",
+                                "additive", "--engagement-weight", "1", "--quality-weight", "2")
+        assert code == 0, err
+        assert json.loads(out)["blend"] == {"engagement": 1.0, "quality": 2.0, "mode": "ADDITIVE",
+                                            "transform": "IDENTITY"}
         code, out, _ = client(capsys, "--target", target, "--item", answer["items"][0]["item_id"], "-k", "3")
         assert code == 0 and out.startswith(f"items similar to {answer['items'][0]['item_id']}")
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
@@ -82,6 +87,11 @@ def test_serve_answers_the_cli_client_and_stops_gracefully_on_sigterm(trained_ve
     finally:
         events = sigterm_and_wait(process, timeout=30)
     assert "model_loaded" in events and events[-1] == "shutdown"
+
+
+def test_recommend_blend_mode_needs_the_weights(capsys):
+    code, _, err = client(capsys, "--user", "u1", "--blend-mode", "multiplicative")
+    assert code == 2 and "--blend-mode needs --engagement-weight and --quality-weight" in err
 
 
 def test_serve_refuses_an_unknown_version_with_a_clear_message(trained_version, capsys):

@@ -155,11 +155,113 @@ def test_unknown_user_gets_the_popularity_fallback(start, pipeline, redis_url):
     response = recommend(stub, "never-seen-user", exclude_item_ids=[])
     assert response.source == pb.FALLBACK
     assert ids(response) == list(pipeline.popular_items(K)[0])
+    # The priors blended with the version's default weights: on the heads' [0, 1] scale, not counts.
+    w = pipeline.default_weights
+    cands = pipeline.fallback_candidates
+    row = {item: j for j, item in enumerate(cands.item_ids)}
+    for item in response.items:
+        j = row[item.item_id]
+        assert (item.engagement, item.quality) == (cands.engagement[j], cands.quality[j])
+        assert 0 <= item.engagement <= 1 and 0 < item.quality <= 1 and 0 <= item.score <= 1
+        assert item.score == np.float32(float(cands.engagement[j]) ** w.engagement * float(cands.quality[j]) ** w.quality)
+    assert (response.blend.engagement, response.blend.quality, response.blend.mode) == (1.0, 1.0, pb.MULTIPLICATIVE)
     top = ids(response)[0]
     excluded = recommend(stub, "never-seen-user", exclude_item_ids=[top])
     assert top not in ids(excluded) and ids(excluded) == list(pipeline.popular_items(K, {top})[0])
     assert server.metrics.value("recsys_fallbacks_total") == 2
     assert server.metrics.value("recsys_online_computations_total") == 0
+
+
+def test_fallback_priors_are_train_popularity_and_a_shrunk_mean_rating(pipeline):
+    features = pipeline.features
+    cands = pipeline.fallback_candidates
+    users = len(features.vocabularies["user_id"].tokens)
+    engaged_by = {}
+    for items in features.seen.values():
+        for item in items:
+            engaged_by[item] = engaged_by.get(item, 0) + 1
+    expected_e = np.array([engaged_by.get(i, 0) / users for i in cands.item_ids], dtype=np.float32)
+    np.testing.assert_array_equal(cands.engagement, expected_e)
+    assert np.all(np.diff(cands.engagement) <= 0)  # most popular first
+    prior = features.rating_prior
+    assert prior is not None and prior.strength == 10.0
+    lo, hi = pipeline.rating_scale
+    np.testing.assert_allclose(cands.quality, (prior.of(cands.item_ids) - lo) / (hi - lo), rtol=1e-6)
+    assert 0 < cands.quality.min() and cands.quality.max() < 1
+
+
+def test_fallback_order_follows_the_request_weights_and_mode(start, pipeline, redis_url):
+    server, stub = start(redis_url)
+    answers = {}
+    for name, w in {"engagement": (3.0, 0.1), "quality": (0.1, 3.0)}.items():
+        for mode in (pb.ADDITIVE, pb.MULTIPLICATIVE):
+            response = recommend(stub, "never-seen-user", weights=pb.BlendWeights(engagement=w[0], quality=w[1],
+                                                                               mode=mode))
+            assert response.source == pb.FALLBACK
+            assert all(0 <= i.engagement <= 1 and 0 <= i.quality <= 1 for i in response.items)
+            expected = pipeline.popular_items(K, weights=pipeline.default_weights.with_blend(
+                *w, "additive" if mode == pb.ADDITIVE else "multiplicative"))
+            assert ids(response) == list(expected[0])
+            np.testing.assert_allclose([i.score for i in response.items], expected[1], rtol=1e-6)
+            answers[name, mode] = ids(response)
+    for mode in (pb.ADDITIVE, pb.MULTIPLICATIVE):
+        assert answers["engagement", mode] != answers["quality", mode]
+    response = recommend(stub, "never-seen-user", weights=pb.BlendWeights(engagement=0.1, quality=3.0,
+                                                                       mode=pb.MULTIPLICATIVE))
+    assert all(0 <= i.score <= 1 for i in response.items)
+    by_quality = [i.quality for i in recommend(stub, "never-seen-user", weights=pb.BlendWeights(
+        engagement=0.0, quality=1.0)).items]
+    assert by_quality == sorted(by_quality, reverse=True) and by_quality[0] == pipeline.fallback_candidates.quality.max()
+
+
+def test_requested_blend_mode_is_served_and_echoed(start, pipeline, known_users, redis_url):
+    server, stub = start(redis_url)
+    user = known_users[14]
+    defaults = pipeline.default_weights
+    for mode, name in ((pb.ADDITIVE, "additive"), (pb.MULTIPLICATIVE, "multiplicative"),
+                       (pb.BLEND_MODE_UNSPECIFIED, defaults.mode)):
+        response = recommend(stub, user, weights=pb.BlendWeights(engagement=2.0, quality=0.5, mode=mode))
+        expected_ids, expected_scores = offline_top_k(pipeline, user, defaults.with_blend(2.0, 0.5, name))
+        assert ids(response) == expected_ids
+        np.testing.assert_allclose([i.score for i in response.items], expected_scores, rtol=1e-6)
+        assert (response.blend.mode, response.blend.transform) == (
+            {"additive": pb.ADDITIVE, "multiplicative": pb.MULTIPLICATIVE}[name], pb.IDENTITY)
+        assert (response.blend.engagement, response.blend.quality) == (2.0, 0.5)
+        assert response.engagement_calibrated is pipeline.engagement_calibrated
+    logit = recommend(stub, user, weights=pb.BlendWeights(engagement=1.0, quality=1.0, mode=pb.ADDITIVE,
+                                                          transform=pb.LOGIT))
+    assert ids(logit) == offline_top_k(pipeline, user, BlendWeights(1.0, 1.0, "additive", "logit"))[0]
+    # The version's default is multiplicative: LOG without a mode does not fit it.
+    with pytest.raises(grpc.RpcError) as e:
+        recommend(stub, user, weights=pb.BlendWeights(engagement=1.0, quality=1.0, transform=pb.LOG))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("weights.transform")
+
+
+def test_extreme_accepted_weights_keep_served_scores_distinct(start, pipeline, known_users, redis_url):
+    from serving.validation import WEIGHT_MAX, WEIGHT_MIN
+
+    server, stub = start(redis_url)
+    corners = [(WEIGHT_MAX, WEIGHT_MAX), (WEIGHT_MIN, WEIGHT_MIN), (WEIGHT_MAX, WEIGHT_MIN), (WEIGHT_MIN, WEIGHT_MAX)]
+    for user in known_users[:4]:
+        for mode in (pb.ADDITIVE, pb.MULTIPLICATIVE):
+            for we, wq in corners:
+                response = recommend(stub, user, weights=pb.BlendWeights(engagement=we, quality=wq, mode=mode))
+                scores = [i.score for i in response.items]
+                assert len(set(scores)) == len(scores) == K, f"{user} {we},{wq} {mode}: {scores}"
+                assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+                if mode == pb.MULTIPLICATIVE:
+                    assert all(s < 1 for s in scores)
+
+
+def test_quality_rating_is_the_denormalised_quality(start, pipeline, known_users, redis_url):
+    from ranking import denormalize_quality
+
+    server, stub = start(redis_url)
+    for user in (known_users[15], "never-seen-user"):
+        items = recommend(stub, user).items
+        q = np.array([i.quality for i in items], dtype=np.float32)
+        np.testing.assert_allclose([i.quality_rating for i in items], denormalize_quality(q), rtol=1e-6)
+        assert all(1.0 <= i.quality_rating <= 5.0 for i in items)
 
 
 def test_excluded_items_are_never_returned(start, pipeline, known_users, redis_url):
@@ -293,3 +395,35 @@ def test_swapping_the_model_serves_the_new_version(start, pipeline, known_users,
     response = recommend(stub, user)
     assert (response.model_version, response.source) == (pipeline.model_version + "-b", pb.ONLINE)
     assert server.metrics.value("recsys_model_info", {"version": pipeline.model_version + "-b"}) == 1
+
+
+def test_a_version_saved_without_the_quality_prior_still_serves_popularity(start, trained_version, tmp_path,
+                                                                            redis_url, caplog):
+    """Versions trained before the per-item rating prior existed: the fallback is popularity alone, flagged in
+    `blend`, whatever the weights; known users are unaffected."""
+    import json
+
+    from tests.serving.versions_util import copy_version, reseal
+
+    old = copy_version(trained_version, tmp_path, "before-prior")
+    meta_path = old / "features" / "features.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["rating_prior"]
+    meta_path.write_text(json.dumps(meta))
+    reseal(old)
+    server, stub = start(redis_url)
+    with caplog.at_level("WARNING", logger="pipeline.scoring"):
+        model = server.load(old)
+    assert not model.has_quality_prior and "no item rating prior" in caplog.text
+    answers = []
+    for w in (pb.BlendWeights(engagement=3.0, quality=0.1), pb.BlendWeights(engagement=0.1, quality=3.0)):
+        response = recommend(stub, "never-seen-user", weights=w)
+        assert response.source == pb.FALLBACK and response.model_version == "before-prior"
+        assert (response.blend.engagement, response.blend.quality) == (1.0, 0.0)
+        e = [i.engagement for i in response.items]
+        assert [i.score for i in response.items] == e and e == sorted(e, reverse=True) and 0 < e[0] <= 1
+        assert all(i.quality == 0 and i.quality_rating == 0 for i in response.items)
+        answers.append(ids(response))
+    assert answers[0] == answers[1]
+    user = next(iter(model.features.seen))
+    assert recommend(stub, user).source == pb.ONLINE

@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import InvalidRequestError
 from protos.recsys.v1 import recommender_pb2 as pb
-from serving.validation import RequestLimits, validate_recommend, validate_similar
+from serving.validation import BlendRequest, RequestLimits, validate_recommend, validate_similar
 
 LIMITS = RequestLimits(max_num_results=50, max_id_length=16, max_exclude_ids=3, max_context_entries=2)
 
@@ -16,7 +16,7 @@ def test_validate_recommend_accepts_a_good_request():
     q = validate_recommend(pb.RecommendRequest(user_id="u1", num_results=10, exclude_item_ids=["a", "b"],
                                                weights=pb.BlendWeights(engagement=1, quality=0), explain=True),
                            LIMITS)
-    assert (q.user_id, q.num_results, q.weights, q.exclude, q.explain) == ("u1", 10, (1.0, 0.0),
+    assert (q.user_id, q.num_results, q.weights, q.exclude, q.explain) == ("u1", 10, BlendRequest(1.0, 0.0),
                                                                            frozenset({"a", "b"}), True)
     assert validate_recommend(pb.RecommendRequest(user_id="u1", num_results=1), LIMITS).weights is None
 
@@ -32,6 +32,16 @@ def test_validate_recommend_accepts_a_good_request():
     ({"weights": pb.BlendWeights(engagement=1, quality=-0.5)}, "weights.quality"),
     ({"weights": pb.BlendWeights(engagement=math.inf, quality=1)}, "weights.engagement"),
     ({"weights": pb.BlendWeights(engagement=0, quality=0)}, "weights"),
+    ({"weights": pb.BlendWeights(engagement=0, quality=0, mode=pb.ADDITIVE)}, "weights"),
+    ({"weights": pb.BlendWeights(engagement=3.01, quality=1)}, "weights.engagement"),
+    ({"weights": pb.BlendWeights(engagement=1, quality=1e6)}, "weights.quality"),
+    ({"weights": pb.BlendWeights(engagement=0.09, quality=1)}, "weights.engagement"),
+    ({"weights": pb.BlendWeights(engagement=1, quality=1e-300)}, "weights.quality"),
+    ({"weights": pb.BlendWeights(engagement=1, quality=1, mode=3)}, "weights.mode"),
+    ({"weights": pb.BlendWeights(engagement=1, quality=1, mode=-1)}, "weights.mode"),
+    ({"weights": pb.BlendWeights(engagement=1, quality=1, transform=4)}, "weights.transform"),
+    ({"weights": pb.BlendWeights(engagement=1, quality=1, mode=pb.MULTIPLICATIVE, transform=pb.LOGIT)},
+     "weights.transform"),
     ({"exclude_item_ids": ["a", "b", "c", "d"]}, "exclude_item_ids"),
     ({"exclude_item_ids": ["a", ""]}, "exclude_item_ids[1]"),
     ({"context": {"a": "1", "b": "2", "c": "3"}}, "context"),
@@ -41,6 +51,16 @@ def test_validate_recommend_rejects_bad_fields(request_kwargs, field):
     with pytest.raises(InvalidRequestError) as e:
         validate_recommend(request, LIMITS)
     assert str(e.value).startswith(field)
+
+
+def test_validate_recommend_reads_the_blend_mode_and_transform():
+    def blend(**kwargs):
+        w = pb.BlendWeights(engagement=0.1, quality=3, **kwargs)
+        return validate_recommend(pb.RecommendRequest(user_id="u1", num_results=1, weights=w), LIMITS).weights
+
+    assert blend() == BlendRequest(0.1, 3.0, None, None)
+    assert blend(mode=pb.ADDITIVE, transform=pb.LOG) == BlendRequest(0.1, 3.0, "additive", "log")
+    assert blend(mode=pb.MULTIPLICATIVE, transform=pb.IDENTITY) == BlendRequest(0.1, 3.0, "multiplicative", "identity")
 
 
 def test_validate_similar():

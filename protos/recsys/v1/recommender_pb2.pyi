@@ -7,6 +7,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BlendMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BLEND_MODE_UNSPECIFIED: _ClassVar[BlendMode]
+    ADDITIVE: _ClassVar[BlendMode]
+    MULTIPLICATIVE: _ClassVar[BlendMode]
+
+class BlendTransform(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BLEND_TRANSFORM_UNSPECIFIED: _ClassVar[BlendTransform]
+    IDENTITY: _ClassVar[BlendTransform]
+    LOG: _ClassVar[BlendTransform]
+    LOGIT: _ClassVar[BlendTransform]
+
 class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SOURCE_UNSPECIFIED: _ClassVar[Source]
@@ -14,6 +27,13 @@ class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECOMPUTED: _ClassVar[Source]
     ONLINE: _ClassVar[Source]
     FALLBACK: _ClassVar[Source]
+BLEND_MODE_UNSPECIFIED: BlendMode
+ADDITIVE: BlendMode
+MULTIPLICATIVE: BlendMode
+BLEND_TRANSFORM_UNSPECIFIED: BlendTransform
+IDENTITY: BlendTransform
+LOG: BlendTransform
+LOGIT: BlendTransform
 SOURCE_UNSPECIFIED: Source
 CACHE: Source
 PRECOMPUTED: Source
@@ -21,12 +41,16 @@ ONLINE: Source
 FALLBACK: Source
 
 class BlendWeights(_message.Message):
-    __slots__ = ("engagement", "quality")
+    __slots__ = ("engagement", "quality", "mode", "transform")
     ENGAGEMENT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
     engagement: float
     quality: float
-    def __init__(self, engagement: _Optional[float] = ..., quality: _Optional[float] = ...) -> None: ...
+    mode: BlendMode
+    transform: BlendTransform
+    def __init__(self, engagement: _Optional[float] = ..., quality: _Optional[float] = ..., mode: _Optional[_Union[BlendMode, str]] = ..., transform: _Optional[_Union[BlendTransform, str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "num_results", "weights", "exclude_item_ids", "context", "explain")
@@ -66,28 +90,34 @@ class Explanation(_message.Message):
     def __init__(self, retrieval_score: _Optional[float] = ..., retrieval_rank: _Optional[int] = ..., engagement_rank: _Optional[int] = ..., quality_rank: _Optional[int] = ..., blend_rank: _Optional[int] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "engagement", "quality", "explanation")
+    __slots__ = ("item_id", "score", "engagement", "quality", "explanation", "quality_rating")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ENGAGEMENT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_RATING_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     engagement: float
     quality: float
     explanation: Explanation
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., engagement: _Optional[float] = ..., quality: _Optional[float] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+    quality_rating: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., engagement: _Optional[float] = ..., quality: _Optional[float] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., quality_rating: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "source")
+    __slots__ = ("items", "model_version", "source", "blend", "engagement_calibrated")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BLEND_FIELD_NUMBER: _ClassVar[int]
+    ENGAGEMENT_CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     source: Source
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ...) -> None: ...
+    blend: BlendWeights
+    engagement_calibrated: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., blend: _Optional[_Union[BlendWeights, _Mapping]] = ..., engagement_calibrated: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "num_results")
