@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import pathlib
 
+import grpc
 import pytest
+
+from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from serving import CacheConfig, RecommendServer, ServerConfig
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +23,23 @@ def known_users(pipeline) -> list[str]:
              if len(pipeline.features.seen_items([u])[0]) >= 3]
     assert len(users) >= 20
     return users
+
+
+@pytest.fixture
+def start(pipeline):
+    """start(redis_url="", model=pipeline, cache={...}, **ServerConfig overrides) -> (server, stub): a real
+    gRPC server on a free loopback port (4 handler threads unless overridden); all stopped afterwards."""
+    started = []
+
+    def _start(redis_url: str = "", model=None, cache: dict | None = None, **overrides):
+        config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "workers": 4, "metrics_port": 0, **overrides})
+        server = RecommendServer(config, CacheConfig(redis_url=redis_url, **(cache or {}))).start()
+        server.set_model(model if model is not None else pipeline)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        started.append((server, channel))
+        return server, pb_grpc.RecommenderStub(channel)
+
+    yield _start
+    for server, channel in started:
+        channel.close()
+        server.stop(grace=0)

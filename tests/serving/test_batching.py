@@ -13,8 +13,7 @@ import pytest
 
 from pipeline import CandidateSet, CorruptEntryError, cache_key
 from protos.recsys.v1 import recommender_pb2 as pb
-from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from serving import CacheConfig, RecommendServer, ServerConfig
+from serving import ServerConfig
 from serving.batcher import CandidateBatcher
 
 K = 10
@@ -55,22 +54,11 @@ def one_at_a_time(pipeline, known_users) -> dict[str, CandidateSet]:
 
 
 @pytest.fixture
-def start(pipeline):
-    """start(redis_url="", model=pipeline, cache={...}, **ServerConfig overrides) -> (server, stub)."""
-    started = []
-
-    def _start(redis_url: str = "", model=None, cache: dict | None = None, **overrides):
-        config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "workers": 16, "metrics_port": 0, **overrides})
-        server = RecommendServer(config, CacheConfig(redis_url=redis_url, **(cache or {}))).start()
-        server.set_model(model if model is not None else pipeline)
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-        started.append((server, channel))
-        return server, pb_grpc.RecommenderStub(channel)
-
-    yield _start
-    for server, channel in started:
-        channel.close()
-        server.stop(grace=0)
+def start(start):
+    """The conftest server starter with 16 handler threads, for 16 concurrent clients."""
+    def _start(*args, **overrides):
+        return start(*args, **{"workers": 16, **overrides})
+    return _start
 
 
 def expected_items(pipeline, cands: CandidateSet, k: int = K) -> list[tuple[str, float, float, float]]:

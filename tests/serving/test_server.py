@@ -12,9 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pipeline import precomputed_key
 from protos.recsys.v1 import recommender_pb2 as pb
-from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking import BlendWeights
-from serving import CacheConfig, RecommendServer, ServerConfig
 from serving.server import SERVICE_NAME
 
 pytestmark = pytest.mark.integration
@@ -40,25 +38,6 @@ class SlowPipeline:
         self.gate.wait(10)
         time.sleep(self.delay)
         return self.inner.candidates(user_ids, exclude)
-
-
-@pytest.fixture
-def start(pipeline):
-    """start(redis_url="", model=pipeline, **ServerConfig overrides) -> (server, stub); all stopped afterwards."""
-    started = []
-
-    def _start(redis_url: str = "", model=None, cache: dict | None = None, **overrides):
-        config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "workers": 4, "metrics_port": 0, **overrides})
-        server = RecommendServer(config, CacheConfig(redis_url=redis_url, **(cache or {}))).start()
-        server.set_model(model if model is not None else pipeline)
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-        started.append((server, channel))
-        return server, pb_grpc.RecommenderStub(channel)
-
-    yield _start
-    for server, channel in started:
-        channel.close()
-        server.stop(grace=0)
 
 
 def recommend(stub, user: str, k: int = K, timeout: float = 30, **kwargs) -> pb.RecommendResponse:
