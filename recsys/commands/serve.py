@@ -63,9 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:
             "quality_weight": "default blend weight (< 0: the version's)",
             "min_deadline_s": "refuse online computations with less time left than this",
             "processes": "server processes sharing --port (SO_REUSEPORT), each with its own model copy; process i "
-                         "serves metrics on --metrics-port + i"},
+                         "serves metrics on --metrics-port + i",
+            "batch_max_users": "concurrent cache misses of up to this many users share one user-tower, FAISS and "
+                               "ranker call (0 = off: each miss computes alone)",
+            "batch_max_wait_s": "the first miss of a batch waits at most this long for batch-mates",
+            "batch_workers": "batches computed at once (threads)",
+            "tf_intra_op_threads": "TensorFlow intra-op threads in this process (0 = TF's default)",
+            "tf_inter_op_threads": "TensorFlow inter-op threads in this process (0 = TF's default)",
+            "faiss_threads": "FAISS OpenMP threads in this process (0 = FAISS's default, one per core)",
+            "gil_switch_interval_s": "Python's GIL switch interval in this process (0 = Python's default)"},
         "cache": {"redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
-                  "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure"},
+                  "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure",
+                  "decoded_max_entries": "decoded Redis entries kept per process; a hit whose bytes are unchanged "
+                                         "reuses its decoded copy (0 = off)"},
         "hotswap": {
             "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
                                 "always reloads)",
