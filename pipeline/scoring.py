@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -155,15 +155,20 @@ class RecommendPipeline:
         Returns:
           b CandidateSets of up to N items each (fewer if the catalogue runs out).
         """
+        return self._in_chunks(user_ids, exclude, self._candidates_batch)
+
+    def _in_chunks(self, user_ids: Sequence[str], exclude: Sequence[Collection[str]] | None,
+                   compute: Callable[[list[str], Sequence[Collection[str]] | None], list[CandidateSet]]
+                   ) -> list[CandidateSet]:
+        """Checks `exclude` against `user_ids`, then runs `compute(users, extra)` over chunks of
+        config.batch_users users and concatenates the results."""
         user_ids = [str(u) for u in user_ids]
         if exclude is not None and len(exclude) != len(user_ids):
             raise InvalidRequestError(f"exclude has {len(exclude)} entries for {len(user_ids)} users")
         out: list[CandidateSet] = []
         step = self.config.batch_users
         for lo in range(0, len(user_ids), step):
-            batch = user_ids[lo:lo + step]
-            extra = exclude[lo:lo + step] if exclude is not None else None
-            out.extend(self._candidates_batch(batch, extra))
+            out.extend(compute(user_ids[lo:lo + step], exclude[lo:lo + step] if exclude is not None else None))
         return out
 
     def _candidates_batch(self, user_ids: list[str], extra: Sequence[Collection[str]] | None) -> list[CandidateSet]:
@@ -187,27 +192,19 @@ class RecommendPipeline:
 
         Args and Returns: as `candidates`.
         """
-        user_ids = [str(u) for u in user_ids]
-        if exclude is not None and len(exclude) != len(user_ids):
-            raise InvalidRequestError(f"exclude has {len(exclude)} entries for {len(user_ids)} users")
-        plan = self.batching_plan()
-        if plan.alone:
-            return [self.candidates([u], None if exclude is None else [exclude[i]])[0]
-                    for i, u in enumerate(user_ids)]
-        out: list[CandidateSet] = []
-        step = self.config.batch_users
-        for lo in range(0, len(user_ids), step):
-            out.extend(self._candidates_each(user_ids[lo:lo + step],
-                                             exclude[lo:lo + step] if exclude is not None else None, plan))
-        return out
+        return self._in_chunks(user_ids, exclude, self._candidates_each)
 
     def _candidates_each(self, user_ids: list[str], extra: Sequence[Collection[str]] | None,
-                         plan: BatchingPlan) -> list[CandidateSet]:
+                         plan: BatchingPlan | None = None) -> list[CandidateSet]:
+        plan = plan or self.batching_plan()
+        if plan.alone:
+            return [self._candidates_batch([u], None if extra is None else [extra[i]])[0]
+                    for i, u in enumerate(user_ids)]
+        if not user_ids:
+            return []
         c = plan.tower_rows
         queries = np.concatenate([self.tower.embed_ids(self.features, user_ids[lo:lo + c])
-                                  for lo in range(0, len(user_ids), c)]) if user_ids else None
-        if queries is None:
-            return []
+                                  for lo in range(0, len(user_ids), c)])
         ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra)
         full = (ids != "").sum(axis=1) == ids.shape[1]
         shared = np.flatnonzero(full) if plan.rank_shared else np.zeros(0, dtype=np.int64)
@@ -314,11 +311,7 @@ class RecommendPipeline:
         """[n] quality head values in [0, 1] → the data's rating units on the version's rating scale."""
         from ranking import denormalize_quality
 
-        lo, hi = self.rating_scale
-        if (lo, hi) == _DEFAULT_SCALE:
-            return denormalize_quality(quality)
-        # The same affine map on the scale the version recorded (ranker.json "rating_scale").
-        return lo + (hi - lo) * np.asarray(quality, dtype=np.float64)
+        return denormalize_quality(quality, self.rating_scale)
 
 
 _DEFAULT_SCALE = (1.0, 5.0)  # ranking.denormalize_quality's (MovieLens, synthetic)
@@ -372,8 +365,9 @@ def _fallback_candidates(features: FeatureStore, ids: np.ndarray, num_users: int
                     extra={"event": "fallback_without_quality_prior", "model_version": version})
         quality = np.zeros(len(ids))
     else:
-        lo, hi = scale
-        quality = np.clip((prior.of(ids) - lo) / (hi - lo), 0.0, 1.0)
+        from ranking import normalize_rating
+
+        quality = np.clip(normalize_rating(prior.of(ids), scale), 0.0, 1.0)
     order = np.argsort(-reach, kind="stable")
     return CandidateSet(item_ids=np.asarray(ids[order], dtype=object),
                         retrieval_scores=np.zeros(len(ids), dtype=np.float32),

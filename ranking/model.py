@@ -42,14 +42,16 @@ HEADS = ("engagement", "quality")
 RATING_MIN, RATING_MAX = 1.0, 5.0
 
 
-def normalize_rating(rating: np.ndarray) -> np.ndarray:
-    """1-5 rating → [0, 1] quality label; NaN (unobserved) stays NaN."""
-    return (np.asarray(rating, dtype=np.float64) - RATING_MIN) / (RATING_MAX - RATING_MIN)
+def normalize_rating(rating: np.ndarray, scale: tuple[float, float] = (RATING_MIN, RATING_MAX)) -> np.ndarray:
+    """Rating on `scale` (lo, hi; default 1-5) → [0, 1] quality label; NaN (unobserved) stays NaN."""
+    lo, hi = scale
+    return (np.asarray(rating, dtype=np.float64) - lo) / (hi - lo)
 
 
-def denormalize_quality(quality: np.ndarray) -> np.ndarray:
-    """Quality head output in [0, 1] → rating units (1-5)."""
-    return RATING_MIN + (RATING_MAX - RATING_MIN) * np.asarray(quality, dtype=np.float64)
+def denormalize_quality(quality: np.ndarray, scale: tuple[float, float] = (RATING_MIN, RATING_MAX)) -> np.ndarray:
+    """Quality head output in [0, 1] → rating units on `scale` (lo, hi); default 1-5."""
+    lo, hi = scale
+    return lo + (hi - lo) * np.asarray(quality, dtype=np.float64)
 
 
 def user_inputs(features: FeatureStore, user_ids: Sequence[str], history_length: int,

@@ -5,7 +5,7 @@ import dataclasses
 import logging
 from typing import Literal
 
-from core.config import build_config, flatten, section
+from core.config import section
 from core.errors import DataError
 from features import (
     Dataset,
@@ -40,11 +40,6 @@ class DataConfig:
                                          title="synthetic source (--source synthetic)")
     files: FilesConfig = section(FilesConfig, title="files source (--source files)")
     split: SplitConfig = section(SplitConfig, title="split")
-
-
-def data_config_from_dict(d: dict) -> DataConfig:
-    """The DataConfig a manifest's "data" section (config_to_dict of one) describes."""
-    return build_config(DataConfig, base=flatten(DataConfig, d))
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
