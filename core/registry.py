@@ -12,14 +12,17 @@ so a loader refuses a directory that was changed or corrupted after training.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from core.errors import ArtifactError, ArtifactMismatchError
@@ -51,6 +54,19 @@ def start_version(root: str | os.PathLike, version: str | None = None) -> pathli
         raise ArtifactError(f"version directory {path} already exists; versions are never overwritten")
     path.mkdir(parents=True)
     return path
+
+
+@contextlib.contextmanager
+def writing_version(root: str | os.PathLike, version: str | None = None) -> Iterator[pathlib.Path]:
+    """`start_version`, yielding the new directory; if the body raises, the directory is removed
+    again, so an unfinished (unsealed, unservable) version never stays behind and the same name
+    can be retried. The body seals it with `finalize_version`."""
+    path = start_version(root, version)
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _sha256(path: pathlib.Path) -> str:

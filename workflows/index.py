@@ -83,8 +83,7 @@ def rebuild_index(config: IndexBuildConfig) -> IndexBuildResult:
     source = registry.resolve_version(root, config.run.version)
     manifest = registry.verify_version(source)
     features = FeatureStore.load(layout.features_dir(source))
-    target = registry.start_version(root, config.run.new_version or None)
-    try:
+    with registry.writing_version(root, config.run.new_version or None) as target:
         shutil.copytree(source, target, dirs_exist_ok=True,
                         ignore=lambda d, names: [n for n in names if (d == str(source)
                                                                       and n in (layout.INDEX_DIR, registry.MANIFEST))])
@@ -92,9 +91,6 @@ def rebuild_index(config: IndexBuildConfig) -> IndexBuildResult:
         new_manifest["index"] = build_index(target, features, features.vocabularies["user_id"].tokens, config.index)
         new_manifest["parent_version"] = source.name
         registry.finalize_version(target, new_manifest)
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
     if config.run.promote:
         registry.promote(root, target.name)
     return IndexBuildResult(target, source, config.index, new_manifest["index"], config.run.promote)

@@ -321,17 +321,17 @@ def train(config: TrainConfig, loaded: tuple[Dataset, Split] | None = None) -> T
     dataset, split = loaded or load_split(config.data)
     features = (FeatureStore.load(layout.features_dir(base)) if base is not None
                 else fit_feature_store(dataset, split.train))
-    version_dir = registry.start_version(root, run.new_version or None)
-    log.info("training version %s", version_dir)
-    manifest: dict[str, Any] = {
-        "data": config_to_dict(config.data),
-        "dataset": dataset.describe(),
-        "split": split.stats(),
-        "stages": [s for s in run.stages if not (base is not None and s == "retrieval")],
-        "run": config_to_dict(run),
-    }
-    ctx = TrainContext(config, dataset, split, features, version_dir, manifest, base)
-    try:
+    # An unfinished version is removed again (writing_version), so --new-version can be retried.
+    with registry.writing_version(root, run.new_version or None) as version_dir:
+        log.info("training version %s", version_dir)
+        manifest: dict[str, Any] = {
+            "data": config_to_dict(config.data),
+            "dataset": dataset.describe(),
+            "split": split.stats(),
+            "stages": [s for s in run.stages if not (base is not None and s == "retrieval")],
+            "run": config_to_dict(run),
+        }
+        ctx = TrainContext(config, dataset, split, features, version_dir, manifest, base)
         if base is not None:
             for name in _REUSED_DIRS:  # byte-identical copies: their checksums carry over
                 if (base / name).is_dir():
@@ -353,11 +353,6 @@ def train(config: TrainConfig, loaded: tuple[Dataset, Split] | None = None) -> T
         }
         manifest["train_seconds"] = round(time.perf_counter() - started, 1)
         manifest = registry.finalize_version(version_dir, manifest)
-    except BaseException:
-        # An unfinished version has no manifest and can never be served; remove it so the
-        # same --new-version can be retried.
-        shutil.rmtree(version_dir, ignore_errors=True)
-        raise
     if not run.promote:
         return TrainResult(version_dir, manifest, False)
     if not layout.is_servable(version_dir):

@@ -71,3 +71,15 @@ def test_promote_and_versions_commands(tmp_path, capsys):
     assert main(["promote", "v3", "--artifacts", str(tmp_path)]) == 2
     assert "v3" in capsys.readouterr().err
     assert registry.current_version(tmp_path) == "v1"
+
+
+def test_writing_version_removes_an_unfinished_version_and_keeps_a_sealed_one(tmp_path):
+    with pytest.raises(RuntimeError, match="training failed"):
+        with registry.writing_version(tmp_path, "v1") as d:
+            (d / "partial.bin").write_bytes(b"x")
+            raise RuntimeError("training failed")
+    assert not (tmp_path / "v1").exists()  # nothing left behind, the name can be retried
+    with registry.writing_version(tmp_path, "v1") as d:
+        (d / "model.bin").write_bytes(b"x")
+        registry.finalize_version(d, {})
+    assert registry.verify_version(tmp_path / "v1")["checksums"] == {"model.bin": registry._sha256(d / "model.bin")}
