@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "quality_weight": "default blend weight (< 0: the version's)",
             "min_deadline_s": "refuse online computations with less time left than this",
             "processes": "server processes sharing --port (SO_REUSEPORT), each with its own model copy; process i "
-                         "serves metrics on --metrics-port + i",
+                         "serves metrics on --metrics-port + i (fixed across blue/green swaps; the blue/green "
+                         "supervisor's own metrics on --metrics-port + N)",
             "batch_max_users": "concurrent cache misses of up to this many users share one user-tower, FAISS and "
                                "ranker call (0 = off: each miss computes alone)",
             "batch_max_wait_s": "the first miss of a batch waits at most this long for batch-mates",
