@@ -9,6 +9,9 @@ is always compared like with like:
   prediction  per served item of a model answer (not the fallback): engagement, quality,
               score (the blended score the request's weights produced) and item_popularity
               (the item's train engagement count: the popularity distribution of what is served)
+
+`score` depends on the blend weights: the reference uses the version's defaults, so traffic that
+asks for other weights shows up as score drift (engagement and quality do not move with weights).
 """
 from __future__ import annotations
 

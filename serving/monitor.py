@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from pipeline.profile import INPUT, PREDICTION, input_quantities, load_reference, prediction_quantities
+from pipeline.profile import INPUT, PREDICTION, PREDICTIONS, input_quantities, load_reference, prediction_quantities
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class LiveMonitor:
         self._state: tuple[Any, Any] | None = None  # (model, reference profile or None), swapped as one
         self._lock = threading.Lock()
         self._last: tuple[float, list] = (-math.inf, [])
+        # id(response) → (response, its served-item arrays): a memoized response recurs in the window
+        # and is parsed once; entries live as long as their response is in the window.
+        self._parsed: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
         registry.register(self)
 
     # -- the request path ----------------------------------------------------------------
@@ -132,11 +135,13 @@ class LiveMonitor:
         n = len(records)
         size.add_metric([], n)
         known = [model.is_known_user(r[1]) for r in records]
+        parsed = self._parse([r[3] for r in records], model)
+        served = [len(parsed[id(r[3])]["item_popularity"]) for r in records]
         counts = {
             "unknown_user": (n - sum(known), n),
             "fallback": (sum(r[4] == "fallback" for r in records), n),
-            "short_result": (sum(len(r[3].items) < r[2] for r in records), n),
-            "empty_result": (sum(len(r[3].items) == 0 for r in records), n),
+            "short_result": (sum(k < r[2] for k, r in zip(served, records)), n),
+            "empty_result": (served.count(0), n),
             "cache_hit": (sum(r[4] in _HIT_SOURCES for r in records), sum(r[4] in _LOOKUP_SOURCES for r in records)),
         }
         for name, (hits, total) in counts.items():
@@ -144,9 +149,10 @@ class LiveMonitor:
         if reference is None:
             return out
         users = [r[1] for r, k in zip(records, known) if k]
-        answers = [r[3] for r in records if r[4] != "fallback"]
-        live = {INPUT: (input_quantities(model.features, users), len(users)),
-                PREDICTION: (_served(model, answers), len(answers))}
+        answers = [parsed[id(r[3])] for r in records if r[4] != "fallback"]
+        predictions = {name: (np.concatenate([a[name] for a in answers]) if answers else np.zeros(0), "numeric")
+                       for name in PREDICTIONS}
+        live = {INPUT: (input_quantities(model.features, users), len(users)), PREDICTION: (predictions, len(answers))}
         for group, quantities in reference.groups.items():
             values, count = live.get(group, ({}, 0))
             for name, profile in quantities.items():
@@ -160,12 +166,26 @@ class LiveMonitor:
         return out
 
 
-def _served(model: Any, answers: list) -> dict[str, tuple[np.ndarray, str]]:
-    items = [item for answer in answers for item in answer.items]
-    return prediction_quantities(model.features, [i.item_id for i in items],
-                                 np.fromiter((i.engagement for i in items), np.float64, len(items)),
-                                 np.fromiter((i.quality for i in items), np.float64, len(items)),
-                                 np.fromiter((i.score for i in items), np.float64, len(items)))
+    def _parse(self, responses: list, model: Any) -> dict[int, dict[str, np.ndarray]]:
+        """id(response) → its served items' prediction quantities (pipeline.profile), parsing only new ones."""
+        old, parsed = self._parsed, {}
+        for response in responses:
+            key = id(response)
+            if key in parsed:
+                continue
+            hit = old.get(key)
+            if hit is None or hit[0] is not response:  # an id is reused only after its object is gone
+                items = response.items
+                values = prediction_quantities(
+                    model.features, [i.item_id for i in items],
+                    np.fromiter((i.engagement for i in items), np.float64, len(items)),
+                    np.fromiter((i.quality for i in items), np.float64, len(items)),
+                    np.fromiter((i.score for i in items), np.float64, len(items)))
+                hit = (response, {name: v for name, (v, _) in values.items()})
+            parsed[key] = hit
+        self._parsed = parsed
+        return {key: hit[1] for key, hit in parsed.items()}
+
 
 
 def _snapshot(records: collections.deque) -> list:
