@@ -130,3 +130,25 @@ def test_the_server_records_answers_and_serves_the_gauges(start, pipeline, popul
     off, stub_off = start(monitor=False)
     stub_off.Recommend(pb.RecommendRequest(user_id=populations[1][0], num_results=10), timeout=30)
     assert off.servicer.monitor is None and off.metrics.value("recsys_window_requests") == 0
+
+
+@pytest.mark.integration
+def test_a_version_trained_before_profiles_loads_serves_and_reports_no_reference(start, tiny_version, tmp_path,
+                                                                                 populations):
+    import shutil
+
+    from core import registry
+    from tests.serving.versions_util import copy_version
+
+    old = copy_version(tiny_version, tmp_path, "v-old")
+    shutil.rmtree(old / "monitoring")
+    manifest = {k: v for k, v in registry.read_manifest(old).items()
+                if k not in ("checksums", "version", "created", "git_sha", "monitoring")}
+    registry.finalize_version(old, manifest)  # sealed as training sealed versions before issue 16
+    server, stub = start()
+    server.load(old)  # checksums verified, consistency checked, warmed: the missing profile is not an error
+    response = stub.Recommend(pb.RecommendRequest(user_id=populations[0][0], num_results=10), timeout=30)
+    assert response.model_version == "v-old" and len(response.items) == 10
+    assert server.metrics.value("recsys_drift_reference_loaded", {"version": "v-old"}) == 0
+    assert server.metrics.value("recsys_window_requests") == 1
+    assert [s for f in server.metrics.registry.collect() for s in f.samples if s.name == "recsys_drift_psi"] == []
