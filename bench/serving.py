@@ -652,23 +652,37 @@ def monitor_overhead(a: argparse.Namespace, version_dir: str, redis_url: str, ba
                 t = time.perf_counter()
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
                 scrapes[k].append(time.perf_counter() - t)
+    def cpu_s(srv: ServerProcesses) -> float:
+        """The server process's user + system CPU seconds (/proc; robust to other load on the machine)."""
+        fields = pathlib.Path(f"/proc/{srv.procs[0].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     scraper = threading.Thread(target=scrape, daemon=True)
     out: dict[str, list] = {"on": [], "off": []}
+    cpu: dict[str, list] = {"on": [], "off": []}  # (cpu seconds, requests) per round
     try:
         for srv in servers.values():
             asyncio.run(_warm(srv.port, hit_requests))
         scraper.start()
         for _ in range(a.rounds):
             for k, srv in servers.items():
-                out[k] += rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels)["hit"]
+                before = cpu_s(srv)
+                r = rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels, warmup_s=0.0)["hit"]
+                out[k] += r
+                cpu[k].append((cpu_s(srv) - before, len(r[0][0])))
     finally:
         stop.set()
         scraper.join()
         for srv in servers.values():
             srv.close()
     on, off = merge(out["on"]), merge(out["off"])
+    rounds = per_round(out["off"], out["on"])
     return {"on": on, "off": off, "on_over_off_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
-            "on_over_off_per_round": per_round(out["off"], out["on"]),
+            "on_over_off_median_round": round(float(np.median(rounds)), 3), "on_over_off_per_round": rounds,
+            "server_cpu_us_per_request": {k: round(1e6 * sum(c for c, _ in v) / sum(n for _, n in v), 1)
+                                          for k, v in cpu.items()},
+            "cpu_off_over_on": round(sum(c for c, _ in cpu["off"]) / sum(n for _, n in cpu["off"])
+                                     / (sum(c for c, _ in cpu["on"]) / sum(n for _, n in cpu["on"])), 3),
             "scrape_ms_p50": {k: round(float(np.median(v)) * 1e3, 2) if v else None for k, v in scrapes.items()},
             "scrapes": {k: len(v) for k, v in scrapes.items()}}
 
@@ -797,7 +811,9 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
               f"{r0['b_over_a_throughput_per_round']})")
     if "monitor_overhead" in results:
         mo = results["monitor_overhead"]
-        print(f"monitoring on/off cache-hit throughput: {mo['on_over_off_throughput']} (per round "
+        print(f"monitoring on/off cache-hit throughput: {mo['on_over_off_throughput']} over all rounds, median round "
+              f"{mo['on_over_off_median_round']}; server CPU per request off/on {mo['cpu_off_over_on']} "
+              f"({mo['server_cpu_us_per_request']} µs) (per round "
               f"{mo['on_over_off_per_round']}; /metrics scrape p50 ms {mo['scrape_ms_p50']}, {mo['scrapes']} scrapes)"
               f"  target >= 0.95")
     if "c_over_e_throughput" in ratios:

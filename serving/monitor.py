@@ -1,8 +1,9 @@
 """Live drift and answer-quality monitoring: rolling windows of real requests, compared at scrape time.
 
-The request path only appends one tuple to a bounded deque (`LiveMonitor.record`, ~0.2 µs,
+The request path only appends one tuple to a bounded deque (`LiveMonitor.record`, under a µs,
 thread-safe in CPython); everything else happens when Prometheus scrapes /metrics (at most
-once a second however many scrapers): the window's requests are turned into the same
+once per `monitor_interval_s` however often it is scraped; scrapes in between get the last
+values): the window's requests are turned into the same
 quantities as the version's reference profile (pipeline.profile) and compared with it
 (drift: PSI and the two-sample KS statistic).
 
@@ -69,9 +70,9 @@ class LiveMonitor:
         self._state: tuple[Any, Any] | None = None  # (model, reference profile or None), swapped as one
         self._lock = threading.Lock()
         self._last: tuple[float, list] = (-math.inf, [])
-        # id(response) → (response, its served-item arrays): a memoized response recurs in the window
-        # and is parsed once; entries live as long as their response is in the window.
-        self._parsed: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+        # id(response) → (response, [len(PREDICTIONS), items] array): a memoized response recurs in the
+        # window and is parsed once; entries live as long as their response is in the window.
+        self._parsed: dict[int, tuple[Any, np.ndarray]] = {}
         registry.register(self)
 
     # -- the request path ----------------------------------------------------------------
@@ -136,7 +137,7 @@ class LiveMonitor:
         size.add_metric([], n)
         known = [model.is_known_user(r[1]) for r in records]
         parsed = self._parse([r[3] for r in records], model)
-        served = [len(parsed[id(r[3])]["item_popularity"]) for r in records]
+        served = [parsed[id(r[3])].shape[1] for r in records]
         counts = {
             "unknown_user": (n - sum(known), n),
             "fallback": (sum(r[4] == "fallback" for r in records), n),
@@ -150,8 +151,8 @@ class LiveMonitor:
             return out
         users = [r[1] for r, k in zip(records, known) if k]
         answers = [parsed[id(r[3])] for r in records if r[4] != "fallback"]
-        predictions = {name: (np.concatenate([a[name] for a in answers]) if answers else np.zeros(0), "numeric")
-                       for name in PREDICTIONS}
+        stacked = np.concatenate(answers, axis=1) if answers else np.zeros((len(PREDICTIONS), 0))
+        predictions = {name: (stacked[i], "numeric") for i, name in enumerate(PREDICTIONS)}
         live = {INPUT: (input_quantities(model.features, users), len(users)), PREDICTION: (predictions, len(answers))}
         for group, quantities in reference.groups.items():
             values, count = live.get(group, ({}, 0))
@@ -166,7 +167,7 @@ class LiveMonitor:
         return out
 
 
-    def _parse(self, responses: list, model: Any) -> dict[int, dict[str, np.ndarray]]:
+    def _parse(self, responses: list, model: Any) -> dict[int, np.ndarray]:
         """id(response) → its served items' prediction quantities (pipeline.profile), parsing only new ones."""
         old, parsed = self._parsed, {}
         for response in responses:
@@ -181,7 +182,7 @@ class LiveMonitor:
                     np.fromiter((i.engagement for i in items), np.float64, len(items)),
                     np.fromiter((i.quality for i in items), np.float64, len(items)),
                     np.fromiter((i.score for i in items), np.float64, len(items)))
-                hit = (response, {name: v for name, (v, _) in values.items()})
+                hit = (response, np.stack([values[name][0] for name in PREDICTIONS]))
             parsed[key] = hit
         self._parsed = parsed
         return {key: hit[1] for key, hit in parsed.items()}

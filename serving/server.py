@@ -104,6 +104,7 @@ class ServerConfig:
     monitor_window: int = 2000
     monitor_max_age_s: float = 600.0
     monitor_min_samples: int = 200     # requests before a drift gauge is computed (NaN before)
+    monitor_interval_s: float = 5.0    # recompute at most this often; scrapes in between get the last values
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
@@ -125,9 +126,11 @@ class ServerConfig:
             raise ValueError(f"--tf-intra-op-threads, --tf-inter-op-threads and --faiss-threads must be >= 0 (0 = the "
                              f"library's default), got {self.tf_intra_op_threads}, {self.tf_inter_op_threads}, "
                              f"{self.faiss_threads}")
-        if self.monitor_window < 1 or self.monitor_max_age_s <= 0 or self.monitor_min_samples < 1:
-            raise ValueError(f"--monitor-window and --monitor-min-samples must be >= 1 and --monitor-max-age-s > 0, "
-                             f"got {self.monitor_window}, {self.monitor_min_samples}, {self.monitor_max_age_s}")
+        if (self.monitor_window < 1 or self.monitor_min_samples < 1 or self.monitor_max_age_s <= 0
+                or self.monitor_interval_s < 0):
+            raise ValueError(f"--monitor-window and --monitor-min-samples must be >= 1, --monitor-max-age-s > 0 and "
+                             f"--monitor-interval-s >= 0, got {self.monitor_window}, {self.monitor_min_samples}, "
+                             f"{self.monitor_max_age_s}, {self.monitor_interval_s}")
         if self.processes > 1 and self.port == 0:
             raise ValueError("--processes > 1 needs a fixed --port: with --port 0 every process would listen on "
                              "a different free port")
@@ -148,7 +151,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.limits = limits
         self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
         self.monitor = LiveMonitor(metrics.registry, config.monitor_window, config.monitor_max_age_s,
-                                   config.monitor_min_samples) if config.monitor else None
+                                   config.monitor_min_samples, config.monitor_interval_s) if config.monitor else None
         self.batcher: CandidateBatcher | None = None
         if config.batch_max_users > 0:
             batch_users = Histogram("recsys_batch_users", "Users per batched candidates() call",

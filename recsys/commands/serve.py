@@ -77,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "/metrics is scraped (--no-monitor = off)",
             "monitor_window": "answers in the monitoring window (the newest)",
             "monitor_max_age_s": "answers older than this leave the monitoring window",
-            "monitor_min_samples": "requests in the window before a drift gauge is computed (NaN before)"},
+            "monitor_min_samples": "requests in the window before a drift gauge is computed (NaN before)",
+            "monitor_interval_s": "recompute the drift gauges at most this often (scrapes in between get the last "
+                                  "values)"},
         "cache": {"redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
                   "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure",
                   "decoded_max_entries": "decoded Redis entries kept per process; a hit whose bytes are unchanged "

@@ -108,3 +108,11 @@ def test_profile_round_trips_through_json(tmp_path):
     assert loaded == p and len(loaded.groups["input"]["x"].sample) == 1000
     rows = compare_profiles(loaded, {"input": {"x": rng.normal(size=500)}})
     assert [(r["group"], r["quantity"]) for r in rows] == [("input", "x")] and rows[0]["psi"] < 0.1
+
+
+def test_ks_of_a_large_live_window_is_thinned_within_its_bound():
+    rng = np.random.default_rng(3)
+    q = QuantityProfile.fit(rng.normal(size=5000), "numeric")
+    live = rng.normal(0.2, 1.0, size=50_000)
+    exact = stats.ks_2samp(np.asarray(q.sample), live).statistic
+    assert abs(q.compare(live)["ks"] - exact) <= 1 / 1999 + 1 / 50_000  # thinned to 2000 order statistics

@@ -76,7 +76,8 @@ class Prometheus:
 
 def test_shifted_traffic_makes_the_drift_alert_pending_and_unshifted_traffic_does_not(start, populations, tmp_path):
     unshifted, shifted = populations
-    server, stub = start(metrics_port=free_port(), monitor_window=WINDOW, monitor_min_samples=100)
+    server, stub = start(metrics_port=free_port(), monitor_window=WINDOW, monitor_min_samples=100,
+                          monitor_interval_s=0.5)
     prometheus = Prometheus(tmp_path, server.config.metrics_port)
     try:
         wait_for(lambda: prometheus.value('up{job="recsys"}') == 1, timeout=30, interval=0.2, what="a first scrape")
