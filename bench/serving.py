@@ -664,8 +664,9 @@ def monitor_overhead(a: argparse.Namespace, version_dir: str, redis_url: str, ba
         for srv in servers.values():
             asyncio.run(_warm(srv.port, hit_requests))
         scraper.start()
-        for _ in range(a.rounds):
-            for k, srv in servers.items():
+        for i in range(a.rounds):
+            for k in ("on", "off") if i % 2 == 0 else ("off", "on"):  # neither always goes first
+                srv = servers[k]
                 before = cpu_s(srv)
                 r = rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels, warmup_s=0.0)["hit"]
                 out[k] += r
