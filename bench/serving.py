@@ -17,6 +17,8 @@ process, the server in child processes) for:
   (e') the same in a process of its own with TensorFlow's and FAISS's default threads (both cores)
   paced: an open-loop load at `--paced-fraction` of (c)'s (and (c0)'s) measured throughput
   (a') / (b') a second server with the near cache off: every hit is a Redis MGET + decode + blend
+  monitoring: (b) on a server with live drift monitoring on vs one with it off (`--no-monitor`), one
+      process each, alternating rounds, both /metrics scraped every `--scrape-interval-s`; target >= 0.95
 Targets: (b)/(a) >= 0.8, (b')/(a') >= 0.6, (c)/(e) and (c)/(e') >= 0.6 in throughput; paced
 p99 <= 3 × p50. (a) and (b) alternate round by round, and so do (c), (c0), (d), (e) and (e'), so
 machine noise hits all.
@@ -141,7 +143,7 @@ def child_main(argv: list[str]) -> int:
 
     server = RecommendServer(
         ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, max_concurrent_rpcs=a.max_concurrent_rpcs,
-                     metrics_port=0, **json.loads(a.server_config)),
+                     **{"metrics_port": 0, **json.loads(a.server_config)}),
         CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s,
                     **json.loads(a.cache_config)),
         extra_handlers=(_empty_handler(),)).start()
@@ -369,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gil-switch-interval-s", type=float, default=None, help="(default: ServerConfig's)")
     p.add_argument("--redis-hits", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure (a)/(b) with the near cache off, so every hit is a Redis GET")
+    p.add_argument("--monitor-overhead", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure (b) on a server with live drift monitoring on vs one with it off (one process "
+                        "each, alternating rounds, both scraped every --scrape-interval-s)")
+    p.add_argument("--scrape-interval-s", type=float, default=1.0,
+                   help="/metrics scrape interval for the monitoring comparison (default: %(default)s)")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="write config, hardware and results here")
@@ -463,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             ab = rpc_rounds(servers.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds, a.channels)
         finally:
             servers.close()
+
+        if a.monitor_overhead:
+            results["monitor_overhead"] = monitor_overhead(a, version_dir, redis_url, batching, hit, hit_requests)
 
         rounds: dict[str, list] = {"c": [], "c0": [], "d": [], "e": [], "e2": []}
         paced: dict[str, dict] = {}
@@ -625,6 +635,59 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def monitor_overhead(a: argparse.Namespace, version_dir: str, redis_url: str, batching: dict, hit,
+                     hit_requests: list) -> dict:
+    """(b) with live drift monitoring on vs off (serving/monitor.py): two one-process servers, alternating
+    rounds, each /metrics scraped every --scrape-interval-s meanwhile (the "on" scrape computes PSI/KS)."""
+    import urllib.request
+
+    ports = {"on": free_port(), "off": free_port()}
+    servers = {k: ServerProcesses("sync", 1, version_dir, redis_url, a.workers, a.near_ttl_s,
+                                  {**batching, "monitor": k == "on", "metrics_port": ports[k]}) for k in ports}
+    stop, scrapes = threading.Event(), {"on": [], "off": []}
+
+    def scrape() -> None:
+        while not stop.wait(a.scrape_interval_s):
+            for k, port in ports.items():
+                t = time.perf_counter()
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+                scrapes[k].append(time.perf_counter() - t)
+    def cpu_s(srv: ServerProcesses) -> float:
+        """The server process's user + system CPU seconds (/proc; robust to other load on the machine)."""
+        fields = pathlib.Path(f"/proc/{srv.procs[0].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    out: dict[str, list] = {"on": [], "off": []}
+    cpu: dict[str, list] = {"on": [], "off": []}  # (cpu seconds, requests) per round
+    try:
+        for srv in servers.values():
+            asyncio.run(_warm(srv.port, hit_requests))
+        scraper.start()
+        for i in range(a.rounds):
+            for k in ("on", "off") if i % 2 == 0 else ("off", "on"):  # neither always goes first
+                srv = servers[k]
+                before = cpu_s(srv)
+                r = rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels, warmup_s=0.0)["hit"]
+                out[k] += r
+                cpu[k].append((cpu_s(srv) - before, len(r[0][0])))
+    finally:
+        stop.set()
+        scraper.join()
+        for srv in servers.values():
+            srv.close()
+    on, off = merge(out["on"]), merge(out["off"])
+    rounds = per_round(out["off"], out["on"])
+    return {"on": on, "off": off, "on_over_off_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
+            "on_over_off_median_round": round(float(np.median(rounds)), 3), "on_over_off_per_round": rounds,
+            "server_cpu_us_per_request": {k: round(1e6 * sum(c for c, _ in v) / sum(n for _, n in v), 1)
+                                          for k, v in cpu.items()},
+            "cpu_off_over_on": round(sum(c for c, _ in cpu["off"]) / sum(n for _, n in cpu["off"])
+                                     / (sum(c for c, _ in cpu["on"]) / sum(n for _, n in cpu["on"])), 3),
+            "scrape_ms_p50": {k: round(float(np.median(v)) * 1e3, 2) if v else None for k, v in scrapes.items()},
+            "scrapes": {k: len(v) for k, v in scrapes.items()}}
+
+
 def decode_blend_us(pipeline, users: list[str], k: int, calls: int = 2000) -> dict:
     """(f): µs per CandidateSet.from_bytes + blend_top_k of these users' real entries, as a Redis hit
     without the decoded-entry reuse does it (best of 5 rounds; plus each part alone)."""
@@ -726,6 +789,10 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
         r0 = results["redis_hits_no_decoded_reuse"]
         print(_row("(a'') empty RPC, third server", r0["a_empty_rpc"]))
         print(_row("(b'') Redis hit, near cache and decoded-entry reuse off", r0["b_cache_hit"]))
+    if "monitor_overhead" in results:
+        mo = results["monitor_overhead"]
+        print(_row("(b) near-cache hit, live monitoring on (1 process)", mo["on"]))
+        print(_row("(b) near-cache hit, live monitoring off (1 process)", mo["off"]))
     f = results["f_decode_blend"]
     print(f"\n(f) decode + blend_top_k of one {f['candidates']}-candidate entry (k {f['k']}), in-process: "
           f"{f['decode_blend_us']} µs (decode {f['decode_us']} µs, blend_top_k {f['blend_top_k_us']} µs)  "
@@ -743,6 +810,13 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
         r0 = results["redis_hits_no_decoded_reuse"]
         print(f"(b'')/(a'') throughput, every hit decoded and blended: {r0['b_over_a_throughput']} (per round "
               f"{r0['b_over_a_throughput_per_round']})")
+    if "monitor_overhead" in results:
+        mo = results["monitor_overhead"]
+        print(f"monitoring on/off cache-hit throughput: {mo['on_over_off_throughput']} over all rounds, median round "
+              f"{mo['on_over_off_median_round']}; server CPU per request off/on {mo['cpu_off_over_on']} "
+              f"({mo['server_cpu_us_per_request']} µs) (per round "
+              f"{mo['on_over_off_per_round']}; /metrics scrape p50 ms {mo['scrape_ms_p50']}, {mo['scrapes']} scrapes)"
+              f"  target >= 0.95")
     if "c_over_e_throughput" in ratios:
         print(f"(c)/(e) throughput: {ratios['c_over_e_throughput']} (per round "
               f"{ratios['c_over_e_throughput_per_round']})  target >= 0.6")

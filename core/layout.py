@@ -7,6 +7,7 @@
   <version>/index/                        FAISS index + id map
   <version>/ranking/model/                ranker SavedModel (ranking/ranker.json beside it)
   <version>/ranking/pipeline.json         the version's default PipelineConfig
+  <version>/monitoring/reference.json     drift reference profile (pipeline.profile; absent in older versions)
 
 Stages take a version directory and ask this module where their files are, so renaming a
 directory is one edit and a reader sees the whole layout here.
@@ -23,6 +24,7 @@ ITEMS_FILE = "retrieval/items.npz"
 INDEX_DIR = "index"
 RANKING_DIR = "ranking"
 PIPELINE_FILE = "ranking/pipeline.json"
+REFERENCE_FILE = "monitoring/reference.json"
 
 
 def _join(version_dir: str | os.PathLike, relative: str) -> pathlib.Path:
@@ -57,6 +59,11 @@ def ranking_dir(version_dir: str | os.PathLike) -> pathlib.Path:
 def pipeline_file(version_dir: str | os.PathLike) -> pathlib.Path:
     """The version's default PipelineConfig (JSON)."""
     return _join(version_dir, PIPELINE_FILE)
+
+
+def reference_file(version_dir: str | os.PathLike) -> pathlib.Path:
+    """The drift reference profile written at training time (drift.Profile JSON)."""
+    return _join(version_dir, REFERENCE_FILE)
 
 
 def has_retrieval(version_dir: str | os.PathLike) -> bool:

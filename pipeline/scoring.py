@@ -102,6 +102,7 @@ class RecommendPipeline:
         self.ranker = ranker
         self.model_version = version
         self.config = config
+        self.version_dir: pathlib.Path | None = None  # set by from_version_dir (where its reference profile is)
         self.scorer = CandidateScorer(features, ranker, index.item_ids, version)
         ids = np.asarray(index.item_ids).astype(str)
         known = set(features.vocabularies["user_id"].tokens)
@@ -131,7 +132,9 @@ class RecommendPipeline:
         missing = [c for c in features.spec.item_columns if c not in features.items.columns]
         if missing:
             raise ArtifactMismatchError(f"{d}: the feature store lacks item columns {missing}")
-        return cls(features, tower, index, ranker, d.name, config)
+        pipeline = cls(features, tower, index, ranker, d.name, config)
+        pipeline.version_dir = d
+        return pipeline
 
     @property
     def default_weights(self) -> BlendWeights:

@@ -21,6 +21,20 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# 1b. prometheus + promtool from Debian's packages: the alert-rule unit tests and the drift-alert test
+#     run them (deploy/prometheus/); operators start it with the shipped config.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "installing prometheus (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq prometheus >/dev/null
+  else
+    log "prometheus/promtool are missing and this is not root: run 'sudo apt-get install prometheus'"
+    exit 1
+  fi
+fi
+
 # 2. Python >= 3.10 and the virtual environment.
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
@@ -48,4 +62,4 @@ if [ ! -f "$STAMP" ]; then
   rm -f .venv/.recsys-installed-*
   touch "$STAMP"
 fi
-log "ready: $(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f3)"
+log "ready: $(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f3), $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"

@@ -205,16 +205,31 @@ class SwapMetrics:
     _by_metrics: weakref.WeakKeyDictionary[Any, SwapMetrics] = weakref.WeakKeyDictionary()
     _guard = threading.Lock()
 
-    def __init__(self, metrics: ServingMetrics) -> None:
+    def __init__(self, metrics: ServingMetrics | Any) -> None:
+        """`metrics`: a ServingMetrics, or a bare CollectorRegistry (the blue/green supervisor's)."""
         from prometheus_client import Counter, Gauge
 
+        registry = getattr(metrics, "registry", metrics)
         self.loads = Counter("recsys_model_loads", "Model version loads by result (ok, refused)", ["result"],
-                             registry=metrics.registry)
+                             registry=registry)
         self.load_seconds = Gauge("recsys_model_load_seconds",
                                   "Seconds the last successful load took (verify + build + checks + warm-up)",
-                                  registry=metrics.registry)
-        self.refused_version = Gauge("recsys_model_refused_info", "1 for the last version refused", ["version"],
-                                     registry=metrics.registry)
+                                  registry=registry)
+        self.refused_version = Gauge("recsys_model_refused_info",
+                                     "1 for the last version refused; cleared when a version is swapped in",
+                                     ["version"], registry=registry)
+
+    def refused(self, version: str) -> None:
+        """Counts a refused version and names it in recsys_model_refused_info."""
+        self.loads.labels("refused").inc()
+        self.refused_version.clear()
+        self.refused_version.labels(version).set(1)
+
+    def loaded(self, seconds: float) -> None:
+        """Counts a successful swap; the refused version (if any) is no longer current news."""
+        self.loads.labels("ok").inc()
+        self.load_seconds.set(seconds)
+        self.refused_version.clear()
 
     @classmethod
     def of(cls, metrics: ServingMetrics) -> SwapMetrics:
@@ -266,14 +281,11 @@ def load_into(set_model: Callable[[Any], None], metrics: ServingMetrics, version
         # Logged before it is counted: whoever sees the counter move can read the reason.
         log.error("refused version %s: %s", d.name, e,
                   extra={"event": "model_refused", "model_version": d.name, "reason": str(e)})
-        swaps.loads.labels("refused").inc()
-        swaps.refused_version.clear()
-        swaps.refused_version.labels(d.name).set(1)
+        swaps.refused(d.name)
         raise
     seconds = time.monotonic() - start
     set_model(model)
-    swaps.loads.labels("ok").inc()
-    swaps.load_seconds.set(seconds)
+    swaps.loaded(seconds)
     log.info("swapped to version %s (loaded, checked and warmed in %.1fs)", d.name, seconds,
              extra={"event": "model_swapped", "model_version": d.name, "load_seconds": round(seconds, 3)})
     return model

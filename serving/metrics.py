@@ -12,6 +12,9 @@ Metric names (all prefixed `recsys_`):
   online_computations_total               runs of retrieval + ranker (cache misses computed)
   singleflight_shared_total               misses answered by another request's computation
   model_info{version}                     1 for the loaded version
+  drift_psi / drift_ks{group,quantity}, drift_reference_loaded{version}, window_requests,
+  window_*_ratio                          live drift monitoring, computed at scrape time (serving/monitor.py)
+  model_loads_total{result}, model_refused_info{version}, model_load_seconds   serving/hotswap.SwapMetrics
 """
 from __future__ import annotations
 

@@ -24,12 +24,19 @@ fleet should be restarted by the orchestrator, not limp on. How versions change:
                or its manifest changes. No serving process ever runs TensorFlow's loader,
                whose GIL stalls are what an in-process swap adds to tail latency.
 
-Process i of generation g serves Prometheus metrics on metrics_port + (g mod 2)·N + i
-(when metrics are on), so two generations can overlap.
+Metrics ports are fixed for the life of the fleet, so a static Prometheus scrape config keeps
+working across swaps: process i serves /metrics on metrics_port + i. In blue_green mode two
+generations overlap, so each generation process serves its metrics on a free loopback port
+and the supervisor answers on metrics_port + i by relaying the *current* generation's process
+i (`_MetricsRelay`); the supervisor's own series (recsys_model_loads_total{result},
+recsys_model_refused_info{version}, recsys_model_load_seconds, recsys_fleet_generation) are
+on metrics_port + N: a refused version is counted there, and the refused gauge clears when a
+version is swapped in.
 """
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import logging
 import multiprocessing
 import os
@@ -38,6 +45,9 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from core import registry
@@ -68,11 +78,10 @@ class FleetSpec:
     log_format: str = "json"
     ready_timeout_s: float = 900.0  # a new generation that is not serving by then is refused
 
-    def child_server_config(self, index: int, generation: int = 0) -> ServerConfig:
-        """Process `index` of `generation`: one process, its own metrics port."""
-        base, n = self.server.metrics_port, self.server.processes
-        metrics_port = base + (generation % 2) * n + index if base else 0
-        return dataclasses.replace(self.server, processes=1, metrics_port=metrics_port)
+    def child_server_config(self, index: int) -> ServerConfig:
+        """Process `index`: one process, metrics on metrics_port + index (0 = off)."""
+        base = self.server.metrics_port
+        return dataclasses.replace(self.server, processes=1, metrics_port=base + index if base else 0)
 
 
 def _setup_logging(spec: FleetSpec, tag: str) -> None:
@@ -95,9 +104,12 @@ def _run_following_child(spec: FleetSpec, index: int) -> None:
                    spec.cache, spec.limits, verify=spec.verify, hotswap=spec.hotswap, security=spec.security))
 
 
-def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_dir: str, ready) -> None:
+def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_dir: str, ready,
+                          metrics_port=None) -> None:
     """blue_green mode: load `version_dir` without listening, then listen, report ready, serve until SIGTERM.
 
+    With metrics on, /metrics is served on a free loopback port written to `metrics_port` (a shared
+    int) before `ready` is set; the supervisor relays it on the fleet's fixed port.
     Exits 3 when the version is refused (verification, consistency or warm-up failed).
     """
     from core.errors import ArtifactError
@@ -119,10 +131,13 @@ def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_
         sys.exit(3)
     if stop.is_set():
         sys.exit(0)
-    server = RecommendServer(spec.child_server_config(index, generation), spec.cache, spec.limits,
-                             security=spec.security)
+    server = RecommendServer(dataclasses.replace(spec.child_server_config(index), metrics_port=0), spec.cache,
+                             spec.limits, security=spec.security)
     server.set_model(model)
     server.start()
+    if spec.server.metrics_port and metrics_port is not None:
+        http, _ = server.metrics.serve_http(0, "127.0.0.1")
+        metrics_port.value = http.server_port
     ready.set()
     while not stop.wait(0.5):
         pass
@@ -136,6 +151,7 @@ class _Generation:
     version_dir: pathlib.Path
     processes: list
     ready: list
+    metrics_ports: list = dataclasses.field(default_factory=list)  # shared ints: each process's loopback port
 
     def alive(self) -> list:
         return [p for p in self.processes if p.is_alive()]
@@ -177,6 +193,7 @@ class Fleet:
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = threading.Event()
         self._check_now = threading.Event()
+        self._serving: _Generation | None = None  # the generation the metrics relays point at
 
     def run(self) -> int:
         handlers = {signal.SIGTERM: lambda *_: self._stopping.set(), signal.SIGINT: lambda *_: self._stopping.set()}
@@ -224,15 +241,16 @@ class Fleet:
 
     def _start(self, number: int, version_dir: pathlib.Path) -> _Generation:
         ready = [self._ctx.Event() for _ in range(self.spec.server.processes)]
+        ports = [self._ctx.Value("i", 0) for _ in range(self.spec.server.processes)]
         procs = [self._ctx.Process(target=_run_generation_child,
-                                   args=(self.spec, i, number, str(version_dir), ready[i]),
+                                   args=(self.spec, i, number, str(version_dir), ready[i], ports[i]),
                                    name=f"recsys-serve-g{number}.{i}") for i in range(self.spec.server.processes)]
         for p in procs:
             p.start()
         log.info("generation %d: starting %d processes for version %s", number, len(procs), version_dir.name,
                  extra={"event": "generation_starting", "generation": number, "model_version": version_dir.name,
                         "pids": [p.pid for p in procs]})
-        return _Generation(number, version_dir, procs, ready)
+        return _Generation(number, version_dir, procs, ready, ports)
 
     def _wait_ready(self, gen: _Generation) -> bool:
         deadline = time.monotonic() + self.spec.ready_timeout_s
@@ -245,7 +263,38 @@ class Fleet:
         return False
 
     def _run_blue_green(self) -> int:
+        relays = self._start_metrics()
+        try:
+            return self._blue_green()
+        finally:
+            for relay in relays:
+                relay.shutdown()
+                relay.server_close()
+
+    def _start_metrics(self) -> list:
+        """The fixed metrics ports: a relay per process index, the supervisor's registry at base + N."""
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        from serving.hotswap import SwapMetrics
+
+        base, n, host = self.spec.server.metrics_port, self.spec.server.processes, self.spec.server.host
+        registry = CollectorRegistry()
+        self.swaps = SwapMetrics(registry)
+        Gauge("recsys_fleet_generation", "The blue/green generation serving now", registry=registry).set_function(
+            lambda: -1 if self._serving is None else self._serving.number)
+        if not base:
+            return []
+        relays = [_MetricsRelay.start(host, base + i, lambda i=i: self._metrics_port(i)) for i in range(n)]
+        supervisor, _ = start_http_server(base + n, addr=host, registry=registry)
+        return [*relays, supervisor]
+
+    def _metrics_port(self, index: int) -> int:
+        gen = self._serving
+        return 0 if gen is None or index >= len(gen.metrics_ports) else int(gen.metrics_ports[index].value)
+
+    def _blue_green(self) -> int:
         grace = self.spec.server.grace_s + 30
+        started = time.monotonic()
         try:
             current = self._start(0, self._resolve())
         except RecsysError as e:
@@ -257,6 +306,8 @@ class Fleet:
                 log.error("generation 0 never became ready (exit codes %s)", codes,
                           extra={"event": "model_load_failed", "exitcodes": codes})
             return 0 if self._stopping.is_set() else 1
+        self._serving = current
+        self.swaps.loaded(time.monotonic() - started)
         log.info("serving version %s", current.version_dir.name,
                  extra={"event": "model_swapped", "model_version": current.version_dir.name, "generation": 0})
         refused: tuple | None = None
@@ -298,8 +349,11 @@ class Fleet:
                 log.error("refused version %s: its processes did not become ready (exit codes %s); still serving %s",
                           target.name, codes, current.version_dir.name,
                           extra={"event": "model_refused", "model_version": target.name, "exitcodes": codes})
+                self.swaps.refused(target.name)
             return current, key
         seconds = time.monotonic() - started
+        self._serving = new  # the metrics relays follow the generation that now takes the traffic
+        self.swaps.loaded(seconds)
         log.info("swapped to version %s (new generation ready in %.1fs); draining generation %d",
                  target.name, seconds, current.number,
                  extra={"event": "model_swapped", "model_version": target.name, "generation": new.number,
@@ -308,6 +362,43 @@ class Fleet:
         log.info("generation %d stopped", current.number,
                  extra={"event": "generation_stopped", "generation": current.number, "exitcodes": codes})
         return new, refused
+
+
+class _MetricsRelay(http.server.BaseHTTPRequestHandler):
+    """GET on a fixed port → the same path on the current generation's loopback metrics port."""
+
+    target: Callable[[], int]  # set per relay by `start`
+
+    @classmethod
+    def start(cls, host: str, port: int, target: Callable[[], int]) -> http.server.ThreadingHTTPServer:
+        handler = type("Relay", (cls,), {"target": staticmethod(target)})
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name=f"metrics-relay-{port}", daemon=True).start()
+        return server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        port = self.target()
+        if not port:
+            self._reply(503, b"no generation is serving yet\n", "text/plain")
+            return
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{self.path}", timeout=10) as r:
+                self._reply(r.status, r.read(), r.headers.get("Content-Type", "text/plain"))
+        except urllib.error.HTTPError as e:
+            self._reply(e.code, e.read(), "text/plain")
+        except OSError as e:  # the generation is stopping or just stopped: the next scrape reaches the new one
+            self._reply(503, f"generation metrics unreachable: {e}\n".encode(), "text/plain")
+
+    def _reply(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        pass  # scrapes are not news
 
 
 def serve_processes(spec: FleetSpec) -> int:

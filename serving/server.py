@@ -42,6 +42,7 @@ from serving.batcher import CandidateBatcher
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
 from serving.hotswap import HotSwapConfig, RegistryWatcher, load_into
 from serving.metrics import ServingMetrics
+from serving.monitor import LiveMonitor
 from serving.security import SecurityConfig, add_port, server_interceptors, server_options
 from serving.validation import RecommendQuery, RequestLimits, validate_recommend, validate_similar
 
@@ -97,6 +98,13 @@ class ServerConfig:
     # Python's GIL switch interval in this process (0 = Python's default, 5 ms). A handler thread back
     # from Redis waits up to this long for the GIL while other handlers run Python (issue 14).
     gil_switch_interval_s: float = 0.0
+    # Live drift monitoring (serving/monitor.py): the last monitor_window answers (at most
+    # monitor_max_age_s old) compared with the version's reference profile when /metrics is scraped.
+    monitor: bool = True
+    monitor_window: int = 2000
+    monitor_max_age_s: float = 600.0
+    monitor_min_samples: int = 200     # requests before a drift gauge is computed (NaN before)
+    monitor_interval_s: float = 5.0    # recompute at most this often; scrapes in between get the last values
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
@@ -118,6 +126,11 @@ class ServerConfig:
             raise ValueError(f"--tf-intra-op-threads, --tf-inter-op-threads and --faiss-threads must be >= 0 (0 = the "
                              f"library's default), got {self.tf_intra_op_threads}, {self.tf_inter_op_threads}, "
                              f"{self.faiss_threads}")
+        if (self.monitor_window < 1 or self.monitor_min_samples < 1 or self.monitor_max_age_s <= 0
+                or self.monitor_interval_s < 0):
+            raise ValueError(f"--monitor-window and --monitor-min-samples must be >= 1, --monitor-max-age-s > 0 and "
+                             f"--monitor-interval-s >= 0, got {self.monitor_window}, {self.monitor_min_samples}, "
+                             f"{self.monitor_max_age_s}, {self.monitor_interval_s}")
         if self.processes > 1 and self.port == 0:
             raise ValueError("--processes > 1 needs a fixed --port: with --port 0 every process would listen on "
                              "a different free port")
@@ -137,6 +150,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.config = config
         self.limits = limits
         self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
+        self.monitor = LiveMonitor(metrics.registry, config.monitor_window, config.monitor_max_age_s,
+                                   config.monitor_min_samples, config.monitor_interval_s) if config.monitor else None
         self.batcher: CandidateBatcher | None = None
         if config.batch_max_users > 0:
             batch_users = Histogram("recsys_batch_users", "Users per batched candidates() call",
@@ -179,6 +194,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         e, q = self.config.engagement_weight, self.config.quality_weight
         if e >= 0 or q >= 0:
             weights = weights.with_weights(e if e >= 0 else weights.engagement, q if q >= 0 else weights.quality)
+        if self.monitor is not None:
+            self.monitor.set_model(model)
         self._serving = (model, weights)  # one assignment: a request never mixes two versions' settings
         self.metrics.set_model_version(model.model_version)
         log.info("serving model version %s", model.model_version,
@@ -220,6 +237,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         response, source = self.answer(query, _time_left(context))
         if not context.is_active():
             raise DeadlineExceededError("the request was cancelled or its deadline passed")
+        if self.monitor is not None:
+            self.monitor.record(query.user_id, query.num_results, response, source)
         return response, source
 
     def answer(self, query: RecommendQuery, time_left: float | None = None) -> tuple[pb.RecommendResponse, str]:

@@ -33,6 +33,7 @@ from ranking.negatives import NegativeConfig
 from retrieval import IndexConfig, TwoTowerConfig
 from workflows.data import DataConfig, load_split
 from workflows.index import artifacts_root, build_index
+from workflows.profile import train_profile
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,7 @@ STEPS: list[Step] = [
     Step("retrieval", "train the two-tower model and export it", train_retrieval),
     Step("retrieval", "build the FAISS index", train_index),
     Step("ranking", "train the ranker on the retriever's candidates", train_ranking),
+    Step("ranking", "profile served inputs and predictions (drift reference)", train_profile),
 ]
 
 # What --base-version copies from the base version, byte for byte.

@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "quality_weight": "default blend weight (< 0: the version's)",
             "min_deadline_s": "refuse online computations with less time left than this",
             "processes": "server processes sharing --port (SO_REUSEPORT), each with its own model copy; process i "
-                         "serves metrics on --metrics-port + i",
+                         "serves metrics on --metrics-port + i (fixed across blue/green swaps; the blue/green "
+                         "supervisor's own metrics on --metrics-port + N)",
             "batch_max_users": "concurrent cache misses of up to this many users share one user-tower, FAISS and "
                                "ranker call (0 = off: each miss computes alone)",
             "batch_max_wait_s": "the first miss of a batch waits at most this long for batch-mates",
@@ -71,7 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tf_intra_op_threads": "TensorFlow intra-op threads in this process (0 = TF's default)",
             "tf_inter_op_threads": "TensorFlow inter-op threads in this process (0 = TF's default)",
             "faiss_threads": "FAISS OpenMP threads in this process (0 = FAISS's default, one per core)",
-            "gil_switch_interval_s": "Python's GIL switch interval in this process (0 = Python's default)"},
+            "gil_switch_interval_s": "Python's GIL switch interval in this process (0 = Python's default)",
+            "monitor": "live drift monitoring: the recent answers vs the version's reference profile, computed when "
+                       "/metrics is scraped (--no-monitor = off)",
+            "monitor_window": "answers in the monitoring window (the newest)",
+            "monitor_max_age_s": "answers older than this leave the monitoring window",
+            "monitor_min_samples": "requests in the window before a drift gauge is computed (NaN before)",
+            "monitor_interval_s": "recompute the drift gauges at most this often (scrapes in between get the last "
+                                  "values)"},
         "cache": {"redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
                   "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure",
                   "decoded_max_entries": "decoded Redis entries kept per process; a hit whose bytes are unchanged "

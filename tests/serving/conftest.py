@@ -4,10 +4,14 @@ from __future__ import annotations
 import pathlib
 
 import grpc
+import numpy as np
 import pytest
 
+from core.config import parse_config
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving import CacheConfig, RecommendServer, ServerConfig
+from tests.conftest import TINY_SYNTHETIC
+from workflows.data import DataConfig, load_split
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +47,18 @@ def start(pipeline):
     for server, channel in started:
         channel.close()
         server.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def populations(pipeline):
+    """(unshifted, shifted) request users: validation-carve rows (as the reference draws them, another seed),
+    and the same count drawn from the users of one segment only."""
+    _, split = load_split(parse_config(DataConfig, ["--source", "synthetic", *TINY_SYNTHETIC]))
+    rng = np.random.default_rng(7)
+    users = split.validation["user_id"].astype(str).to_numpy()
+    unshifted = [u for u in users[rng.integers(0, len(users), 400)] if pipeline.is_known_user(u)]
+    segments = pipeline.features.user_features(unshifted)["segment"]
+    top = max(set(segments), key=list(segments).count)
+    shifted_pool = sorted({u for u, s in zip(unshifted, segments) if s == top})
+    shifted = list(rng.choice(shifted_pool, len(unshifted)))
+    return unshifted, shifted

@@ -122,6 +122,10 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(swap_server, r
     assert server.metrics.value("recsys_model_refused_info", {"version": "v-corrupt"}) == 1
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    registry.promote(registry_root, "v2")  # a good version swaps in: the refusal is no longer current
+    wait_for(lambda: watcher.served_version() == "v2", what="the swap to v2")
+    assert server.metrics.value("recsys_model_refused_info", {"version": "v-corrupt"}) == 0
+    assert _loads(server, "refused") == 1 and _loads(server, "ok") == 1  # the counters keep the history
 
 
 @pytest.mark.parametrize("mode, reason", [("drop_last", "the FAISS index holds"),
@@ -232,21 +236,67 @@ def test_recsys_serve_follows_promote_and_rechecks_on_sighup(registry_root, trai
             proc.wait()
 
 
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive free loopback ports."""
+    import socket
+
+    for _ in range(50):
+        first = free_port()
+        socks = []
+        try:
+            for p in range(first, first + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", p))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def scrape(port: int, name: str, labels: str = "") -> float | None:
+    """The value of sample `name{...labels...}` on http://127.0.0.1:port/metrics (None if absent or unreachable)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + "{" if labels else name) and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def served_version(port: int) -> str:
+    """The version recsys_model_info names on the metrics port."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return re.findall(r'recsys_model_info\{version="([^"]+)"\} 1\.0', text)[0]
+
+
 def test_blue_green_swap_answers_every_request_and_refuses_a_corrupt_version(registry_root, trained_version,
                                                                              pipeline, known_users, tmp_path):
     """`--swap-mode blue_green`: the new version's process loads before it listens, takes over the port,
-    the old one drains; no client call fails; a corrupt version's process is refused, v2 keeps serving."""
+    the old one drains; no client call fails; a corrupt version's process is refused, v2 keeps serving.
+    Metrics stay on the same ports across generations; the supervisor counts the refusal and clears its
+    refused gauge when the rollback swaps in."""
     import json
 
     registry.promote(registry_root, pipeline.model_version)
     if not (registry_root / "v-bg-bad").exists():
         flip_byte(copy_version(trained_version, registry_root, "v-bg-bad") / "retrieval" / "items.npz")
-    port = free_port()
+    port, metrics = free_port(), free_ports(2)  # process 0's metrics, the supervisor's
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(registry_root), "--host", "127.0.0.1",
-             "--port", str(port), "--metrics-port", "0", "--workers", "2", "--watch-interval-s", "0.2",
+             "--port", str(port), "--metrics-port", str(metrics), "--workers", "2", "--watch-interval-s", "0.2",
              "--warmup-users", "1", "--grace-s", "2", "--swap-mode", "blue_green", "--log-format", "json"],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
@@ -258,6 +308,7 @@ def test_blue_green_swap_answers_every_request_and_refuses_a_corrupt_version(reg
     try:
         wait_for(lambda: proc.poll() is None and len(fleet("model_swapped")) == 1, timeout=180, interval=0.2,
                  what="generation 0 to serve")
+        metrics_versions = [served_version(metrics)]  # the fixed metrics port, before and after the swap
         target = f"127.0.0.1:{port}"
         # Clients retry as documented (serving.security.client_channel): a draining server
         # cancels the calls that race with its shutdown.
@@ -267,16 +318,30 @@ def test_blue_green_swap_answers_every_request_and_refuses_a_corrupt_version(reg
             wait_for(lambda: "v2" in loop.versions(), timeout=180, interval=0.2, what="answers from v2")
             wait_for(lambda: len(fleet("generation_stopped")) == 1, timeout=60, interval=0.2,
                      what="the old generation to drain and exit")
+            metrics_versions.append(served_version(metrics))
             point_current(registry_root, "v-bg-bad")  # bypassing promote's own check
             wait_for(lambda: len(fleet("model_refused")) == 1, timeout=180, interval=0.2, what="the refusal")
             refused_at = time.monotonic()
             seen = len(loop.records)
             wait_for(lambda: len(loop.records) > seen + 20, what="traffic after the refusal")
             time.sleep(0.6)  # three more polls: an unchanged refused version is not retried
+            # The supervisor counts the refusal (it is never a serving process's own load).
+            assert scrape(metrics + 1, "recsys_model_loads_total", 'result="refused"') == 1
+            assert scrape(metrics + 1, "recsys_model_refused_info", 'version="v-bg-bad"') == 1
+            assert scrape(metrics, "recsys_model_info", 'version="v2"') == 1  # still serving v2, same port
+            rollback_at = [time.monotonic()]
+            registry.promote(registry_root, pipeline.model_version)  # roll back: a successful swap
+            wait_for(lambda: len(fleet("model_swapped")) == 3, timeout=180, interval=0.2, what="the rollback")
+            wait_for(lambda: scrape(metrics, "recsys_model_info", f'version="{pipeline.model_version}"') == 1,
+                     timeout=30, interval=0.2, what="the rolled-back generation's metrics on the same port")
+            assert scrape(metrics + 1, "recsys_model_refused_info", 'version="v-bg-bad"') is None  # cleared
+            assert scrape(metrics + 1, "recsys_model_loads_total", 'result="ok"') == 3
         assert len(fleet("model_refused")) == 1
         assert loop.failures() == []
-        assert {r[3] for r in loop.records if r[1] > refused_at} == {"v2"}
-        assert [e["model_version"] for e in fleet("model_swapped")] == [pipeline.model_version, "v2"]
+        assert {r[3] for r in loop.records if refused_at < r[1] < rollback_at[0]} == {"v2"}
+        assert [e["model_version"] for e in fleet("model_swapped")] == [pipeline.model_version, "v2",
+                                                                        pipeline.model_version]
+        assert metrics_versions == [pipeline.model_version, "v2"]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
