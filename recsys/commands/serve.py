@@ -12,6 +12,7 @@ from typing import Literal
 
 from core.config import config_to_dict, section
 from core.registry import default_root, resolve_version
+from feedback import EventLogConfig
 from recsys.commands import add_command
 from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig
 
@@ -38,6 +39,7 @@ class ServeConfig:
     limits: RequestLimits = section(RequestLimits, title="request limits")
     hotswap: HotSwapConfig = section(HotSwapConfig, title="hot swap")
     security: SecurityConfig = section(SecurityConfig, title="security")
+    events: EventLogConfig = section(EventLogConfig, prefix="events_", title="event log (LogEvents, streamed history)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tls_key": "PEM server private key", "tls_client_ca": "PEM CA for client certificates (mutual TLS)",
             "auth_tokens_file": "file of accepted bearer tokens, one per line",
             "auth_tokens_env": "environment variable with comma-separated accepted tokens",
-            "max_message_bytes": "largest request/response message"}},
+            "max_message_bytes": "largest request/response message"},
+        "events": {
+            "redis_url": "Redis holding the event log (empty = --redis-url; both empty = no event log)",
+            "stream_key": "the Redis stream; its dedupe, counter and channel keys share this prefix",
+            "max_len": "log entries kept (approximate trim): export more often than it fills",
+            "dedupe_ttl_s": "seconds an event id is remembered (a replay within it writes nothing)",
+            "recent_length": "streamed engagements kept per user, newest first",
+            "recent_ttl_s": "a user's streamed history expires this long after their last event",
+            "max_batch_events": "events per LogEvents call", "max_batch_bytes": "LogEvents request bytes",
+            "max_id_length": "event/user/item/request id bytes",
+            "timeout_s": "per Redis command of LogEvents (slower: UNAVAILABLE)",
+            "read_timeout_s": "per Redis read of a user's counter or history on the Recommend path",
+            "log_served": "log every served list as impressions (--no-events-log-served: off)",
+            "served_queue": "served lists queued for writing; beyond it they are dropped and counted",
+            "served_flush_s": "the served-list writer sends what queued at least this often",
+            "versions_ttl_s": "a process trusts its copy of a user's engagement counter this long",
+            "versions_max_entries": "users' counters kept per process"}},
         description="Starts the gRPC Recommender server for a trained version: health (grpc.health.v1), "
                     "reflection, Prometheus metrics, Redis or in-process candidate cache. SIGTERM stops it "
                     "gracefully; SIGHUP reloads the version the registry points at. Data and split settings are "
@@ -118,19 +136,20 @@ def run_serve(config: ServeConfig, args: argparse.Namespace) -> int:
     log.info("starting", extra={"event": "config", "version_dir": str(version_dir),
                                 "server": config_to_dict(config.server), "cache": config_to_dict(config.cache),
                                 "limits": config_to_dict(config.limits), "hotswap": config_to_dict(config.hotswap),
-                                "security": config_to_dict(config.security)})
+                                "security": config_to_dict(config.security),
+                                "events": config_to_dict(config.events)})
     if config.server.processes > 1 or config.hotswap.swap_mode == "blue_green":
         from serving.processes import FleetSpec, serve_processes
 
         return serve_processes(FleetSpec(root, run.version, run.verify, config.server, config.cache,
-                                         config.limits, config.hotswap, config.security,
+                                         config.limits, config.hotswap, config.security, config.events,
                                          logging.getLevelName(logging.getLogger().level), run.log_format))
 
     def resolve():
         return resolve_version(root, run.version)
 
     return serve(resolve, config.server, config.cache, config.limits, verify=run.verify, hotswap=config.hotswap,
-                 security=config.security)
+                 security=config.security, events=config.events)
 
 
 def _start_local_redis(workdir: str):
