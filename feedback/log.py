@@ -36,13 +36,9 @@ import redis
 
 from core.errors import RecsysError
 from feedback.events import ITEM_SEP, Event
+from pipeline import recent_key
 
 log = logging.getLogger(__name__)
-
-
-def recent_key(user_id: str) -> str:
-    """Placeholder until branch `stream` adds pipeline.candidates.recent_key."""
-    return f"recsys:recent:{user_id}"
 
 
 class EventLogUnavailableError(RecsysError):
