@@ -116,7 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The serving tour: starts a local redis-server (in-process cache if none is installed) and "
                     "the gRPC server on free ports, calls Recommend for a known user (online, then cached, then "
                     "re-weighted from the same cache entry), an unknown user (popularity fallback) and "
-                    "SimilarItems, then shuts everything down.")
+                    "SimilarItems; then logs events (LogEvents) for a known user and shows the next list change, "
+                    "and personalises a brand-new user from three events; then shuts everything down.")
 
 
 def _root(artifacts: str) -> str:
@@ -190,6 +191,51 @@ def _response_rows(response) -> list[dict]:
             for n, i in enumerate(response.items, 1)]
 
 
+def _demo_events(stub, user: str, k: int, titles) -> None:
+    """The loop closing: a known user's engagements change their very next list; a brand-new user
+    is personalised from three events (Source EVENTS instead of FALLBACK)."""
+    import time
+
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    def show(request: pb.RecommendRequest, title: str) -> pb.RecommendResponse:
+        print(f"\n$ recsys recommend --user {request.user_id} -k {request.num_results}\n# {title}")
+        response = stub.Recommend(request, timeout=60)
+        _demo_table(_response_rows(response), titles)
+        return response
+
+    def log_events(events: list, title: str) -> pb.LogEventsResponse:
+        print(f"\n$ LogEvents  # {title}")
+        for e in events:
+            print(f"  {pb.EventType.Name(e.type).lower():<10} user {e.user_id} item {e.item_id}"
+                  + (f" (request {e.request_id}, position {e.position})" if e.request_id else ""))
+        reply = stub.LogEvents(pb.LogEventsRequest(events=events), timeout=10)
+        print(f"  → accepted {reply.accepted}, duplicates {reply.duplicates}")
+        return reply
+
+    now = int(time.time())
+    before = stub.Recommend(pb.RecommendRequest(user_id=user, num_results=k), timeout=60)
+    picked = before.items[:2]
+    events = [pb.Event(event_id=f"demo-{user}-{n}", user_id=user, item_id=item.item_id, type=pb.ENGAGEMENT,
+                       timestamp=now, request_id=before.request_id, position=n + 1) for n, item in enumerate(picked)]
+    print(f"\n# closing the loop: every response has a request_id (this one {before.request_id!r}) and the server "
+          "logged it as impressions; the client reports what the user did with it")
+    log_events(events, f"user {user} engages with the first two items of that list")
+    after = show(pb.RecommendRequest(user_id=user, num_results=k),
+                 f"user {user} right after: recomputed with the two engagements as newest history (merged with the "
+                 "batch history), the engaged items gone")
+    kept = len({i.item_id for i in after.items} & {i.item_id for i in before.items})
+    print(f"# {k - kept} of {k} items changed")
+    log_events(events, "the same batch again (a client retry): nothing changes")
+    newcomer = "new-user-demo"
+    show(pb.RecommendRequest(user_id=newcomer, num_results=k), "a brand-new user: the fallback")
+    seeds = [pb.Event(event_id=f"demo-{newcomer}-{n}", user_id=newcomer, item_id=item.item_id, type=pb.ENGAGEMENT,
+                      timestamp=now + n) for n, item in enumerate(before.items[2:5])]
+    log_events(seeds, f"{newcomer} engages with three items")
+    show(pb.RecommendRequest(user_id=newcomer, num_results=k),
+         f"{newcomer} after three events: personalised from them (source EVENTS), not the fallback")
+
+
 def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
     import tempfile
 
@@ -259,6 +305,8 @@ def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
                     _demo_table([{"rank": n, "item_id": i.item_id, "score": i.score, "engagement": "-",
                                   "quality": "-", "source": "INDEX", "model_version": similar.model_version}
                                  for n, i in enumerate(similar.items, 1)], titles)
+                if redis_url:
+                    _demo_events(stub, users[0], k, titles)
             m = server.metrics
             print(f"\nmetrics: cache hit ratio {m.value('recsys_cache_hit_ratio'):.2f}, online computations "
                   f"{m.value('recsys_online_computations_total'):.0f}, fallbacks "
