@@ -12,6 +12,11 @@ priors blended with the request's weights, RecommendPipeline.popular_items) → 
 user's train items → ranker (both heads) → store → blend with the request's weights →
 drop excluded items → top-k. Concurrent misses share those model calls (serving/batcher.py,
 `batch_*` fields; answers identical to computing each user alone).
+
+With an event log (feedback/, `events`): LogEvents appends validated batches atomically; a
+user's engagement counter versions their cache key and their recent engagements are merged
+into the history of the computation; unknown users with engagements are personalised (EVENTS);
+every response gets a request_id and is queued as impressions (ARCHITECTURE.md, "Streaming features").
 """
 from __future__ import annotations
 
