@@ -4,11 +4,12 @@ Redis layout (prefix P = EventLogConfig.stream_key, default "recsys:events"):
 
   P                    the stream: one entry per event (fields below), XADD MAXLEN ~ max_len
   P:seen:{event_id}    dedupe marker, SET NX with a TTL (dedupe_ttl_s): a replay within it is a no-op
-  P:rv:{user_id}       the user's engagement counter (INCR per engagement/rating): the "recent
+  P:rv:{user_id}       the user's engagement counter (+1 per engagement/rating): the "recent
                        version" serving keys its cached candidates by, so a new engagement makes
                        that user's cache stale at once (serving/server.py)
   P:users              pub/sub channel: "{rv}\\t{user_id}" per engagement (UserVersions listens)
-  recent_key(user_id)  the user's engaged items, newest first, LPUSH + LTRIM to recent_length
+  recent_key(user_id)  the user's engaged items, newest first (LPUSH; trimmed to recent_length
+                       once it holds twice that; readers take the first recent_length)
 
 Stream entry fields (all strings; absent = empty): id (event id), type (impression,
 engagement, rating, or served = a list the server served), user, item (served: the items
@@ -102,7 +103,7 @@ _APPEND = """
 local stream = KEYS[1]
 local seen, rv, recent = ARGV[1], ARGV[2], ARGV[3]
 local maxlen, ttl, rlen, rttl, chan = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local accepted, duplicates, bumped = 0, 0, {}
+local accepted, duplicates, users, pushed = 0, 0, {}, {}
 for a = 9, #ARGV do
   local f = {}
   for part in string.gmatch(ARGV[a] .. '\\031', '(.-)\\031') do f[#f + 1] = part end
@@ -111,19 +112,30 @@ for a = 9, #ARGV do
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f, 2))
     accepted = accepted + 1
     if f[1] == '1' then
-      local rkey, vkey = recent .. user, rv .. user
-      redis.call('LPUSH', rkey, item)
-      redis.call('LTRIM', rkey, 0, rlen - 1)
-      redis.call('EXPIRE', rkey, rttl)
-      local v = redis.call('INCR', vkey)
-      redis.call('EXPIRE', vkey, rttl)
-      redis.call('PUBLISH', chan, v .. '\\t' .. user)
-      bumped[#bumped + 1] = user
-      bumped[#bumped + 1] = tostring(v)
+      if pushed[user] == nil then
+        pushed[user] = {}
+        users[#users + 1] = user
+      end
+      table.insert(pushed[user], item)
     end
   else
     duplicates = duplicates + 1
   end
+end
+-- Once per user of the batch: their engagements in batch order (LPUSH leaves the last one first), the
+-- list trimmed lazily (at twice its length; readers take the first recent_length), the counter bumped.
+local bumped = {}
+for _, user in ipairs(users) do
+  local items, rkey, vkey = pushed[user], recent .. user, rv .. user
+  if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
+    redis.call('LTRIM', rkey, 0, rlen - 1)
+  end
+  redis.call('EXPIRE', rkey, rttl)
+  local v = redis.call('INCRBY', vkey, #items)
+  redis.call('EXPIRE', vkey, rttl)
+  redis.call('PUBLISH', chan, v .. '\\t' .. user)
+  bumped[#bumped + 1] = user
+  bumped[#bumped + 1] = tostring(v)
 end
 return {accepted, duplicates, bumped}
 """
@@ -245,7 +257,7 @@ class ServedListLogger:
     def __init__(self, log_: EventLog, clock: Callable[[], float] = time.time) -> None:
         self._log = log_
         self._clock = clock
-        self._queue: collections.deque[ServedList] = collections.deque()
+        self._queue: collections.deque[tuple] = collections.deque()  # ServedList fields (a tuple is cheaper)
         self._max = log_.config.served_queue
         self._wake = threading.Event()
         self._stopped = False
@@ -260,7 +272,7 @@ class ServedListLogger:
         if len(self._queue) >= self._max:
             self.dropped += 1
             return
-        self._queue.append(ServedList(request_id, user_id, item_ids, model_version, source, blend, self._clock()))
+        self._queue.append((request_id, user_id, item_ids, model_version, source, blend, self._clock()))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Waits until the queue is written (tests, shutdown); False if it is not within `timeout_s`."""
@@ -283,8 +295,8 @@ class ServedListLogger:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 512))]
             try:
                 pipe = self._log.client.pipeline(transaction=False)
-                for s in batch:
-                    pipe.xadd(c.stream_key, _served_fields(s), maxlen=c.max_len, approximate=True)
+                for fields in batch:
+                    pipe.xadd(c.stream_key, _served_fields(ServedList(*fields)), maxlen=c.max_len, approximate=True)
                 pipe.execute()
                 self.written += len(batch)
             except redis.RedisError as e:

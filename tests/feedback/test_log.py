@@ -15,6 +15,7 @@ from feedback import (
     ServedListLogger,
     export_events,
 )
+from pipeline import recent_key
 from ranking import BlendWeights
 from tests.conftest import RedisServer
 
@@ -47,6 +48,11 @@ def test_append_writes_the_batch_and_a_replay_changes_nothing(event_log):
     assert event_log.recent("u1") == ["i3", "i2", "i0"]
     assert event_log.version("u1") == 3
     assert event_log.version("nobody") == 0 and event_log.recent("nobody") == []
+    # The list is trimmed lazily (at twice recent_length); readers still get the newest recent_length.
+    for n in range(10, 17):
+        event_log.append([ev(n)])
+    assert event_log.recent("u1") == ["i16", "i15", "i14"]
+    assert client.llen(recent_key("u1")) <= 6 and event_log.version("u1") == 10
 
 
 def test_a_batch_mixing_new_and_seen_ids_writes_only_the_new(event_log):
