@@ -63,7 +63,7 @@ class EventLogConfig:
     read_timeout_s: float = 0.05     # per Redis read on the Recommend path (counter, recent list)
     log_served: bool = True          # log every served list as impressions (request id, items, positions, ...)
     served_queue: int = 100_000      # served lists waiting to be written; beyond it they are dropped and counted
-    served_flush_s: float = 0.005    # the writer thread sends what queued at most this often
+    served_flush_s: float = 0.05     # the writer thread sends what queued this often (one Redis call)
     versions_ttl_s: float = 30.0     # a process trusts its copy of a user's counter this long without an update
     versions_max_entries: int = 100_000
 
@@ -239,15 +239,33 @@ class ServedList:
     timestamp: float
 
 
-def _served_fields(s: ServedList) -> dict[str, str]:
-    b = s.blend
-    return {"id": s.request_id, "type": "served", "user": s.user_id, "item": ITEM_SEP.join(s.item_ids),
-            "ts": str(int(s.timestamp)), "req": s.request_id, "ver": s.model_version, "src": s.source,
-            "blend": f"{b.engagement:g},{b.quality:g},{b.mode},{b.transform}"}
+_FIELD_SEP = "\x1e"  # between a served list's fields in _SERVED's arguments (ITEM_SEP joins its items)
+
+# ARGV = [max_len, then one record per served list: its stream fields and values joined by _FIELD_SEP].
+# One script call per flush with one argument per list: the writer thread's Python work (which holds the
+# GIL the request threads need) stays a string join per list; the XADDs run in Redis.
+_SERVED = """
+local stream, maxlen = KEYS[1], ARGV[1]
+for a = 2, #ARGV do
+  local f = {}
+  for part in string.gmatch(ARGV[a] .. '\\030', '(.-)\\030') do f[#f + 1] = part end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f))
+end
+return #ARGV - 1
+"""
+
+
+def _served_record(request_id: str, user_id: str, item_ids: Sequence[str], model_version: str, source: str,
+                   blend: Any, timestamp: float) -> str:
+    """A served list's stream fields (see the module docstring) as one _SERVED argument."""
+    b = blend
+    return _FIELD_SEP.join(("id", request_id, "type", "served", "user", user_id, "item", ITEM_SEP.join(item_ids),
+                            "ts", str(int(timestamp)), "req", request_id, "ver", model_version, "src", source,
+                            "blend", f"{b.engagement:g},{b.quality:g},{b.mode},{b.transform}"))
 
 
 class ServedListLogger:
-    """Writes served lists to the stream from a background thread, in pipelined batches.
+    """Writes served lists to the stream from a background thread, many per Redis call.
 
     `log` only appends to an in-memory queue (no I/O on the request path). When the queue
     holds `served_queue` lists, or a write fails, lists are dropped and counted
@@ -264,6 +282,7 @@ class ServedListLogger:
         self.written = 0
         self.dropped = 0
         self.failed = 0
+        self._write = log_.client.register_script(_SERVED)
         self._thread = threading.Thread(target=self._run, name="served-list-logger", daemon=True)
         self._thread.start()
 
@@ -287,24 +306,24 @@ class ServedListLogger:
 
     def _run(self) -> None:
         c = self._log.config
-        while not self._stopped or self._queue:
-            if not self._queue:
-                self._wake.wait(c.served_flush_s)
-                continue
-            self._busy = True
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), 512))]
-            try:
-                pipe = self._log.client.pipeline(transaction=False)
-                for fields in batch:
-                    pipe.xadd(c.stream_key, _served_fields(ServedList(*fields)), maxlen=c.max_len, approximate=True)
-                pipe.execute()
-                self.written += len(batch)
-            except redis.RedisError as e:
-                self.failed += len(batch)
-                log.warning("could not log %d served lists: %s: %s", len(batch), type(e).__name__, e,
-                            extra={"event": "served_log_failed"})
-            finally:
-                self._busy = False
+        while True:
+            stopping = self._stopped
+            if not stopping:
+                self._wake.wait(c.served_flush_s)  # lets lists accumulate: one Redis call per interval
+            while self._queue:
+                self._busy = True
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 1024))]
+                try:
+                    self._write(keys=[c.stream_key], args=[c.max_len, *(_served_record(*f) for f in batch)])
+                    self.written += len(batch)
+                except redis.RedisError as e:
+                    self.failed += len(batch)
+                    log.warning("could not log %d served lists: %s: %s", len(batch), type(e).__name__, e,
+                                extra={"event": "served_log_failed"})
+                finally:
+                    self._busy = False
+            if stopping:
+                return
 
     def close(self) -> None:
         """Writes what is queued (up to a few seconds), then stops the thread."""
