@@ -620,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                 "b_hit_logging_on": on, "b_hit_logging_off": off, "stream_entries": rclient.xlen("recsys:events"),
                 "on_over_off_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
                 "on_over_off_throughput_per_round": per_round(logged[False], logged[True])}
+            results["served_logging"]["on_over_off_throughput_median_round"] = round(float(np.median(
+                results["served_logging"]["on_over_off_throughput_per_round"])), 3)
 
         if a.compare_stacks:
             stacks = {}
@@ -770,7 +772,8 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
               f"{r0['b_over_a_throughput_per_round']})")
     if "served_logging" in results:
         sl = results["served_logging"]
-        print(f"near-cache hits with every served list logged / without: {sl['on_over_off_throughput']} "
+        print(f"near-cache hits with every served list logged / without: {sl['on_over_off_throughput']} over all "
+              f"rounds, median round {sl['on_over_off_throughput_median_round']} "
               f"({sl['b_hit_logging_on']['throughput_rps']} vs {sl['b_hit_logging_off']['throughput_rps']} rps; per "
               f"round {sl['on_over_off_throughput_per_round']}; {sl['stream_entries']} lists in the log)  "
               f"target >= 0.9")
