@@ -123,6 +123,7 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--near-ttl-s", type=float, default=30.0)
     p.add_argument("--server-config", default="{}", help="JSON of further ServerConfig fields")
     p.add_argument("--cache-config", default="{}", help="JSON of further CacheConfig fields")
+    p.add_argument("--events-config", default="{}", help="JSON of EventLogConfig fields")
     a = p.parse_args(argv)
     if a.stack == "aio":
         import grpc
@@ -137,6 +138,7 @@ def child_main(argv: list[str]) -> int:
 
         asyncio.run(run_aio())
         return 0
+    from feedback import EventLogConfig
     from serving import CacheConfig, RecommendServer, ServerConfig
 
     server = RecommendServer(
@@ -144,7 +146,7 @@ def child_main(argv: list[str]) -> int:
                      metrics_port=0, **json.loads(a.server_config)),
         CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s,
                     **json.loads(a.cache_config)),
-        extra_handlers=(_empty_handler(),)).start()
+        extra_handlers=(_empty_handler(),), events=EventLogConfig(**json.loads(a.events_config))).start()
     if a.version_dir:
         server.load(a.version_dir, verify=False)
     print("READY", flush=True)
@@ -158,14 +160,14 @@ class ServerProcesses:
 
     def __init__(self, stack: str, processes: int, version_dir: str, redis_url: str, workers: int,
                  near_ttl_s: float = 30.0, server_config: dict | None = None,
-                 cache_config: dict | None = None) -> None:
+                 cache_config: dict | None = None, events_config: dict | None = None) -> None:
         self.port = free_port()
         self.procs = []
         for _ in range(processes):
             cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "child", "--stack", stack,
                    "--port", str(self.port), "--redis-url", redis_url, "--workers", str(workers),
                    "--near-ttl-s", str(near_ttl_s), "--server-config", json.dumps(server_config or {}),
-                   "--cache-config", json.dumps(cache_config or {})]
+                   "--cache-config", json.dumps(cache_config or {}), "--events-config", json.dumps(events_config or {})]
             if version_dir:
                 cmd += ["--version-dir", version_dir]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-hits", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure (a)/(b) with the near cache off, so every hit is a Redis GET")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
+    p.add_argument("--served-logging", action=argparse.BooleanOptionalAction, default=True,
+                   help="(b) with every served list logged as impressions vs not, two servers, rounds alternating")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="write config, hardware and results here")
     a = p.parse_args(argv)
@@ -596,6 +600,27 @@ def main(argv: list[str] | None = None) -> int:
             r0["b_over_a_throughput"] = round(r0["b_cache_hit"]["throughput_rps"] / r0["a_empty_rpc"]["throughput_rps"],
                                               3)
 
+        if a.served_logging:  # issue 13: the cost of logging every served list (near-cache hits, the fastest path)
+            sources["hit"].clear()
+            logging_servers = {on: ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
+                                                   batching, events_config={"log_served": on}) for on in (True, False)}
+            try:
+                for srv in logging_servers.values():
+                    asyncio.run(_warm(srv.port, hit_requests))
+                logged: dict[bool, list] = {True: [], False: []}
+                for _ in range(a.rounds):
+                    for on, srv in logging_servers.items():
+                        logged[on] += rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels,
+                                                 warmup_s=0.5)["hit"]
+            finally:
+                for srv in logging_servers.values():
+                    srv.close()
+            on, off = merge(logged[True]), merge(logged[False])
+            results["served_logging"] = {
+                "b_hit_logging_on": on, "b_hit_logging_off": off, "stream_entries": rclient.xlen("recsys:events"),
+                "on_over_off_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
+                "on_over_off_throughput_per_round": per_round(logged[False], logged[True])}
+
         if a.compare_stacks:
             stacks = {}
             for label, stack, procs, workers in (("sync, 2 threads", "sync", 1, 2), ("sync, 8 threads", "sync", 1, 8),
@@ -743,6 +768,12 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
         r0 = results["redis_hits_no_decoded_reuse"]
         print(f"(b'')/(a'') throughput, every hit decoded and blended: {r0['b_over_a_throughput']} (per round "
               f"{r0['b_over_a_throughput_per_round']})")
+    if "served_logging" in results:
+        sl = results["served_logging"]
+        print(f"near-cache hits with every served list logged / without: {sl['on_over_off_throughput']} "
+              f"({sl['b_hit_logging_on']['throughput_rps']} vs {sl['b_hit_logging_off']['throughput_rps']} rps; per "
+              f"round {sl['on_over_off_throughput_per_round']}; {sl['stream_entries']} lists in the log)  "
+              f"target >= 0.9")
     if "c_over_e_throughput" in ratios:
         print(f"(c)/(e) throughput: {ratios['c_over_e_throughput']} (per round "
               f"{ratios['c_over_e_throughput_per_round']})  target >= 0.6")

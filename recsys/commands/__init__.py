@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-demo": ("recsys.commands.serve", "start Redis and the server, call Recommend, show the answers"),
     "batch-score": ("recsys.commands.batch_score",
                     "precompute every user's candidates and scores with Beam (→ Redis, Parquet)"),
+    "events": ("recsys.commands.events", "export the event log (LogEvents, served lists) to Parquet"),
     "versions": ("recsys.commands.versions", "list trained artifact versions and the current one"),
     "promote": ("recsys.commands.versions", "point CURRENT at a version (verified first; atomic)"),
     "demo": ("recsys.commands.demo", "run the whole system end to end on MovieLens-100k"),
