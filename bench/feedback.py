@@ -16,7 +16,9 @@ Before each test event (u, i) the user's top `--k` is asked for
 and the same two lists are computed in this process with RecommendPipeline
 (candidates(recent=...) + blend_top_k, popular_items for unknown users), which must agree.
 Metrics of the next item i: HR@k = share of events whose item is in the top k, NDCG@k =
-mean of 1/log2(1 + rank) over hits (0 otherwise), via evaluation.metrics. Target: (b) > (a).
+mean of 1/log2(1 + rank) over hits (0 otherwise), via evaluation.metrics. Target: (b) > (a). Diagnostic (c), in-process: batch history in the models and the earlier
+events only excluded from the list — how much of (b)'s gain is "engaged items are not
+recommended again" and how much the merged history in the models.
 `--max-users` walks the events of a seeded sample of test users only.
 
 New users (version `holdout`): each held-out user's interactions in time order; the first
@@ -33,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import pathlib
 import platform
 import sys
@@ -53,7 +54,8 @@ log = logging.getLogger("bench.feedback")
 
 
 # -- training --------------------------------------------------------------------------------
-def train_versions(root: pathlib.Path, holdout: float, seed: int, train_flags: list[str]) -> dict:
+def train_versions(root: pathlib.Path, holdout: float, seed: int, train_flags: list[str],
+                   names: tuple[str, ...] = ("full", "holdout")) -> dict:
     """Trains (or reuses) versions `full` and `holdout`; returns {name: dir, "held_out": [user ids]}."""
     from core.config import parse_config
     from features import split_interactions
@@ -68,6 +70,8 @@ def train_versions(root: pathlib.Path, holdout: float, seed: int, train_flags: l
     held = sorted(rng.choice(users, size=max(1, round(holdout * len(users))), replace=False).tolist())
     out: dict = {"held_out": held, "dataset": dataset, "split": split}
     for name, loaded in (("full", (dataset, split)), ("holdout", None)):
+        if name not in names:
+            continue
         version_dir = root / name
         out[name] = version_dir
         if (version_dir / "manifest.json").exists():
@@ -96,6 +100,14 @@ def in_process_top_k(pipeline, user: str, recent: list[str], k: int) -> list[str
     return [str(i) for i in pipeline.popular_items(k, weights=weights)[0]]
 
 
+def exclude_only_top_k(pipeline, user: str, recent: list[str], k: int) -> list[str]:
+    """Diagnostic: batch history in the models, the `recent` items only left out of the list."""
+    if not pipeline.is_known_user(user):
+        return [str(i) for i in pipeline.popular_items(k, exclude=recent)[0]]
+    cands = pipeline.candidates([user], exclude=[recent])[0]
+    return [str(i) for i in pipeline.blend_top_k(cands, pipeline.default_weights, k)[0]]
+
+
 class Server:
     """A redis-server and the real gRPC server with its event log, serving one pipeline."""
 
@@ -107,7 +119,8 @@ class Server:
         from serving import CacheConfig, RecommendServer, ServerConfig
         from serving.local_redis import LocalRedis
 
-        self.redis = LocalRedis(workdir).start()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = LocalRedis(workdir).start(timeout_s=30)
         # Generous Redis read timeout: on a busy 2-core machine a 50 ms read of the recent list can
         # time out, and the server then (correctly) serves batch features only — not what is measured here.
         self.server = RecommendServer(
@@ -168,7 +181,7 @@ def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_l
     batch_server = {u: server.top_k(u, k)[0] for u in users} if server else {}
     a_seconds = time.perf_counter() - started
     recent: dict[str, list[str]] = {u: [] for u in users}
-    lists = {"a_local": [], "b_local": [], "a_server": [], "b_server": []}
+    lists = {"a_local": [], "b_local": [], "a_server": [], "b_server": [], "c_exclude_only": []}
     relevant: list[set[str]] = []
     sources: dict[str, int] = {}
     disagree = {"a": 0, "b": 0}
@@ -178,6 +191,8 @@ def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_l
         relevant.append({i})
         lists["a_local"].append(batch_local[u])
         lists["b_local"].append(in_process_top_k(pipeline, u, recent[u][:recent_length], k))
+        # diagnostic: the earlier events only excluded, not merged into the history inputs
+        lists["c_exclude_only"].append(exclude_only_top_k(pipeline, u, recent[u][:recent_length], k))
         if server:
             got, source = server.top_k(u, k)
             sources[source] = sources.get(source, 0) + 1
@@ -271,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-users", type=int, default=0, help="replay a seeded sample of this many test users (0 = all)")
     p.add_argument("--recent-length", type=int, default=50, help="the server's recent list (--events-recent-length)")
     p.add_argument("--no-server", action="store_true", help="in-process path only (no redis-server, no gRPC)")
+    p.add_argument("--parts", default="replay,new_users", help="which measurements (comma-separated)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("tensorflow", "absl", "serving", "feedback", "pipeline", "workflows", "retrieval", "ranking"):
@@ -278,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import RecommendPipeline
 
     root = pathlib.Path(a.artifacts).resolve()
-    trained = train_versions(root, a.holdout, a.seed, train_flags)
+    parts = [x for x in a.parts.split(",") if x]
+    if not parts or set(parts) - {"replay", "new_users"}:
+        p.error(f"--parts must name replay and/or new_users, got {a.parts!r}")
+    trained = train_versions(root, a.holdout, a.seed, train_flags,
+                             tuple({"replay": "full", "new_users": "holdout"}[x] for x in parts))
     split = trained["split"]
     test = split.test
     if a.max_users:
@@ -290,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                      "cpus": __import__("os").cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-feedback-") as tmp:
         for name, run in (("replay", "full"), ("new_users", "holdout")):
+            if name not in parts:
+                continue
             pipe = RecommendPipeline.from_version_dir(trained[run])
             server = None if a.no_server else Server(pipe, pathlib.Path(tmp) / name, a.recent_length)
             try:
@@ -303,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 if server:
                     server.close()
             log.info("%s: %s", name, json.dumps(results[name]))
-    results["replay"]["sampled_users"] = a.max_users
+    if "replay" in results:
+        results["replay"]["sampled_users"] = a.max_users
     print(report(results, a.k))
     if a.json:
         out = pathlib.Path(a.json)
@@ -313,19 +336,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: dict, k: int) -> str:
-    r, n = results["replay"], results["new_users"]
     hr, nd = f"hr@{k}", f"ndcg@{k}"
+    lines: list[str] = []
+    if "replay" in results:
+        lines += replay_lines(results["replay"], hr, nd)
+    if "new_users" in results:
+        lines += new_user_lines(results["new_users"], hr, nd)
+    return "\n".join(lines)
+
+
+def replay_lines(r: dict, hr: str, nd: str) -> list[str]:
     lines = [f"replay: {r['events']} test events of {r['users']} users, in time order",
              f"  {'':34} {hr:>8} {nd:>8}"]
     for key, label in (("a_server", "(a) batch history, gRPC server"), ("b_server", "(b) + logged events, gRPC server"),
-                       ("a_local", "(a) batch history, in-process"), ("b_local", "(b) + logged events, in-process")):
+                       ("a_local", "(a) batch history, in-process"), ("b_local", "(b) + logged events, in-process"),
+                       ("c_exclude_only", "(c) diagnostic: (a) + events excluded")):
         if key in r:
             lines.append(f"  {label:34} {r[key][hr]:8.4f} {r[key][nd]:8.4f}")
     lines.append(f"  (b)/(a) NDCG: {r['b_local'][nd] / max(r['a_local'][nd], 1e-12):.3f}")
     if "server_vs_in_process_disagreements" in r:
         lines.append(f"  server vs in-process lists differing: {r['server_vs_in_process_disagreements']}; "
                      f"sources (b): {r['server_sources_b']}")
-    lines += [f"new users: {n['users']} held-out users, first {n['first_events']} events sent, the rest relevant",
+    return lines
+
+
+def new_user_lines(n: dict, hr: str, nd: str) -> list[str]:
+    lines = [f"new users: {n['users']} held-out users, first {n['first_events']} events sent, the rest relevant",
               f"  {'':34} {hr:>8} {nd:>8}"]
     for key, label in (("personalised_server", "personalised (EVENTS), gRPC"),
                        ("personalised_local", "personalised, in-process"),
@@ -338,9 +374,7 @@ def report(results: dict, k: int) -> str:
     if "server_vs_in_process_disagreements" in n:
         lines.append(f"  server vs in-process lists differing: {n['server_vs_in_process_disagreements']}; "
                      f"sources: {n['server_sources']}")
-    if math.isnan(r["b_local"][nd]):
-        lines.append("  (no events)")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
