@@ -1,10 +1,12 @@
 """features.merge_history on hand-computed values, and FeatureStore.history / seen_items with `recent`."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
-from core.errors import InvalidRequestError
-from features import merge_history
+from core.errors import DataError, InvalidRequestError
+from features import merge_history, read_engagements, read_recent, recent_by_user
+from tests.features.events_table import write_events
 
 
 def test_recent_items_come_after_the_batch_newest_last():
@@ -60,3 +62,40 @@ def test_recent_must_match_the_users(pipeline):
         pipeline.features.history(["a", "b"], 3, [["x"]])
     with pytest.raises(InvalidRequestError, match="sequence of item ids"):
         pipeline.features.seen_items(["a"], ["x"])
+
+
+# -- event tables read offline ---------------------------------------------------------------------------------
+DAY = 86_400
+
+
+@pytest.mark.parametrize("engaged_column", [True, False])
+def test_read_recent_keeps_engagements_newest_first_up_to_the_cut_off(tmp_path, engaged_column):
+    t0 = 1_700_000_000
+    rows = [("u1", "a", "engagement", t0), ("u1", "b", "impression", t0 + 1), ("u2", "a", "rating", t0 + 2, 4.0),
+            ("u1", "c", "rating", t0 + DAY, 5.0), ("u1", "a", "engagement", t0 + DAY + 5),
+            ("u1", "d", "engagement", t0 + 3 * DAY)]
+    write_events(tmp_path, rows, engaged_column)
+    # three partitions, an impression, a repeat of "a": newest first, repeats kept (merge_history dedupes)
+    assert read_recent(tmp_path) == {"u1": ("d", "a", "c", "a"), "u2": ("a",)}
+    assert read_recent(tmp_path, before=t0 + 3 * DAY) == {"u1": ("a", "c", "a"), "u2": ("a",)}
+    frame = read_engagements(tmp_path)
+    assert list(frame.columns) == ["user_id", "item_id", "timestamp"]
+    assert recent_by_user(frame, {"u1": t0 + DAY}) == {"u1": ("a",)}  # per-user cut-off; u2 has none → nothing
+
+
+def test_read_engagements_drops_repeated_event_ids(tmp_path):
+    write_events(tmp_path / "a", [("u1", "a", "engagement", 100), ("u1", "b", "engagement", 101)])
+    write_events(tmp_path / "b", [("u1", "a", "engagement", 100), ("u1", "c", "engagement", 101)])  # e0, e1 again
+    assert read_recent(tmp_path) == {"u1": ("b", "a")}
+
+
+def test_a_bad_event_table_is_a_data_error_naming_the_flag_and_column(tmp_path):
+    with pytest.raises(DataError, match="--events: file not found"):
+        read_engagements(tmp_path / "missing")
+    pd.DataFrame({"user_id": ["u"], "item_id": ["i"]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"--pipeline-events .*missing column\(s\) timestamp, engaged \(or type\)"):
+        read_engagements(tmp_path / "t.parquet", flag="--pipeline-events")
+    pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": ["soon"], "engaged": [1]}).to_parquet(
+        tmp_path / "s.parquet")
+    with pytest.raises(DataError, match="timestamp must hold integer seconds"):
+        read_engagements(tmp_path / "s.parquet")
