@@ -239,29 +239,46 @@ class ServedList:
     timestamp: float
 
 
-_FIELD_SEP = "\x1e"  # between a served list's fields in _SERVED's arguments (ITEM_SEP joins its items)
+_FIELD_SEP = "\x1e"  # between a served list's fields (ITEM_SEP joins its items)
+_RECORD_SEP = "\x1d"  # between served lists
 
-# ARGV = [max_len, then one record per served list: its stream fields and values joined by _FIELD_SEP].
-# One script call per flush with one argument per list: the writer thread's Python work (which holds the
-# GIL the request threads need) stays a string join per list; the XADDs run in Redis.
+# ARGV[1] = max_len, ARGV[2] = the served lists, each its stream fields and values joined by _FIELD_SEP,
+# joined by _RECORD_SEP. One argument for the whole flush: redis-py packs each argument in Python (and
+# copies its buffer per argument), in the writer thread, which holds the GIL the request threads need.
 _SERVED = """
-local stream, maxlen = KEYS[1], ARGV[1]
-for a = 2, #ARGV do
-  local f = {}
-  for part in string.gmatch(ARGV[a] .. '\\030', '(.-)\\030') do f[#f + 1] = part end
+local stream, maxlen, data, n, pos = KEYS[1], ARGV[1], ARGV[2], 0, 1
+local len = #data
+while pos <= len do
+  local stop = string.find(data, '\\029', pos, true) or (len + 1)
+  local f, p = {}, pos
+  while true do
+    local e = string.find(data, '\\030', p, true)
+    if e == nil or e > stop then
+      f[#f + 1] = string.sub(data, p, stop - 1)
+      break
+    end
+    f[#f + 1] = string.sub(data, p, e - 1)
+    p = e + 1
+  end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f))
+  n = n + 1
+  pos = stop + 1
 end
-return #ARGV - 1
+return n
 """
 
 
 def _served_record(request_id: str, user_id: str, item_ids: Sequence[str], model_version: str, source: str,
-                   blend: Any, timestamp: float) -> str:
-    """A served list's stream fields (see the module docstring) as one _SERVED argument."""
-    b = blend
+                   blend: str, timestamp: float) -> str:
+    """A served list's stream fields (see the module docstring), joined by _FIELD_SEP."""
     return _FIELD_SEP.join(("id", request_id, "type", "served", "user", user_id, "item", ITEM_SEP.join(item_ids),
                             "ts", str(int(timestamp)), "req", request_id, "ver", model_version, "src", source,
-                            "blend", f"{b.engagement:g},{b.quality:g},{b.mode},{b.transform}"))
+                            "blend", blend))
+
+
+def blend_text(blend: Any) -> str:
+    """A ranking.BlendWeights as the log's `blend` field: "w_e,w_q,mode,transform"."""
+    return f"{blend.engagement:g},{blend.quality:g},{blend.mode},{blend.transform}"
 
 
 class ServedListLogger:
@@ -312,9 +329,13 @@ class ServedListLogger:
                 self._wake.wait(c.served_flush_s)  # lets lists accumulate: one Redis call per interval
             while self._queue:
                 self._busy = True
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 1024))]
+                # At most 256 lists per call: Redis runs a script alone, so a call must stay short (~1 ms).
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
                 try:
-                    self._write(keys=[c.stream_key], args=[c.max_len, *(_served_record(*f) for f in batch)])
+                    blends: dict[int, str] = {}  # a handful of distinct weights objects per flush
+                    records = _RECORD_SEP.join(_served_record(*f[:5], blends.get(id(f[5])) or blends.setdefault(
+                        id(f[5]), blend_text(f[5])), f[6]) for f in batch)
+                    self._write(keys=[c.stream_key], args=[c.max_len, records])
                     self.written += len(batch)
                 except redis.RedisError as e:
                     self.failed += len(batch)
