@@ -16,7 +16,8 @@ Durability (`--trials`): LogEvents writers run until `--acked` events are acknow
 redis-server is killed with SIGKILL at once and restarted from its AOF; lost = acknowledged
 event ids missing from the log, compared with the events acknowledged in the last second
 before the kill (appendfsync everysec bounds the loss by about that). Then `recsys events
-export` is run over the recovered log, killed with SIGKILL mid-run, and run again: the
+export` is run over the recovered log, killed with SIGKILL mid-run (a third of the way, plus a
+random delay, so the kill can fall between a chunk's files and its checkpoint), and run again: the
 output must hold every log entry exactly once (duplicate event ids = 0).
 """
 from __future__ import annotations
@@ -285,8 +286,16 @@ def export_after_crash(a, redis_url: str, output: pathlib.Path, client) -> dict:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = output / "_export/checkpoint.json"
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    target = client.xlen("recsys:events") // 3
+
+    def progress() -> int:
+        try:
+            return json.loads(checkpoint.read_text())["entries"]
+        except (OSError, ValueError, KeyError):
+            return 0
+    while progress() < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(random.Random(a.seed).uniform(0, 0.05))  # somewhere inside the next chunk
     killed_mid_run = proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
