@@ -341,6 +341,9 @@ class ServedListLogger:
                     self.failed += len(batch)
                     log.warning("could not log %d served lists: %s: %s", len(batch), type(e).__name__, e,
                                 extra={"event": "served_log_failed"})
+                except Exception:  # a bug must not stop the writer for good: count, log, go on
+                    self.failed += len(batch)
+                    log.exception("could not log %d served lists", len(batch), extra={"event": "served_log_failed"})
                 finally:
                     self._busy = False
             if stopping:

@@ -349,7 +349,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         version = self._user_version(user)
         if not known and version == 0:
             self.metrics.fallbacks.inc()
-            return (*self._fallback(model, weights, query), False)
+            return self._fallback(model, weights, query)
         if time_left is not None and time_left <= self.config.min_deadline_s:
             raise DeadlineExceededError("the deadline passed before the request could be served")
         try:
@@ -358,7 +358,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if known:  # Redis failed while reading the history: batch features only
                 return self._answer_candidates(model, weights, query, time_left, known, 0)
             self.metrics.fallbacks.inc()
-            return (*self._fallback(model, weights, query), False)
+            return self._fallback(model, weights, query)
 
     def _answer_candidates(self, model: Any, weights: BlendWeights, query: RecommendQuery, time_left: float | None,
                            known: bool, version: int) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
@@ -433,14 +433,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.LogEventsResponse(accepted=accepted, duplicates=duplicates), "events"
 
     def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery
-                  ) -> tuple[pb.RecommendResponse, str, BlendWeights, list[str]]:
+                  ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
         """The catalogue's train priors (model.fallback_candidates) blended like any candidates:
-        (response, FALLBACK, the weights used, item ids)."""
+        (response, FALLBACK, the weights used, False (not shared), item ids), as _answer returns."""
         weights = model.fallback_weights(weights)  # popularity alone for a version without the quality prior
         items = _blended_items(model, model.fallback_candidates, weights, query, retrieved=False)
         return (pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
                                      blend=_blend_pb(weights), engagement_calibrated=False),
-                FALLBACK, weights, [item.item_id for item in items])
+                FALLBACK, weights, False, [item.item_id for item in items])
 
     def _similar_items(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
         item_id, k = validate_similar(request, self.limits)
