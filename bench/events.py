@@ -61,7 +61,7 @@ def child_main(argv: list[str]) -> int:
     server = RecommendServer(ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, metrics_port=0,
                                           max_concurrent_rpcs=256),
                              CacheConfig(redis_url=a.redis_url),
-                             events=EventLogConfig(log_served=False, timeout_s=2.0)).start()
+                             events=EventLogConfig(log_served=False, timeout_s=30.0)).start()
     print("READY", flush=True)
     sys.stdin.read()
     server.stop(0)
@@ -158,7 +158,7 @@ def throughput(a, redis_url: str, rclient) -> dict:
     server = ServerProcess(redis_url)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.RecommenderStub(channel)
-    log = EventLog(redis_url, EventLogConfig())
+    log = EventLog(redis_url, EventLogConfig(timeout_s=30.0))  # a loaded machine can stall Redis for a while
     stream = log.config.stream_key
     raw = rclient
 
