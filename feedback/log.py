@@ -105,8 +105,16 @@ local seen, rv, recent = ARGV[1], ARGV[2], ARGV[3]
 local maxlen, ttl, rlen, rttl, chan = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local accepted, duplicates, users, pushed = 0, 0, {}, {}
 for a = 9, #ARGV do
-  local f = {}
-  for part in string.gmatch(ARGV[a] .. '\\031', '(.-)\\031') do f[#f + 1] = part end
+  local rec, f, p = ARGV[a], {}, 1
+  while true do
+    local e = string.find(rec, '\\031', p, true)
+    if e == nil then
+      f[#f + 1] = string.sub(rec, p)
+      break
+    end
+    f[#f + 1] = string.sub(rec, p, e - 1)
+    p = e + 1
+  end
   local id, user, item = f[3], f[7], f[9]
   if redis.call('SET', seen .. id, '1', 'NX', 'EX', ttl) then
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f, 2))
