@@ -175,6 +175,7 @@ def export_events(config: ExportConfig, client: redis.Redis | None = None) -> Ex
         except redis.RedisError as e:
             raise RecsysError(f"cannot read the event log at {config.redis_url} ({type(e).__name__}: {e}); "
                               "nothing was exported, re-run when Redis is back") from e
+        exported: dict[str, set[str]] = {}  # day → event ids in its files (read once per run, then kept up to date)
         if _id_tuple(deleted) > (_id_tuple(after) if after else (0, 0)) and not config.trim:
             summary.trimmed_before_export = True
             log.warning("the log dropped entries after the checkpoint %s (its max length was reached before this "
@@ -191,7 +192,7 @@ def export_events(config: ExportConfig, client: redis.Redis | None = None) -> Ex
                 break
             first, last = entries[0][0].decode(), entries[-1][0].decode()
             frame = entries_to_frame(entries)
-            written = _write_chunk(output, frame, f"{first}-{last}", summary)
+            written = _write_chunk(output, frame, f"{first}-{last}", summary, exported)
             summary.entries += len(entries)
             checkpoint = {"last_id": last, "entries": checkpoint.get("entries", 0) + len(entries),
                           "rows": checkpoint.get("rows", 0) + written, "updated": time.time()}
@@ -211,7 +212,8 @@ def _next_id(log_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
-def _write_chunk(output: pathlib.Path, frame: pd.DataFrame, name: str, summary: ExportSummary) -> int:
+def _write_chunk(output: pathlib.Path, frame: pd.DataFrame, name: str, summary: ExportSummary,
+                 exported: dict[str, set[str]]) -> int:
     if frame.empty:
         return 0
     before = len(frame)
@@ -221,13 +223,16 @@ def _write_chunk(output: pathlib.Path, frame: pd.DataFrame, name: str, summary: 
     written = 0
     for day, rows in frame.groupby(days.to_numpy(), sort=True):
         day_dir = _day_dir(output, str(day))
-        seen = _exported_ids(day_dir)
+        seen = exported.get(str(day))
+        if seen is None:
+            seen = exported[str(day)] = _exported_ids(day_dir)
         fresh = rows[~rows["event_id"].isin(seen)] if seen else rows
         summary.duplicates += len(rows) - len(fresh)
         if fresh.empty:
             continue
         table = pa.Table.from_pandas(fresh.reset_index(drop=True), schema=SCHEMA, preserve_index=False)
         _write_atomic(day_dir / f"part-{name}.parquet", lambda p, t=table: pq.write_table(t, p))
+        seen.update(fresh["event_id"])
         written += len(fresh)
         summary.files += 1
     summary.rows += written

@@ -4,11 +4,12 @@ Redis layout (prefix P = EventLogConfig.stream_key, default "recsys:events"):
 
   P                    the stream: one entry per event (fields below), XADD MAXLEN ~ max_len
   P:seen:{event_id}    dedupe marker, SET NX with a TTL (dedupe_ttl_s): a replay within it is a no-op
-  P:rv:{user_id}       the user's engagement counter (INCR per engagement/rating): the "recent
+  P:rv:{user_id}       the user's engagement counter (+1 per engagement/rating): the "recent
                        version" serving keys its cached candidates by, so a new engagement makes
                        that user's cache stale at once (serving/server.py)
   P:users              pub/sub channel: "{rv}\\t{user_id}" per engagement (UserVersions listens)
-  recent_key(user_id)  the user's engaged items, newest first, LPUSH + LTRIM to recent_length
+  recent_key(user_id)  the user's engaged items, newest first (LPUSH; trimmed to recent_length
+                       once it holds twice that; readers take the first recent_length)
 
 Stream entry fields (all strings; absent = empty): id (event id), type (impression,
 engagement, rating, or served = a list the server served), user, item (served: the items
@@ -62,7 +63,7 @@ class EventLogConfig:
     read_timeout_s: float = 0.05     # per Redis read on the Recommend path (counter, recent list)
     log_served: bool = True          # log every served list as impressions (request id, items, positions, ...)
     served_queue: int = 100_000      # served lists waiting to be written; beyond it they are dropped and counted
-    served_flush_s: float = 0.005    # the writer thread sends what queued at most this often
+    served_flush_s: float = 0.05     # the writer thread sends what queued this often (one Redis call)
     versions_ttl_s: float = 30.0     # a process trusts its copy of a user's counter this long without an update
     versions_max_entries: int = 100_000
 
@@ -91,36 +92,56 @@ def channel(stream_key: str) -> str:
     return f"{stream_key}:users"
 
 
-# KEYS = [stream, then per event: seen, recent, counter]; ARGV = [max_len, dedupe_ttl, recent_length,
-# recent_ttl, channel, then per event: engaged (1/0), user, item, number of field pairs, the pairs].
+# KEYS = [stream]; ARGV = [seen-key prefix, counter-key prefix, recent-key prefix, max_len, dedupe_ttl,
+# recent_length, recent_ttl, channel, then one record per event]. A record is the event's stream fields
+# joined by ITEM_SEP after an engaged flag: "1|id|<id>|type|<type>|user|<user>|item|<item>|ts|..." (ids are
+# printable, so the separator cannot occur in them). One argument per event keeps the command small:
+# redis-py packs every argument in Python, and 3 declared keys + 16 arguments per event cost more client
+# time than the script costs Redis. The per-event keys are therefore built in the script, which standalone
+# Redis (and Sentinel) allow; Redis Cluster would need them declared and batches split by hash slot.
 _APPEND = """
 local stream = KEYS[1]
-local maxlen, ttl, rlen, rttl, chan = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local a, accepted, duplicates, bumped = 6, 0, 0, {}
-for k = 2, #KEYS, 3 do
-  local engaged, user, item, nf = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local fields = {}
-  for j = 1, 2 * nf do fields[j] = ARGV[a + 3 + j] end
-  a = a + 4 + 2 * nf
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+local seen, rv, recent = ARGV[1], ARGV[2], ARGV[3]
+local maxlen, ttl, rlen, rttl, chan = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local accepted, duplicates, users, pushed = 0, 0, {}, {}
+for a = 9, #ARGV do
+  local f = {}
+  for part in string.gmatch(ARGV[a] .. '\\031', '(.-)\\031') do f[#f + 1] = part end
+  local id, user, item = f[3], f[7], f[9]
+  if redis.call('SET', seen .. id, '1', 'NX', 'EX', ttl) then
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f, 2))
     accepted = accepted + 1
-    if engaged == '1' then
-      redis.call('LPUSH', KEYS[k + 1], item)
-      redis.call('LTRIM', KEYS[k + 1], 0, rlen - 1)
-      redis.call('EXPIRE', KEYS[k + 1], rttl)
-      local v = redis.call('INCR', KEYS[k + 2])
-      redis.call('EXPIRE', KEYS[k + 2], rttl)
-      redis.call('PUBLISH', chan, v .. '\\t' .. user)
-      bumped[#bumped + 1] = user
-      bumped[#bumped + 1] = tostring(v)
+    if f[1] == '1' then
+      if pushed[user] == nil then
+        pushed[user] = {}
+        users[#users + 1] = user
+      end
+      table.insert(pushed[user], item)
     end
   else
     duplicates = duplicates + 1
   end
 end
+-- Once per user of the batch: their engagements in batch order (LPUSH leaves the last one first), the
+-- list trimmed lazily (at twice its length; readers take the first recent_length), the counter bumped.
+local bumped = {}
+for _, user in ipairs(users) do
+  local items, rkey, vkey = pushed[user], recent .. user, rv .. user
+  if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
+    redis.call('LTRIM', rkey, 0, rlen - 1)
+  end
+  redis.call('EXPIRE', rkey, rttl)
+  local v = redis.call('INCRBY', vkey, #items)
+  redis.call('EXPIRE', vkey, rttl)
+  redis.call('PUBLISH', chan, v .. '\\t' .. user)
+  bumped[#bumped + 1] = user
+  bumped[#bumped + 1] = tostring(v)
+end
 return {accepted, duplicates, bumped}
 """
+# The script builds recent_key(user) as this prefix + user (checked: the key function is a prefix).
+_RECENT_PREFIX = recent_key("")
+assert recent_key("u") == _RECENT_PREFIX + "u", "pipeline.recent_key is no longer prefix + user id; update _APPEND"
 
 
 def _fields(e: Event) -> list[str]:
@@ -170,14 +191,11 @@ class EventLog:
           (the script runs whole or not at all), so the caller retries the same batch.
         """
         c = self.config
-        keys = [c.stream_key]
-        args: list[Any] = [c.max_len, c.dedupe_ttl_s, c.recent_length, c.recent_ttl_s, channel(c.stream_key)]
-        for e in events:
-            keys += [seen_key(c.stream_key, e.event_id), recent_key(e.user_id), state_key(c.stream_key, e.user_id)]
-            fields = _fields(e)
-            args += ["1" if e.engaged else "0", e.user_id, e.item_id, len(fields) // 2, *fields]
+        args: list[Any] = [seen_key(c.stream_key, ""), state_key(c.stream_key, ""), _RECENT_PREFIX, c.max_len,
+                           c.dedupe_ttl_s, c.recent_length, c.recent_ttl_s, channel(c.stream_key)]
+        args += [ITEM_SEP.join(("1" if e.engaged else "0", *_fields(e))) for e in events]
         try:
-            accepted, duplicates, bumped = self._append(keys=keys, args=args)
+            accepted, duplicates, bumped = self._append(keys=[c.stream_key], args=args)
         except redis.RedisError as e:
             raise EventLogUnavailableError(f"the event log (Redis) failed: {type(e).__name__}: {e}; nothing of this "
                                            "batch was written, retry it") from e
@@ -221,15 +239,50 @@ class ServedList:
     timestamp: float
 
 
-def _served_fields(s: ServedList) -> dict[str, str]:
-    b = s.blend
-    return {"id": s.request_id, "type": "served", "user": s.user_id, "item": ITEM_SEP.join(s.item_ids),
-            "ts": str(int(s.timestamp)), "req": s.request_id, "ver": s.model_version, "src": s.source,
-            "blend": f"{b.engagement:g},{b.quality:g},{b.mode},{b.transform}"}
+_FIELD_SEP = "\x1e"  # between a served list's fields (ITEM_SEP joins its items)
+_RECORD_SEP = "\x1d"  # between served lists
+
+# ARGV[1] = max_len, ARGV[2] = the served lists, each its stream fields and values joined by _FIELD_SEP,
+# joined by _RECORD_SEP. One argument for the whole flush: redis-py packs each argument in Python (and
+# copies its buffer per argument), in the writer thread, which holds the GIL the request threads need.
+_SERVED = """
+local stream, maxlen, data, n, pos = KEYS[1], ARGV[1], ARGV[2], 0, 1
+local len = #data
+while pos <= len do
+  local stop = string.find(data, '\\029', pos, true) or (len + 1)
+  local f, p = {}, pos
+  while true do
+    local e = string.find(data, '\\030', p, true)
+    if e == nil or e > stop then
+      f[#f + 1] = string.sub(data, p, stop - 1)
+      break
+    end
+    f[#f + 1] = string.sub(data, p, e - 1)
+    p = e + 1
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f))
+  n = n + 1
+  pos = stop + 1
+end
+return n
+"""
+
+
+def _served_record(request_id: str, user_id: str, item_ids: Sequence[str], model_version: str, source: str,
+                   blend: str, timestamp: float) -> str:
+    """A served list's stream fields (see the module docstring), joined by _FIELD_SEP."""
+    return _FIELD_SEP.join(("id", request_id, "type", "served", "user", user_id, "item", ITEM_SEP.join(item_ids),
+                            "ts", str(int(timestamp)), "req", request_id, "ver", model_version, "src", source,
+                            "blend", blend))
+
+
+def blend_text(blend: Any) -> str:
+    """A ranking.BlendWeights as the log's `blend` field: "w_e,w_q,mode,transform"."""
+    return f"{blend.engagement:g},{blend.quality:g},{blend.mode},{blend.transform}"
 
 
 class ServedListLogger:
-    """Writes served lists to the stream from a background thread, in pipelined batches.
+    """Writes served lists to the stream from a background thread, many per Redis call.
 
     `log` only appends to an in-memory queue (no I/O on the request path). When the queue
     holds `served_queue` lists, or a write fails, lists are dropped and counted
@@ -239,13 +292,14 @@ class ServedListLogger:
     def __init__(self, log_: EventLog, clock: Callable[[], float] = time.time) -> None:
         self._log = log_
         self._clock = clock
-        self._queue: collections.deque[ServedList] = collections.deque()
+        self._queue: collections.deque[tuple] = collections.deque()  # ServedList fields (a tuple is cheaper)
         self._max = log_.config.served_queue
         self._wake = threading.Event()
         self._stopped = False
         self.written = 0
         self.dropped = 0
         self.failed = 0
+        self._write = log_.client.register_script(_SERVED)
         self._thread = threading.Thread(target=self._run, name="served-list-logger", daemon=True)
         self._thread.start()
 
@@ -254,7 +308,7 @@ class ServedListLogger:
         if len(self._queue) >= self._max:
             self.dropped += 1
             return
-        self._queue.append(ServedList(request_id, user_id, item_ids, model_version, source, blend, self._clock()))
+        self._queue.append((request_id, user_id, item_ids, model_version, source, blend, self._clock()))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Waits until the queue is written (tests, shutdown); False if it is not within `timeout_s`."""
@@ -269,24 +323,31 @@ class ServedListLogger:
 
     def _run(self) -> None:
         c = self._log.config
-        while not self._stopped or self._queue:
-            if not self._queue:
-                self._wake.wait(c.served_flush_s)
-                continue
-            self._busy = True
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), 512))]
-            try:
-                pipe = self._log.client.pipeline(transaction=False)
-                for s in batch:
-                    pipe.xadd(c.stream_key, _served_fields(s), maxlen=c.max_len, approximate=True)
-                pipe.execute()
-                self.written += len(batch)
-            except redis.RedisError as e:
-                self.failed += len(batch)
-                log.warning("could not log %d served lists: %s: %s", len(batch), type(e).__name__, e,
-                            extra={"event": "served_log_failed"})
-            finally:
-                self._busy = False
+        while True:
+            stopping = self._stopped
+            if not stopping:
+                self._wake.wait(c.served_flush_s)  # lets lists accumulate: one Redis call per interval
+            while self._queue:
+                self._busy = True
+                # At most 256 lists per call: Redis runs a script alone, so a call must stay short (~1 ms).
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+                try:
+                    blends: dict[int, str] = {}  # a handful of distinct weights objects per flush
+                    records = _RECORD_SEP.join(_served_record(*f[:5], blends.get(id(f[5])) or blends.setdefault(
+                        id(f[5]), blend_text(f[5])), f[6]) for f in batch)
+                    self._write(keys=[c.stream_key], args=[c.max_len, records])
+                    self.written += len(batch)
+                except redis.RedisError as e:
+                    self.failed += len(batch)
+                    log.warning("could not log %d served lists: %s: %s", len(batch), type(e).__name__, e,
+                                extra={"event": "served_log_failed"})
+                except Exception:  # a bug must not stop the writer for good: count, log, go on
+                    self.failed += len(batch)
+                    log.exception("could not log %d served lists", len(batch), extra={"event": "served_log_failed"})
+                finally:
+                    self._busy = False
+            if stopping:
+                return
 
     def close(self) -> None:
         """Writes what is queued (up to a few seconds), then stops the thread."""

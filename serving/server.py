@@ -12,6 +12,11 @@ priors blended with the request's weights, RecommendPipeline.popular_items) → 
 user's train items → ranker (both heads) → store → blend with the request's weights →
 drop excluded items → top-k. Concurrent misses share those model calls (serving/batcher.py,
 `batch_*` fields; answers identical to computing each user alone).
+
+With an event log (feedback/, `events`): LogEvents appends validated batches atomically; a
+user's engagement counter versions their cache key and their recent engagements are merged
+into the history of the computation; unknown users with engagements are personalised (EVENTS);
+every response gets a request_id and is queued as impressions (ARCHITECTURE.md, "Streaming features").
 """
 from __future__ import annotations
 
@@ -297,7 +302,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
           (response, source) with source one of cache, precomputed, online, fallback, events. The
           response carries a new request_id, and the served list is queued for the event log.
         """
-        response, source, weights, shared = self._answer(query, time_left)
+        response, source, weights, shared, item_ids = self._answer(query, time_left)
         request_id = f"{self._request_prefix}-{next(self._request_ids):x}"
         if shared:  # a memoized message is shared between requests: stamp a copy
             stamped = pb.RecommendResponse()
@@ -305,8 +310,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             response = stamped
         response.request_id = request_id
         if self.served is not None:
-            self.served.log(request_id, query.user_id, [item.item_id for item in response.items],
-                            response.model_version, source, weights)
+            self.served.log(request_id, query.user_id, item_ids, response.model_version, source, weights)
         return response, source
 
     def _user_version(self, user_id: str) -> int:
@@ -329,8 +333,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.events_faults.labels(op).inc()
 
     def _answer(self, query: RecommendQuery, time_left: float | None
-                ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool]:
-        """(response, source, weights, shared): `shared` = a memoized message other requests also get."""
+                ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+        """(response, source, weights, shared, item ids): `shared` = a memoized message other requests also
+        get; the item ids are the response's, kept beside it (reading them back from the message costs
+        more than the rest of a cache hit)."""
         serving = self._serving
         if serving is None:
             raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
@@ -343,8 +349,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         version = self._user_version(user)
         if not known and version == 0:
             self.metrics.fallbacks.inc()
-            fallback_weights = model.fallback_weights(weights)
-            return self._fallback(model, weights, query), FALLBACK, fallback_weights, False
+            return self._fallback(model, weights, query)
         if time_left is not None and time_left <= self.config.min_deadline_s:
             raise DeadlineExceededError("the deadline passed before the request could be served")
         try:
@@ -353,10 +358,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if known:  # Redis failed while reading the history: batch features only
                 return self._answer_candidates(model, weights, query, time_left, known, 0)
             self.metrics.fallbacks.inc()
-            return self._fallback(model, weights, query), FALLBACK, model.fallback_weights(weights), False
+            return self._fallback(model, weights, query)
 
     def _answer_candidates(self, model: Any, weights: BlendWeights, query: RecommendQuery, time_left: float | None,
-                           known: bool, version: int) -> tuple[pb.RecommendResponse, str, BlendWeights, bool]:
+                           known: bool, version: int) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
         user = query.user_id
         # Models without candidates_each (test doubles wrapping a pipeline) compute alone, as unbatched.
         batcher = self.batcher if hasattr(type(model), "candidates_each") else None
@@ -386,17 +391,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         # Memoized messages are shared between requests and never mutated after this point.
         key = (weights, query.num_results) if not query.exclude and not query.explain else None
         if key is not None and source == entry.source:
-            response = entry.memo.get(key)
-            if response is not None:
-                return response, shown, weights, True
+            memo = entry.memo.get(key)  # (response, its item ids)
+            if memo is not None:
+                return memo[0], shown, weights, True, memo[1]
         items = _blended_items(model, entry.candidates, weights, query)
+        item_ids = [item.item_id for item in items]
         response = pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
                                         source=_SOURCE_ENUM[shown], blend=_blend_pb(weights),
                                         engagement_calibrated=bool(model.engagement_calibrated))
         memoized = key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE
         if memoized:
-            entry.memo[key] = response
-        return response, shown, weights, memoized
+            entry.memo[key] = (response, item_ids)
+        return response, shown, weights, memoized, item_ids
 
     def _log_events(self, request: pb.LogEventsRequest, context: grpc.ServicerContext):
         events_log = self.events
@@ -426,12 +432,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.events_logged.labels("duplicate").inc(duplicates)
         return pb.LogEventsResponse(accepted=accepted, duplicates=duplicates), "events"
 
-    def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery) -> pb.RecommendResponse:
-        """The catalogue's train priors (model.fallback_candidates) blended like any candidates."""
+    def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery
+                  ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+        """The catalogue's train priors (model.fallback_candidates) blended like any candidates:
+        (response, FALLBACK, the weights used, False (not shared), item ids), as _answer returns."""
         weights = model.fallback_weights(weights)  # popularity alone for a version without the quality prior
         items = _blended_items(model, model.fallback_candidates, weights, query, retrieved=False)
-        return pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
-                                    blend=_blend_pb(weights), engagement_calibrated=False)
+        return (pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
+                                     blend=_blend_pb(weights), engagement_calibrated=False),
+                FALLBACK, weights, False, [item.item_id for item in items])
 
     def _similar_items(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
         item_id, k = validate_similar(request, self.limits)

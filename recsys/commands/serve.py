@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "read_timeout_s": "per Redis read of a user's counter or history on the Recommend path",
             "log_served": "log every served list as impressions (--no-events-log-served: off)",
             "served_queue": "served lists queued for writing; beyond it they are dropped and counted",
-            "served_flush_s": "the served-list writer sends what queued at least this often",
+            "served_flush_s": "the served-list writer sends what queued this often, in one Redis call",
             "versions_ttl_s": "a process trusts its copy of a user's engagement counter this long",
             "versions_max_entries": "users' counters kept per process"}},
         description="Starts the gRPC Recommender server for a trained version: health (grpc.health.v1), "

@@ -15,6 +15,7 @@ from feedback import (
     ServedListLogger,
     export_events,
 )
+from pipeline import recent_key
 from ranking import BlendWeights
 from tests.conftest import RedisServer
 
@@ -47,6 +48,11 @@ def test_append_writes_the_batch_and_a_replay_changes_nothing(event_log):
     assert event_log.recent("u1") == ["i3", "i2", "i0"]
     assert event_log.version("u1") == 3
     assert event_log.version("nobody") == 0 and event_log.recent("nobody") == []
+    # The list is trimmed lazily (at twice recent_length); readers still get the newest recent_length.
+    for n in range(10, 17):
+        event_log.append([ev(n)])
+    assert event_log.recent("u1") == ["i16", "i15", "i14"]
+    assert client.llen(recent_key("u1")) <= 6 and event_log.version("u1") == 10
 
 
 def test_a_batch_mixing_new_and_seen_ids_writes_only_the_new(event_log):
@@ -154,3 +160,56 @@ def test_acknowledged_events_survive_kill_9_through_the_aof(tmp_path):
     finally:
         redis.stop()
     assert any(p.name.startswith("appendonly") for p in (tmp_path / "appendonlydir").iterdir())
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_user_versions_read_through_only_grow_and_expire(event_log):
+    from feedback import UserVersions
+
+    clock = FakeClock()
+    versions = UserVersions(event_log, ttl_s=10.0, max_entries=2, clock=clock)
+    assert versions.get("u1") == 0  # read from Redis, then held
+    event_log.append([ev(0), ev(1)])
+    assert versions.get("u1") == 0  # the copy is trusted for ttl_s (no pub/sub running here)
+    assert versions.bump("u1", 1) == 1 and versions.bump("u1", 0) == 1  # never goes back
+    clock.now = 10.5
+    assert versions.get("u1") == 2  # expired: read again
+    versions.get("u2")
+    versions.get("u3")
+    assert len(versions) == 2  # bounded
+
+
+def test_user_versions_hear_other_processes_through_pub_sub(event_log):
+    from feedback import UserVersions
+
+    versions = UserVersions(event_log, ttl_s=3600.0).start()
+    try:
+        assert versions.wait_subscribed()
+        assert versions.get("u1") == 0
+        event_log.append([ev(0)])  # another process's LogEvents: only the PUBLISH reaches this one
+        deadline = time.monotonic() + 5
+        while versions.get("u1") != 1:
+            assert time.monotonic() < deadline, "the counter update was not heard"
+            time.sleep(0.005)
+    finally:
+        versions.close()
+
+
+def test_recsys_events_export_cli_writes_and_reruns_cleanly(event_log, redis_url, tmp_path, capsys):
+    from recsys.cli import main as recsys_main
+
+    event_log.append([ev(i) for i in range(3)])
+    argv = ["--log-level", "WARNING", "events", "export", "--redis-url", redis_url, "--output", str(tmp_path / "o")]
+    assert recsys_main(argv) == 0
+    assert "exported 3 log entries → 3 rows" in capsys.readouterr().out
+    assert recsys_main(argv) == 0
+    assert "exported 0 log entries → 0 rows" in capsys.readouterr().out
+    assert recsys_main([*argv, "--chunk-events", "0"]) == 2
+    assert "--chunk-events must be >= 1" in capsys.readouterr().err
