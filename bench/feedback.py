@@ -27,7 +27,9 @@ asks for the top k (source EVENTS), computed in-process too. Relevant: the rest 
 user's interactions (binary). NDCG@k against the popularity fallback the server gives an
 unknown user without events (popular_items with the default blend, the first events
 excluded as the personalised list excludes them), and against raw popularity. Target:
-ratio >= 1.3.
+ratio >= 1.3. A held-out user's interactions are never trained on; their side features
+(age, gender, occupation) stay in the users table, as a sign-up form would give them, so the
+row "model, no events" (OOV id + side features, no history) shows what the events add.
 """
 from __future__ import annotations
 

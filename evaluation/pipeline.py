@@ -44,7 +44,8 @@ class PipelineEvalConfig:
     events: an event table (`recsys events export`'s Parquet directory, see
       features.read_engagements): each test user's engagements in it are merged into their
       history (features.merge_history) and excluded from their candidates, as the server
-      does with its live event list ("" = batch history only).
+      does with its live event list ("" = batch history only). The head diagnostics
+      (AUC, RMSE) still score batch-history inputs.
     events_before: only events with timestamp < this (seconds) are used; 0 = each user's
       events before their own first test interaction (never the test period itself).
     """
