@@ -29,6 +29,8 @@ class BatchScoreConfig:
     redis_timeout_s: float = 5.0  # socket connect/read timeout per Redis round trip
     verify: bool = True           # verify the version's checksums before launching
     progress_s: float = 10.0      # seconds between progress log lines per worker
+    events: str = ""              # event table (`recsys events export` output) merged into each user's history ("" = none)
+    events_before: int = 0        # with --events: only events with timestamp < this, in seconds (0 = all)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_shards"):
@@ -40,6 +42,8 @@ class BatchScoreConfig:
         for name in ("redis_timeout_s", "progress_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.events_before < 0:
+            raise ValueError(f"--events-before must be >= 0 (0 = every event), got {self.events_before}")
         if not self.redis_backoff_s >= 0:
             raise ValueError(f"--redis-backoff-s must be >= 0, got {self.redis_backoff_s}")
         if not (self.redis_url or self.output):
@@ -64,6 +68,10 @@ HELP = {
     "num_shards": "Parquet files (fixed, so a rerun overwrites the same names)",
     "redis_ttl_s": "expiry of precomputed entries in seconds (0 = none; keys are namespaced by version)",
     "redis_retries": "retries of a failed pipelined Redis write before its users are counted as lost",
+    "events": "event table to merge into each user's history, as the server merges its live event list: "
+              "`recsys events export`'s Parquet directory (or a Parquet/CSV file with user_id, item_id, timestamp "
+              "and engaged or type); engaged items are also excluded from the user's candidates",
+    "events_before": "with --events: use only events with timestamp < this (seconds since 1970; 0 = all)",
 }
 
 

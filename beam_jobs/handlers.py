@@ -67,12 +67,16 @@ class UserBatch:
       embeddings: [b, d] float32 user-tower outputs (after UserTowerHandler).
       item_ids: [b, N] object candidate ids, "" where fewer than N qualify (after RetrievalHandler).
       retrieval_scores: [b, N] float32, -inf in padded slots (after RetrievalHandler).
+      recent: None, or b tuples of each user's streamed engagements, newest first (the job's
+        --events): merged into both models' history inputs and excluded, as
+        RecommendPipeline.candidates(recent=...) does.
     """
 
     user_ids: tuple[str, ...]
     embeddings: np.ndarray | None = None
     item_ids: np.ndarray | None = None
     retrieval_scores: np.ndarray | None = None
+    recent: tuple[tuple[str, ...], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -127,7 +131,8 @@ class UserTowerHandler(_Handler):
     def run_inference(self, batch: Sequence[UserBatch], model: _TowerModel,
                       inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
         for users in batch:
-            yield dataclasses.replace(users, embeddings=model.tower.embed_ids(model.features, list(users.user_ids)))
+            yield dataclasses.replace(users, embeddings=model.tower.embed_ids(model.features, list(users.user_ids),
+                                                                              users.recent))
 
 
 # -- FAISS retrieval ---------------------------------------------------------------------------
@@ -162,7 +167,8 @@ class RetrievalHandler(_Handler):
 
         for users in batch:
             queries = _need(users, "embeddings", "RetrievalHandler")
-            ids, scores = retrieve(model.features, model.index, users.user_ids, queries, self.num_candidates)
+            ids, scores = retrieve(model.features, model.index, users.user_ids, queries, self.num_candidates,
+                                   recent=users.recent)
             yield dataclasses.replace(users, item_ids=ids, retrieval_scores=scores)
 
 
@@ -191,7 +197,7 @@ class RankerHandler(_Handler):
             ids = _need(users, "item_ids", "RankerHandler")
             scores = _need(users, "retrieval_scores", "RankerHandler")
             try:
-                cands = model.score(users.user_ids, ids, scores)
+                cands = model.score(users.user_ids, ids, scores, users.recent)
             except ArtifactMismatchError as e:
                 raise ArtifactMismatchError(f"{self.version_dir}: {e}") from e
             yield list(zip(users.user_ids, cands))

@@ -81,8 +81,19 @@ def _key_by_batch(user: str, total: int, batch_size: int) -> tuple[int, str]:
     return batch_index(user, num_batches(total, batch_size)), user
 
 
-def _to_batch(key: int, users: Sequence[str]) -> UserBatch:
-    return UserBatch(tuple(sorted(users)))
+def _to_batch(key: int, users: Sequence[str], recent: dict[str, tuple[str, ...]] | None = None) -> UserBatch:
+    ids = tuple(sorted(users))
+    if not recent:
+        return UserBatch(ids)
+    # All empty → None: exactly the batch-history computation (RecommendPipeline does the same).
+    rows = tuple(recent.get(u, ()) for u in ids)
+    return UserBatch(ids, recent=rows if any(rows) else None)
+
+
+def _read_recent(path: str, before: int) -> list[tuple[str, tuple[str, ...]]]:
+    from features import read_recent
+
+    return list(read_recent(path, before).items())
 
 
 class DistinctUsers(beam.PTransform):
@@ -101,18 +112,20 @@ class FixedBatches(beam.PTransform):
     runner bundles the elements (see handlers.py), so reruns score the same batches.
     """
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, recent=None) -> None:
         super().__init__()
         num_batches(0, batch_size)  # validates batch_size
         self.batch_size = batch_size
+        self.recent = recent  # None, or a PCollection of (user_id, engagements newest first)
 
     def expand(self, users):
         total = users | "CountUsers" >> beam.combiners.Count.Globally()
+        recent = {} if self.recent is None else {"recent": beam.pvalue.AsDict(self.recent)}
         return (users
                 | "KeyByBatch" >> beam.Map(_key_by_batch, total=beam.pvalue.AsSingleton(total),
                                            batch_size=self.batch_size)
                 | "GroupBatches" >> beam.GroupByKey()
-                | "SortBatch" >> beam.MapTuple(_to_batch))
+                | "SortBatch" >> beam.MapTuple(_to_batch, **recent))
 
 
 class BatchScore(beam.PTransform):
@@ -142,10 +155,15 @@ class BatchScore(beam.PTransform):
         else:
             raw = (pbegin | "Shards" >> beam.Create(list(range(TRAIN_USER_SHARDS)))
                    | "TrainUsers" >> beam.ParDo(TrainUsers(vd, TRAIN_USER_SHARDS)))
+        recent = None
+        if cfg.events:
+            # Read while the pipeline is built (a bad table is a DataError before launch), with the one
+            # reader evaluation and the benches use (features.read_recent); workers get it as a side input.
+            recent = pbegin | "Events" >> beam.Create(_read_recent(cfg.events, cfg.events_before))
         batches = (raw
                    | "Validate" >> beam.ParDo(ValidateUsers(vd))
                    | "DistinctUsers" >> DistinctUsers()
-                   | "FixedBatches" >> FixedBatches(cfg.batch_size))
+                   | "FixedBatches" >> FixedBatches(cfg.batch_size, recent))
         scored = (batches
                   | "UserTower" >> RunInference(UserTowerHandler(vd))
                   | "Retrieve" >> RunInference(RetrievalHandler(vd, self.num_candidates))

@@ -125,6 +125,7 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--near-ttl-s", type=float, default=30.0)
     p.add_argument("--server-config", default="{}", help="JSON of further ServerConfig fields")
     p.add_argument("--cache-config", default="{}", help="JSON of further CacheConfig fields")
+    p.add_argument("--events-config", default="{}", help="JSON of EventLogConfig fields")
     a = p.parse_args(argv)
     if a.stack == "aio":
         import grpc
@@ -139,6 +140,7 @@ def child_main(argv: list[str]) -> int:
 
         asyncio.run(run_aio())
         return 0
+    from feedback import EventLogConfig
     from serving import CacheConfig, RecommendServer, ServerConfig
 
     server = RecommendServer(
@@ -146,7 +148,7 @@ def child_main(argv: list[str]) -> int:
                      **{"metrics_port": 0, **json.loads(a.server_config)}),
         CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s,
                     **json.loads(a.cache_config)),
-        extra_handlers=(_empty_handler(),)).start()
+        extra_handlers=(_empty_handler(),), events=EventLogConfig(**json.loads(a.events_config))).start()
     if a.version_dir:
         server.load(a.version_dir, verify=False)
     print("READY", flush=True)
@@ -160,14 +162,14 @@ class ServerProcesses:
 
     def __init__(self, stack: str, processes: int, version_dir: str, redis_url: str, workers: int,
                  near_ttl_s: float = 30.0, server_config: dict | None = None,
-                 cache_config: dict | None = None) -> None:
+                 cache_config: dict | None = None, events_config: dict | None = None) -> None:
         self.port = free_port()
         self.procs = []
         for _ in range(processes):
             cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "child", "--stack", stack,
                    "--port", str(self.port), "--redis-url", redis_url, "--workers", str(workers),
                    "--near-ttl-s", str(near_ttl_s), "--server-config", json.dumps(server_config or {}),
-                   "--cache-config", json.dumps(cache_config or {})]
+                   "--cache-config", json.dumps(cache_config or {}), "--events-config", json.dumps(events_config or {})]
             if version_dir:
                 cmd += ["--version-dir", version_dir]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scrape-interval-s", type=float, default=1.0,
                    help="/metrics scrape interval for the monitoring comparison (default: %(default)s)")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
+    p.add_argument("--served-logging", action=argparse.BooleanOptionalAction, default=True,
+                   help="(b) with every served list logged as impressions vs not, two servers, rounds alternating")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="write config, hardware and results here")
     a = p.parse_args(argv)
@@ -606,6 +610,63 @@ def main(argv: list[str] | None = None) -> int:
             r0["b_over_a_throughput"] = round(r0["b_cache_hit"]["throughput_rps"] / r0["a_empty_rpc"]["throughput_rps"],
                                               3)
 
+        if a.served_logging:  # issue 13: the cost of logging every served list (near-cache hits, the fastest path)
+            sources["hit"].clear()
+            logging_servers = {on: ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
+                                                   batching, events_config={"log_served": on}) for on in (True, False)}
+            try:
+                for srv in logging_servers.values():
+                    asyncio.run(_warm(srv.port, hit_requests))
+                logged: dict[bool, list] = {True: [], False: []}
+                for _ in range(a.rounds):
+                    for on, srv in logging_servers.items():
+                        logged[on] += rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels,
+                                                 warmup_s=0.5)["hit"]
+            finally:
+                for srv in logging_servers.values():
+                    srv.close()
+            # The same cost as CPU time in one process (servicer.answer on near-cache hits, the writer thread's
+            # work included): insensitive to what other processes on a shared machine do to wall-clock rounds.
+            from feedback import EventLogConfig
+            from pipeline import RecommendPipeline
+
+            model = RecommendPipeline.from_version_dir(version_dir, verify=False)
+            cpu_servers = {on: RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=1, metrics_port=0,
+                                                            **batching),
+                                               CacheConfig(redis_url=redis_url, near_ttl_s=a.near_ttl_s),
+                                               events=EventLogConfig(log_served=on)) for on in (True, False)}
+            hit_queries = [validate_recommend(q, limits) for q in hit_requests]
+            cpu_us: dict[bool, list[float]] = {True: [], False: []}
+            try:
+                for srv in cpu_servers.values():
+                    srv.set_model(model)
+                    for q in hit_queries:
+                        srv.servicer.answer(q)
+                n_cpu = 20 * len(hit_queries)
+                for _ in range(a.rounds):
+                    for on, srv in cpu_servers.items():
+                        t0 = time.process_time()
+                        for i in range(n_cpu):
+                            srv.servicer.answer(hit_queries[i % len(hit_queries)])
+                        if srv.servicer.served is not None:
+                            srv.servicer.served.flush()
+                        cpu_us[on].append((time.process_time() - t0) / n_cpu * 1e6)
+            finally:
+                for srv in cpu_servers.values():
+                    srv.stop(0)
+            on, off = merge(logged[True]), merge(logged[False])
+            results["served_logging"] = {
+                "b_hit_logging_on": on, "b_hit_logging_off": off, "stream_entries": rclient.xlen("recsys:events"),
+                "on_over_off_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
+                "on_over_off_throughput_per_round": per_round(logged[False], logged[True])}
+            results["served_logging"]["cpu_us_per_hit"] = {
+                "logging_on": round(float(np.median(cpu_us[True])), 2),
+                "logging_off": round(float(np.median(cpu_us[False])), 2),
+                "on_per_round": [round(x, 2) for x in cpu_us[True]], "off_per_round": [round(x, 2) for x in cpu_us[False]],
+                "off_over_on_median": round(float(np.median(cpu_us[False]) / np.median(cpu_us[True])), 3)}
+            results["served_logging"]["on_over_off_throughput_median_round"] = round(float(np.median(
+                results["served_logging"]["on_over_off_throughput_per_round"])), 3)
+
         if a.compare_stacks:
             stacks = {}
             for label, stack, procs, workers in (("sync, 2 threads", "sync", 1, 2), ("sync, 8 threads", "sync", 1, 8),
@@ -817,6 +878,18 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
               f"({mo['server_cpu_us_per_request']} µs) (per round "
               f"{mo['on_over_off_per_round']}; /metrics scrape p50 ms {mo['scrape_ms_p50']}, {mo['scrapes']} scrapes)"
               f"  target >= 0.95")
+    if "served_logging" in results:
+        sl = results["served_logging"]
+        print(f"near-cache hits with every served list logged / without: {sl['on_over_off_throughput']} over all "
+              f"rounds, median round {sl['on_over_off_throughput_median_round']} "
+              f"({sl['b_hit_logging_on']['throughput_rps']} vs {sl['b_hit_logging_off']['throughput_rps']} rps; per "
+              f"round {sl['on_over_off_throughput_per_round']}; {sl['stream_entries']} lists in the log)  "
+              f"target >= 0.9")
+        cpu = sl["cpu_us_per_hit"]
+        added = cpu["logging_on"] - cpu["logging_off"]
+        print(f"  in-process CPU per near-cache hit (servicer.answer without gRPC, writer thread included): logging "
+              f"on {cpu['logging_on']} µs, off {cpu['logging_off']} µs: {added:.2f} µs per served list, "
+              f"{added * sl['b_hit_logging_on']['throughput_rps'] / 1e4:.2f}% of one core at the logged server's rate")
     if "c_over_e_throughput" in ratios:
         print(f"(c)/(e) throughput: {ratios['c_over_e_throughput']} (per round "
               f"{ratios['c_over_e_throughput_per_round']})  target >= 0.6")

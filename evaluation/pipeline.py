@@ -41,6 +41,13 @@ class PipelineEvalConfig:
     order: "blend" is the pipeline; "retrieval" ranks the same candidates by the two-tower
       score alone (retrieval-only), "engagement"/"quality" by one head alone.
     diagnostics: also measure the heads on test (engagement AUC, quality RMSE/MAE).
+    events: an event table (`recsys events export`'s Parquet directory, see
+      features.read_engagements): each test user's engagements in it are merged into their
+      history (features.merge_history) and excluded from their candidates, as the server
+      does with its live event list ("" = batch history only). The head diagnostics
+      (AUC, RMSE) still score batch-history inputs.
+    events_before: only events with timestamp < this (seconds) are used; 0 = each user's
+      events before their own first test interaction (never the test period itself).
     """
 
     version_dir: str = ""
@@ -51,6 +58,13 @@ class PipelineEvalConfig:
     order: Order = "blend"
     diagnostics: bool = True
     verify: bool = True
+    events: str = ""
+    events_before: int = 0
+
+    def __post_init__(self) -> None:
+        if self.events_before < 0:
+            raise ValueError(f"--pipeline-events-before must be >= 0 (0 = each user's first test interaction), "
+                             f"got {self.events_before}")
 
 
 class PipelineRecommender:
@@ -68,6 +82,7 @@ class PipelineRecommender:
         self._data: EvalData | None = None
         self._columns: pd.Index | None = None
         self.diagnostics: dict[str, float] = {}  # head_diagnostics on test, filled by fit
+        self.recent: dict[str, tuple[str, ...]] = {}  # user → streamed engagements, newest first (config.events)
 
     @property
     def weights(self) -> BlendWeights:
@@ -91,6 +106,7 @@ class PipelineRecommender:
             self.pipeline.config = dataclasses.replace(self.pipeline.config, num_candidates=self.config.num_candidates)
         check_same_split(self.pipeline, data)
         self._data = data
+        self.recent = events_history(self.config, data)
         self._columns = pd.Index(np.asarray(data.item_ids).astype(str))
         self.diagnostics = head_diagnostics(self, data) if self.config.diagnostics else {}
         if self.diagnostics:
@@ -101,7 +117,9 @@ class PipelineRecommender:
         """Both-head candidate sets of the given EvalData user rows (train items excluded)."""
         if self._data is None:
             raise RuntimeError("PipelineRecommender.candidate_sets called before fit")
-        return self.pipeline.candidates(list(self._data.user_ids[np.asarray(user_rows, dtype=np.int64)]))
+        users = list(self._data.user_ids[np.asarray(user_rows, dtype=np.int64)])
+        recent = [self.recent.get(str(u), ()) for u in users] if self.recent else None
+        return self.pipeline.candidates(users, recent=recent)
 
     def rank(self, cands: Sequence[CandidateSet], k: int, weights: BlendWeights | None = None,
              order: Order | None = None) -> np.ndarray:
@@ -121,6 +139,26 @@ class PipelineRecommender:
 
     def recommend(self, user_rows: np.ndarray, k: int) -> np.ndarray:
         return self.rank(self.candidate_sets(user_rows), k)
+
+
+def events_history(config: PipelineEvalConfig, data: EvalData) -> dict[str, tuple[str, ...]]:
+    """Each user's engagements of `config.events` up to the cut-off, newest first ({} without events).
+
+    Cut-off: timestamp < config.events_before, or (0) < the user's first test interaction.
+    """
+    if not config.events:
+        return {}
+    from features import read_engagements, recent_by_user
+
+    events = read_engagements(config.events, config.events_before, flag="--pipeline-events")
+    before = None
+    if not config.events_before:
+        test = data.split.test
+        before = test.groupby(test["user_id"].astype(str))["timestamp"].min().astype("int64").to_dict()
+    recent = recent_by_user(events, before)
+    log.info("pipeline: %d events of %d users merged into their history from %s",
+             sum(map(len, recent.values())), len(recent), config.events)
+    return recent
 
 
 def check_same_split(pipeline: RecommendPipeline, data: EvalData) -> None:
@@ -299,5 +337,5 @@ def run_sweep(data: EvalData, config: PipelineEvalConfig, shares: Sequence[float
     return sweep
 
 
-__all__ = ["PipelineEvalConfig", "PipelineRecommender", "PipelineConfig", "check_same_split", "head_diagnostics",
+__all__ = ["PipelineEvalConfig", "PipelineRecommender", "PipelineConfig", "check_same_split", "events_history", "head_diagnostics",
            "parse_sweep", "sweep_blend", "plot_sweep", "run_sweep"]

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.errors import ArtifactError
+from core.errors import ArtifactError, InvalidRequestError
+from features.history import merge_history
 from features.schema import Dataset, FeatureSpec, split_multi
 
 OOV_TOKEN = "[OOV]"
@@ -176,13 +177,34 @@ class FeatureStore:
         """[n] train engagement counts (0 for items unseen in train)."""
         return np.array([self.item_counts.get(str(i), 0) for i in item_ids], dtype=np.int64)
 
-    def seen_items(self, user_ids: Sequence[str]) -> list[frozenset[str]]:
-        """Each user's train-engaged item ids (empty for users unseen in train)."""
-        return [frozenset(self.seen.get(str(u), ())) for u in user_ids]
+    def seen_items(self, user_ids: Sequence[str],
+                   recent: Sequence[Sequence[str]] | None = None) -> list[frozenset[str]]:
+        """Each user's train-engaged item ids (empty for users unseen in train), plus `recent[i]`'s
+        streamed engagements if given (all of them, known to the model or not): never recommended."""
+        if recent is None:
+            return [frozenset(self.seen.get(str(u), ())) for u in user_ids]
+        _check_recent(user_ids, recent)
+        return [frozenset(self.seen.get(str(u), ())) | frozenset(map(str, r)) if len(r)
+                else frozenset(self.seen.get(str(u), ())) for u, r in zip(user_ids, recent)]
 
-    def history(self, user_ids: Sequence[str], length: int) -> list[tuple[str, ...]]:
-        """Each user's `length` most recent train-engaged item ids, oldest first (() if unknown)."""
-        return [self.seen.get(str(u), ())[-length:] if length > 0 else () for u in user_ids]
+    def history(self, user_ids: Sequence[str], length: int,
+                recent: Sequence[Sequence[str]] | None = None) -> list[tuple[str, ...]]:
+        """Each user's `length` most recent engaged item ids, oldest first (() if unknown and no recent).
+
+        Without `recent`: the train engagements (FeatureStore.seen). With it, `recent[i]` (user
+        i's streamed engagements, newest first) is merged in by features.merge_history, keeping
+        only items of the item vocabulary; an empty `recent[i]` gives exactly the train history.
+        """
+        if recent is None:
+            return [self.seen.get(str(u), ())[-length:] if length > 0 else () for u in user_ids]
+        _check_recent(user_ids, recent)
+        known = self.vocabularies["item_id"]._index
+        return [merge_history(self.seen.get(str(u), ()), r, length, known) if len(r)
+                else (self.seen.get(str(u), ())[-length:] if length > 0 else ()) for u, r in zip(user_ids, recent)]
+
+    def knows_item(self, item_id: str) -> bool:
+        """Whether `item_id` is in the item vocabulary (the models have an embedding for it)."""
+        return str(item_id) in self.vocabularies["item_id"]._index
 
     @property
     def catalogue(self) -> list[str]:
@@ -252,6 +274,14 @@ class _Columns:
             values[col] = np.append(known, np.array([mean], dtype=np.float64).astype(np.float32))
         row = {k: r for r, k in enumerate(table.index)}
         return cls(table, row, len(table), values)
+
+
+def _check_recent(user_ids: Sequence[str], recent: Sequence[Sequence[str]]) -> None:
+    if len(recent) != len(user_ids):
+        raise InvalidRequestError(f"recent has {len(recent)} entries for {len(user_ids)} users")
+    for r in recent:
+        if isinstance(r, (str, bytes)):
+            raise InvalidRequestError(f"recent[i] must be a sequence of item ids, got the string {r!r}")
 
 
 def _seen_from_pairs(pairs: pd.DataFrame) -> dict[str, tuple[str, ...]]:

@@ -32,6 +32,15 @@ def precomputed_key(model_version: str, user_id: str) -> str:
     return f"recsys:{model_version}:pre:{user_id}"
 
 
+def recent_key(user_id: str) -> str:
+    """The Redis list of a user's streamed engagements (item ids, newest first: LPUSH + LTRIM).
+
+    Not versioned by model: the events are the user's, whichever version serves them; each
+    request reads it and passes it to RecommendPipeline.candidates(recent=...).
+    """
+    return f"recsys:recent:{user_id}"
+
+
 class CorruptEntryError(ValueError):
     """Bytes that are not a candidate set of this format (corrupt, truncated or foreign)."""
 

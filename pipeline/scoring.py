@@ -144,44 +144,66 @@ class RecommendPipeline:
         """Whether `user_id` was in train (else the servicer serves the popularity fallback)."""
         return str(user_id) in self._known_users
 
+    def personalisable(self, user_id: str, recent: Sequence[str] = ()) -> bool:
+        """Whether `candidates` personalises for this user: a known user, or an unknown one with at
+        least one streamed engagement (`recent`) the model knows, when the user tower reads history
+        (its OOV id embedding plus that history bag). Otherwise serve the popularity fallback."""
+        if self.is_known_user(user_id):
+            return True
+        return self.tower.history_length > 0 and any(self.features.knows_item(i) for i in recent)
+
     # -- the weight-independent part --------------------------------------------------
-    def candidates(self, user_ids: Sequence[str],
-                   exclude: Sequence[Collection[str]] | None = None) -> list[CandidateSet]:
+    def candidates(self, user_ids: Sequence[str], exclude: Sequence[Collection[str]] | None = None,
+                   recent: Sequence[Sequence[str]] | None = None) -> list[CandidateSet]:
         """Each user's top-N candidates with both head scores, in retrieval order.
 
         Args:
-          user_ids: b raw user ids; unknown ids still work (OOV embedding, no history,
-            nothing seen), though the servicer answers those from popularity.
+          user_ids: b raw user ids; unknown ids still work (OOV embedding, history from
+            `recent` only, nothing seen), see `personalisable`.
           exclude: None or b collections of further item ids to leave out of the
             search, on top of each user's train-seen items (always excluded).
+          recent: None or b sequences: user i's streamed engagements, NEWEST first. Merged
+            with the train history (features.merge_history) in the user tower's and the
+            ranker's history inputs, and excluded from the candidates like train items.
+            None or all empty = exactly the batch-history answer.
 
         Returns:
           b CandidateSets of up to N items each (fewer if the catalogue runs out).
         """
-        return self._in_chunks(user_ids, exclude, self._candidates_batch)
+        return self._in_chunks(user_ids, exclude, recent, self._candidates_batch)
 
     def _in_chunks(self, user_ids: Sequence[str], exclude: Sequence[Collection[str]] | None,
-                   compute: Callable[[list[str], Sequence[Collection[str]] | None], list[CandidateSet]]
-                   ) -> list[CandidateSet]:
-        """Checks `exclude` against `user_ids`, then runs `compute(users, extra)` over chunks of
-        config.batch_users users and concatenates the results."""
+                   recent: Sequence[Sequence[str]] | None,
+                   compute: Callable[[list[str], Sequence[Collection[str]] | None, Sequence[Sequence[str]] | None],
+                                     list[CandidateSet]]) -> list[CandidateSet]:
+        """Checks `exclude` and `recent` against `user_ids`, then runs `compute(users, extra, recent)`
+        over chunks of config.batch_users users and concatenates the results (a chunk whose
+        `recent` is all empty gets None: the batch-history path, unchanged)."""
         user_ids = [str(u) for u in user_ids]
         if exclude is not None and len(exclude) != len(user_ids):
             raise InvalidRequestError(f"exclude has {len(exclude)} entries for {len(user_ids)} users")
+        if recent is not None and len(recent) != len(user_ids):
+            raise InvalidRequestError(f"recent has {len(recent)} entries for {len(user_ids)} users")
         out: list[CandidateSet] = []
         step = self.config.batch_users
         for lo in range(0, len(user_ids), step):
-            out.extend(compute(user_ids[lo:lo + step], exclude[lo:lo + step] if exclude is not None else None))
+            chunk_recent = recent[lo:lo + step] if recent is not None else None
+            if chunk_recent is not None and not any(len(r) for r in chunk_recent):
+                chunk_recent = None
+            out.extend(compute(user_ids[lo:lo + step], exclude[lo:lo + step] if exclude is not None else None,
+                               chunk_recent))
         return out
 
-    def _candidates_batch(self, user_ids: list[str], extra: Sequence[Collection[str]] | None) -> list[CandidateSet]:
-        queries = self.tower.embed_ids(self.features, user_ids)  # with its own history length
-        ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra)
-        return self.scorer.score(user_ids, ids, scores)
+    def _candidates_batch(self, user_ids: list[str], extra: Sequence[Collection[str]] | None,
+                          recent: Sequence[Sequence[str]] | None = None) -> list[CandidateSet]:
+        queries = self.tower.embed_ids(self.features, user_ids, recent)  # with its own history length
+        ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra,
+                               recent)
+        return self.scorer.score(user_ids, ids, scores, recent)
 
     # -- the same, shared between concurrent requests (serving/batcher.py) ---------------
-    def candidates_each(self, user_ids: Sequence[str],
-                        exclude: Sequence[Collection[str]] | None = None) -> list[CandidateSet]:
+    def candidates_each(self, user_ids: Sequence[str], exclude: Sequence[Collection[str]] | None = None,
+                        recent: Sequence[Sequence[str]] | None = None) -> list[CandidateSet]:
         """Each user's candidates bit for bit as `candidates([user])` computes them alone, in shared calls.
 
         Matrix kernels may round a row differently depending on how many rows share a call
@@ -195,30 +217,40 @@ class RecommendPipeline:
 
         Args and Returns: as `candidates`.
         """
-        return self._in_chunks(user_ids, exclude, self._candidates_each)
+        return self._in_chunks(user_ids, exclude, recent, self._candidates_each)
 
     def _candidates_each(self, user_ids: list[str], extra: Sequence[Collection[str]] | None,
+                         recent: Sequence[Sequence[str]] | None = None,
                          plan: BatchingPlan | None = None) -> list[CandidateSet]:
         plan = plan or self.batching_plan()
+
+        def recent_of(rows) -> list[Sequence[str]] | None:  # one-user calls get None for an empty recent,
+            if recent is None:                              # as `candidates([u])` does
+                return None
+            picked = [recent[i] for i in rows]
+            return picked if any(len(r) for r in picked) else None
+
         if plan.alone:
-            return [self._candidates_batch([u], None if extra is None else [extra[i]])[0]
+            return [self._candidates_batch([u], None if extra is None else [extra[i]], recent_of([i]))[0]
                     for i, u in enumerate(user_ids)]
         if not user_ids:
             return []
         c = plan.tower_rows
-        queries = np.concatenate([self.tower.embed_ids(self.features, user_ids[lo:lo + c])
-                                  for lo in range(0, len(user_ids), c)])
-        ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra)
+        queries = np.concatenate([self.tower.embed_ids(self.features, user_ids[lo:lo + c], recent_of(range(lo, min(
+            lo + c, len(user_ids))))) for lo in range(0, len(user_ids), c)])
+        ids, scores = retrieve(self.features, self.index, user_ids, queries, self.config.num_candidates, extra,
+                               recent)
         full = (ids != "").sum(axis=1) == ids.shape[1]
         shared = np.flatnonzero(full) if plan.rank_shared else np.zeros(0, dtype=np.int64)
         out: list[CandidateSet | None] = [None] * len(user_ids)
         if len(shared):
-            scored = self.scorer.score([user_ids[i] for i in shared], ids[shared], scores[shared])
+            scored = self.scorer.score([user_ids[i] for i in shared], ids[shared], scores[shared],
+                                       recent_of(shared.tolist()))
             for i, cands in zip(shared.tolist(), scored):
                 out[i] = cands
         for i, cands in enumerate(out):
             if cands is None:
-                out[i] = self.scorer.score([user_ids[i]], ids[i:i + 1], scores[i:i + 1])[0]
+                out[i] = self.scorer.score([user_ids[i]], ids[i:i + 1], scores[i:i + 1], recent_of([i]))[0]
         return out  # type: ignore[return-value]
 
     def batching_plan(self, sample_users: int = 24) -> BatchingPlan:
@@ -256,7 +288,7 @@ class RecommendPipeline:
         rank_shared = len(full) >= 2 and [c.to_bytes() for c in self.scorer.score(
             [users[i] for i in full], ids[full], scores[full])] == [alone[i] for i in full]
         plan = BatchingPlan(tower_rows=tower_rows, rank_shared=bool(rank_shared), alone=False)
-        got = [c.to_bytes() for c in self._candidates_each(users, None, plan)]
+        got = [c.to_bytes() for c in self._candidates_each(users, None, None, plan)]
         if got != alone:
             return BatchingPlan(tower_rows=1, rank_shared=False, alone=True)
         return plan
@@ -282,10 +314,11 @@ class RecommendPipeline:
         return np.asarray(cands.item_ids, dtype=object)[order], scores[order], order
 
     def recommend(self, user_ids: Sequence[str], k: int, weights: BlendWeights | None = None,
-                  exclude: Sequence[Collection[str]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                  exclude: Sequence[Collection[str]] | None = None,
+                  recent: Sequence[Sequence[str]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """candidates → blend_top_k for each user: [(item_ids [<=k], scores [<=k])]."""
         weights = weights or self.default_weights
-        cands = self.candidates(user_ids, exclude)
+        cands = self.candidates(user_ids, exclude, recent)
         return [self.blend_top_k(c, weights, k)[:2] for c in cands]
 
     # -- unknown users ------------------------------------------------------------------
@@ -379,18 +412,20 @@ def _fallback_candidates(features: FeatureStore, ids: np.ndarray, num_users: int
 
 
 def retrieve(features: FeatureStore, index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, n: int,
-             extra_exclude: Sequence[Collection[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS top-n for each user's query, the user's train-seen items (and `extra_exclude`) left out.
+             extra_exclude: Sequence[Collection[str]] | None = None,
+             recent: Sequence[Sequence[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS top-n for each user's query, the user's train-seen and `recent` items (and `extra_exclude`) left out.
 
     Args:
       user_ids: b raw user ids (whose seen items are excluded).
       queries: [b, d] user-tower embeddings.
       extra_exclude: None or b collections of further item ids to leave out.
+      recent: None or b sequences of the users' streamed engagements (also excluded).
 
     Returns:
       (item ids [b, n] object, "" in padded slots; scores [b, n] float32, -inf in padded slots).
     """
-    seen = features.seen_items(user_ids)
+    seen = features.seen_items(user_ids, recent)
     excluded = ([s | frozenset(map(str, e)) for s, e in zip(seen, extra_exclude)] if extra_exclude is not None
                 else seen)
     return index.search(queries, n, excluded)
@@ -416,18 +451,21 @@ class CandidateScorer:
         # tensors without a per-call conversion of every candidate row.
         self._item_features = _as_text(features.item_features(ids))
 
-    def score(self, user_ids: Sequence[str], ids: np.ndarray, scores: np.ndarray) -> list[CandidateSet]:
+    def score(self, user_ids: Sequence[str], ids: np.ndarray, scores: np.ndarray,
+              recent: Sequence[Sequence[str]] | None = None) -> list[CandidateSet]:
         """CandidateSets for b users from their retrieved candidates.
 
         Args:
           user_ids: b raw user ids.
           ids: [b, N] object candidate ids in retrieval order, "" in padded slots.
           scores: [b, N] float32 retrieval scores.
+          recent: None or b sequences of the users' streamed engagements, newest first, merged
+            into the ranker's history input (FeatureStore.history).
 
         Raises:
           ArtifactMismatchError: a candidate is not in the catalogue this scorer was built on.
         """
-        user_rows = _as_text(self.ranker.user_features(self.features, list(user_ids)))  # b rows, before repeating
+        user_rows = _as_text(self.ranker.user_features(self.features, list(user_ids), recent))  # b rows, unrepeated
         valid = ids != ""
         counts = valid.sum(axis=1)
         owner = np.repeat(np.arange(len(user_ids)), counts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -129,9 +129,11 @@ class Ranker:
     def history_length(self) -> int:
         return int(self.config.get("history_length", 0))
 
-    def user_features(self, features: FeatureStore, user_ids) -> dict[str, np.ndarray]:
-        """The user dict `score` takes: FeatureStore.user_features plus the history this ranker reads."""
-        return user_inputs(features, user_ids, self.history_length)
+    def user_features(self, features: FeatureStore, user_ids,
+                      recent: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+        """The user dict `score` takes: FeatureStore.user_features plus the history this ranker reads
+        (train items merged with `recent[i]`, user i's streamed engagements newest first, if given)."""
+        return user_inputs(features, user_ids, self.history_length, recent=recent)
 
     def score(self, user_features: Mapping[str, np.ndarray], item_features: Mapping[str, np.ndarray],
               batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:

@@ -55,23 +55,25 @@ def denormalize_quality(quality: np.ndarray, scale: tuple[float, float] = (RATIN
 
 
 def user_inputs(features: FeatureStore, user_ids: Sequence[str], history_length: int,
-                leave_out: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                leave_out: Sequence[str] | None = None,
+                recent: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
     """The user half of the ranker's input: `features.user_features(user_ids)` + history.
 
-    `history` [n] is each user's `history_length` most recent train-engaged item ids
-    (FeatureStore.history), joined with MULTI_VALUE_SEP; omitted when history_length is 0.
-    `leave_out[r]`, if given, is dropped from row r's history first: a training positive
-    must not see itself in its own history, because a served candidate never does (seen
-    items are excluded from candidates).
+    `history` [n] is each user's `history_length` most recent engaged item ids
+    (FeatureStore.history: train items, merged with `recent[r]`, row r's streamed
+    engagements newest first, when given), joined with MULTI_VALUE_SEP; omitted when
+    history_length is 0. `leave_out[r]`, if given, is dropped from row r's history first:
+    a training positive must not see itself in its own history, because a served candidate
+    never does (seen items are excluded from candidates).
     """
     out = features.user_features(user_ids)
     if history_length <= 0:
         return out
     if leave_out is None:
-        hist = features.history(user_ids, history_length)
+        hist = features.history(user_ids, history_length, recent)
         out[HISTORY] = np.array([MULTI_VALUE_SEP.join(h) for h in hist], dtype=object)
         return out
-    hist = features.history(user_ids, history_length + 1)
+    hist = features.history(user_ids, history_length + 1, recent)
     joined = []
     for h, item in zip(hist, leave_out):
         if item in h:

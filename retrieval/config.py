@@ -19,6 +19,7 @@ class TwoTowerConfig:
     user_features: bool = True       # use side features beyond user_id
     item_features: bool = True       # use side features beyond item_id
     history_length: int = 20         # user tower also reads the user's last N engaged item ids (0 = off)
+    user_id_dropout: float = 0.0     # share of training pairs whose user id is the OOV bucket (cold start; 0 = off)
     normalize: bool = True           # L2-normalise outputs, so scores are cosines / temperature
     temperature: float = 0.1         # softmax temperature (logits = scores / temperature)
     logq: bool = True                # sampling-bias (logQ) correction from train item frequencies
@@ -40,6 +41,8 @@ class TwoTowerConfig:
             raise ValueError(f"--temperature must be positive, got {self.temperature}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.user_id_dropout < 1.0:
+            raise ValueError(f"--user-id-dropout must be in [0, 1), got {self.user_id_dropout}")
         if self.patience < 0 or self.l2 < 0 or self.history_length < 0:
             raise ValueError("--patience, --l2 and --history-length must be >= 0")
 

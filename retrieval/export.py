@@ -142,14 +142,18 @@ class UserTower:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._fn(**args)["embedding"].numpy()
 
-    def user_inputs(self, features: FeatureStore, user_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    def user_inputs(self, features: FeatureStore, user_ids: Sequence[str],
+                    recent: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
         """The complete raw input for `user_ids`: `features.user_features` plus, when the tower
-        reads history, each user's last `history_length` train items (FeatureStore.history)."""
+        reads history, each user's last `history_length` engaged items (FeatureStore.history:
+        train items, merged with `recent[i]`, user i's streamed engagements newest first, if given)."""
         inputs = features.user_features(list(user_ids))
         if self.history_length:
-            inputs[HISTORY] = history_strings(features.history(list(user_ids), self.history_length))
+            inputs[HISTORY] = history_strings(features.history(list(user_ids), self.history_length, recent))
         return inputs
 
-    def embed_ids(self, features: FeatureStore, user_ids: Sequence[str]) -> np.ndarray:
-        """[b, d] embeddings for raw user ids (unknown ids use the OOV bucket and default features)."""
-        return self.embed(self.user_inputs(features, user_ids))
+    def embed_ids(self, features: FeatureStore, user_ids: Sequence[str],
+                  recent: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+        """[b, d] embeddings for raw user ids (unknown ids use the OOV bucket and default features;
+        `recent` as in `user_inputs`)."""
+        return self.embed(self.user_inputs(features, user_ids, recent))

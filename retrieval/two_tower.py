@@ -36,6 +36,11 @@ class Tower(keras.Model):
         self.normalize = config.normalize
         vocabs = features.vocabularies
         self.id_lookup = string_lookup(vocabs[self.id_name])
+        # Training only: this share of users are shown as the OOV id, so the OOV row is trained and the
+        # tower learns to embed a user from history and side features alone — what an unknown user
+        # with streamed events gets at serving time.
+        self.id_dropout = config.user_id_dropout if kind == "user" else 0.0
+        self._seed = config.seed
         self.id_embedding = keras.layers.Embedding(len(vocabs[self.id_name]), config.id_dim,
                                                    embeddings_regularizer=l2_regularizer(config.l2), name=f"{kind}_id_embedding")
         use = config.user_features if kind == "user" else config.item_features
@@ -69,8 +74,12 @@ class Tower(keras.Model):
         history = (HISTORY,) if self.history_bag is not None else ()
         return (self.id_name, *self.categorical, *self.multi, *self.text, *self.numeric, *history)
 
-    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        parts = [self.id_embedding(self.id_lookup(inputs[self.id_name]))]
+    def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        ids = self.id_lookup(inputs[self.id_name])
+        if training and self.id_dropout > 0:
+            drop = tf.random.uniform(tf.shape(ids), seed=self._seed) < self.id_dropout
+            ids = tf.where(drop, tf.zeros_like(ids), ids)
+        parts = [self.id_embedding(ids)]
         for c, layer in self.categorical.items():
             parts.append(layer(inputs[c]))
         for c, layer in self.multi.items():
@@ -111,8 +120,8 @@ class TwoTowerModel(tfrs.Model):
         self.task = tfrs.tasks.Retrieval(temperature=config.temperature, remove_accidental_hits=True)
 
     def compute_loss(self, inputs: dict, training: bool = False) -> tf.Tensor:
-        users = self.user_tower(inputs["user"])
-        items = self.item_tower(inputs["item"])
+        users = self.user_tower(inputs["user"], training=training)
+        items = self.item_tower(inputs["item"], training=training)
         # SamplingProbablityCorrection subtracts log(p); pass p = exp(log_q).
         q = tf.exp(inputs["log_q"]) if self.config.logq else None
         # Integer ids for accidental-hit removal: comparing [b, b] strings costs more than the step.

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline import CandidateSet
@@ -38,6 +38,7 @@ class _Pending:
     user_id: str
     deadline: float | None  # clock() time; None = no deadline
     enqueued: float
+    recent: Sequence[str] = ()  # the user's streamed engagements, newest first
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
 
 
@@ -77,10 +78,12 @@ class CandidateBatcher:
             thread.start()
 
     # -- request threads ----------------------------------------------------------------
-    def submit(self, model: Any, user_id: str, timeout: float | None = None) -> concurrent.futures.Future:
-        """Queues `user_id` for `model`; the future's result is its CandidateSet."""
+    def submit(self, model: Any, user_id: str, timeout: float | None = None,
+               recent: Sequence[str] = ()) -> concurrent.futures.Future:
+        """Queues `user_id` (with its streamed engagements `recent`, newest first) for `model`; the
+        future's result is its CandidateSet."""
         now = self._clock()
-        pending = _Pending(model, str(user_id), None if timeout is None else now + timeout, now)
+        pending = _Pending(model, str(user_id), None if timeout is None else now + timeout, now, tuple(recent))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the candidate batcher is closed")
@@ -88,13 +91,14 @@ class CandidateBatcher:
             self._cond.notify()
         return pending.future
 
-    def compute(self, model: Any, user_id: str, timeout: float | None = None) -> CandidateSet:
-        """`model.candidates([user_id])[0]`, computed in a shared `model.candidates_each` call.
+    def compute(self, model: Any, user_id: str, timeout: float | None = None,
+                recent: Sequence[str] = ()) -> CandidateSet:
+        """`model.candidates([user_id], recent=[recent])[0]`, computed in a shared `model.candidates_each` call.
 
         Raises concurrent.futures.TimeoutError after `timeout` seconds (the request's
         deadline) and whatever the batch's candidates() call raised.
         """
-        future = self.submit(model, user_id, timeout)
+        future = self.submit(model, user_id, timeout, recent)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -158,7 +162,11 @@ class CandidateBatcher:
     def _compute(self, group: list[_Pending]) -> None:
         start = self._clock()
         try:
-            results = group[0].model.candidates_each([p.user_id for p in group])
+            users = [p.user_id for p in group]
+            recent = [p.recent for p in group]
+            # Without streamed history the call is exactly the pre-streaming one.
+            results = (group[0].model.candidates_each(users, recent=recent) if any(recent)
+                       else group[0].model.candidates_each(users))
         except BaseException as e:  # every waiter gets the batch's error, as a lone call would raise it
             for p in group:
                 p.future.set_exception(e)

@@ -1,8 +1,12 @@
-"""A throwaway local redis-server: for `recsys serve-demo`, the tests and the benches.
+"""A local redis-server: for `recsys serve-demo`, the tests and the benches.
 
-No persistence (`--save ""`, no AOF), loopback only; stopping and starting it again gives
-an empty Redis on the same port, which is how the fault tests and the reliability bench
-simulate a Redis restart. Production points `recsys serve --redis-url` at a real Redis.
+Loopback only, no RDB snapshots. By default with the persistence the event log needs
+(feedback/log.py): the append-only file on, fsync every second (`--appendonly yes
+--appendfsync everysec`), so a crash (even kill -9) loses at most the last second of
+acknowledged writes and a restart in the same `workdir` replays the AOF. With
+`appendonly=False` nothing is written: stopping and starting it again gives an empty Redis
+on the same port (how the cache fault tests simulate a Redis restart). Production points
+`recsys serve --redis-url` at its own Redis, configured the same way (README, "Events").
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalRedis:
     """redis-server on 127.0.0.1:`port` (0 = a free port), writing nothing but its socket."""
 
-    def __init__(self, workdir: str | os.PathLike, port: int = 0) -> None:
+    def __init__(self, workdir: str | os.PathLike, port: int = 0, appendonly: bool = True) -> None:
         binary = shutil.which(REDIS_BINARY)
         if binary is None:
             raise FileNotFoundError(f"{REDIS_BINARY} is not installed: run scripts/setup.sh (it installs the "
@@ -33,6 +37,7 @@ class LocalRedis:
         self.binary = binary
         self.workdir = str(workdir)
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
 
     @property
@@ -40,11 +45,13 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
-        """Starts it and waits until it answers PING; RuntimeError if it does not within `timeout_s`."""
+        """Starts it and waits until it answers PING (after replaying its AOF, if any); RuntimeError if it
+        does not within `timeout_s`."""
         import redis
 
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
              "--dir", self.workdir, "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)

@@ -52,6 +52,7 @@ from typing import Any
 
 from core import registry
 from core.errors import RecsysError
+from feedback import EventLogConfig
 from serving.cache import CacheConfig
 from serving.hotswap import HotSwapConfig
 from serving.security import SecurityConfig
@@ -74,6 +75,7 @@ class FleetSpec:
     limits: RequestLimits
     hotswap: HotSwapConfig
     security: SecurityConfig
+    events: EventLogConfig = EventLogConfig()
     log_level: str = "INFO"
     log_format: str = "json"
     ready_timeout_s: float = 900.0  # a new generation that is not serving by then is refused
@@ -101,7 +103,8 @@ def _run_following_child(spec: FleetSpec, index: int) -> None:
 
     _setup_logging(spec, str(index))
     sys.exit(serve(lambda: resolve_version(spec.artifacts, spec.version), spec.child_server_config(index),
-                   spec.cache, spec.limits, verify=spec.verify, hotswap=spec.hotswap, security=spec.security))
+                   spec.cache, spec.limits, verify=spec.verify, hotswap=spec.hotswap, security=spec.security,
+                   events=spec.events))
 
 
 def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_dir: str, ready,
@@ -132,7 +135,7 @@ def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_
     if stop.is_set():
         sys.exit(0)
     server = RecommendServer(dataclasses.replace(spec.child_server_config(index), metrics_port=0), spec.cache,
-                             spec.limits, security=spec.security)
+                             spec.limits, security=spec.security, events=spec.events)
     server.set_model(model)
     server.start()
     if spec.server.metrics_port and metrics_port is not None:

@@ -12,11 +12,17 @@ priors blended with the request's weights, RecommendPipeline.popular_items) → 
 user's train items → ranker (both heads) → store → blend with the request's weights →
 drop excluded items → top-k. Concurrent misses share those model calls (serving/batcher.py,
 `batch_*` fields; answers identical to computing each user alone).
+
+With an event log (feedback/, `events`): LogEvents appends validated batches atomically; a
+user's engagement counter versions their cache key and their recent engagements are merged
+into the history of the computation; unknown users with engagements are personalised (EVENTS);
+every response gets a request_id and is queued as impressions (ARCHITECTURE.md, "Streaming features").
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
 import pathlib
@@ -34,6 +40,16 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Histogram
 
 from core.errors import ArtifactError, InvalidRequestError, ModelNotReadyError, RecsysError, UnknownItemError
+from feedback import (
+    Event,
+    EventLog,
+    EventLogConfig,
+    EventLogUnavailableError,
+    InvalidEventError,
+    ServedListLogger,
+    UserVersions,
+    validate_events,
+)
 from pipeline import CandidateSet
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
@@ -51,11 +67,23 @@ access_log = logging.getLogger("serving.access")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 FALLBACK = "fallback"
-_SOURCE_ENUM = {CACHE: pb.CACHE, PRECOMPUTED: pb.PRECOMPUTED, ONLINE: pb.ONLINE, FALLBACK: pb.FALLBACK}
+EVENTS = "events"  # an unknown user personalised from their logged engagements
+_SOURCE_ENUM = {CACHE: pb.CACHE, PRECOMPUTED: pb.PRECOMPUTED, ONLINE: pb.ONLINE, FALLBACK: pb.FALLBACK,
+                EVENTS: pb.EVENTS}
+_EVENT_TYPE = {pb.IMPRESSION: "impression", pb.ENGAGEMENT: "engagement", pb.RATING: "rating"}
 
 
 class DeadlineExceededError(RecsysError):
     """The request's deadline passed before its answer was ready."""
+
+
+class EventLogDisabledError(RecsysError):
+    """LogEvents on a server without an event log (no Redis configured)."""
+
+
+class _NoStreamedState(Exception):
+    """Inside a computation: the user's streamed history cannot be used (Redis down, or an unknown
+    user's events name no item the model knows); the request is answered without it."""
 
 
 _STATUS = {
@@ -63,6 +91,9 @@ _STATUS = {
     UnknownItemError: grpc.StatusCode.NOT_FOUND,
     ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    InvalidEventError: grpc.StatusCode.INVALID_ARGUMENT,
+    EventLogUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    EventLogDisabledError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -144,11 +175,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """
 
     def __init__(self, cache: CandidateCache, metrics: ServingMetrics, config: ServerConfig = ServerConfig(),
-                 limits: RequestLimits = RequestLimits()) -> None:
+                 limits: RequestLimits = RequestLimits(), events: EventLog | None = None,
+                 circuit_open_s: float = 1.0) -> None:
         self.cache = cache
         self.metrics = metrics
         self.config = config
         self.limits = limits
+        # The event log (feedback/): LogEvents, streamed history, served-list impressions. None = off.
+        self.events = events
+        self.versions = (UserVersions(events, events.config.versions_ttl_s, events.config.versions_max_entries).start()
+                         if events is not None else None)
+        self.served = ServedListLogger(events) if events is not None and events.config.log_served else None
+        self._events_down_until = 0.0  # streamed state is skipped (batch features only) until then
+        self._circuit_open_s = circuit_open_s
+        self._request_ids = itertools.count(1)
+        self._request_prefix = os.urandom(6).hex()  # unique per process: request ids never collide
+        if events is not None:
+            self._register_event_metrics()
         self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
         self.monitor = LiveMonitor(metrics.registry, config.monitor_window, config.monitor_max_age_s,
                                    config.monitor_min_samples, config.monitor_interval_s) if config.monitor else None
@@ -168,9 +211,32 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                             on_batch=on_batch)
 
     def close(self) -> None:
-        """Stops the batch worker (after the batches already queued)."""
+        """Stops the batch worker (after the batches already queued) and the event-log threads."""
         if self.batcher is not None:
             self.batcher.close()
+        if self.served is not None:
+            self.served.close()
+        if self.versions is not None:
+            self.versions.close()
+        if self.events is not None:
+            self.events.close()
+
+    def _register_event_metrics(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        r = self.metrics.registry
+        self.events_logged = Counter("recsys_events", "LogEvents events by result (accepted, duplicate)",
+                                     ["result"], registry=r)
+        self.events_faults = Counter("recsys_events_redis_faults",
+                                     "Event-log Redis failures by operation (append: UNAVAILABLE; read: the "
+                                     "request was served from batch features)", ["op"], registry=r)
+        served = self.served
+        if served is not None:
+            g = Gauge("recsys_served_lists", "Served lists logged as impressions, by result (written, dropped "
+                      "when the queue was full, failed when Redis refused them)", ["result"], registry=r)
+            g.labels("written").set_function(lambda: served.written)
+            g.labels("dropped").set_function(lambda: served.dropped)
+            g.labels("failed").set_function(lambda: served.failed)
 
     # -- model lifecycle ----------------------------------------------------------------
     @property
@@ -208,6 +274,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def SimilarItems(self, request: pb.SimilarItemsRequest,
                      context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         return self._handle("SimilarItems", self._similar_items, request, context)
+
+    def LogEvents(self, request: pb.LogEventsRequest, context: grpc.ServicerContext) -> pb.LogEventsResponse:
+        return self._handle("LogEvents", self._log_events, request, context)
 
     def _handle(self, method: str, fn: Callable, request, context: grpc.ServicerContext):
         start = time.perf_counter()
@@ -249,52 +318,148 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
           time_left: seconds until the caller's deadline; None = no deadline.
 
         Returns:
-          (response, source) with source one of cache, precomputed, online, fallback.
+          (response, source) with source one of cache, precomputed, online, fallback, events. The
+          response carries a new request_id, and the served list is queued for the event log.
         """
+        response, source, weights, shared, item_ids = self._answer(query, time_left)
+        request_id = f"{self._request_prefix}-{next(self._request_ids):x}"
+        if shared:  # a memoized message is shared between requests: stamp a copy
+            stamped = pb.RecommendResponse()
+            stamped.CopyFrom(response)
+            response = stamped
+        response.request_id = request_id
+        if self.served is not None:
+            self.served.log(request_id, query.user_id, item_ids, response.model_version, source, weights)
+        return response, source
+
+    def _user_version(self, user_id: str) -> int:
+        """The user's engagement counter (0 = none, or the event log is off or unreachable)."""
+        if self.versions is None or (self._events_down_until and time.monotonic() < self._events_down_until):
+            return 0
+        try:
+            version = self.versions.get(user_id)
+        except EventLogUnavailableError as e:
+            self._events_fault("read", e)
+            return 0
+        self._events_down_until = 0.0
+        return version
+
+    def _events_fault(self, op: str, e: Exception) -> None:
+        if not self._events_down_until or time.monotonic() >= self._events_down_until:
+            log.warning("event log %s failed (%s); serving from batch features for %.1fs", op, e,
+                        self._circuit_open_s, extra={"event": "events_fault", "op": op})
+        self._events_down_until = time.monotonic() + self._circuit_open_s
+        self.events_faults.labels(op).inc()
+
+    def _answer(self, query: RecommendQuery, time_left: float | None
+                ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+        """(response, source, weights, shared, item ids): `shared` = a memoized message other requests also
+        get; the item ids are the response's, kept beside it (reading them back from the message costs
+        more than the rest of a cache hit)."""
         serving = self._serving
         if serving is None:
             raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
         model, defaults = serving
         weights = defaults if query.weights is None else query.weights.resolve(defaults)
-        if not model.is_known_user(query.user_id):
+        user = query.user_id
+        known = model.is_known_user(user)
+        # A user's engagement counter versions their cached candidates: a new engagement moves the
+        # user to a new cache key (ARCHITECTURE.md, "Streaming features").
+        version = self._user_version(user)
+        if not known and version == 0:
             self.metrics.fallbacks.inc()
-            return self._fallback(model, weights, query), FALLBACK
+            return self._fallback(model, weights, query)
         if time_left is not None and time_left <= self.config.min_deadline_s:
             raise DeadlineExceededError("the deadline passed before the request could be served")
+        try:
+            return self._answer_candidates(model, weights, query, time_left, known, version)
+        except _NoStreamedState:
+            if known:  # Redis failed while reading the history: batch features only
+                return self._answer_candidates(model, weights, query, time_left, known, 0)
+            self.metrics.fallbacks.inc()
+            return self._fallback(model, weights, query)
+
+    def _answer_candidates(self, model: Any, weights: BlendWeights, query: RecommendQuery, time_left: float | None,
+                           known: bool, version: int) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+        user = query.user_id
         # Models without candidates_each (test doubles wrapping a pipeline) compute alone, as unbatched.
         batcher = self.batcher if hasattr(type(model), "candidates_each") else None
-        if batcher is None:
-            def compute() -> CandidateSet:
-                return model.candidates([query.user_id])[0]
-        else:
-            def compute() -> CandidateSet:
-                return batcher.compute(model, query.user_id, time_left)
+
+        def compute() -> CandidateSet:
+            recent: list[str] = []
+            if version:
+                try:
+                    recent = self.events.recent(user)
+                except EventLogUnavailableError as e:
+                    self._events_fault("read", e)
+                    raise _NoStreamedState() from e
+                if not known and not model.personalisable(user, recent):
+                    raise _NoStreamedState()
+            if batcher is not None:
+                return batcher.compute(model, user, time_left, recent=recent)
+            return (model.candidates([user], recent=[recent]) if recent else model.candidates([user]))[0]
+
+        cache_user = user if version == 0 else f"{user}{_VERSION_SEP}{version}"
         try:
-            entry, source = self.cache.get_or_compute(model.model_version, query.user_id, compute, timeout=time_left)
+            entry, source = self.cache.get_or_compute(model.model_version, cache_user, compute, timeout=time_left)
         except concurrent.futures.TimeoutError as e:
             raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
+        shown = source if known else EVENTS
         # With nothing excluded the answer depends only on (entry, weights, k), so a cached entry
         # memoizes its response per request shape: a repeat is neither re-blended nor rebuilt.
         # Memoized messages are shared between requests and never mutated after this point.
         key = (weights, query.num_results) if not query.exclude and not query.explain else None
         if key is not None and source == entry.source:
-            response = entry.memo.get(key)
-            if response is not None:
-                return response, source
+            memo = entry.memo.get(key)  # (response, its item ids)
+            if memo is not None:
+                return memo[0], shown, weights, True, memo[1]
         items = _blended_items(model, entry.candidates, weights, query)
+        item_ids = [item.item_id for item in items]
         response = pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
-                                        source=_SOURCE_ENUM[source], blend=_blend_pb(weights),
+                                        source=_SOURCE_ENUM[shown], blend=_blend_pb(weights),
                                         engagement_calibrated=bool(model.engagement_calibrated))
-        if key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE:
-            entry.memo[key] = response
-        return response, source
+        memoized = key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE
+        if memoized:
+            entry.memo[key] = (response, item_ids)
+        return response, shown, weights, memoized, item_ids
 
-    def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery) -> pb.RecommendResponse:
-        """The catalogue's train priors (model.fallback_candidates) blended like any candidates."""
+    def _log_events(self, request: pb.LogEventsRequest, context: grpc.ServicerContext):
+        events_log = self.events
+        if events_log is None:
+            raise EventLogDisabledError("this server has no event log: start it with --redis-url (or "
+                                        "--events-redis-url)")
+        cfg = events_log.config
+        size = request.ByteSize()
+        if size > cfg.max_batch_bytes:
+            raise InvalidRequestError(f"the batch is {size} bytes; the maximum is {cfg.max_batch_bytes} "
+                                      "(--events-max-batch-bytes): split it")
+        if len(request.events) > cfg.max_batch_events:  # before converting a huge batch
+            raise InvalidRequestError(f"events has {len(request.events)} entries; the maximum per batch is "
+                                      f"{cfg.max_batch_events}")
+        events = [Event(e.event_id, e.user_id, e.item_id, _event_type(e.type), e.timestamp,
+                        e.value if e.HasField("value") else None, e.request_id, e.position) for e in request.events]
+        validate_events(events, cfg.max_batch_events, cfg.max_id_length)
+        try:
+            accepted, duplicates, bumped = events_log.append(events)
+        except EventLogUnavailableError as e:
+            self.events_faults.labels("append").inc()
+            log.warning("LogEvents: %s", e, extra={"event": "events_fault", "op": "append"})
+            raise
+        for user, version in bumped.items():  # this process sees the new history at once
+            self.versions.bump(user, version)
+        self.events_logged.labels("accepted").inc(accepted)
+        self.events_logged.labels("duplicate").inc(duplicates)
+        return pb.LogEventsResponse(accepted=accepted, duplicates=duplicates), "events"
+
+    def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery
+                  ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+        """The catalogue's train priors (model.fallback_candidates) blended like any candidates:
+        (response, FALLBACK, the weights used, False (not shared), item ids), as _answer returns."""
         weights = model.fallback_weights(weights)  # popularity alone for a version without the quality prior
         items = _blended_items(model, model.fallback_candidates, weights, query, retrieved=False)
-        return pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
-                                    blend=_blend_pb(weights), engagement_calibrated=False)
+        return (pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
+                                     blend=_blend_pb(weights), engagement_calibrated=False),
+                FALLBACK, weights, False, [item.item_id for item in items])
 
     def _similar_items(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
         item_id, k = validate_similar(request, self.limits)
@@ -303,6 +468,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         response = pb.SimilarItemsResponse(model_version=model.model_version)
         response.items.extend(pb.SimilarItem(item_id=str(i), score=float(s)) for i, s in zip(ids, scores) if i != "")
         return response, "index"
+
+
+# Separates a user id from their engagement counter in cache keys; ids are printable (serving/validation.py).
+_VERSION_SEP = "\x1f"
+
+
+def _event_type(value: int) -> str:
+    """recsys.v1.EventType → feedback's type name; an unknown or unset value keeps its proto name (then refused)."""
+    known = _EVENT_TYPE.get(value)
+    if known is not None:
+        return known
+    return pb.EventType.Name(value) if value in pb.EventType.values() else f"EventType {value}"
 
 
 def _time_left(context: grpc.ServicerContext) -> float | None:
@@ -364,7 +541,7 @@ class RecommendServer:
     def __init__(self, config: ServerConfig = ServerConfig(), cache_config: CacheConfig = CacheConfig(),
                  limits: RequestLimits = RequestLimits(), metrics: ServingMetrics | None = None,
                  extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
-                 security: SecurityConfig = SecurityConfig()) -> None:
+                 security: SecurityConfig = SecurityConfig(), events: EventLogConfig = EventLogConfig()) -> None:
         self.config = config
         if config.tf_intra_op_threads or config.tf_inter_op_threads:
             from core.tf_env import limit_threads  # imports TensorFlow, which loading a model does anyway
@@ -381,7 +558,10 @@ class RecommendServer:
             faiss.omp_set_num_threads(config.faiss_threads)
         self.metrics = metrics or ServingMetrics()
         self.cache = CandidateCache.from_config(cache_config, self.metrics)
-        self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits)
+        events_url = events.redis_url or cache_config.redis_url  # no Redis at all = no event log
+        self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits,
+                                            EventLog(events_url, events) if events_url else None,
+                                            cache_config.circuit_open_s)
         self.health = health.HealthServicer()
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
         self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
@@ -453,7 +633,8 @@ class RecommendServer:
 def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: ServerConfig = ServerConfig(),
           cache_config: CacheConfig = CacheConfig(), limits: RequestLimits = RequestLimits(),
           verify: bool = True, on_ready: Callable[[RecommendServer], None] | None = None,
-          hotswap: HotSwapConfig = HotSwapConfig(), security: SecurityConfig = SecurityConfig()) -> int:
+          hotswap: HotSwapConfig = HotSwapConfig(), security: SecurityConfig = SecurityConfig(),
+          events: EventLogConfig = EventLogConfig()) -> int:
     """Runs the server until SIGTERM/SIGINT; returns 0 after a graceful stop.
 
     The port opens at once with health NOT_SERVING; the model loads in the background
@@ -463,7 +644,7 @@ def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: S
     `hotswap.watch_interval_s` and swaps the same way (serving/hotswap.py).
     """
     resolve = version_dir if callable(version_dir) else (lambda: pathlib.Path(version_dir))
-    server = RecommendServer(config, cache_config, limits, security=security).start()
+    server = RecommendServer(config, cache_config, limits, security=security, events=events).start()
     watcher = RegistryWatcher(resolve, set_model=server.set_model, served_version=server.served_version,
                               metrics=server.metrics, config=hotswap, verify=verify)
     failed: list[BaseException] = []

@@ -121,11 +121,12 @@ from serving.local_redis import LocalRedis, free_port  # noqa: E402,F401  (free_
 
 
 class RedisServer(LocalRedis):
-    """serving.local_redis.LocalRedis, with its errors reported as test failures."""
+    """serving.local_redis.LocalRedis, with its errors reported as test failures. Without persistence unless
+    `appendonly`: a restart gives an empty Redis (what the cache fault tests rely on)."""
 
-    def __init__(self, workdir) -> None:
+    def __init__(self, workdir, appendonly: bool = False) -> None:
         try:
-            super().__init__(workdir)
+            super().__init__(workdir, appendonly=appendonly)
         except FileNotFoundError as e:
             pytest.fail(f"{e} — these tests need a real Redis")
 

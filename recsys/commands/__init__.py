@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batch-score": ("recsys.commands.batch_score",
                     "precompute every user's candidates and scores with Beam (→ Redis, Parquet)"),
     "monitor": ("recsys.commands.monitor", "offline drift report (PSI / KS per feature) between two data windows"),
+    "events": ("recsys.commands.events", "export the event log (LogEvents, served lists) to Parquet"),
     "versions": ("recsys.commands.versions", "list trained artifact versions and the current one"),
     "promote": ("recsys.commands.versions", "point CURRENT at a version (verified first; atomic)"),
     "demo": ("recsys.commands.demo", "run the whole system end to end on MovieLens-100k"),

@@ -90,6 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "sweep_blend": "also sweep the trained pipeline's blend: weights (1-α, α) for each quality share α "
                            "('0:1:11' = 11 values, or '0,0.5,1'); writes sweep.png/json/csv of the engagement metric "
                            "against the quality metrics into --report-dir, from one trained ranker"},
+            "models.pipeline": {
+                "events": "event table (`recsys events export --output` directory, or a Parquet/CSV file with "
+                          "user_id, item_id, timestamp and engaged or type): each test user's engagements in it "
+                          "are merged into their history and excluded, as the server does with its live events",
+                "events_before": "with --pipeline-events: only events with timestamp < this (seconds); 0 = each "
+                                 "user's events before their own first test interaction"},
             **{f"data.{k}": v for k, v in DATA_HELP.items()}},
         skip={f"models.{name}": _FILLED_FROM_VERSION for name in MODEL_FACTORIES},
         description="Full-catalogue top-k for every test user with train items excluded; prints one table "

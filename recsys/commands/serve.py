@@ -12,6 +12,7 @@ from typing import Literal
 
 from core.config import config_to_dict, section
 from core.registry import default_root, resolve_version
+from feedback import EventLogConfig
 from recsys.commands import add_command
 from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig
 
@@ -38,6 +39,7 @@ class ServeConfig:
     limits: RequestLimits = section(RequestLimits, title="request limits")
     hotswap: HotSwapConfig = section(HotSwapConfig, title="hot swap")
     security: SecurityConfig = section(SecurityConfig, title="security")
+    events: EventLogConfig = section(EventLogConfig, prefix="events_", title="event log (LogEvents, streamed history)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tls_key": "PEM server private key", "tls_client_ca": "PEM CA for client certificates (mutual TLS)",
             "auth_tokens_file": "file of accepted bearer tokens, one per line",
             "auth_tokens_env": "environment variable with comma-separated accepted tokens",
-            "max_message_bytes": "largest request/response message"}},
+            "max_message_bytes": "largest request/response message"},
+        "events": {
+            "redis_url": "Redis holding the event log (empty = --redis-url; both empty = no event log)",
+            "stream_key": "the Redis stream; its dedupe, counter and channel keys share this prefix",
+            "max_len": "log entries kept (approximate trim): export more often than it fills",
+            "dedupe_ttl_s": "seconds an event id is remembered (a replay within it writes nothing)",
+            "recent_length": "streamed engagements kept per user, newest first",
+            "recent_ttl_s": "a user's streamed history expires this long after their last event",
+            "max_batch_events": "events per LogEvents call", "max_batch_bytes": "LogEvents request bytes",
+            "max_id_length": "event/user/item/request id bytes",
+            "timeout_s": "per Redis command of LogEvents (slower: UNAVAILABLE)",
+            "read_timeout_s": "per Redis read of a user's counter or history on the Recommend path",
+            "log_served": "log every served list as impressions (--no-events-log-served: off)",
+            "served_queue": "served lists queued for writing; beyond it they are dropped and counted",
+            "served_flush_s": "the served-list writer sends what queued this often, in one Redis call",
+            "versions_ttl_s": "a process trusts its copy of a user's engagement counter this long",
+            "versions_max_entries": "users' counters kept per process"}},
         description="Starts the gRPC Recommender server for a trained version: health (grpc.health.v1), "
                     "reflection, Prometheus metrics, Redis or in-process candidate cache. SIGTERM stops it "
                     "gracefully; SIGHUP reloads the version the registry points at. Data and split settings are "
@@ -106,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The serving tour: starts a local redis-server (in-process cache if none is installed) and "
                     "the gRPC server on free ports, calls Recommend for a known user (online, then cached, then "
                     "re-weighted from the same cache entry), an unknown user (popularity fallback) and "
-                    "SimilarItems, then shuts everything down.")
+                    "SimilarItems; then logs events (LogEvents) for a known user and shows the next list change, "
+                    "and personalises a brand-new user from three events; then shuts everything down.")
 
 
 def _root(artifacts: str) -> str:
@@ -126,19 +145,20 @@ def run_serve(config: ServeConfig, args: argparse.Namespace) -> int:
     log.info("starting", extra={"event": "config", "version_dir": str(version_dir),
                                 "server": config_to_dict(config.server), "cache": config_to_dict(config.cache),
                                 "limits": config_to_dict(config.limits), "hotswap": config_to_dict(config.hotswap),
-                                "security": config_to_dict(config.security)})
+                                "security": config_to_dict(config.security),
+                                "events": config_to_dict(config.events)})
     if config.server.processes > 1 or config.hotswap.swap_mode == "blue_green":
         from serving.processes import FleetSpec, serve_processes
 
         return serve_processes(FleetSpec(root, run.version, run.verify, config.server, config.cache,
-                                         config.limits, config.hotswap, config.security,
+                                         config.limits, config.hotswap, config.security, config.events,
                                          logging.getLevelName(logging.getLogger().level), run.log_format))
 
     def resolve():
         return resolve_version(root, run.version)
 
     return serve(resolve, config.server, config.cache, config.limits, verify=run.verify, hotswap=config.hotswap,
-                 security=config.security)
+                 security=config.security, events=config.events)
 
 
 def _start_local_redis(workdir: str):
@@ -177,6 +197,51 @@ def _response_rows(response) -> list[dict]:
     return [{"rank": n, "item_id": i.item_id, "score": i.score, "engagement": f"{i.engagement:.4g}",
              "quality": f"{i.quality:.4f}", "source": source, "model_version": response.model_version}
             for n, i in enumerate(response.items, 1)]
+
+
+def _demo_events(stub, user: str, k: int, titles) -> None:
+    """The loop closing: a known user's engagements change their very next list; a brand-new user
+    is personalised from three events (Source EVENTS instead of FALLBACK)."""
+    import time
+
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    def show(request: pb.RecommendRequest, title: str) -> pb.RecommendResponse:
+        print(f"\n$ recsys recommend --user {request.user_id} -k {request.num_results}\n# {title}")
+        response = stub.Recommend(request, timeout=60)
+        _demo_table(_response_rows(response), titles)
+        return response
+
+    def log_events(events: list, title: str) -> pb.LogEventsResponse:
+        print(f"\n$ LogEvents  # {title}")
+        for e in events:
+            print(f"  {pb.EventType.Name(e.type).lower():<10} user {e.user_id} item {e.item_id}"
+                  + (f" (request {e.request_id}, position {e.position})" if e.request_id else ""))
+        reply = stub.LogEvents(pb.LogEventsRequest(events=events), timeout=10)
+        print(f"  → accepted {reply.accepted}, duplicates {reply.duplicates}")
+        return reply
+
+    now = int(time.time())
+    before = stub.Recommend(pb.RecommendRequest(user_id=user, num_results=k), timeout=60)
+    picked = before.items[:2]
+    events = [pb.Event(event_id=f"demo-{user}-{n}", user_id=user, item_id=item.item_id, type=pb.ENGAGEMENT,
+                       timestamp=now, request_id=before.request_id, position=n + 1) for n, item in enumerate(picked)]
+    print(f"\n# closing the loop: every response has a request_id (this one {before.request_id!r}) and the server "
+          "logged it as impressions; the client reports what the user did with it")
+    log_events(events, f"user {user} engages with the first two items of that list")
+    after = show(pb.RecommendRequest(user_id=user, num_results=k),
+                 f"user {user} right after: recomputed with the two engagements as newest history (merged with the "
+                 "batch history), the engaged items gone")
+    kept = len({i.item_id for i in after.items} & {i.item_id for i in before.items})
+    print(f"# {k - kept} of {k} items changed")
+    log_events(events, "the same batch again (a client retry): nothing changes")
+    newcomer = "new-user-demo"
+    show(pb.RecommendRequest(user_id=newcomer, num_results=k), "a brand-new user: the fallback")
+    seeds = [pb.Event(event_id=f"demo-{newcomer}-{n}", user_id=newcomer, item_id=item.item_id, type=pb.ENGAGEMENT,
+                      timestamp=now + n) for n, item in enumerate(before.items[2:5])]
+    log_events(seeds, f"{newcomer} engages with three items")
+    show(pb.RecommendRequest(user_id=newcomer, num_results=k),
+         f"{newcomer} after three events: personalised from them (source EVENTS), not the fallback")
 
 
 def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
@@ -248,6 +313,8 @@ def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
                     _demo_table([{"rank": n, "item_id": i.item_id, "score": i.score, "engagement": "-",
                                   "quality": "-", "source": "INDEX", "model_version": similar.model_version}
                                  for n, i in enumerate(similar.items, 1)], titles)
+                if redis_url:
+                    _demo_events(stub, users[0], k, titles)
             m = server.metrics
             print(f"\nmetrics: cache hit ratio {m.value('recsys_cache_hit_ratio'):.2f}, online computations "
                   f"{m.value('recsys_online_computations_total'):.0f}, fallbacks "

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SMALL = ["--source", "synthetic", *TINY_SYNTHETIC]
 K = 10
-SOURCE = re.compile(r"\b(ONLINE|CACHE|PRECOMPUTED|FALLBACK|INDEX)\s+\S+\s*$")
+SOURCE = re.compile(r"\b(ONLINE|CACHE|PRECOMPUTED|FALLBACK|EVENTS|INDEX)\s+\S+\s*$")
 
 
 def _sources(serve_output: str) -> list[tuple[str, set[str]]]:
@@ -102,4 +102,7 @@ def test_the_demo_runs_end_to_end_on_a_small_synthetic_dataset(tmp_path: pathlib
     assert [sources for _, sources in blocks[3:6]] == [{"ONLINE"}, {"CACHE"}, {"CACHE"}]
     assert blocks[6] == ("--user no-such-user -k 5", {"FALLBACK"})
     assert blocks[7][1] == {"INDEX"}
+    # Events (issue 13): the user's next list is recomputed with the engagements; a new user gets EVENTS.
+    assert [sources for _, sources in blocks[8:]] == [{"ONLINE"}, {"FALLBACK"}, {"EVENTS"}]
+    assert "→ accepted 2, duplicates 0" in served and "→ accepted 0, duplicates 2" in served
     assert "stopped the server and redis-server" in served

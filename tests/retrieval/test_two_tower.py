@@ -256,3 +256,24 @@ def test_train_two_tower_needs_a_validator_when_the_split_has_validation_rows(sm
     features = fit_feature_store(small_synthetic, split.train)
     with pytest.raises(ValueError, match="retrieval_validator"):
         train_two_tower(features, split, TINY)
+
+
+def test_user_id_dropout_shows_a_share_of_training_users_as_the_oov_id_and_never_at_inference(small_synthetic):
+    from core.tf_env import tf
+    from retrieval.two_tower import Tower
+
+    split = split_interactions(small_synthetic.interactions, SplitConfig())
+    features = fit_feature_store(small_synthetic, split.train)
+    tf.random.set_seed(0)
+    tower = Tower(features, "user", TwoTowerConfig(**{**TINY.__dict__, "user_id_dropout": 0.5}))
+    users = sorted(features.seen)[:400]
+    raw = {k: tf.constant(v.astype(str) if v.dtype == object else v.astype("float32"))
+           for k, v in features.user_features(users).items()}
+    as_oov = {**raw, "user_id": tf.constant(["never-seen"] * len(users))}
+    oov = tower(as_oov, training=False).numpy()
+    inference = tower(raw, training=False).numpy()
+    dropped = np.all(np.isclose(tower(raw, training=True).numpy(), oov), axis=1)
+    assert not np.all(np.isclose(inference, oov), axis=1).any()
+    assert 0.35 < dropped.mean() < 0.65
+    with pytest.raises(ValueError, match="--user-id-dropout must be in"):
+        TwoTowerConfig(user_id_dropout=1.0)

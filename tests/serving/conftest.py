@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.config import parse_config
+from feedback import EventLogConfig
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving import CacheConfig, RecommendServer, ServerConfig
 from tests.conftest import TINY_SYNTHETIC
@@ -31,13 +32,14 @@ def known_users(pipeline) -> list[str]:
 
 @pytest.fixture
 def start(pipeline):
-    """start(redis_url="", model=pipeline, cache={...}, **ServerConfig overrides) -> (server, stub): a real
-    gRPC server on a free loopback port (4 handler threads unless overridden); all stopped afterwards."""
+    """start(redis_url="", model=pipeline, cache={...}, events={...}, **ServerConfig overrides) -> (server, stub):
+    a real gRPC server on a free loopback port (4 handler threads unless overridden); all stopped afterwards."""
     started = []
 
-    def _start(redis_url: str = "", model=None, cache: dict | None = None, **overrides):
+    def _start(redis_url: str = "", model=None, cache: dict | None = None, events: dict | None = None, **overrides):
         config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "workers": 4, "metrics_port": 0, **overrides})
-        server = RecommendServer(config, CacheConfig(redis_url=redis_url, **(cache or {}))).start()
+        server = RecommendServer(config, CacheConfig(redis_url=redis_url, **(cache or {})),
+                                 events=EventLogConfig(**(events or {}))).start()
         server.set_model(model if model is not None else pipeline)
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         started.append((server, channel))

@@ -114,14 +114,19 @@ def test_serve_demo_shows_online_cache_reweighted_and_fallback_answers(trained_v
     out = capsys.readouterr().out
     assert "cache: redis-server started" in out and "health: SERVING" in out
     sections = out.split("\n$ recsys recommend ")[1:]
-    assert len(sections) == 2 * 3 + 2  # two known users × (online, cached, re-weighted), fallback, similar items
+    # two known users × (online, cached, re-weighted), fallback, similar items; then the events part: the
+    # first user after two engagements, a brand-new user before and after three events
+    assert len(sections) == 2 * 3 + 2 + 3
     rows = [[line.split() for line in s.splitlines()[3:] if line.split()[:1] and line.split()[0].isdigit()]
             for s in sections]
     sources = [[row[-2] for row in r] for r in rows]
     assert [set(s) for s in sources[:6]] == [{"ONLINE"}, {"CACHE"}, {"CACHE"}] * 2
     assert sources[6] == ["FALLBACK"] * 5 and sources[7] == ["INDEX"] * 5
+    assert sources[8:] == [["ONLINE"] * 5, ["FALLBACK"] * 5, ["EVENTS"] * 5]
+    engaged = {row[1] for row in rows[1][:2]}  # the two items the user engaged with (top of the cached list)
+    assert not engaged & {row[1] for row in rows[8]}
     assert all(row[-1] == trained_version.name for r in rows for row in r)
-    assert "online computations 2, fallbacks 1, Redis faults 0" in out
+    assert "online computations 4, fallbacks 2, Redis faults 0" in out
     assert out.rstrip().endswith("stopped the server and redis-server")
 
 

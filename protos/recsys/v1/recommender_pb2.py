@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\x85\x01\n\x0c\x42lendWeights\x12\x12\n\nengagement\x18\x01 \x01(\x01\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.recsys.v1.BlendMode\x12,\n\ttransform\x18\x04 \x01(\x0e\x32\x19.recsys.v1.BlendTransform\"\xf8\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_results\x18\x02 \x01(\x05\x12(\n\x07weights\x18\x03 \x01(\x0b\x32\x17.recsys.v1.BlendWeights\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x39\n\x07\x63ontext\x18\x05 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0b\x45xplanation\x12\x17\n\x0fretrieval_score\x18\x01 \x01(\x02\x12\x16\n\x0eretrieval_rank\x18\x02 \x01(\x05\x12\x17\n\x0f\x65ngagement_rank\x18\x03 \x01(\x05\x12\x14\n\x0cquality_rank\x18\x04 \x01(\x05\x12\x12\n\nblend_rank\x18\x05 \x01(\x05\"\x9b\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nengagement\x18\x03 \x01(\x02\x12\x0f\n\x07quality\x18\x04 \x01(\x02\x12+\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x16.recsys.v1.Explanation\x12\x16\n\x0equality_rating\x18\x06 \x01(\x02\"\xbf\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\x12&\n\x05\x62lend\x18\x04 \x01(\x0b\x32\x17.recsys.v1.BlendWeights\x12\x1d\n\x15\x65ngagement_calibrated\x18\x05 \x01(\x08\";\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_results\x18\x02 \x01(\x05\"-\n\x0bSimilarItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"T\n\x14SimilarItemsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.recsys.v1.SimilarItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t*I\n\tBlendMode\x12\x1a\n\x16\x42LEND_MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x44\x44ITIVE\x10\x01\x12\x12\n\x0eMULTIPLICATIVE\x10\x02*S\n\x0e\x42lendTransform\x12\x1f\n\x1b\x42LEND_TRANSFORM_UNSPECIFIED\x10\x00\x12\x0c\n\x08IDENTITY\x10\x01\x12\x07\n\x03LOG\x10\x02\x12\t\n\x05LOGIT\x10\x03*V\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\t\n\x05\x43\x41\x43HE\x10\x01\x12\x0f\n\x0bPRECOMPUTED\x10\x02\x12\n\n\x06ONLINE\x10\x03\x12\x0c\n\x08\x46\x41LLBACK\x10\x04\x32\xa6\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\x85\x01\n\x0c\x42lendWeights\x12\x12\n\nengagement\x18\x01 \x01(\x01\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.recsys.v1.BlendMode\x12,\n\ttransform\x18\x04 \x01(\x0e\x32\x19.recsys.v1.BlendTransform\"\xf8\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_results\x18\x02 \x01(\x05\x12(\n\x07weights\x18\x03 \x01(\x0b\x32\x17.recsys.v1.BlendWeights\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x39\n\x07\x63ontext\x18\x05 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x81\x01\n\x0b\x45xplanation\x12\x17\n\x0fretrieval_score\x18\x01 \x01(\x02\x12\x16\n\x0eretrieval_rank\x18\x02 \x01(\x05\x12\x17\n\x0f\x65ngagement_rank\x18\x03 \x01(\x05\x12\x14\n\x0cquality_rank\x18\x04 \x01(\x05\x12\x12\n\nblend_rank\x18\x05 \x01(\x05\"\x9b\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nengagement\x18\x03 \x01(\x02\x12\x0f\n\x07quality\x18\x04 \x01(\x02\x12+\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x16.recsys.v1.Explanation\x12\x16\n\x0equality_rating\x18\x06 \x01(\x02\"\xd3\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\x12&\n\x05\x62lend\x18\x04 \x01(\x0b\x32\x17.recsys.v1.BlendWeights\x12\x1d\n\x15\x65ngagement_calibrated\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\";\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_results\x18\x02 \x01(\x05\"-\n\x0bSimilarItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"T\n\x14SimilarItemsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.recsys.v1.SimilarItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xb6\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\ttimestamp\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x05\x42\x08\n\x06_value\"4\n\x10LogEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"9\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*I\n\tBlendMode\x12\x1a\n\x16\x42LEND_MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x44\x44ITIVE\x10\x01\x12\x12\n\x0eMULTIPLICATIVE\x10\x02*S\n\x0e\x42lendTransform\x12\x1f\n\x1b\x42LEND_TRANSFORM_UNSPECIFIED\x10\x00\x12\x0c\n\x08IDENTITY\x10\x01\x12\x07\n\x03LOG\x10\x02\x12\t\n\x05LOGIT\x10\x03*b\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\t\n\x05\x43\x41\x43HE\x10\x01\x12\x0f\n\x0bPRECOMPUTED\x10\x02\x12\n\n\x06ONLINE\x10\x03\x12\x0c\n\x08\x46\x41LLBACK\x10\x04\x12\n\n\x06\x45VENTS\x10\x05*S\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nIMPRESSION\x10\x01\x12\x0e\n\nENGAGEMENT\x10\x02\x12\n\n\x06RATING\x10\x03\x32\xee\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12\x46\n\tLogEvents\x12\x1b.recsys.v1.LogEventsRequest\x1a\x1c.recsys.v1.LogEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_BLENDMODE']._serialized_start=1107
-  _globals['_BLENDMODE']._serialized_end=1180
-  _globals['_BLENDTRANSFORM']._serialized_start=1182
-  _globals['_BLENDTRANSFORM']._serialized_end=1265
-  _globals['_SOURCE']._serialized_start=1267
-  _globals['_SOURCE']._serialized_end=1353
+  _globals['_BLENDMODE']._serialized_start=1425
+  _globals['_BLENDMODE']._serialized_end=1498
+  _globals['_BLENDTRANSFORM']._serialized_start=1500
+  _globals['_BLENDTRANSFORM']._serialized_end=1583
+  _globals['_SOURCE']._serialized_start=1585
+  _globals['_SOURCE']._serialized_end=1683
+  _globals['_EVENTTYPE']._serialized_start=1685
+  _globals['_EVENTTYPE']._serialized_end=1768
   _globals['_BLENDWEIGHTS']._serialized_start=43
   _globals['_BLENDWEIGHTS']._serialized_end=176
   _globals['_RECOMMENDREQUEST']._serialized_start=179
@@ -50,13 +52,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDEDITEM']._serialized_start=562
   _globals['_RECOMMENDEDITEM']._serialized_end=717
   _globals['_RECOMMENDRESPONSE']._serialized_start=720
-  _globals['_RECOMMENDRESPONSE']._serialized_end=911
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=913
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=972
-  _globals['_SIMILARITEM']._serialized_start=974
-  _globals['_SIMILARITEM']._serialized_end=1019
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1021
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1105
-  _globals['_RECOMMENDER']._serialized_start=1356
-  _globals['_RECOMMENDER']._serialized_end=1522
+  _globals['_RECOMMENDRESPONSE']._serialized_end=931
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=933
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=992
+  _globals['_SIMILARITEM']._serialized_start=994
+  _globals['_SIMILARITEM']._serialized_end=1039
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1041
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1125
+  _globals['_EVENT']._serialized_start=1128
+  _globals['_EVENT']._serialized_end=1310
+  _globals['_LOGEVENTSREQUEST']._serialized_start=1312
+  _globals['_LOGEVENTSREQUEST']._serialized_end=1364
+  _globals['_LOGEVENTSRESPONSE']._serialized_start=1366
+  _globals['_LOGEVENTSRESPONSE']._serialized_end=1423
+  _globals['_RECOMMENDER']._serialized_start=1771
+  _globals['_RECOMMENDER']._serialized_end=2009
 # @@protoc_insertion_point(module_scope)

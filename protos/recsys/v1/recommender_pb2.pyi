@@ -27,6 +27,14 @@ class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECOMPUTED: _ClassVar[Source]
     ONLINE: _ClassVar[Source]
     FALLBACK: _ClassVar[Source]
+    EVENTS: _ClassVar[Source]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    IMPRESSION: _ClassVar[EventType]
+    ENGAGEMENT: _ClassVar[EventType]
+    RATING: _ClassVar[EventType]
 BLEND_MODE_UNSPECIFIED: BlendMode
 ADDITIVE: BlendMode
 MULTIPLICATIVE: BlendMode
@@ -39,6 +47,11 @@ CACHE: Source
 PRECOMPUTED: Source
 ONLINE: Source
 FALLBACK: Source
+EVENTS: Source
+EVENT_TYPE_UNSPECIFIED: EventType
+IMPRESSION: EventType
+ENGAGEMENT: EventType
+RATING: EventType
 
 class BlendWeights(_message.Message):
     __slots__ = ("engagement", "quality", "mode", "transform")
@@ -106,18 +119,20 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., engagement: _Optional[float] = ..., quality: _Optional[float] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., quality_rating: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "source", "blend", "engagement_calibrated")
+    __slots__ = ("items", "model_version", "source", "blend", "engagement_calibrated", "request_id")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BLEND_FIELD_NUMBER: _ClassVar[int]
     ENGAGEMENT_CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     source: Source
     blend: BlendWeights
     engagement_calibrated: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., blend: _Optional[_Union[BlendWeights, _Mapping]] = ..., engagement_calibrated: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., blend: _Optional[_Union[BlendWeights, _Mapping]] = ..., engagement_calibrated: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "num_results")
@@ -142,3 +157,37 @@ class SimilarItemsResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
     model_version: str
     def __init__(self, items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("event_id", "user_id", "item_id", "type", "value", "timestamp", "request_id", "position")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    value: float
+    timestamp: int
+    request_id: str
+    position: int
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., value: _Optional[float] = ..., timestamp: _Optional[int] = ..., request_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class LogEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class LogEventsResponse(_message.Message):
+    __slots__ = ("accepted", "duplicates")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...

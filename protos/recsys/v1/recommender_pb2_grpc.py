@@ -44,6 +44,11 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
                 _registered_method=True)
+        self.LogEvents = channel.unary_unary(
+                '/recsys.v1.Recommender/LogEvents',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.LogEventsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.LogEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -64,6 +69,16 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogEvents(self, request, context):
+        """Appends user events to the durable event log (Redis Streams), all or none; engagements and
+        ratings update the user's streamed history at once, so their next Recommend reflects them.
+        A bad event → INVALID_ARGUMENT naming its index, nothing written; a replayed batch (same
+        event ids) → OK with duplicates counted, nothing written; log unreachable → UNAVAILABLE (retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +91,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.SimilarItems,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'LogEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogEvents,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.LogEventsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.LogEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +152,33 @@ class Recommender:
             '/recsys.v1.Recommender/SimilarItems',
             recsys_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/LogEvents',
+            recsys_dot_v1_dot_recommender__pb2.LogEventsRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.LogEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
