@@ -85,7 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cache": {"redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
                   "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure",
                   "decoded_max_entries": "decoded Redis entries kept per process; a hit whose bytes are unchanged "
-                                         "reuses its decoded copy (0 = off)"},
+                                         "reuses its decoded copy (0 = off)",
+                  "thread_read_connections": "each request thread reads Redis on a connection of its own (no pool "
+                                             "checkout per read; same timeouts and retries); off = the shared pool"},
         "hotswap": {
             "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
                                 "always reloads)",

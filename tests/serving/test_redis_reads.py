@@ -1,0 +1,77 @@
+"""The Redis hit path's per-thread read connections (serving.cache.ThreadConnections) on a real redis-server."""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+from serving.cache import CACHE, CacheConfig, RedisCandidateStore, ThreadConnections, cache_key, redis_client
+from serving.metrics import ServingMetrics
+from tests.serving.test_cache import assert_same, make_candidates
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("thread_connections", [True, False])
+def test_concurrent_reads_each_get_their_own_users_entry(redis_server, redis_url, thread_connections):
+    config = CacheConfig(redis_url=redis_url, thread_read_connections=thread_connections, decoded_max_entries=0,
+                         socket_timeout_s=2.0)
+    store = RedisCandidateStore.from_config(config, ServingMetrics())
+    users = [f"u{i}" for i in range(40)]
+    expected = {u: make_candidates(n=3 + i % 7, seed=i) for i, u in enumerate(users)}
+    for u in users:
+        store.put("v1", u, expected[u])
+    start = threading.Barrier(16)
+
+    def read(worker: int) -> list[tuple[str, object]]:
+        start.wait()
+        return [(u, store.get_entry("v1", u)) for n in range(150) for u in [users[(worker * 7 + n) % len(users)]]]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = [r for f in [pool.submit(read, w) for w in range(16)] for r in f.result()]
+    assert len(results) == 16 * 150
+    for user, entry in results:
+        assert entry is not None and entry.source == CACHE
+        assert_same(entry.candidates, expected[user])
+    if thread_connections:
+        assert len(store._reader._connections) == 16  # one per thread that read, reused for all its reads
+    store.close()
+
+
+def test_a_thread_connection_reconnects_after_a_redis_restart(own_redis):
+    metrics = ServingMetrics()
+    store = RedisCandidateStore.from_config(CacheConfig(redis_url=own_redis.url, socket_timeout_s=1.0), metrics)
+    store.put("v1", "u1", make_candidates(seed=1))
+    assert store.get_entry("v1", "u1") is not None
+    own_redis.stop()
+    own_redis.start()  # same port, empty: the thread's socket is dead
+    store.put("v1", "u1", make_candidates(seed=2))
+    entry = store.get_entry("v1", "u1")  # the dead socket fails, the retry policy reconnects
+    assert entry is not None
+    assert_same(entry.candidates, make_candidates(seed=2))
+    assert metrics.value("recsys_redis_faults_total") == 0
+    store.close()
+
+
+def test_thread_connections_use_the_clients_settings_and_close(redis_server, redis_url):
+    client = redis_client(CacheConfig(redis_url=redis_url, socket_timeout_s=0.25))
+    client.set(cache_key("v1", "a"), b"x")
+    reader = ThreadConnections(client)
+    assert reader.mget([cache_key("v1", "a"), cache_key("v1", "b")]) == [b"x", None]
+    conn = reader._connections[0]
+    assert conn.socket_timeout == 0.25 and conn.retry is not None
+    reader.close()
+    assert conn._sock is None  # disconnected
+    with pytest.raises(Exception, match="closed"):
+        reader.mget([cache_key("v1", "a")])
+    client.close()
+
+
+def test_a_read_after_close_is_a_counted_fault_not_an_error(redis_server, redis_url):
+    metrics = ServingMetrics()
+    store = RedisCandidateStore.from_config(CacheConfig(redis_url=redis_url), metrics)
+    store.put("v1", "u1", make_candidates())
+    store.close()
+    assert store.get_entry("v1", "u1") is None
+    assert metrics.value("recsys_redis_faults_total", {"op": "get", "kind": "error"}) == 1
