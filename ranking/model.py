@@ -13,15 +13,18 @@ so the exported SavedModel takes raw strings and floats.
          item·user and item·history → shared ReLU MLP bottom — generalisation.
   heads: engagement = σ(tower_e(bottom) + wide_e), quality = σ(tower_q(bottom) + wide_q);
          quality predicts the normalised rating (rating - 1) / 4 in [0, 1].
-  fusion (config.retrieval_weight = β > 0 and a trained retriever given): when not
-         training, engagement = σ(logit_e + β · (s(u, i) - 1)), s the retrieval model's
-         score of the pair (a frozen copy of its user tower and item embeddings, see
-         RetrievalAffinity; 1 = a perfect match of unit-norm towers) — the ranker's and
-         the retriever's evidence multiplied as experts. Anchoring at s = 1 only ever
-         lowers the logit, so the head does not saturate at 1 and a blend with quality
-         still orders the top. Trained without it: on train rows the retriever's scores
-         are in-sample (it was fit on those very engagements), so a learned weight would
-         over-trust them; β is chosen on the validation carve (bench/RESULTS.md).
+  fusion (a trained retriever given, unless config.retrieval_weight == 0): when not
+         training, the engagement logit is z = logit_e + β · (s(u, i) - 1), s the
+         retrieval model's score of the pair (a frozen copy of its user tower and item
+         embeddings, see RetrievalAffinity; 1 = a perfect match of unit-norm towers) — the
+         ranker's and the retriever's evidence multiplied as experts. Trained without it:
+         on train rows the retriever's scores are in-sample (it was fit on those very
+         engagements), so a learned weight would over-trust them; β is a non-trainable
+         variable set after training (`set_serving`), chosen per training run on the
+         validation carve (evaluation.selection; workflows.train).
+  calibration: when not training, engagement = σ(a · z + b) (Platt, a > 0: the order is
+         unchanged), (a, b) fit on the validation carve's served candidates so the served
+         engagement is P(engaged | user, candidate); identity (1, 0) until `set_serving`.
 """
 from __future__ import annotations
 
@@ -202,9 +205,9 @@ class WideDeepRanker(keras.Model):
                  **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config
-        # Retrieval fusion only with β > 0 and a retrieval model; otherwise the ranker alone.
+        # Retrieval fusion only with a retrieval model and β != 0 (< 0: β chosen later); otherwise the ranker alone.
         self.affinity = None
-        if config.retrieval_weight > 0 and retrieval is not None:
+        if config.retrieval_weight != 0 and retrieval is not None:
             tower, item_ids, item_embeddings = retrieval
             self.affinity = RetrievalAffinity(tower, item_ids, item_embeddings, config.history_length,
                                               name="retrieval_affinity")
@@ -245,11 +248,33 @@ class WideDeepRanker(keras.Model):
             self.bottom.append(keras.layers.Dense(h, activation="relu"))
             if config.dropout:
                 self.bottom.append(keras.layers.Dropout(config.dropout, seed=config.seed))
+        # Serving-time fusion weight β (config's when given, else 0 until chosen) and Platt
+        # calibration (a, b) (identity until fit): set after training by set_serving.
+        beta = max(config.retrieval_weight, 0.0) if self.affinity is not None else 0.0
+        self.serving_params = self.add_weight(name="serving_params", shape=(3,), trainable=False,
+                                              initializer=keras.initializers.Constant([beta, 1.0, 0.0]))
         self.towers = {head: keras.Sequential(
             ([keras.layers.Dense(config.head_hidden, activation="relu")] if config.head_hidden else [])
             + [keras.layers.Dense(1)], name=f"{head}_tower") for head in HEADS}
 
-    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+    def set_serving(self, retrieval_weight: float, calibration_a: float = 1.0, calibration_b: float = 0.0) -> None:
+        """Sets the serving-time β and Platt (a, b) of the engagement head (module docstring)."""
+        if retrieval_weight and self.affinity is None:
+            raise ValueError(f"retrieval weight {retrieval_weight} needs a ranker built with the retrieval model")
+        if not (np.isfinite(retrieval_weight) and retrieval_weight >= 0 and np.isfinite(calibration_b)
+                and np.isfinite(calibration_a) and calibration_a > 0):
+            raise ValueError(f"need β >= 0, a > 0 and b finite; got {retrieval_weight}, {calibration_a}, "
+                             f"{calibration_b}")
+        self.serving_params.assign([retrieval_weight, calibration_a, calibration_b])
+
+    @property
+    def serving(self) -> dict[str, float]:
+        """{"retrieval_weight": β, "calibration_a": a, "calibration_b": b} as set by set_serving."""
+        beta, a, b = (float(x) for x in self.serving_params.numpy())
+        return {"retrieval_weight": beta, "calibration_a": a, "calibration_b": b}
+
+    def logits(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        """Each head's logit [b, 1] (no fusion, no calibration), plus "affinity" [b, 1] when fused."""
         embedded = {key: layer(inputs[key]) for key, layer in self.embedders.items()}
         parts = list(embedded.values())
         # Explicit element-wise products: an MLP learns dot-product matches poorly on its own.
@@ -265,16 +290,25 @@ class WideDeepRanker(keras.Model):
         for layer in self.bottom:
             x = layer(x, training=training)
         wide = self.wide(inputs) if self.wide is not None else None
-        fused = self.affinity is not None and not training
         out = {}
         for h, head in enumerate(HEADS):
             logit = self.towers[head](x)
             if wide is not None:
                 logit = logit + wide[:, h:h + 1]
-            if fused and head == "engagement":
-                logit = logit + self.config.retrieval_weight * (self.affinity(inputs) - 1.0)
-            out[head] = tf.sigmoid(logit)
+            out[head] = logit
+        if self.affinity is not None and not training:
+            out["affinity"] = self.affinity(inputs)
         return out
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        logits = self.logits(inputs, training)
+        engagement = logits["engagement"]
+        if not training:
+            beta, a, b = self.serving_params[0], self.serving_params[1], self.serving_params[2]
+            if "affinity" in logits:
+                engagement = engagement + beta * (logits["affinity"] - 1.0)
+            engagement = a * engagement + b
+        return {"engagement": tf.sigmoid(engagement), "quality": tf.sigmoid(logits["quality"])}
 
 
 def _resolve_crosses(spec: FeatureSpec, crosses: Sequence[str]) -> list[tuple[str, str, bool]]:
@@ -300,8 +334,9 @@ def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig(),
                  retrieval: RetrievalParts | None = None) -> WideDeepRanker:
     """A compiled WideDeepRanker for `features` (vocabularies fit on train).
 
-    `retrieval` (with config.retrieval_weight > 0) adds the retrieval score to the
-    engagement logit when serving (see the module docstring); None = the ranker alone.
+    `retrieval` (unless config.retrieval_weight == 0) adds the retrieval score to the
+    engagement logit when serving, weighted by β (set_serving; see the module docstring);
+    None = the ranker alone.
 
     Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
     on the normalised rating, weighted by a 0/1 mask so rows without an observed rating

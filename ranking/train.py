@@ -301,6 +301,25 @@ def predict(model: keras.Model, inputs: Mapping[str, np.ndarray], batch_size: in
     return tuple(np.concatenate(outs[h]) if outs[h] else np.zeros(0, np.float32) for h in HEADS)  # type: ignore[return-value]
 
 
+def predict_logits(model: WideDeepRanker, inputs: Mapping[str, np.ndarray],
+                   batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """The in-memory model's head logits before fusion and calibration, in batches:
+    {"engagement": [n], "quality": [n], "affinity": [n]} float64 (affinity: the retriever's
+    score s of each pair; 0 when the model has no retrieval model)."""
+    n = len(next(iter(inputs.values())))
+    fn = tf.function(lambda batch: model.logits(batch, training=False), reduce_retracing=True)
+    outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": []}
+    for lo in range(0, n, batch_size):
+        batch = {k: (tf.constant(v[lo:lo + batch_size].astype(str)) if v.dtype == object else
+                     tf.constant(v[lo:lo + batch_size])) for k, v in inputs.items()}
+        res = fn(batch)
+        for key in outs:
+            value = res.get(key)
+            outs[key].append(np.zeros(min(batch_size, n - lo)) if value is None
+                             else np.asarray(value, dtype=np.float64).reshape(-1))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in outs.items()}
+
+
 def _graph_call(model: keras.Model):
     """model.call traced as one tf.function (cached on the model): the same graph the
     SavedModel signature runs, so in-memory and exported scores are bit-identical."""
@@ -372,5 +391,6 @@ def diagnose(model_or_scorer, rows: pd.DataFrame, features: FeatureStore) -> dic
     return head_metrics(e, ex.engaged, q, rating)
 
 
-__all__: Sequence[str] = ("Examples", "make_examples", "training_rows", "train_ranker", "predict", "head_metrics",
+__all__: Sequence[str] = ("Examples", "make_examples", "training_rows", "train_ranker", "predict", "predict_logits",
+                          "head_metrics",
                           "evaluation_rows", "diagnose")
