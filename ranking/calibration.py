@@ -43,8 +43,8 @@ def fit_platt(z: np.ndarray, y: np.ndarray, iterations: int = 100, l2: float = 1
     """Maximum-likelihood (a, b) of P(y = 1) = σ(a · z + b).
 
     Newton's method on the standardised logit (well conditioned whatever the logit's
-    scale), with step halving so the log-likelihood never decreases, and a tiny ridge
-    towards the identity for numerical safety; a is kept > 0 (a ≤ 0 would reverse or
+    scale), started at the base rate, with step halving so the log-likelihood never
+    decreases, and a tiny ridge towards the identity for numerical safety; a is kept > 0 (a ≤ 0 would reverse or
     flatten the order).
 
     Args:
@@ -66,7 +66,11 @@ def fit_platt(z: np.ndarray, y: np.ndarray, iterations: int = 100, l2: float = 1
         s = feats @ t
         return float(np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * l2 * np.sum((t - prior) ** 2))
 
-    theta, current = prior.copy(), nll(prior)
+    # Start from the base rate (a = 0): well conditioned even when the identity map puts every
+    # probability near 0 (the fused logits of a retrieval-weighted head are far below 0).
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    theta = np.array([0.0, np.log(rate) - np.log1p(-rate)])
+    current = nll(theta)
     for _ in range(iterations):
         q = sigmoid(feats @ theta)
         grad = feats.T @ (q - y) + l2 * (theta - prior)
@@ -82,7 +86,7 @@ def fit_platt(z: np.ndarray, y: np.ndarray, iterations: int = 100, l2: float = 1
         else:
             break
         theta, current = cand, value
-        if np.abs(scale * step).max() < 1e-10:
+        if np.abs(scale * step).max() < 1e-12:
             break
     a, b = theta[0] / sd, theta[1] - theta[0] * mu / sd
     return PlattCalibration(float(max(a, 1e-6)), float(b))

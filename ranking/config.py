@@ -33,6 +33,7 @@ class RankerConfig:
     retrieval_weight_grid: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
     calibrate: bool = True             # Platt-calibrate the served engagement on the validation carve
     select_blend: bool = True          # choose the version's default blend on validation (else --pipeline-*)
+    quality_baseline: bool = True      # quality head = residual on the user+item bias baseline fit on train
     l2: float = 1e-6                   # L2 penalty on embedding tables (per example)
     learning_rate: float = 2e-3        # Adam
     batch_size: int = 1024

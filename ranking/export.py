@@ -72,9 +72,9 @@ def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Ma
         "heads": list(HEADS),
         "config": dataclasses.asdict(model.config),
         "info": dict(info or {}),
-        "retrieval_weight": model.serving["retrieval_weight"],
-        "calibration": ({"method": "platt", "a": model.serving["calibration_a"], "b": model.serving["calibration_b"]}
-                        if (model.serving["calibration_a"], model.serving["calibration_b"]) != (1.0, 0.0) else None),
+        "retrieval_weight": model.serving_values()["retrieval_weight"],
+        "calibration": ({"method": "platt", "a": model.serving_values()["calibration_a"], "b": model.serving_values()["calibration_b"]}
+                        if (model.serving_values()["calibration_a"], model.serving_values()["calibration_b"]) != (1.0, 0.0) else None),
     }
     (d / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
     return d

@@ -22,6 +22,9 @@ so the exported SavedModel takes raw strings and floats.
          engagements), so a learned weight would over-trust them; β is a non-trainable
          variable set after training (`set_serving`), chosen per training run on the
          validation carve (evaluation.selection; workflows.train).
+  quality baseline (optional, `RatingBaseline`): the quality logit adds
+         logit(clip(normalised μ + b_u + b_i, 0.01, 0.99)), the user+item bias rating
+         baseline fit on train (frozen), so the quality head learns a residual on top of it.
   calibration: when not training, engagement = σ(a · z + b) (Platt, a > 0: the order is
          unchanged), (a, b) fit on the validation carve's served candidates so the served
          engagement is P(engaged | user, candidate); identity (1, 0) until `set_serving`.
@@ -193,6 +196,34 @@ class RetrievalAffinity(keras.layers.Layer):
         return tf.reduce_sum(u * v, axis=1, keepdims=True)
 
 
+class RatingBaseline(keras.layers.Layer):
+    """The bias rating baseline μ + b_u + b_i as a frozen logit offset for the quality head [b, 1].
+
+    `biases` = (μ, user ids [U], b_u [U], item ids [I], b_i [I]) in rating units (unknown
+    ids: b = 0). Output: logit(clip((μ + b_u + b_i − lo) / (hi − lo), 0.01, 0.99)), so
+    σ(offset + residual) is the baseline when the residual is 0.
+    """
+
+    def __init__(self, biases: tuple, scale: tuple[float, float] = (RATING_MIN, RATING_MAX), **kwargs) -> None:
+        super().__init__(trainable=False, **kwargs)
+        mu, users, b_u, items, b_i = biases
+        self.mu, self.scale = float(mu), (float(scale[0]), float(scale[1]))
+        self.user_lookup = keras.layers.StringLookup(vocabulary=[str(u) for u in users], num_oov_indices=1,
+                                                     mask_token=None)
+        self.item_lookup = keras.layers.StringLookup(vocabulary=[str(i) for i in items], num_oov_indices=1,
+                                                     mask_token=None)
+        self.user_bias = self.add_weight(name="user_bias", shape=(len(users) + 1,), trainable=False,
+                                         initializer=keras.initializers.Constant(np.r_[0.0, np.asarray(b_u)]))
+        self.item_bias = self.add_weight(name="item_bias", shape=(len(items) + 1,), trainable=False,
+                                         initializer=keras.initializers.Constant(np.r_[0.0, np.asarray(b_i)]))
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        r = (self.mu + tf.gather(self.user_bias, self.user_lookup(inputs[USER_PREFIX + "user_id"]))
+             + tf.gather(self.item_bias, self.item_lookup(inputs[ITEM_PREFIX + "item_id"])))
+        q = tf.clip_by_value((r - self.scale[0]) / (self.scale[1] - self.scale[0]), 0.01, 0.99)
+        return (tf.math.log(q) - tf.math.log1p(-q))[:, None]
+
+
 class WideDeepRanker(keras.Model):
     """The ranker. call(inputs) → {"engagement": [b, 1], "quality": [b, 1]}, both in [0, 1].
 
@@ -202,9 +233,10 @@ class WideDeepRanker(keras.Model):
     """
 
     def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: RetrievalParts | None = None,
-                 **kwargs) -> None:
+                 rating_baseline: tuple | None = None, **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config
+        self.rating_baseline = RatingBaseline(rating_baseline, name="rating_baseline") if rating_baseline else None
         # Retrieval fusion only with a retrieval model and β != 0 (< 0: β chosen later); otherwise the ranker alone.
         self.affinity = None
         if config.retrieval_weight != 0 and retrieval is not None:
@@ -267,8 +299,7 @@ class WideDeepRanker(keras.Model):
                              f"{calibration_b}")
         self.serving_params.assign([retrieval_weight, calibration_a, calibration_b])
 
-    @property
-    def serving(self) -> dict[str, float]:
+    def serving_values(self) -> dict[str, float]:
         """{"retrieval_weight": β, "calibration_a": a, "calibration_b": b} as set by set_serving."""
         beta, a, b = (float(x) for x in self.serving_params.numpy())
         return {"retrieval_weight": beta, "calibration_a": a, "calibration_b": b}
@@ -295,6 +326,8 @@ class WideDeepRanker(keras.Model):
             logit = self.towers[head](x)
             if wide is not None:
                 logit = logit + wide[:, h:h + 1]
+            if head == "quality" and self.rating_baseline is not None:
+                logit = logit + self.rating_baseline(inputs)
             out[head] = logit
         if self.affinity is not None and not training:
             out["affinity"] = self.affinity(inputs)
@@ -331,18 +364,19 @@ RetrievalParts = tuple[keras.layers.Layer, Sequence[str], np.ndarray]
 
 
 def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 retrieval: RetrievalParts | None = None) -> WideDeepRanker:
+                 retrieval: RetrievalParts | None = None, rating_baseline: tuple | None = None) -> WideDeepRanker:
     """A compiled WideDeepRanker for `features` (vocabularies fit on train).
 
     `retrieval` (unless config.retrieval_weight == 0) adds the retrieval score to the
     engagement logit when serving, weighted by β (set_serving; see the module docstring);
-    None = the ranker alone.
+    None = the ranker alone. `rating_baseline` (μ, user ids, b_u, item ids, b_i): the quality
+    head predicts a residual on that bias baseline (RatingBaseline); None = on its own.
 
     Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
     on the normalised rating, weighted by a 0/1 mask so rows without an observed rating
     contribute nothing. Total = engagement_weight · L_e + quality_weight · L_q.
     """
-    model = WideDeepRanker(features, config, retrieval)
+    model = WideDeepRanker(features, config, retrieval, rating_baseline)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},

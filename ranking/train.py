@@ -254,12 +254,14 @@ def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data
 
 
 def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 validation: Examples | None = None, retrieval: RetrievalParts | None = None
-                 ) -> tuple[WideDeepRanker, dict]:
+                 validation: Examples | None = None, retrieval: RetrievalParts | None = None,
+                 rating_baseline: tuple | None = None) -> tuple[WideDeepRanker, dict]:
     """Trains a fresh ranker on `rows` (training_rows output: engaged and non-engaged rows).
 
     `retrieval`: the trained two-tower's parts for the serving-time fusion of
     config.retrieval_weight (model.RetrievalAffinity); None = the ranker alone.
+    `rating_baseline`: (μ, user ids, b_u, item ids, b_i) fit on the same training data; the
+    quality head then learns a residual on it (model.RatingBaseline).
 
     Returns:
       (model, info): info holds the per-epoch Keras history, example counts and seconds.
@@ -273,7 +275,7 @@ def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfi
     if not trains_e.any() or ex.engaged[trains_e].min() == ex.engaged[trains_e].max():
         raise ValueError("the ranker's engagement rows need both labels (engaged 0 and 1); check the negative "
                          "sampling flags")
-    model = build_ranker(features, config, retrieval)
+    model = build_ranker(features, config, retrieval, rating_baseline)
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
                         verbose=2 if config.progress else 0)

@@ -210,9 +210,10 @@ def train_ranking(ctx: TrainContext) -> None:
     elif beta > 0:
         log.warning("ranker: --ranking-retrieval-weight %g ignored: this version has no retrieval model", beta)
         beta = 0.0
+    baseline = _rating_baselines(ctx)
     with config_errors("ranking"):
         model, info = train_ranker(rows, ctx.features, dataclasses.replace(config, retrieval_weight=beta),
-                                   retrieval=retrieval)
+                                   retrieval=retrieval, rating_baseline=baseline and baseline["train"])
     model.set_serving(beta, calibration["a"], calibration["b"])
     # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
     test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
@@ -225,7 +226,11 @@ def train_ranking(ctx: TrainContext) -> None:
                                                         "generator": None if generator is None else
                                                         ("two-tower on split.fit" if source == "window"
                                                          else "this version's retriever")},
-        "serving": {**model.serving, "calibrated": calibration != {"a": 1.0, "b": 0.0}},
+        "serving": {**model.serving_values(), "calibrated": calibration != {"a": 1.0, "b": 0.0}},
+        "quality_baseline": ({"reg": baseline["reg"], "mu": baseline["train"][0],
+                              "definition": "quality logit += logit(normalised μ + b_u + b_i), the bias baseline "
+                                            "fit on train (evaluation.baselines.fit_bias_baseline)"}
+                             if baseline else None),
         "selection": _selection_record(selection) if selection else {"skipped": why_not},
         "pipeline": config_to_dict(pipeline), "training": {k: v for k, v in info.items() if k != "history"},
         "loss_history": info["history"], "test_diagnostics": diagnostics,
@@ -263,8 +268,10 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
     fitted = _fit_only_retriever(ctx, n)
     rows = training_rows(as_train_split(ctx.split.fit), fitted.store, dataclasses.replace(neg, source=source),
                          config.history_length, fitted.generate if source == "sampled" else None)
+    baseline = _rating_baselines(ctx)
     model, _ = train_ranker(rows, fitted.store, dataclasses.replace(config, retrieval_weight=-1.0),
-                            retrieval=(fitted.tower, fitted.item_ids, fitted.embeddings))
+                            retrieval=(fitted.tower, fitted.item_ids, fitted.embeddings),
+                            rating_baseline=baseline and baseline["fit"])
     validation = ctx.split.validation
     engaged = validation.loc[validation["engaged"] == 1].drop_duplicates(["user_id", "item_id"], keep="last")
     users = sorted(engaged["user_id"].astype(str).unique())
@@ -321,6 +328,28 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
                                                          zip(fusion["retrieval_weight"], fusion["ndcg@10"])),
              out["calibration"], out.get("blend"))
     return out
+
+
+def _rating_baselines(ctx: TrainContext) -> dict[str, Any] | None:
+    """The user+item bias rating baseline for the quality head (None when off or the data has no
+    ratings): {"reg": its reg (chosen on validation RMSE), "train": fit on split.train, "fit": fit on
+    split.fit} as (μ, user ids, b_u, item ids, b_i) tuples (ranking.model.RatingBaseline)."""
+    from evaluation.baselines import BiasConfig, fit_bias_baseline, fit_biases, rated_engagements
+
+    if not ctx.config.ranker_config.quality_baseline or not len(rated_engagements(ctx.split.train)):
+        return None
+    if "rating_baselines" not in ctx.state:
+        tune = bool(len(rated_engagements(ctx.split.validation))) and bool(len(rated_engagements(ctx.split.fit)))
+        biases, selection = fit_bias_baseline(ctx.split, BiasConfig(tune=tune))
+        reg = selection.chosen["reg"] if selection is not None else BiasConfig().reg
+
+        def parts(b) -> tuple:
+            return (b.mu, b.user_bias.index.astype(str).to_numpy(), b.user_bias.to_numpy(),
+                    b.item_bias.index.astype(str).to_numpy(), b.item_bias.to_numpy())
+        fit_rated = rated_engagements(ctx.split.fit)
+        ctx.state["rating_baselines"] = {"reg": reg, "train": parts(biases),
+                                         "fit": parts(fit_biases(fit_rated, reg)) if len(fit_rated) else None}
+    return ctx.state["rating_baselines"]
 
 
 def _selection_record(selection: dict[str, Any]) -> dict[str, Any]:

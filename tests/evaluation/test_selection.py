@@ -90,3 +90,13 @@ def test_fit_platt_recovers_known_parameters_and_keeps_the_order():
         fit_platt(z[:10], np.zeros(10))
     with pytest.raises(ValueError, match="a > 0"):
         PlattCalibration(a=0.0)
+
+
+def test_fit_platt_from_logits_far_below_zero():
+    """A retrieval-fused head's logits sit around -40: the identity map says p ≈ 0 everywhere."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(-40.0, 8.0, 100_000)
+    y = rng.uniform(size=len(z)) < sigmoid(0.2 * z + 5.0)
+    cal = fit_platt(z, y)
+    assert cal.a == pytest.approx(0.2, abs=0.01) and cal.b == pytest.approx(5.0, abs=0.3)
+    assert cal.apply(z).mean() == pytest.approx(y.mean(), abs=1e-3)
