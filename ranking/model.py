@@ -24,7 +24,10 @@ so the exported SavedModel takes raw strings and floats.
          validation carve (evaluation.selection; workflows.train).
   quality baseline (optional, `RatingBaseline`): the quality logit adds
          logit(clip(normalised μ + b_u + b_i, 0.01, 0.99)), the user+item bias rating
-         baseline fit on train (frozen), so the quality head learns a residual on top of it.
+         baseline fit on train (frozen), so the quality head learns a residual on top of it;
+         when serving the residual is scaled by γ ∈ [0, 1] (set_serving; chosen on validation
+         RMSE, 0 = the bias baseline alone) — shrinkage that cannot do worse than the
+         baseline on the data it was chosen on.
   calibration: when not training, engagement = σ(a · z + b) (Platt, a > 0: the order is
          unchanged), (a, b) fit on the validation carve's served candidates so the served
          engagement is P(engaged | user, candidate); identity (1, 0) until `set_serving`.
@@ -283,29 +286,36 @@ class WideDeepRanker(keras.Model):
         # Serving-time fusion weight β (config's when given, else 0 until chosen) and Platt
         # calibration (a, b) (identity until fit): set after training by set_serving.
         beta = max(config.retrieval_weight, 0.0) if self.affinity is not None else 0.0
-        self.serving_params = self.add_weight(name="serving_params", shape=(3,), trainable=False,
-                                              initializer=keras.initializers.Constant([beta, 1.0, 0.0]))
+        # The 4th value is the quality residual's serving scale (1 = as trained; 0 = the bias baseline alone).
+        self.serving_params = self.add_weight(name="serving_params", shape=(4,), trainable=False,
+                                              initializer=keras.initializers.Constant([beta, 1.0, 0.0, 1.0]))
         self.towers = {head: keras.Sequential(
             ([keras.layers.Dense(config.head_hidden, activation="relu")] if config.head_hidden else [])
             + [keras.layers.Dense(1)], name=f"{head}_tower") for head in HEADS}
 
-    def set_serving(self, retrieval_weight: float, calibration_a: float = 1.0, calibration_b: float = 0.0) -> None:
-        """Sets the serving-time β and Platt (a, b) of the engagement head (module docstring)."""
+    def set_serving(self, retrieval_weight: float, calibration_a: float = 1.0, calibration_b: float = 0.0,
+                    quality_residual_scale: float = 1.0) -> None:
+        """Sets the serving-time β and Platt (a, b) of the engagement head, and the scale of the
+        quality head's residual over its bias baseline (module docstring)."""
+        if not (np.isfinite(quality_residual_scale) and 0 <= quality_residual_scale <= 1):
+            raise ValueError(f"the quality residual scale must be in [0, 1], got {quality_residual_scale}")
         if retrieval_weight and self.affinity is None:
             raise ValueError(f"retrieval weight {retrieval_weight} needs a ranker built with the retrieval model")
         if not (np.isfinite(retrieval_weight) and retrieval_weight >= 0 and np.isfinite(calibration_b)
                 and np.isfinite(calibration_a) and calibration_a > 0):
             raise ValueError(f"need β >= 0, a > 0 and b finite; got {retrieval_weight}, {calibration_a}, "
                              f"{calibration_b}")
-        self.serving_params.assign([retrieval_weight, calibration_a, calibration_b])
+        self.serving_params.assign([retrieval_weight, calibration_a, calibration_b, quality_residual_scale])
 
     def serving_values(self) -> dict[str, float]:
-        """{"retrieval_weight": β, "calibration_a": a, "calibration_b": b} as set by set_serving."""
-        beta, a, b = (float(x) for x in self.serving_params.numpy())
-        return {"retrieval_weight": beta, "calibration_a": a, "calibration_b": b}
+        """{"retrieval_weight": β, "calibration_a": a, "calibration_b": b, "quality_residual_scale": γ}
+        as set by set_serving."""
+        beta, a, b, g = (float(x) for x in self.serving_params.numpy())
+        return {"retrieval_weight": beta, "calibration_a": a, "calibration_b": b, "quality_residual_scale": g}
 
     def logits(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
-        """Each head's logit [b, 1] (no fusion, no calibration), plus "affinity" [b, 1] when fused."""
+        """Each head's logit [b, 1] (no fusion, no calibration, quality residual unscaled), plus
+        "affinity" [b, 1] when fused and "quality_offset" [b, 1] (the bias baseline's logit) when set."""
         embedded = {key: layer(inputs[key]) for key, layer in self.embedders.items()}
         parts = list(embedded.values())
         # Explicit element-wise products: an MLP learns dot-product matches poorly on its own.
@@ -327,7 +337,8 @@ class WideDeepRanker(keras.Model):
             if wide is not None:
                 logit = logit + wide[:, h:h + 1]
             if head == "quality" and self.rating_baseline is not None:
-                logit = logit + self.rating_baseline(inputs)
+                out["quality_offset"] = self.rating_baseline(inputs)
+                logit = logit + out["quality_offset"]
             out[head] = logit
         if self.affinity is not None and not training:
             out["affinity"] = self.affinity(inputs)
@@ -335,13 +346,15 @@ class WideDeepRanker(keras.Model):
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         logits = self.logits(inputs, training)
-        engagement = logits["engagement"]
+        engagement, quality = logits["engagement"], logits["quality"]
         if not training:
-            beta, a, b = self.serving_params[0], self.serving_params[1], self.serving_params[2]
+            beta, a, b, g = (self.serving_params[i] for i in range(4))
             if "affinity" in logits:
                 engagement = engagement + beta * (logits["affinity"] - 1.0)
             engagement = a * engagement + b
-        return {"engagement": tf.sigmoid(engagement), "quality": tf.sigmoid(logits["quality"])}
+            if "quality_offset" in logits:
+                quality = logits["quality_offset"] + g * (quality - logits["quality_offset"])
+        return {"engagement": tf.sigmoid(engagement), "quality": tf.sigmoid(quality)}
 
 
 def _resolve_crosses(spec: FeatureSpec, crosses: Sequence[str]) -> list[tuple[str, str, bool]]:

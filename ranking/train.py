@@ -306,11 +306,12 @@ def predict(model: keras.Model, inputs: Mapping[str, np.ndarray], batch_size: in
 def predict_logits(model: WideDeepRanker, inputs: Mapping[str, np.ndarray],
                    batch_size: int = 8192) -> dict[str, np.ndarray]:
     """The in-memory model's head logits before fusion and calibration, in batches:
-    {"engagement": [n], "quality": [n], "affinity": [n]} float64 (affinity: the retriever's
-    score s of each pair; 0 when the model has no retrieval model)."""
+    {"engagement": [n], "quality": [n], "affinity": [n], "quality_offset": [n]} float64
+    (affinity: the retriever's score s of each pair, 0 without a retrieval model;
+    quality_offset: the bias baseline's logit inside "quality", 0 without one)."""
     n = len(next(iter(inputs.values())))
     fn = tf.function(lambda batch: model.logits(batch, training=False), reduce_retracing=True)
-    outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": []}
+    outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": [], "quality_offset": []}
     for lo in range(0, n, batch_size):
         batch = {k: (tf.constant(v[lo:lo + batch_size].astype(str)) if v.dtype == object else
                      tf.constant(v[lo:lo + batch_size])) for k, v in inputs.items()}

@@ -214,7 +214,7 @@ def train_ranking(ctx: TrainContext) -> None:
     with config_errors("ranking"):
         model, info = train_ranker(rows, ctx.features, dataclasses.replace(config, retrieval_weight=beta),
                                    retrieval=retrieval, rating_baseline=baseline and baseline["train"])
-    model.set_serving(beta, calibration["a"], calibration["b"])
+    model.set_serving(beta, calibration["a"], calibration["b"], (selection or {}).get("quality_residual_scale", 1.0))
     # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
     test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
     test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
@@ -259,7 +259,7 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
         select_fusion,
         sweep_blends,
     )
-    from ranking import predict_logits, train_ranker, training_rows
+    from ranking import denormalize_quality, predict_logits, train_ranker, training_rows
     from ranking.calibration import sigmoid
     from ranking.train import as_train_split, make_examples
 
@@ -293,18 +293,37 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
         out[valid] = values
         return out
 
+    # The quality residual's scale γ by validation RMSE of the fit-only ranker on the rated validation
+    # engagements (0 = the bias baseline alone; ties → the smaller γ).
+    gamma, quality_table = 1.0, None
+    if baseline and baseline["fit"] is not None:
+        rated = engaged.loc[np.isfinite(engaged["rating"].to_numpy(dtype=np.float64))]
+        got = predict_logits(model, make_examples(rated, fitted.store, config.history_length).inputs)
+        truth = rated["rating"].to_numpy(dtype=np.float64)
+        table = []
+        for g in QUALITY_RESIDUAL_SCALES:
+            pred = denormalize_quality(sigmoid(got["quality_offset"] + g * (got["quality"] - got["quality_offset"])))
+            table.append({"quality_residual_scale": g, "validation_rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+                          "rated": int(len(truth))})
+        quality_table = pd.DataFrame(table)
+        best = int(np.argmin(quality_table["validation_rmse"].to_numpy()))
+        quality_table["chosen"] = np.arange(len(quality_table)) == best
+        gamma = float(quality_table["quality_residual_scale"].iloc[best])
+    offset = scored["quality_offset"]
+    served_quality = sigmoid(offset + gamma * (scored["quality"] - offset))
     flags = {}
     if "item_type" in fitted.store.spec.item_categorical:
         types = fitted.store.item_features(flat_i)["item_type"].astype(str)
         flags["clickbait"] = pad(types == "clickbait", False)
     cands = ValidationCandidates(
         user_ids=np.asarray(users, dtype=object), valid=valid, logit=pad(scored["engagement"], 0.0),
-        affinity=pad(scored["affinity"], 0.0), quality=pad(sigmoid(scored["quality"]), 0.0),
+        affinity=pad(scored["affinity"], 0.0), quality=pad(served_quality, 0.0),
         engaged=pad(flat_y, False), rating=pad(flat_r, np.nan),
         num_relevant=engaged.groupby(engaged["user_id"].astype(str)).size().reindex(users).to_numpy(), flags=flags)
     grid = config.retrieval_weight_grid if config.retrieval_weight < 0 else (config.retrieval_weight,)
     beta, fusion = select_fusion(cands, grid)
     out: dict[str, Any] = {"retrieval_weight": beta, "fusion_table": fusion, "calibration": None,
+                           "quality_residual_scale": gamma, "quality_table": quality_table,
                            "users": len(users), "candidates": int(valid.sum()), "positives": int(flat_y.sum())}
     raw = np.where(valid, sigmoid(cands.fused_logit(beta)), 0.0)
     labels = cands.engaged[valid]
@@ -352,6 +371,9 @@ def _rating_baselines(ctx: TrainContext) -> dict[str, Any] | None:
     return ctx.state["rating_baselines"]
 
 
+QUALITY_RESIDUAL_SCALES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def _selection_record(selection: dict[str, Any]) -> dict[str, Any]:
     """The selection as JSON-ready manifest data (tables as lists of rows)."""
     rec = {}
@@ -362,7 +384,8 @@ def _selection_record(selection: dict[str, Any]) -> dict[str, Any]:
             rec[k] = dataclasses.asdict(v)
         else:
             rec[k] = v
-    rec["rules"] = ("β: best validation ndcg@10 of the engagement order over the grid (ties → smaller β); "
+    rec["rules"] = ("quality residual scale γ: lowest validation RMSE of the rated validation engagements "
+                    "(ties → smaller γ); β: best validation ndcg@10 of the engagement order over the grid (ties → smaller β); "
                     "calibration: Platt on the validation candidates; blend: best validation ndcg@10 whose "
                     "mean_hit_rating@10 >= the engagement-only blend's (evaluation.selection)")
     return rec
