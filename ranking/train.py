@@ -19,6 +19,7 @@ Where the engagement negatives come from (NegativeConfig.source, see `training_r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import weakref
@@ -310,7 +311,9 @@ def predict_logits(model: WideDeepRanker, inputs: Mapping[str, np.ndarray],
     (affinity: the retriever's score s of each pair, 0 without a retrieval model;
     quality_offset: the bias baseline's logit inside "quality", 0 without one)."""
     n = len(next(iter(inputs.values())))
-    fn = tf.function(lambda batch: model.logits(batch, training=False), reduce_retracing=True)
+    # Eager, not traced: autograph converting `logits` also converts the (tf_keras) layers it calls,
+    # which failed on the MovieLens two-tower inside RetrievalAffinity; this runs once per training.
+    fn = functools.partial(model.logits, training=False)
     outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": [], "quality_offset": []}
     for lo in range(0, n, batch_size):
         batch = {k: (tf.constant(v[lo:lo + batch_size].astype(str)) if v.dtype == object else

@@ -33,6 +33,7 @@ def test_every_selected_setting_is_blind_to_test_labels(tiny_version):
     got = _select_on_validation(ctx, "sampled")
     chosen = manifest["ranking"]["selection"]
     assert got["retrieval_weight"] == chosen["retrieval_weight"]
+    assert got["quality_residual_scale"] == chosen["quality_residual_scale"]
     assert got["blend"].__dict__ == chosen["blend"]
     assert got["calibration"]["a"] == pytest.approx(chosen["calibration"]["a"], rel=1e-4)
     assert got["calibration"]["b"] == pytest.approx(chosen["calibration"]["b"], rel=1e-4)
@@ -49,6 +50,9 @@ def test_the_version_serves_what_validation_chose(tiny_version):
     assert serving["retrieval_weight"] == pytest.approx(sel["retrieval_weight"])
     assert serving["calibration_a"] == pytest.approx(sel["calibration"]["a"], rel=1e-6)
     assert serving["calibration_b"] == pytest.approx(sel["calibration"]["b"], rel=1e-6)
+    rmse = {r["quality_residual_scale"]: r["validation_rmse"] for r in sel["quality_table"]}
+    assert 0.0 in rmse and sel["quality_residual_scale"] == min(rmse, key=lambda g: (rmse[g], g))
+    assert serving["quality_residual_scale"] == pytest.approx(sel["quality_residual_scale"])
     # The chosen blend is the version's default, and it obeys the rule on its own table.
     pipeline = json.loads((tiny_version / "ranking" / "pipeline.json").read_text())
     blend = sel["blend"]
