@@ -20,6 +20,7 @@ import pandas as pd
 
 from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
 from evaluation.baselines import bias_baseline_metrics
+from evaluation.calibration import DEFAULT_BINS, expected_calibration_error, reliability_bins
 from evaluation.metrics import evaluate_rankings
 from evaluation.protocol import EvalData
 from pipeline import CandidateSet, PipelineConfig, RecommendPipeline  # TensorFlow loads only with a version
@@ -109,6 +110,13 @@ class PipelineRecommender:
         self.recent = events_history(self.config, data)
         self._columns = pd.Index(np.asarray(data.item_ids).astype(str))
         self.diagnostics = head_diagnostics(self, data) if self.config.diagnostics else {}
+        if self.diagnostics and self.config.version_dir:
+            from core import registry
+
+            manifest = registry.read_manifest(pathlib.Path(self.config.version_dir))
+            selection = manifest.get("ranking", {}).get("selection")
+            if selection:
+                self.diagnostics["validation_selection"] = selection
         if self.diagnostics:
             log.info("pipeline heads on test: %s", ", ".join(f"{k} {v:.4f}" for k, v in self.diagnostics.items()
                                                              if isinstance(v, float)))
@@ -209,7 +217,47 @@ def head_diagnostics(rec: PipelineRecommender, data: EvalData, neg: NegativeConf
         return [c.item_ids for c in pipeline.candidates(users)]
 
     rows = evaluation_rows(test, pipeline.features, neg, data.split.train, candidates=generator)
-    return {**diagnose(pipeline.ranker, rows, pipeline.features), **bias_baseline_metrics(data.split, rows)}
+    return {**diagnose(pipeline.ranker, rows, pipeline.features), **bias_baseline_metrics(data.split, rows),
+            **served_calibration(pipeline, test)}
+
+
+def served_calibration(pipeline: RecommendPipeline, test: pd.DataFrame, bins: int = DEFAULT_BINS) -> dict:
+    """The engagement head on the candidates the server scores: every test user with a test
+    engagement, each of their served top-N candidates (train items excluded), label = the
+    candidate is among the user's test engagements. Pooled over all those pairs:
+
+      candidate_engagement_auc / candidate_retrieval_auc — ROC AUC of the served engagement
+        and of the retriever's score (ranking.head_metrics' definition) on the same pairs;
+      engagement_ece — expected calibration error over `bins` equal-mass bins
+        (evaluation.calibration), reliability_bins its table;
+      mean_engagement / engaged_rate — mean served engagement and the observed rate;
+      candidate_pairs / candidate_positives — how many pairs and engaged ones.
+    """
+    from ranking import head_metrics
+
+    engaged = test.loc[test["engaged"] == 1]
+    users = sorted(engaged["user_id"].astype(str).unique())
+    pos = set(zip(engaged["user_id"].astype(str), engaged["item_id"].astype(str)))
+    e, r, y = [], [], []
+    for lo in range(0, len(users), 256):
+        batch = users[lo:lo + 256]
+        for u, c in zip(batch, pipeline.candidates(batch)):
+            e.append(np.asarray(c.engagement, dtype=np.float64))
+            r.append(np.asarray(c.retrieval_scores, dtype=np.float64))
+            y.append(np.fromiter(((u, str(i)) in pos for i in c.item_ids), dtype=bool, count=len(c.item_ids)))
+    if not e or not sum(len(x) for x in e):
+        return {}
+    e, r, y = np.concatenate(e), np.concatenate(r), np.concatenate(y)
+    nan = np.full(len(e), np.nan)
+    return {
+        "candidate_engagement_auc": head_metrics(e, y, e, nan)["engagement_auc"],
+        "candidate_retrieval_auc": head_metrics(r, y, e, nan)["engagement_auc"],
+        "engagement_ece": expected_calibration_error(e, y, bins),
+        "mean_engagement": float(e.mean()), "engaged_rate": float(y.mean()),
+        "candidate_pairs": int(len(e)), "candidate_positives": int(y.sum()),
+        "engagement_calibrated": bool(pipeline.engagement_calibrated),
+        "reliability_bins": reliability_bins(e, y, bins),
+    }
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -256,13 +304,19 @@ def sweep_blend(rec: PipelineRecommender, data: EvalData, shares: Sequence[float
       One row per α: the engagement metrics (binary ndcg@k, map@k, recall@k), the quality
       metrics (ndcg_graded@k: rating as gain; mean_hit_rating@k: mean test rating of the
       top-k items that were hits; hit_rating_4plus@k: the share of those rated 4 or 5) and
-      mean_pred_quality@k / mean_pred_engagement@k (the heads' own view of the top k).
+      mean_pred_quality@k / mean_pred_engagement@k (the heads' own view of the top k);
+      clickbait_share@k where the items carry an item_type column (synthetic data): the
+      share of top-k slots holding an item_type == "clickbait" item.
     """
     base = rec.weights
     mode = mode or base.mode
     transform = transform or (base.transform if mode == "additive" else "identity")
     started = time.perf_counter()
     cands = rec.candidate_sets(data.test_users)
+    items = rec.pipeline.features.items
+    # Synthetic data plants "clickbait" items (engaging, low quality): report their share of each top k.
+    clickbait = (frozenset(items.index[items["item_type"].astype(str) == "clickbait"].astype(str))
+                 if "item_type" in items.columns else None)
     log.info("sweep: candidate sets for %d users in %.1fs", len(cands), time.perf_counter() - started)
     rows = []
     for alpha in shares:
@@ -271,17 +325,21 @@ def sweep_blend(rec: PipelineRecommender, data: EvalData, shares: Sequence[float
         ranked = rec.rank(cands, k, weights=w, order="blend")
         m = evaluate_rankings(ranked, data, ks=(k,))
         mean_rating, share_4 = _hit_ratings(ranked, data, k)
-        pred_e, pred_q = [], []
+        pred_e, pred_q, flagged = [], [], []
         for c in cands:
             order = rec.pipeline.blend_top_k(c, w, k)[2]
             pred_e.extend(c.engagement[order])
             pred_q.extend(c.quality[order])
+            if clickbait is not None:
+                flagged.extend(c.item_ids[j] in clickbait for j in order)
         rows.append({"quality_share": alpha, "engagement_weight": w.engagement, "quality_weight": w.quality,
                      "mode": mode, f"ndcg@{k}": m[f"ndcg@{k}"], f"map@{k}": m[f"map@{k}"],
                      f"recall@{k}": m[f"recall@{k}"], f"ndcg_graded@{k}": m[f"ndcg_graded@{k}"],
                      f"mean_hit_rating@{k}": mean_rating, f"hit_rating_4plus@{k}": share_4,
                      f"mean_pred_engagement@{k}": float(np.mean(pred_e)) if pred_e else float("nan"),
-                     f"mean_pred_quality@{k}": float(1 + 4 * np.mean(pred_q)) if pred_q else float("nan")})
+                     f"mean_pred_quality@{k}": float(1 + 4 * np.mean(pred_q)) if pred_q else float("nan"),
+                     **({f"clickbait_share@{k}": float(np.mean(flagged)) if flagged else float("nan")}
+                        if clickbait is not None else {})})
     return pd.DataFrame(rows)
 
 
@@ -337,5 +395,5 @@ def run_sweep(data: EvalData, config: PipelineEvalConfig, shares: Sequence[float
     return sweep
 
 
-__all__ = ["PipelineEvalConfig", "PipelineRecommender", "PipelineConfig", "check_same_split", "events_history", "head_diagnostics",
-           "parse_sweep", "sweep_blend", "plot_sweep", "run_sweep"]
+__all__ = ["PipelineEvalConfig", "PipelineRecommender", "PipelineConfig", "check_same_split", "events_history",
+           "head_diagnostics", "parse_sweep", "served_calibration", "sweep_blend", "plot_sweep", "run_sweep"]

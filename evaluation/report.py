@@ -173,6 +173,7 @@ def write_report(directory: str | pathlib.Path, results: pd.DataFrame, split_sta
     plot_path = plot_metrics(results, d / "metrics.png")
     md = [f"# {title}", "", markdown_table(results), "", "![metrics](metrics.png)", "",
           *(_selection_markdown(selection) if selection else []),
+          *_calibration_markdown(d, cfg),
           "## Metric definitions", "", METRIC_DEFINITIONS, "## Split", "", _split_table(summary), "",
           "```json", json.dumps(summary, indent=2), "```", "", "## Config", "", "```json",
           json.dumps(cfg, indent=2), "```", ""]
@@ -203,3 +204,41 @@ def _split_table(summary: dict[str, Any]) -> str:
     lines = ["| part | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += ["| " + p + " | " + " | ".join(str(summary[p].get(c, "")) for c in cols) + " |" for p in parts]
     return "\n".join(lines)
+
+
+def _calibration_markdown(d: pathlib.Path, cfg: Any) -> list[str]:
+    """report.md lines (and reliability_<model>.png) for each model with head diagnostics: the served
+    engagement's calibration on test candidates, and the choices its training run made on validation."""
+    from evaluation.calibration import plot_reliability
+
+    diagnostics = cfg.get("head_diagnostics", {}) if isinstance(cfg, dict) else {}
+    out: list[str] = []
+    for name, diag in diagnostics.items():
+        if not isinstance(diag, dict):
+            continue
+        bins = diag.get("reliability_bins")
+        if bins:
+            png = f"reliability_{name.replace('[', '_').replace(']', '')}.png"
+            plot_reliability(bins, d / png, title=f"{name}: test candidates, ECE = {diag.get('engagement_ece', 0):.4f}")
+            table = pd.DataFrame(bins)[["count", "lo", "hi", "confidence", "accuracy"]]
+            out += [f"## Engagement calibration: {name} (test candidates)", "",
+                    f"ECE over 15 equal-mass bins (evaluation.calibration) = {diag.get('engagement_ece', float('nan')):.4f}"
+                    f" (calibrated: {diag.get('engagement_calibrated')}); mean served engagement "
+                    f"{diag.get('mean_engagement', float('nan')):.4f} vs engaged rate {diag.get('engaged_rate', float('nan')):.4f}; "
+                    f"AUC on the same {diag.get('candidate_pairs', 0)} pairs: engagement "
+                    f"{diag.get('candidate_engagement_auc', float('nan')):.4f}, retrieval score "
+                    f"{diag.get('candidate_retrieval_auc', float('nan')):.4f}.", "",
+                    markdown_table(table.rename_axis("bin")), "", f"![reliability]({png})", ""]
+        sel = diag.get("validation_selection")
+        if isinstance(sel, dict) and sel.get("fusion_table"):
+            out += [f"## {name}: choices made on the validation carve by its training run (never test)", "",
+                    f"Rules: {sel.get('rules', '')}. {sel.get('users', '')} validation users, "
+                    f"{sel.get('candidates', '')} served candidates, {sel.get('positives', '')} engaged.", "",
+                    "Retrieval fusion β (ndcg@10 / map@10 of the engagement order):", "",
+                    markdown_table(pd.DataFrame(sel["fusion_table"]).set_index("retrieval_weight")), "",
+                    f"Calibration: {sel.get('calibration')}; validation ECE before {sel.get('uncalibrated_ece')}, "
+                    f"after {sel.get('calibrated_ece')}.", ""]
+            if sel.get("blend_table"):
+                out += ["Blend sweep on validation (served heads):", "",
+                        markdown_table(pd.DataFrame(sel["blend_table"])), ""]
+    return out

@@ -17,7 +17,7 @@ _LAZY = {
     "HEADS": "ranking.model", "WideDeepRanker": "ranking.model", "build_ranker": "ranking.model",
     "denormalize_quality": "ranking.model", "normalize_rating": "ranking.model", "ranker_inputs": "ranking.model",
     "diagnose": "ranking.train", "evaluation_rows": "ranking.train", "head_metrics": "ranking.train",
-    "predict": "ranking.train", "train_ranker": "ranking.train", "training_rows": "ranking.train",
+    "predict": "ranking.train", "predict_logits": "ranking.train", "train_ranker": "ranking.train", "training_rows": "ranking.train",
 }
 
 __all__ = [

@@ -3,7 +3,10 @@
 Layout of a ranking artifact directory (`<version>/ranking/`):
   model/        SavedModel; signature "serving_default": the ranker's inputs (each [n],
                 names of model.input_specs) → {"engagement": [n], "quality": [n]} float32
-  ranker.json   config, input names, heads and training info
+  ranker.json   config, input names, heads, training info, and the engagement head's
+                serving transform: "retrieval_weight" (β) and "calibration" ({"method":
+                "platt", "a", "b"}: the served engagement is a calibrated probability; null:
+                a ranking score) — both applied inside the SavedModel (ranking.model)
 
 Loaders use only TensorFlow's SavedModel API, never the training code's classes.
 """
@@ -69,6 +72,9 @@ def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Ma
         "heads": list(HEADS),
         "config": dataclasses.asdict(model.config),
         "info": dict(info or {}),
+        "retrieval_weight": model.serving_values()["retrieval_weight"],
+        "calibration": ({"method": "platt", "a": model.serving_values()["calibration_a"], "b": model.serving_values()["calibration_b"]}
+                        if (model.serving_values()["calibration_a"], model.serving_values()["calibration_b"]) != (1.0, 0.0) else None),
     }
     (d / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
     return d

@@ -13,15 +13,24 @@ so the exported SavedModel takes raw strings and floats.
          item·user and item·history → shared ReLU MLP bottom — generalisation.
   heads: engagement = σ(tower_e(bottom) + wide_e), quality = σ(tower_q(bottom) + wide_q);
          quality predicts the normalised rating (rating - 1) / 4 in [0, 1].
-  fusion (config.retrieval_weight = β > 0 and a trained retriever given): when not
-         training, engagement = σ(logit_e + β · (s(u, i) - 1)), s the retrieval model's
-         score of the pair (a frozen copy of its user tower and item embeddings, see
-         RetrievalAffinity; 1 = a perfect match of unit-norm towers) — the ranker's and
-         the retriever's evidence multiplied as experts. Anchoring at s = 1 only ever
-         lowers the logit, so the head does not saturate at 1 and a blend with quality
-         still orders the top. Trained without it: on train rows the retriever's scores
-         are in-sample (it was fit on those very engagements), so a learned weight would
-         over-trust them; β is chosen on the validation carve (bench/RESULTS.md).
+  fusion (a trained retriever given, unless config.retrieval_weight == 0): when not
+         training, the engagement logit is z = logit_e + β · (s(u, i) - 1), s the
+         retrieval model's score of the pair (a frozen copy of its user tower and item
+         embeddings, see RetrievalAffinity; 1 = a perfect match of unit-norm towers) — the
+         ranker's and the retriever's evidence multiplied as experts. Trained without it:
+         on train rows the retriever's scores are in-sample (it was fit on those very
+         engagements), so a learned weight would over-trust them; β is a non-trainable
+         variable set after training (`set_serving`), chosen per training run on the
+         validation carve (evaluation.selection; workflows.train).
+  quality baseline (optional, `RatingBaseline`): the quality logit adds
+         logit(clip(normalised μ + b_u + b_i, 0.01, 0.99)), the user+item bias rating
+         baseline fit on train (frozen), so the quality head learns a residual on top of it;
+         when serving the residual is scaled by γ ∈ [0, 1] (set_serving; chosen on validation
+         RMSE, 0 = the bias baseline alone) — shrinkage that cannot do worse than the
+         baseline on the data it was chosen on.
+  calibration: when not training, engagement = σ(a · z + b) (Platt, a > 0: the order is
+         unchanged), (a, b) fit on the validation carve's served candidates so the served
+         engagement is P(engaged | user, candidate); identity (1, 0) until `set_serving`.
 """
 from __future__ import annotations
 
@@ -192,6 +201,34 @@ class RetrievalAffinity(keras.layers.Layer):
         return tf.reduce_sum(u * v, axis=1, keepdims=True)
 
 
+class RatingBaseline(keras.layers.Layer):
+    """The bias rating baseline μ + b_u + b_i as a frozen logit offset for the quality head [b, 1].
+
+    `biases` = (μ, user ids [U], b_u [U], item ids [I], b_i [I]) in rating units (unknown
+    ids: b = 0). Output: logit(clip((μ + b_u + b_i − lo) / (hi − lo), 0.01, 0.99)), so
+    σ(offset + residual) is the baseline when the residual is 0.
+    """
+
+    def __init__(self, biases: tuple, scale: tuple[float, float] = (RATING_MIN, RATING_MAX), **kwargs) -> None:
+        super().__init__(trainable=False, **kwargs)
+        mu, users, b_u, items, b_i = biases
+        self.mu, self.scale = float(mu), (float(scale[0]), float(scale[1]))
+        self.user_lookup = keras.layers.StringLookup(vocabulary=[str(u) for u in users], num_oov_indices=1,
+                                                     mask_token=None)
+        self.item_lookup = keras.layers.StringLookup(vocabulary=[str(i) for i in items], num_oov_indices=1,
+                                                     mask_token=None)
+        self.user_bias = self.add_weight(name="user_bias", shape=(len(users) + 1,), trainable=False,
+                                         initializer=keras.initializers.Constant(np.r_[0.0, np.asarray(b_u)]))
+        self.item_bias = self.add_weight(name="item_bias", shape=(len(items) + 1,), trainable=False,
+                                         initializer=keras.initializers.Constant(np.r_[0.0, np.asarray(b_i)]))
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        r = (self.mu + tf.gather(self.user_bias, self.user_lookup(inputs[USER_PREFIX + "user_id"]))
+             + tf.gather(self.item_bias, self.item_lookup(inputs[ITEM_PREFIX + "item_id"])))
+        q = tf.clip_by_value((r - self.scale[0]) / (self.scale[1] - self.scale[0]), 0.01, 0.99)
+        return (tf.math.log(q) - tf.math.log1p(-q))[:, None]
+
+
 class WideDeepRanker(keras.Model):
     """The ranker. call(inputs) → {"engagement": [b, 1], "quality": [b, 1]}, both in [0, 1].
 
@@ -201,12 +238,13 @@ class WideDeepRanker(keras.Model):
     """
 
     def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: RetrievalParts | None = None,
-                 **kwargs) -> None:
+                 rating_baseline: tuple | None = None, **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config
-        # Retrieval fusion only with β > 0 and a retrieval model; otherwise the ranker alone.
+        self.rating_baseline = RatingBaseline(rating_baseline, name="rating_baseline") if rating_baseline else None
+        # Retrieval fusion only with a retrieval model and β != 0 (< 0: β chosen later); otherwise the ranker alone.
         self.affinity = None
-        if config.retrieval_weight > 0 and retrieval is not None:
+        if config.retrieval_weight != 0 and retrieval is not None:
             tower, item_ids, item_embeddings = retrieval
             self.affinity = RetrievalAffinity(tower, item_ids, item_embeddings, config.history_length,
                                               name="retrieval_affinity")
@@ -247,11 +285,39 @@ class WideDeepRanker(keras.Model):
             self.bottom.append(keras.layers.Dense(h, activation="relu"))
             if config.dropout:
                 self.bottom.append(keras.layers.Dropout(config.dropout, seed=config.seed))
+        # Serving-time fusion weight β (config's when given, else 0 until chosen) and Platt
+        # calibration (a, b) (identity until fit): set after training by set_serving.
+        beta = max(config.retrieval_weight, 0.0) if self.affinity is not None else 0.0
+        # The 4th value is the quality residual's serving scale (1 = as trained; 0 = the bias baseline alone).
+        self.serving_params = self.add_weight(name="serving_params", shape=(4,), trainable=False,
+                                              initializer=keras.initializers.Constant([beta, 1.0, 0.0, 1.0]))
         self.towers = {head: keras.Sequential(
             ([keras.layers.Dense(config.head_hidden, activation="relu")] if config.head_hidden else [])
             + [keras.layers.Dense(1)], name=f"{head}_tower") for head in HEADS}
 
-    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+    def set_serving(self, retrieval_weight: float, calibration_a: float = 1.0, calibration_b: float = 0.0,
+                    quality_residual_scale: float = 1.0) -> None:
+        """Sets the serving-time β and Platt (a, b) of the engagement head, and the scale of the
+        quality head's residual over its bias baseline (module docstring)."""
+        if not (np.isfinite(quality_residual_scale) and 0 <= quality_residual_scale <= 1):
+            raise ValueError(f"the quality residual scale must be in [0, 1], got {quality_residual_scale}")
+        if retrieval_weight and self.affinity is None:
+            raise ValueError(f"retrieval weight {retrieval_weight} needs a ranker built with the retrieval model")
+        if not (np.isfinite(retrieval_weight) and retrieval_weight >= 0 and np.isfinite(calibration_b)
+                and np.isfinite(calibration_a) and calibration_a > 0):
+            raise ValueError(f"need β >= 0, a > 0 and b finite; got {retrieval_weight}, {calibration_a}, "
+                             f"{calibration_b}")
+        self.serving_params.assign([retrieval_weight, calibration_a, calibration_b, quality_residual_scale])
+
+    def serving_values(self) -> dict[str, float]:
+        """{"retrieval_weight": β, "calibration_a": a, "calibration_b": b, "quality_residual_scale": γ}
+        as set by set_serving."""
+        beta, a, b, g = (float(x) for x in self.serving_params.numpy())
+        return {"retrieval_weight": beta, "calibration_a": a, "calibration_b": b, "quality_residual_scale": g}
+
+    def logits(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        """Each head's logit [b, 1] (no fusion, no calibration, quality residual unscaled), plus
+        "affinity" [b, 1] when fused and "quality_offset" [b, 1] (the bias baseline's logit) when set."""
         embedded = {key: layer(inputs[key]) for key, layer in self.embedders.items()}
         parts = list(embedded.values())
         # Explicit element-wise products: an MLP learns dot-product matches poorly on its own.
@@ -267,16 +333,30 @@ class WideDeepRanker(keras.Model):
         for layer in self.bottom:
             x = layer(x, training=training)
         wide = self.wide(inputs) if self.wide is not None else None
-        fused = self.affinity is not None and not training
         out = {}
         for h, head in enumerate(HEADS):
             logit = self.towers[head](x)
             if wide is not None:
                 logit = logit + wide[:, h:h + 1]
-            if fused and head == "engagement":
-                logit = logit + self.config.retrieval_weight * (self.affinity(inputs) - 1.0)
-            out[head] = tf.sigmoid(logit)
+            if head == "quality" and self.rating_baseline is not None:
+                out["quality_offset"] = self.rating_baseline(inputs)
+                logit = logit + out["quality_offset"]
+            out[head] = logit
+        if self.affinity is not None and not training:
+            out["affinity"] = self.affinity(inputs)
         return out
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        logits = self.logits(inputs, training)
+        engagement, quality = logits["engagement"], logits["quality"]
+        if not training:
+            beta, a, b, g = (self.serving_params[i] for i in range(4))
+            if "affinity" in logits:
+                engagement = engagement + beta * (logits["affinity"] - 1.0)
+            engagement = a * engagement + b
+            if "quality_offset" in logits:
+                quality = logits["quality_offset"] + g * (quality - logits["quality_offset"])
+        return {"engagement": tf.sigmoid(engagement), "quality": tf.sigmoid(quality)}
 
 
 def _resolve_crosses(spec: FeatureSpec, crosses: Sequence[str]) -> list[tuple[str, str, bool]]:
@@ -299,17 +379,19 @@ RetrievalParts = tuple[keras.layers.Layer, Sequence[str], np.ndarray]
 
 
 def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 retrieval: RetrievalParts | None = None) -> WideDeepRanker:
+                 retrieval: RetrievalParts | None = None, rating_baseline: tuple | None = None) -> WideDeepRanker:
     """A compiled WideDeepRanker for `features` (vocabularies fit on train).
 
-    `retrieval` (with config.retrieval_weight > 0) adds the retrieval score to the
-    engagement logit when serving (see the module docstring); None = the ranker alone.
+    `retrieval` (unless config.retrieval_weight == 0) adds the retrieval score to the
+    engagement logit when serving, weighted by β (set_serving; see the module docstring);
+    None = the ranker alone. `rating_baseline` (μ, user ids, b_u, item ids, b_i): the quality
+    head predicts a residual on that bias baseline (RatingBaseline); None = on its own.
 
     Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
     on the normalised rating, weighted by a 0/1 mask so rows without an observed rating
     contribute nothing. Total = engagement_weight · L_e + quality_weight · L_q.
     """
-    model = WideDeepRanker(features, config, retrieval)
+    model = WideDeepRanker(features, config, retrieval, rating_baseline)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},

@@ -19,6 +19,7 @@ Where the engagement negatives come from (NegativeConfig.source, see `training_r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import weakref
@@ -254,12 +255,14 @@ def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data
 
 
 def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 validation: Examples | None = None, retrieval: RetrievalParts | None = None
-                 ) -> tuple[WideDeepRanker, dict]:
+                 validation: Examples | None = None, retrieval: RetrievalParts | None = None,
+                 rating_baseline: tuple | None = None) -> tuple[WideDeepRanker, dict]:
     """Trains a fresh ranker on `rows` (training_rows output: engaged and non-engaged rows).
 
     `retrieval`: the trained two-tower's parts for the serving-time fusion of
     config.retrieval_weight (model.RetrievalAffinity); None = the ranker alone.
+    `rating_baseline`: (μ, user ids, b_u, item ids, b_i) fit on the same training data; the
+    quality head then learns a residual on it (model.RatingBaseline).
 
     Returns:
       (model, info): info holds the per-epoch Keras history, example counts and seconds.
@@ -273,7 +276,7 @@ def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfi
     if not trains_e.any() or ex.engaged[trains_e].min() == ex.engaged[trains_e].max():
         raise ValueError("the ranker's engagement rows need both labels (engaged 0 and 1); check the negative "
                          "sampling flags")
-    model = build_ranker(features, config, retrieval)
+    model = build_ranker(features, config, retrieval, rating_baseline)
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
                         verbose=2 if config.progress else 0)
@@ -299,6 +302,28 @@ def predict(model: keras.Model, inputs: Mapping[str, np.ndarray], batch_size: in
         for h in HEADS:
             outs[h].append(np.asarray(res[h]).reshape(-1))
     return tuple(np.concatenate(outs[h]) if outs[h] else np.zeros(0, np.float32) for h in HEADS)  # type: ignore[return-value]
+
+
+def predict_logits(model: WideDeepRanker, inputs: Mapping[str, np.ndarray],
+                   batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """The in-memory model's head logits before fusion and calibration, in batches:
+    {"engagement": [n], "quality": [n], "affinity": [n], "quality_offset": [n]} float64
+    (affinity: the retriever's score s of each pair, 0 without a retrieval model;
+    quality_offset: the bias baseline's logit inside "quality", 0 without one)."""
+    n = len(next(iter(inputs.values())))
+    # Eager, not traced: autograph converting `logits` also converts the (tf_keras) layers it calls,
+    # which failed on the MovieLens two-tower inside RetrievalAffinity; this runs once per training.
+    fn = functools.partial(model.logits, training=False)
+    outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": [], "quality_offset": []}
+    for lo in range(0, n, batch_size):
+        batch = {k: (tf.constant(v[lo:lo + batch_size].astype(str)) if v.dtype == object else
+                     tf.constant(v[lo:lo + batch_size])) for k, v in inputs.items()}
+        res = fn(batch)
+        for key in outs:
+            value = res.get(key)
+            outs[key].append(np.zeros(min(batch_size, n - lo)) if value is None
+                             else np.asarray(value, dtype=np.float64).reshape(-1))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in outs.items()}
 
 
 def _graph_call(model: keras.Model):
@@ -372,5 +397,6 @@ def diagnose(model_or_scorer, rows: pd.DataFrame, features: FeatureStore) -> dic
     return head_metrics(e, ex.engaged, q, rating)
 
 
-__all__: Sequence[str] = ("Examples", "make_examples", "training_rows", "train_ranker", "predict", "head_metrics",
+__all__: Sequence[str] = ("Examples", "make_examples", "training_rows", "train_ranker", "predict", "predict_logits",
+                          "head_metrics",
                           "evaluation_rows", "diagnose")

@@ -24,6 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
+
 from core import layout, registry
 from core.config import ConfigError, build_config, config_errors, config_to_dict, flatten, section
 from features import Dataset, FeatureStore, Split, fit_feature_store
@@ -158,7 +161,13 @@ def train_index(ctx: TrainContext) -> None:
 
 def train_ranking(ctx: TrainContext) -> None:
     """Trains the wide & deep ranker on the retriever's candidates, exports it with the
-    version's default pipeline config, and records its head diagnostics on test."""
+    version's default pipeline config, and records its head diagnostics on test.
+
+    The serving-time choices — the retrieval fusion weight β, the engagement calibration and
+    the default blend — are made on the validation carve by `_select_on_validation` (a
+    retriever and a ranker trained on split.fit alone, scored on the validation users' served
+    candidates; evaluation.selection has the rules) and recorded with their tables in the
+    manifest ("ranking" → "selection"); test is never read by them."""
     from pipeline import save_pipeline_config
     from ranking import diagnose, evaluation_rows, export_ranker, train_ranker, training_rows
     from ranking.train import resolve_negative_source
@@ -167,22 +176,46 @@ def train_ranking(ctx: TrainContext) -> None:
     with config_errors("negatives"):
         source = resolve_negative_source(ctx.split, neg)
     have_retrieval = layout.has_retrieval(ctx.version_dir)
+    selection, why_not = None, ""
+    if not (config.retrieval_weight < 0 or config.calibrate or config.select_blend):
+        why_not = "nothing to choose (--ranking-retrieval-weight >= 0, --no-ranking-calibrate, --no-ranking-select-blend)"
+    elif not have_retrieval:
+        why_not = "this version has no retrieval model to generate validation candidates"
+    elif source == "window":
+        why_not = "--neg-source window trains the ranker on the validation carve itself"
+    elif not (ctx.split.validation["engaged"] == 1).any():
+        why_not = "the split has no validation carve with engagements (--val-fraction 0)"
+    else:
+        with config_errors("ranking"):
+            selection = _select_on_validation(ctx, source)
+    if why_not:
+        log.warning("ranker: no validation selection: %s; β = %g, engagement uncalibrated, blend from --pipeline-*",
+                    why_not, max(config.retrieval_weight, 0.0))
+    beta = config.retrieval_weight if config.retrieval_weight >= 0 else (selection or {}).get("retrieval_weight", 0.0)
+    calibration = (selection or {}).get("calibration") or {"a": 1.0, "b": 0.0}
+    if selection and config.select_blend:
+        w = selection["blend"]
+        pipeline = dataclasses.replace(pipeline, engagement_weight=w.engagement, quality_weight=w.quality,
+                                       blend_mode=w.mode, blend_transform=w.transform)
     generator = None
     if source == "window" and have_retrieval:
-        generator = _fit_only_generator(ctx, pipeline.num_candidates)
+        generator = _fit_only_retriever(ctx, pipeline.num_candidates).generate
     elif source == "sampled" and have_retrieval:
         generator = _version_generator(ctx, pipeline.num_candidates)
     rows = training_rows(ctx.split, ctx.features, neg, config.history_length, generator)
     retrieval = None
-    if config.retrieval_weight > 0 and have_retrieval:
+    if beta > 0 and have_retrieval:
         from retrieval import load_items
         tower = ctx.state.get("user_tower") or _saved_user_tower(ctx.version_dir)
         retrieval = (tower, *load_items(ctx.version_dir))
-    elif config.retrieval_weight > 0:
-        log.warning("ranker: --ranking-retrieval-weight %g ignored: this version has no retrieval model",
-                    config.retrieval_weight)
+    elif beta > 0:
+        log.warning("ranker: --ranking-retrieval-weight %g ignored: this version has no retrieval model", beta)
+        beta = 0.0
+    baseline = _rating_baselines(ctx)
     with config_errors("ranking"):
-        model, info = train_ranker(rows, ctx.features, config, retrieval=retrieval)
+        model, info = train_ranker(rows, ctx.features, dataclasses.replace(config, retrieval_weight=beta),
+                                   retrieval=retrieval, rating_baseline=baseline and baseline["train"])
+    model.set_serving(beta, calibration["a"], calibration["b"], (selection or {}).get("quality_residual_scale", 1.0))
     # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
     test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
     test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
@@ -194,11 +227,169 @@ def train_ranking(ctx: TrainContext) -> None:
                                                         "generator": None if generator is None else
                                                         ("two-tower on split.fit" if source == "window"
                                                          else "this version's retriever")},
+        "serving": {**model.serving_values(), "calibrated": calibration != {"a": 1.0, "b": 0.0}},
+        "quality_baseline": ({"reg": baseline["reg"], "mu": baseline["train"][0],
+                              "definition": "quality logit += logit(normalised μ + b_u + b_i), the bias baseline "
+                                            "fit on train (evaluation.baselines.fit_bias_baseline)"}
+                             if baseline else None),
+        "selection": _selection_record(selection) if selection else {"skipped": why_not},
         "pipeline": config_to_dict(pipeline), "training": {k: v for k, v in info.items() if k != "history"},
         "loss_history": info["history"], "test_diagnostics": diagnostics,
     }
-    log.info("ranker: %d examples in %.0f s; test %s", info["examples"], info["seconds"],
-             ", ".join(f"{k}={v:.4f}" for k, v in diagnostics.items() if isinstance(v, float)))
+    log.info("ranker: %d examples in %.0f s; β = %g, calibration a = %.4f b = %.4f, default blend %s; test %s",
+             info["examples"], info["seconds"], beta, calibration["a"], calibration["b"],
+             pipeline.default_weights, ", ".join(f"{k}={v:.4f}" for k, v in diagnostics.items()
+                                                  if isinstance(v, float)))
+
+
+def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
+    """β, the Platt calibration and the default blend, chosen on the validation carve.
+
+    A two-tower and a ranker are trained exactly like this version's but on split.fit alone
+    (their own feature store, so nothing has seen the validation window); each validation
+    user's served candidates are that retriever's top N (fit items excluded), labelled by
+    the user's validation engagements, and scored by that ranker. evaluation.selection's
+    rules choose on them; the choices are then applied to the ranker trained on all of train.
+    """
+    from evaluation.calibration import expected_calibration_error, reliability_bins
+    from evaluation.selection import (
+        ValidationCandidates,
+        calibrated_engagement,
+        fit_calibration,
+        select_blend,
+        select_fusion,
+        sweep_blends,
+    )
+    from ranking import denormalize_quality, predict_logits, train_ranker, training_rows
+    from ranking.calibration import sigmoid
+    from ranking.train import as_train_split, make_examples
+
+    started = time.perf_counter()
+    config, neg, n = ctx.config.ranker_config, ctx.config.negatives, ctx.config.pipeline.num_candidates
+    fitted = _fit_only_retriever(ctx, n)
+    rows = training_rows(as_train_split(ctx.split.fit), fitted.store, dataclasses.replace(neg, source=source),
+                         config.history_length, fitted.generate if source == "sampled" else None)
+    baseline = _rating_baselines(ctx)
+    model, _ = train_ranker(rows, fitted.store, dataclasses.replace(config, retrieval_weight=-1.0),
+                            retrieval=(fitted.tower, fitted.item_ids, fitted.embeddings),
+                            rating_baseline=baseline and baseline["fit"])
+    validation = ctx.split.validation
+    engaged = validation.loc[validation["engaged"] == 1].drop_duplicates(["user_id", "item_id"], keep="last")
+    users = sorted(engaged["user_id"].astype(str).unique())
+    ratings = {(str(u), str(i)): r for u, i, r in zip(engaged["user_id"], engaged["item_id"], engaged["rating"])}
+    lists = [items for lo in range(0, len(users), 256) for items in fitted.generate(users[lo:lo + 256])]
+    width = max((len(x) for x in lists), default=0)
+    flat_u = np.repeat(np.asarray(users, dtype=object), [len(x) for x in lists])
+    flat_i = np.concatenate(lists).astype(str).astype(object) if lists else np.zeros(0, object)
+    flat_r = np.array([ratings.get((u, i), np.nan) for u, i in zip(flat_u, flat_i)], dtype=np.float64)
+    flat_y = np.array([(u, i) in ratings for u, i in zip(flat_u, flat_i)], dtype=bool)
+    frame = pd.DataFrame({"user_id": flat_u, "item_id": flat_i, "rating": flat_r, "engaged": flat_y.astype(np.int8)})
+    scored = predict_logits(model, make_examples(frame, fitted.store, config.history_length).inputs)
+    valid = np.zeros((len(users), width), dtype=bool)
+    for r, x in enumerate(lists):
+        valid[r, :len(x)] = True
+
+    def pad(values: np.ndarray, fill: Any) -> np.ndarray:
+        out = np.full(valid.shape, fill, dtype=np.asarray(values).dtype)
+        out[valid] = values
+        return out
+
+    # The quality residual's scale γ by validation RMSE of the fit-only ranker on the rated validation
+    # engagements (0 = the bias baseline alone; ties → the smaller γ).
+    gamma, quality_table = 1.0, None
+    if baseline and baseline["fit"] is not None:
+        rated = engaged.loc[np.isfinite(engaged["rating"].to_numpy(dtype=np.float64))]
+        got = predict_logits(model, make_examples(rated, fitted.store, config.history_length).inputs)
+        truth = rated["rating"].to_numpy(dtype=np.float64)
+        table = []
+        for g in QUALITY_RESIDUAL_SCALES:
+            pred = denormalize_quality(sigmoid(got["quality_offset"] + g * (got["quality"] - got["quality_offset"])))
+            table.append({"quality_residual_scale": g, "validation_rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+                          "rated": int(len(truth))})
+        quality_table = pd.DataFrame(table)
+        best = int(np.argmin(quality_table["validation_rmse"].to_numpy()))
+        quality_table["chosen"] = np.arange(len(quality_table)) == best
+        gamma = float(quality_table["quality_residual_scale"].iloc[best])
+    offset = scored["quality_offset"]
+    served_quality = sigmoid(offset + gamma * (scored["quality"] - offset))
+    flags = {}
+    if "item_type" in fitted.store.spec.item_categorical:
+        types = fitted.store.item_features(flat_i)["item_type"].astype(str)
+        flags["clickbait"] = pad(types == "clickbait", False)
+    cands = ValidationCandidates(
+        user_ids=np.asarray(users, dtype=object), valid=valid, logit=pad(scored["engagement"], 0.0),
+        affinity=pad(scored["affinity"], 0.0), quality=pad(served_quality, 0.0),
+        engaged=pad(flat_y, False), rating=pad(flat_r, np.nan),
+        num_relevant=engaged.groupby(engaged["user_id"].astype(str)).size().reindex(users).to_numpy(), flags=flags)
+    grid = config.retrieval_weight_grid if config.retrieval_weight < 0 else (config.retrieval_weight,)
+    beta, fusion = select_fusion(cands, grid)
+    out: dict[str, Any] = {"retrieval_weight": beta, "fusion_table": fusion, "calibration": None,
+                           "quality_residual_scale": gamma, "quality_table": quality_table,
+                           "users": len(users), "candidates": int(valid.sum()), "positives": int(flat_y.sum())}
+    raw = np.where(valid, sigmoid(cands.fused_logit(beta)), 0.0)
+    labels = cands.engaged[valid]
+    out["uncalibrated_ece"] = expected_calibration_error(raw[valid], labels)
+    engagement = raw
+    if config.calibrate:
+        cal = fit_calibration(cands, beta)
+        engagement = calibrated_engagement(cands, beta, cal)
+        out["calibration"] = {"a": cal.a, "b": cal.b}
+        out["calibrated_ece"] = expected_calibration_error(engagement[valid], labels)
+        out["reliability_bins"] = reliability_bins(engagement[valid], labels)
+    out["engaged_rate"] = float(flat_y.mean()) if len(flat_y) else float("nan")
+    out["mean_engagement"] = float(engagement[valid].mean()) if valid.any() else float("nan")
+    if config.select_blend:
+        out["blend"], out["blend_table"] = select_blend(cands, engagement)
+    else:
+        out["blend_table"] = sweep_blends(cands, engagement, [ctx.config.pipeline.default_weights])
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("validation selection (%d users, %d candidates): β = %g (ndcg@10 %s), calibration %s, blend %s",
+             len(users), out["candidates"], beta, ", ".join(f"{b:g}: {v:.4f}" for b, v in
+                                                         zip(fusion["retrieval_weight"], fusion["ndcg@10"])),
+             out["calibration"], out.get("blend"))
+    return out
+
+
+def _rating_baselines(ctx: TrainContext) -> dict[str, Any] | None:
+    """The user+item bias rating baseline for the quality head (None when off or the data has no
+    ratings): {"reg": its reg (chosen on validation RMSE), "train": fit on split.train, "fit": fit on
+    split.fit} as (μ, user ids, b_u, item ids, b_i) tuples (ranking.model.RatingBaseline)."""
+    from evaluation.baselines import BiasConfig, fit_bias_baseline, fit_biases, rated_engagements
+
+    if not ctx.config.ranker_config.quality_baseline or not len(rated_engagements(ctx.split.train)):
+        return None
+    if "rating_baselines" not in ctx.state:
+        tune = bool(len(rated_engagements(ctx.split.validation))) and bool(len(rated_engagements(ctx.split.fit)))
+        biases, selection = fit_bias_baseline(ctx.split, BiasConfig(tune=tune))
+        reg = selection.chosen["reg"] if selection is not None else BiasConfig().reg
+
+        def parts(b) -> tuple:
+            return (b.mu, b.user_bias.index.astype(str).to_numpy(), b.user_bias.to_numpy(),
+                    b.item_bias.index.astype(str).to_numpy(), b.item_bias.to_numpy())
+        fit_rated = rated_engagements(ctx.split.fit)
+        ctx.state["rating_baselines"] = {"reg": reg, "train": parts(biases),
+                                         "fit": parts(fit_biases(fit_rated, reg)) if len(fit_rated) else None}
+    return ctx.state["rating_baselines"]
+
+
+QUALITY_RESIDUAL_SCALES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _selection_record(selection: dict[str, Any]) -> dict[str, Any]:
+    """The selection as JSON-ready manifest data (tables as lists of rows)."""
+    rec = {}
+    for k, v in selection.items():
+        if isinstance(v, pd.DataFrame):
+            rec[k] = v.to_dict(orient="records")
+        elif k == "blend":
+            rec[k] = dataclasses.asdict(v)
+        else:
+            rec[k] = v
+    rec["rules"] = ("quality residual scale γ: lowest validation RMSE of the rated validation engagements "
+                    "(ties → smaller γ); β: best validation ndcg@10 of the engagement order over the grid (ties → smaller β); "
+                    "calibration: Platt on the validation candidates; blend: best validation ndcg@10 whose "
+                    "mean_hit_rating@10 >= the engagement-only blend's (evaluation.selection)")
+    return rec
 
 
 def _version_generator(ctx: TrainContext, n: int):
@@ -221,11 +412,21 @@ def _retriever_config(ctx: TrainContext) -> TwoTowerConfig:
     return ctx.config.retrieval_config
 
 
-def _fit_only_generator(ctx: TrainContext, n: int):
+@dataclasses.dataclass
+class _FitRetriever:
+    """A two-tower trained on split.fit alone: its feature store, candidate generator and parts."""
+
+    store: FeatureStore
+    generate: Callable[[list[str]], list[np.ndarray]]
+    tower: Any                      # the in-memory user tower layer (ranking.RetrievalParts)
+    item_ids: np.ndarray
+    embeddings: np.ndarray
+
+
+def _fit_only_retriever(ctx: TrainContext, n: int) -> _FitRetriever:
     """A two-tower retriever trained like this version's but on split.fit alone (its own feature
-    store, so neither vocabulary, history nor popularity has seen the validation window), for
-    the ranker's window examples: its top-n for a user is what serving would have retrieved
-    just before the window."""
+    store, so neither vocabulary, history nor popularity has seen the validation window): its
+    top-n for a user is what serving would have retrieved just before the window."""
     import tempfile
 
     from features import SplitConfig
@@ -236,7 +437,7 @@ def _fit_only_generator(ctx: TrainContext, n: int):
     config = _retriever_config(ctx)
     epochs = int(ctx.manifest.get("retrieval", {}).get("final_epochs") or config.epochs)
     config = dataclasses.replace(config, epochs=max(1, epochs), refit=False)
-    log.info("ranker: training a split.fit-only two-tower (%d epochs) to generate window candidates", config.epochs)
+    log.info("ranker: training a split.fit-only two-tower (%d epochs) for validation candidates", config.epochs)
     result = train_two_tower(store, Split(fit, fit.iloc[:0], fit.iloc[:0], SplitConfig(val_fraction=0.0)), config)
     with tempfile.TemporaryDirectory(prefix="recsys-fit-retriever-") as tmp:
         export_model(result.model, store, tmp)
@@ -247,7 +448,7 @@ def _fit_only_generator(ctx: TrainContext, n: int):
     def generate(user_ids):
         ids, _ = index.search(tower.embed_ids(store, user_ids), n, store.seen_items(user_ids))
         return [row[row != ""] for row in ids]
-    return generate
+    return _FitRetriever(store, generate, result.model.user_tower, np.asarray(item_ids), np.asarray(embeddings))
 
 
 def _saved_user_tower(version_dir: pathlib.Path):

@@ -21,8 +21,15 @@ _HELP = {
                   "logq": "sampling-bias (logQ) correction"},
     "index": {"factory": "faiss.index_factory string: Flat, IVF1024,Flat, HNSW32, IVF1024,PQ16 ..."},
     "ranking": {"crosses": "wide crossed features USER_COL*ITEM_COL (empty = every user × item categorical pair)",
-                "retrieval_weight": "β: served engagement = σ(ranker logit + β·(retrieval score - 1)), the "
-                                    "version's two-tower (0 = ranker alone)"},
+                "retrieval_weight": "β: served engagement = σ(a·(ranker logit + β·(retrieval score - 1)) + b), the "
+                                    "version's two-tower (0 = ranker alone; < 0 = chosen on validation from "
+                                    "--ranking-retrieval-weight-grid)",
+                "retrieval_weight_grid": "the β values tried on the validation carve (by NDCG@10 of the served "
+                                         "candidate lists)",
+                "calibrate": "Platt-calibrate the served engagement (a, b) on the validation carve's served "
+                             "candidates, so it is P(engaged | user, candidate)",
+                "select_blend": "choose the version's default blend on validation (best NDCG@10 whose mean hit "
+                                "rating >= the engagement-only blend's); off = --pipeline-* weights"},
     "pipeline": {"num_candidates": "N: FAISS candidates the ranker scores per user"},
     **{f"data.{k}": v for k, v in DATA_HELP.items()},
 }

@@ -96,8 +96,9 @@ def test_the_demo_runs_end_to_end_on_a_small_synthetic_dataset(tmp_path: pathlib
     served = out["serve-demo"]
     assert "cache: redis-server started for this demo" in served and "health: SERVING" in served
     blocks = _sources(served)
-    users = [line for line, _ in blocks if not line.startswith("--item") and "no-such-user" not in line]
+    users = [line for line, _ in blocks[:8] if not line.startswith("--item") and "no-such-user" not in line]
     assert len(users) == 6  # two users × (first call, same again, quality-heavy weights)
+    assert len(blocks) == 11  # + the events part: that user again, a brand-new user before and after
     assert [sources for _, sources in blocks[:3]] == [{"ONLINE"}, {"CACHE"}, {"CACHE"}]
     assert [sources for _, sources in blocks[3:6]] == [{"ONLINE"}, {"CACHE"}, {"CACHE"}]
     assert blocks[6] == ("--user no-such-user -k 5", {"FALLBACK"})

@@ -143,7 +143,8 @@ def test_unknown_user_gets_the_popularity_fallback(start, pipeline, redis_url):
         assert (item.engagement, item.quality) == (cands.engagement[j], cands.quality[j])
         assert 0 <= item.engagement <= 1 and 0 < item.quality <= 1 and 0 <= item.score <= 1
         assert item.score == np.float32(float(cands.engagement[j]) ** w.engagement * float(cands.quality[j]) ** w.quality)
-    assert (response.blend.engagement, response.blend.quality, response.blend.mode) == (1.0, 1.0, pb.MULTIPLICATIVE)
+    assert (response.blend.engagement, response.blend.quality) == (w.engagement, w.quality)  # the version's default
+    assert response.blend.mode == (pb.MULTIPLICATIVE if w.mode == "multiplicative" else pb.ADDITIVE)
     top = ids(response)[0]
     excluded = recommend(stub, "never-seen-user", exclude_item_ids=[top])
     assert top not in ids(excluded) and ids(excluded) == list(pipeline.popular_items(K, {top})[0])

@@ -1,0 +1,164 @@
+"""Choices a training run makes on the validation carve: retrieval fusion β, engagement calibration, default blend.
+
+Every function here reads one `ValidationCandidates` table — each validation user's served
+candidate list (the top N of a retriever trained on `split.fit` only, the user's fit items
+excluded) scored by a ranker trained on `split.fit` only — and nothing from test. The
+metrics are evaluation.metrics' (the ones `recsys evaluate` reports), over these lists:
+
+  ndcg@k — binary gain (engaged in validation), IDCG over ALL the user's validation
+    engagements (also those the retriever missed), users with none skipped;
+  map@k — AP@k normalised by min(k, |validation engagements|);
+  mean_hit_rating@k — mean validation rating of the top-k items that were hits (NaN-free);
+  <flag>_share@k — share of top-k slots holding an item of a flagged type (e.g. clickbait).
+
+Rules (each returns its whole selection table, which the manifest records):
+  β: the grid value with the best ndcg@k of the engagement order z = logit + β·(s − 1)
+     (ties → the smaller β; 0 = the ranker alone).
+  calibration: Platt (a, b) by maximum likelihood on the chosen β's z over all candidates.
+  blend: among additive-on-logits (1−α)·logit(e) + α·logit(q) and multiplicative
+     e^(1−α)·q^α for α ∈ BLEND_SHARES, the best ndcg@k whose mean_hit_rating@k is at least
+     the engagement-only blend's (ties → the earlier grid entry; engagement-only always
+     qualifies, so a blend is always chosen).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from evaluation.metrics import average_precision_at_k, ndcg_at_k
+from ranking import BlendWeights, blend_scores
+from ranking.calibration import PlattCalibration, fit_platt, sigmoid
+
+BLEND_SHARES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclasses.dataclass
+class ValidationCandidates:
+    """Served candidate lists of the validation users, padded to [n users, N].
+
+    Attributes:
+      user_ids: [n] users (each with >= 1 validation engagement).
+      valid: [n, N] bool, False in padded slots.
+      logit: [n, N] the engagement head's logit (no fusion, no calibration).
+      affinity: [n, N] the retriever's score s of each candidate.
+      quality: [n, N] the quality head (normalised rating in [0, 1]).
+      engaged: [n, N] bool label: the candidate is among the user's validation engagements.
+      rating: [n, N] the validation rating of engaged candidates (NaN otherwise).
+      num_relevant: [n] the user's validation engagements (retrieved or not).
+      flags: name → [n, N] bool item-type flags (e.g. "clickbait").
+    """
+
+    user_ids: np.ndarray
+    valid: np.ndarray
+    logit: np.ndarray
+    affinity: np.ndarray
+    quality: np.ndarray
+    engaged: np.ndarray
+    rating: np.ndarray
+    num_relevant: np.ndarray
+    flags: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def fused_logit(self, beta: float) -> np.ndarray:
+        """[n, N] z = logit + β·(s − 1), the served engagement logit before calibration."""
+        return self.logit + beta * (self.affinity - 1.0) if beta else self.logit.copy()
+
+
+def _relevance(c: ValidationCandidates) -> sp.csr_matrix:
+    """[n, N + m] binary gains: candidate columns, plus one column per validation engagement the list missed."""
+    n, width = c.engaged.shape
+    missed = np.maximum(c.num_relevant - (c.engaged & c.valid).sum(axis=1), 0)
+    extra = int(missed.max()) if n else 0
+    rows, cols = np.nonzero(c.engaged & c.valid)
+    miss_rows = np.repeat(np.arange(n), missed)
+    miss_cols = width + np.concatenate([np.arange(m) for m in missed]) if n else np.zeros(0, np.int64)
+    r = np.concatenate([rows, miss_rows])
+    k = np.concatenate([cols, miss_cols]).astype(np.int64)
+    return sp.csr_matrix((np.ones(len(r)), (r, k)), shape=(n, width + extra))
+
+
+def list_metrics(c: ValidationCandidates, scores: np.ndarray, k: int = 10) -> dict[str, float]:
+    """The module's metrics of ordering each user's candidates by `scores` [n, N] (higher first, ties by position)."""
+    s = np.where(c.valid, np.asarray(scores, dtype=np.float64), -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top_valid = np.take_along_axis(c.valid, order, axis=1)
+    ranked = np.full((len(order), k), -1, dtype=np.int64)  # lists shorter than k: -1 padded
+    ranked[:, :order.shape[1]] = np.where(top_valid, order, -1)
+    rel = _relevance(c)
+    out = {f"ndcg@{k}": float(np.nanmean(ndcg_at_k(ranked, rel, k))) if len(ranked) else float("nan"),
+           f"map@{k}": float(np.nanmean(average_precision_at_k(ranked, rel, k))) if len(ranked) else float("nan")}
+    hits = np.take_along_axis(c.engaged, order, axis=1) & top_valid
+    ratings = np.take_along_axis(c.rating, order, axis=1)[hits]
+    ratings = ratings[np.isfinite(ratings)]
+    out[f"mean_hit_rating@{k}"] = float(ratings.mean()) if len(ratings) else float("nan")
+    for name, flag in c.flags.items():
+        shown = np.take_along_axis(flag, order, axis=1)[top_valid]
+        out[f"{name}_share@{k}"] = float(shown.mean()) if len(shown) else float("nan")
+    return out
+
+
+def select_fusion(c: ValidationCandidates, grid: Sequence[float], k: int = 10) -> tuple[float, pd.DataFrame]:
+    """β by the module's rule; the table has one row per β (ndcg@k, map@k, chosen)."""
+    rows = []
+    for beta in sorted(set(float(b) for b in grid)):
+        m = list_metrics(c, c.fused_logit(beta), k)
+        rows.append({"retrieval_weight": beta, f"ndcg@{k}": m[f"ndcg@{k}"], f"map@{k}": m[f"map@{k}"]})
+    table = pd.DataFrame(rows)
+    best = int(np.argmax(np.nan_to_num(table[f"ndcg@{k}"].to_numpy(), nan=-np.inf)))  # first max = smallest β
+    table["chosen"] = np.arange(len(table)) == best
+    return float(table["retrieval_weight"].iloc[best]), table
+
+
+def fit_calibration(c: ValidationCandidates, beta: float) -> PlattCalibration:
+    """Platt (a, b) on every valid candidate's fused logit against its validation label."""
+    return fit_platt(c.fused_logit(beta)[c.valid], c.engaged[c.valid])
+
+
+def calibrated_engagement(c: ValidationCandidates, beta: float, calibration: PlattCalibration) -> np.ndarray:
+    """[n, N] the served engagement: σ(a·z + b), 0 in padded slots."""
+    return np.where(c.valid, calibration.apply(c.fused_logit(beta)), 0.0)
+
+
+def blend_grid(shares: Sequence[float] = BLEND_SHARES) -> list[BlendWeights]:
+    """Weights (1−α, α) per quality share α, multiplicative (raw heads) then additive on logits."""
+    out = []
+    for mode, transform in (("multiplicative", "identity"), ("additive", "logit")):
+        for a in shares:
+            out.append(BlendWeights(engagement=round(1.0 - a, 6), quality=round(a, 6), mode=mode, transform=transform))
+    return out
+
+
+def sweep_blends(c: ValidationCandidates, engagement: np.ndarray, grid: Sequence[BlendWeights],
+                 k: int = 10) -> pd.DataFrame:
+    """list_metrics of each blend of the served heads (`engagement` [n, N], c.quality): one row per blend."""
+    e = np.clip(np.where(c.valid, engagement, 0.0), 0.0, 1.0).ravel()
+    q = np.clip(np.where(c.valid, c.quality, 0.0), 0.0, 1.0).ravel()
+    rows = []
+    for w in grid:
+        scores = blend_scores(e, q, w).reshape(c.valid.shape)
+        rows.append({"mode": w.mode, "transform": w.transform, "engagement_weight": w.engagement,
+                     "quality_weight": w.quality, **list_metrics(c, scores, k)})
+    return pd.DataFrame(rows)
+
+
+def select_blend(c: ValidationCandidates, engagement: np.ndarray, grid: Sequence[BlendWeights] | None = None,
+                 k: int = 10) -> tuple[BlendWeights, pd.DataFrame]:
+    """The default blend by the module's rule, and its table (sweep_blends + eligible, chosen)."""
+    grid = list(grid or blend_grid())
+    table = sweep_blends(c, engagement, grid, k)
+    e_only = ((table["quality_weight"] == 0) & (table["engagement_weight"] > 0)).to_numpy()
+    hit = table[f"mean_hit_rating@{k}"].to_numpy(dtype=np.float64)
+    floor = hit[np.flatnonzero(e_only)[0]] if e_only.any() else -np.inf
+    eligible = e_only | (np.nan_to_num(hit, nan=-np.inf) >= (floor if np.isfinite(floor) else -np.inf))
+    score = np.where(eligible, np.nan_to_num(table[f"ndcg@{k}"].to_numpy(), nan=-np.inf), -np.inf)
+    best = int(np.argmax(score))
+    table["eligible"] = eligible
+    table["chosen"] = np.arange(len(table)) == best
+    return grid[best], table
+
+
+__all__ = ["BLEND_SHARES", "ValidationCandidates", "blend_grid", "calibrated_engagement", "fit_calibration",
+           "list_metrics", "select_blend", "select_fusion", "sigmoid", "sweep_blends"]

@@ -1,0 +1,67 @@
+"""The ranker's serving-time choices (β, calibration, default blend) are made on validation only:
+poisoning every test label leaves each selected setting unchanged; the version serves what was chosen."""
+import json
+
+import numpy as np
+import pytest
+
+from core import registry
+from core.config import parse_config
+from tests.conftest import TINY_RANKING, TINY_TRAIN
+
+
+def _strip(args: tuple[str, ...]) -> list[str]:
+    return [a for a in args if a != "--no-promote"]
+
+
+def test_every_selected_setting_is_blind_to_test_labels(tiny_version):
+    from features import fit_feature_store
+    from workflows.data import load_split
+    from workflows.train import TrainConfig, TrainContext, _select_on_validation
+
+    config = parse_config(TrainConfig, _strip(TINY_TRAIN) + list(TINY_RANKING))
+    dataset, split = load_split(config.data)
+    rng = np.random.default_rng(7)
+    test = split.test.copy()
+    test["engaged"] = 1 - test["engaged"]                      # every label flipped
+    test["item_id"] = rng.permutation(test["item_id"].to_numpy())  # and scattered over other items
+    test["rating"] = rng.uniform(1, 5, len(test))
+    poisoned = type(split)(split.train, split.validation, test, split.config)
+    manifest = registry.read_manifest(tiny_version)
+    ctx = TrainContext(config, dataset, poisoned, fit_feature_store(dataset, poisoned.train), tiny_version,
+                       {"retrieval": manifest["retrieval"]})
+    got = _select_on_validation(ctx, "sampled")
+    chosen = manifest["ranking"]["selection"]
+    assert got["retrieval_weight"] == chosen["retrieval_weight"]
+    assert got["quality_residual_scale"] == chosen["quality_residual_scale"]
+    assert got["blend"].__dict__ == chosen["blend"]
+    assert got["calibration"]["a"] == pytest.approx(chosen["calibration"]["a"], rel=1e-4)
+    assert got["calibration"]["b"] == pytest.approx(chosen["calibration"]["b"], rel=1e-4)
+    np.testing.assert_allclose(got["fusion_table"]["ndcg@10"], [r["ndcg@10"] for r in chosen["fusion_table"]],
+                               rtol=1e-6)
+
+
+def test_the_version_serves_what_validation_chose(tiny_version):
+    manifest = registry.read_manifest(tiny_version)
+    sel, serving = manifest["ranking"]["selection"], manifest["ranking"]["serving"]
+    fusion = {r["retrieval_weight"]: r["ndcg@10"] for r in sel["fusion_table"]}
+    assert 0.0 in fusion  # the ranker alone is always measured
+    assert sel["retrieval_weight"] == max(fusion, key=lambda b: (fusion[b], -b))
+    assert serving["retrieval_weight"] == pytest.approx(sel["retrieval_weight"])
+    assert serving["calibration_a"] == pytest.approx(sel["calibration"]["a"], rel=1e-6)
+    assert serving["calibration_b"] == pytest.approx(sel["calibration"]["b"], rel=1e-6)
+    rmse = {r["quality_residual_scale"]: r["validation_rmse"] for r in sel["quality_table"]}
+    assert 0.0 in rmse and sel["quality_residual_scale"] == min(rmse, key=lambda g: (rmse[g], g))
+    assert serving["quality_residual_scale"] == pytest.approx(sel["quality_residual_scale"])
+    # The chosen blend is the version's default, and it obeys the rule on its own table.
+    pipeline = json.loads((tiny_version / "ranking" / "pipeline.json").read_text())
+    blend = sel["blend"]
+    assert (pipeline["engagement_weight"], pipeline["quality_weight"], pipeline["blend_mode"],
+            pipeline["blend_transform"]) == (blend["engagement"], blend["quality"], blend["mode"], blend["transform"])
+    table = sel["blend_table"]
+    floor = next(r["mean_hit_rating@10"] for r in table if r["quality_weight"] == 0)
+    eligible = [r for r in table if r["quality_weight"] == 0 or (r["mean_hit_rating@10"] or -1) >= floor]
+    best = max(eligible, key=lambda r: r["ndcg@10"])
+    assert [r for r in table if r["chosen"]][0]["ndcg@10"] == best["ndcg@10"]
+    meta = json.loads((tiny_version / "ranking" / "ranker.json").read_text())
+    assert meta["calibration"]["method"] == "platt" and meta["retrieval_weight"] == serving["retrieval_weight"]
