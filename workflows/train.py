@@ -30,7 +30,7 @@ import pandas as pd
 from core import layout, registry
 from core.config import ConfigError, build_config, config_errors, config_to_dict, flatten, section
 from features import Dataset, FeatureStore, Split, fit_feature_store
-from pipeline import PipelineConfig
+from pipeline import PipelineConfig, retrieve
 from ranking import RankerConfig
 from ranking.negatives import NegativeConfig
 from retrieval import IndexConfig, TwoTowerConfig
@@ -399,7 +399,7 @@ def _version_generator(ctx: TrainContext, n: int):
     tower, index = UserTower.load(ctx.version_dir), ItemIndex.load(layout.index_dir(ctx.version_dir))
 
     def generate(user_ids):
-        ids, _ = index.search(tower.embed_ids(ctx.features, user_ids), n, ctx.features.seen_items(user_ids))
+        ids, _ = retrieve(ctx.features, index, user_ids, tower.embed_ids(ctx.features, user_ids), n)
         return [row[row != ""] for row in ids]
     return generate
 
@@ -446,7 +446,7 @@ def _fit_only_retriever(ctx: TrainContext, n: int) -> _FitRetriever:
         index = ItemIndex.build(item_ids, embeddings, IndexConfig(recall_queries=0))
 
     def generate(user_ids):
-        ids, _ = index.search(tower.embed_ids(store, user_ids), n, store.seen_items(user_ids))
+        ids, _ = retrieve(store, index, user_ids, tower.embed_ids(store, user_ids), n)
         return [row[row != ""] for row in ids]
     return _FitRetriever(store, generate, result.model.user_tower, np.asarray(item_ids), np.asarray(embeddings))
 
