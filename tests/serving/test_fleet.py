@@ -366,3 +366,28 @@ def test_replicas_behind_round_robin_lose_one_under_load_without_a_failed_call(t
     finally:
         for replica, log_path in zip(replicas, logs):
             stop(replica, log_path)
+
+
+def test_a_blue_green_fleet_restarts_a_killed_process_of_the_serving_generation(trained_version, known_users,
+                                                                                tmp_path):
+    """blue_green: the replacement loads the serving generation's version, and the fixed metrics port of
+    its slot relays the new process."""
+    port, metrics = free_port(), free_ports(3)
+    log_path = tmp_path / "fleet.log"
+    process = spawn(serve_cmd(trained_version, port, "--processes", "2", "--metrics-port", str(metrics),
+                              "--swap-mode", "blue_green"), log_path)
+    try:
+        wait_for(lambda: process.poll() is None and log_events(log_path, "fleet_ready"), timeout=180, interval=0.2,
+                 what="the fleet to be ready")
+        assert scrape(metrics, "recsys_model_info", 'version="tiny"') == 1
+        os.kill(log_events(log_path, "processes_started")[0]["pids"][0], signal.SIGKILL)
+        wait_for(lambda: log_events(log_path, "process_restarted"), timeout=30, what="the restart")
+        wait_for(lambda: scrape(metrics + 2, "recsys_fleet_processes_ready") == 2, timeout=180, interval=0.2,
+                 what="the restarted process to be ready")
+        assert fresh_calls(port, known_users, 20) == ["OK"] * 20
+        assert scrape(metrics, "recsys_model_info", 'version="tiny"') == 1  # slot 0's port: the new process
+        assert scrape(metrics + 2, "recsys_fleet_restarts_total") == 1
+        assert scrape(metrics + 2, "recsys_fleet_generation") == 0
+    finally:
+        code = stop(process, log_path)
+    assert code == 0, log_path.read_text()[-3000:]
