@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from core.errors import ArtifactError
+from core.errors import ArtifactError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,34 @@ def _read_pem(path: str, flag: str) -> bytes:
     return data
 
 
+def check_key_pair(cert_path: str, key_path: str, cert: bytes, key: bytes) -> None:
+    """ArtifactError unless `cert` is a certificate chain and `key` its private key (gRPC itself only
+    reports "Failed to bind" for a bad pair, after the port is claimed)."""
+    import ssl
+
+    if b"PRIVATE KEY-----" in cert and b"CERTIFICATE-----" in key:
+        raise ArtifactError(f"--tls-cert {cert_path} holds a private key and --tls-key {key_path} a certificate: "
+                            "the two are swapped")
+    if b"CERTIFICATE-----" not in cert:
+        raise ArtifactError(f"--tls-cert {cert_path}: no certificate in it (no 'BEGIN CERTIFICATE' line)")
+    if b"PRIVATE KEY-----" not in key:
+        raise ArtifactError(f"--tls-key {key_path}: no private key in it (no 'BEGIN ... PRIVATE KEY' line)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as e:
+        raise ArtifactError(f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its "
+                            f"private key ({e.reason or e})") from e
+    except OSError as e:
+        raise ArtifactError(f"--tls-cert {cert_path} / --tls-key {key_path}: cannot read them ({e})") from e
+
+
 def server_credentials(config: SecurityConfig) -> grpc.ServerCredentials:
-    """TLS credentials from the config's PEM files; mutual TLS when tls_client_ca is set."""
+    """TLS credentials from the config's PEM files (checked to be a matching certificate and key);
+    mutual TLS when tls_client_ca is set."""
     key = _read_pem(config.tls_key, "--tls-key")
     cert = _read_pem(config.tls_cert, "--tls-cert")
+    check_key_pair(config.tls_cert, config.tls_key, cert, key)
     ca = _read_pem(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
@@ -259,23 +283,72 @@ class _CallDetails(grpc.ClientCallDetails):
         self.compression = getattr(details, "compression", None)
 
 
-# Client retries for the Recommender's calls, which are idempotent reads. A server that is
-# stopping (SIGTERM, or the old generation of a blue_green swap) cancels the calls that race
-# with its shutdown — about one per stop under steady traffic (measured: 5 CANCELLED in 5
-# stops, 0 with this policy). gRPC retries only server-sent statuses, so a call the client
-# itself cancels is never retried.
-RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
-    "name": [{"service": "recsys.v1.Recommender"}],
-    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.2s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
-}]})
+# The documented client config (README, "Running several replicas"): round-robin over every address the
+# target resolves to, and retries of the Recommender's calls, which are idempotent reads.
+# - round_robin: one connection per replica (each `recsys serve`, or each fleet of processes on one port),
+#   calls spread over the READY ones; a replica that goes away leaves the rotation when its connection
+#   closes and rejoins when it accepts connections again (gRPC's reconnect backoff).
+# - retries: a call in flight on a replica that dies (kill -9) or stops fails UNAVAILABLE, and a server
+#   that is stopping (SIGTERM, or the old generation of a blue_green swap) cancels the calls that race
+#   with its shutdown — about one per stop under steady traffic (measured: 5 CANCELLED in 5 stops, 0 with
+#   this policy). Both are retried on the next pick, i.e. on another replica. gRPC retries only
+#   server-sent or transport statuses, so a call the client itself cancels is never retried.
+CLIENT_SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "recsys.v1.Recommender"}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.2s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
+    }],
+}
+RETRY_SERVICE_CONFIG = json.dumps(CLIENT_SERVICE_CONFIG)
 CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.service_config", RETRY_SERVICE_CONFIG),)
+_SCHEMES = ("ipv4:", "ipv6:", "dns:", "unix:", "unix-abstract:", "vsock:")
+
+
+def channel_target(target: str) -> str:
+    """A gRPC target for `target`: one address or name (`host:port`, `dns:///name:port` — every address the
+    name resolves to is a replica), a gRPC target with a scheme (`ipv4:10.0.0.1:50051,10.0.0.2:50051`),
+    or several comma-separated `host:port` replicas, which become one `ipv4:`/`ipv6:` target (names among
+    them resolved now, to their IPv4 addresses when they have any).
+
+    Raises InvalidRequestError naming the entry that is not `host:port`.
+    """
+    import socket
+
+    target = target.strip()
+    if "," not in target or target.startswith(_SCHEMES):
+        return target
+    v4: list[str] = []
+    v6: list[str] = []
+    for entry in (e.strip() for e in target.split(",")):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise InvalidRequestError(f"--target: {entry!r} is not host:port (several replicas: "
+                                      "host1:port1,host2:port2)")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise InvalidRequestError(f"--target: cannot resolve {host!r} ({e.strerror})") from e
+        found4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
+        found6 = [i[4][0] for i in infos if i[0] == socket.AF_INET6]
+        if found4:
+            v4 += [f"{a}:{port}" for a in dict.fromkeys(found4)]
+        else:
+            v6 += [f"[{a}]:{port}" for a in dict.fromkeys(found6)]
+    if v4 and v6:
+        raise InvalidRequestError(f"--target {target}: mixes IPv4 and IPv6-only replicas; gRPC takes one family "
+                                  "per target")
+    return f"ipv4:{','.join(dict.fromkeys(v4))}" if v4 else f"ipv6:{','.join(dict.fromkeys(v6))}"
 
 
 def client_channel(target: str, security: ClientSecurity = ClientSecurity(),
                    options: Sequence[tuple[str, Any]] = CLIENT_OPTIONS) -> grpc.Channel:
-    """A channel to `target`: TLS (and a client certificate) when configured, the token on every unary
-    call, and (by default) RETRY_SERVICE_CONFIG's retries."""
+    """A channel to `target` (one server or several replicas: channel_target): TLS (and a client certificate)
+    when configured, the token on every unary call, and (by default) CLIENT_SERVICE_CONFIG's round-robin and
+    retries."""
+    target = channel_target(target)
     options = list(options)
     if security.tls_ca or security.tls_cert:
         ca = _read_pem(security.tls_ca, "--tls-ca") if security.tls_ca else None
@@ -291,7 +364,7 @@ def client_channel(target: str, security: ClientSecurity = ClientSecurity(),
     return channel
 
 
-__all__ = ["SecurityConfig", "TokenAuthInterceptor", "StrictDecodingInterceptor", "server_credentials",
+__all__ = ["SecurityConfig", "check_key_pair", "TokenAuthInterceptor", "StrictDecodingInterceptor", "server_credentials",
            "server_options", "server_interceptors", "load_tokens", "add_port", "ClientSecurity", "client_channel",
-           "RETRY_SERVICE_CONFIG", "CLIENT_OPTIONS",
+           "RETRY_SERVICE_CONFIG", "CLIENT_SERVICE_CONFIG", "CLIENT_OPTIONS", "channel_target",
            "OPEN_METHOD_PREFIXES"]

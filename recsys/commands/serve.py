@@ -11,6 +11,7 @@ import logging
 from typing import Literal
 
 from core.config import config_to_dict, section
+from core.errors import RecsysError
 from core.registry import default_root, resolve_version
 from feedback import EventLogConfig
 from recsys.commands import add_command
@@ -137,6 +138,7 @@ def _root(artifacts: str) -> str:
 def run_serve(config: ServeConfig, args: argparse.Namespace) -> int:
     from serving import serve
     from serving.metrics import JsonFormatter
+    from serving.ports import claim_port
 
     run = config.run
     if run.log_format == "json":
@@ -149,18 +151,42 @@ def run_serve(config: ServeConfig, args: argparse.Namespace) -> int:
                                 "limits": config_to_dict(config.limits), "hotswap": config_to_dict(config.hotswap),
                                 "security": config_to_dict(config.security),
                                 "events": config_to_dict(config.events)})
-    if config.server.processes > 1 or config.hotswap.swap_mode == "blue_green":
-        from serving.processes import FleetSpec, serve_processes
+    _check_startup(config)
+    # The port belongs to this server (or fleet) until it exits: a second `recsys serve` on it is refused,
+    # and so is a port something else listens on (serving/ports.py: gRPC's SO_REUSEPORT would share it).
+    claim = claim_port(config.server.host, config.server.port) if config.server.port else None
+    try:
+        if config.server.processes > 1 or config.hotswap.swap_mode == "blue_green":
+            from serving.processes import FleetSpec, serve_processes
 
-        return serve_processes(FleetSpec(root, run.version, run.verify, config.server, config.cache,
-                                         config.limits, config.hotswap, config.security, config.events,
-                                         logging.getLevelName(logging.getLogger().level), run.log_format))
+            return serve_processes(FleetSpec(root, run.version, run.verify, config.server, config.cache,
+                                             config.limits, config.hotswap, config.security, config.events,
+                                             logging.getLevelName(logging.getLogger().level), run.log_format))
 
-    def resolve():
-        return resolve_version(root, run.version)
+        def resolve():
+            return resolve_version(root, run.version)
 
-    return serve(resolve, config.server, config.cache, config.limits, verify=run.verify, hotswap=config.hotswap,
-                 security=config.security, events=config.events)
+        try:
+            return serve(resolve, config.server, config.cache, config.limits, verify=run.verify,
+                         hotswap=config.hotswap, security=config.security, events=config.events)
+        except RuntimeError as e:  # grpc's "Failed to bind to address ...": lost a race for the port
+            if "bind" not in str(e):
+                raise
+            raise RecsysError(f"cannot listen on {config.server.host}:{config.server.port}: "
+                              f"{str(e).split(';')[0]}") from e
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _check_startup(config: ServeConfig) -> None:
+    """The mistakes gRPC would only report as a traceback once the server binds: the TLS certificate and key
+    (missing, swapped, not a pair) and the token settings. RecsysError naming the flag."""
+    from serving.security import load_tokens, server_credentials
+
+    if config.security.tls:
+        server_credentials(config.security)
+    load_tokens(config.security)
 
 
 def _start_local_redis(workdir: str):

@@ -153,21 +153,12 @@ def test_serve_demo_without_redis_server_uses_the_in_process_cache_and_says_so(t
     assert out.rstrip().endswith("stopped the server")
 
 
-def _two_free_ports() -> int:
-    """A port P such that P and P + 1 are both free (process i of --processes serves metrics on P + i)."""
-    import socket
+def _three_free_ports() -> int:
+    """A port P such that P, P + 1 and P + 2 are free (process i of --processes 2 serves metrics on P + i, the
+    supervisor on P + 2)."""
+    from tests.serving.test_hotswap import free_ports
 
-    for _ in range(50):
-        port = free_port()
-        if port >= 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two consecutive free ports")
+    return free_ports(3)
 
 
 def _metrics(port: int) -> str:
@@ -181,7 +172,7 @@ def test_serve_processes_share_one_port_and_stop_together(trained_version, known
     from protos.recsys.v1 import recommender_pb2 as pb
     from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
-    port, metrics_port = free_port(), _two_free_ports()
+    port, metrics_port = free_port(), _three_free_ports()
     process = subprocess.Popen(
         [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(trained_version.parent), "--version",
          trained_version.name, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
@@ -206,7 +197,7 @@ def test_serve_processes_share_one_port_and_stop_together(trained_version, known
     finally:
         events = sigterm_and_wait(process, timeout=60)
     assert events.count("shutdown") == 2 and events[-1] == "processes_stopped"
-    for m in (metrics_port, metrics_port + 1):
+    for m in (metrics_port, metrics_port + 1, metrics_port + 2):
         with pytest.raises(OSError):
             _metrics(m)
 
@@ -216,29 +207,3 @@ def test_serve_processes_need_a_fixed_port(trained_version, capsys):
                         "--port", "0", "--processes", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "--processes > 1 needs a fixed --port" in err and "Traceback" not in err
-
-
-def test_serve_processes_stop_together_when_one_dies(trained_version, redis_url, tmp_path):
-    """A fleet that loses a process stops the rest and exits 1, for the orchestrator to restart it whole."""
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "serve", "--artifacts", str(trained_version.parent), "--version",
-             trained_version.name, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-             "--redis-url", redis_url, "--workers", "2", "--grace-s", "1", "--processes", "2"],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    try:
-        wait_serving(port, process)
-        started = [json.loads(line) for line in log_path.read_text().splitlines()
-                   if line.startswith("{") and '"processes_started"' in line]
-        pids = started[0]["pids"]
-        assert len(pids) == 2
-        os.kill(pids[0], signal.SIGKILL)
-        assert process.wait(60) == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-    with pytest.raises(ProcessLookupError):
-        os.kill(pids[1], 0)  # the survivor was stopped too
-    assert '"event": "process_exited"' in log_path.read_text()
