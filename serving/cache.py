@@ -115,7 +115,8 @@ class CacheEntry:
     Attributes:
       candidates: the user's candidate set.
       source: CACHE or PRECOMPUTED — what a later hit on this entry reports.
-      memo: (weights, k) → (the finished response, its item ids), filled by the servicer (at most MEMO_SIZE).
+      memo: (weights, k) → (the finished response, its item ids, its serialized bytes), filled by the servicer
+        (at most MEMO_SIZE).
     """
 
     candidates: CandidateSet
