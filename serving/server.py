@@ -590,13 +590,15 @@ class RecommendServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
         self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
         rejected = self.metrics.requests.labels  # refused by token auth, before any servicer runs
-        self.server = grpc.server(self._executor, handlers=extra_handlers,
+        self.server = grpc.server(self._executor,
                                   interceptors=server_interceptors(
                                       security, lambda method: rejected(method.rsplit("/", 1)[-1],
                                                                         "UNAUTHENTICATED").inc()),
                                   options=server_options(security),
                                   maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         registrar = StrictDecoding(self.server)  # every handler parses its own request: bad bytes = INVALID_ARGUMENT
+        if extra_handlers:
+            registrar.add_generic_rpc_handlers(extra_handlers)
         pb_grpc.add_RecommenderServicer_to_server(self.servicer, registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         reflection.enable_server_reflection(

@@ -26,4 +26,7 @@ def string_field(number: int, value: str) -> bytes:
     if not value:
         return b""
     data = value.encode("utf-8")
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    tag = number << 3 | 2
+    if tag < 0x80 and len(data) < 0x80:  # one-byte varints: every request id
+        return bytes((tag, len(data))) + data
+    return _varint(tag) + _varint(len(data)) + data
