@@ -35,11 +35,15 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -115,7 +119,8 @@ class CacheEntry:
     Attributes:
       candidates: the user's candidate set.
       source: CACHE or PRECOMPUTED — what a later hit on this entry reports.
-      memo: (weights, k) → (the finished response, its item ids), filled by the servicer (at most MEMO_SIZE).
+      memo: (weights, k) → (the finished response, its item ids, its serialized bytes), filled by the servicer
+        (at most MEMO_SIZE).
     """
 
     candidates: CandidateSet
@@ -190,17 +195,26 @@ def redis_client(config: CacheConfig) -> redis.Redis:
 
 
 class ThreadConnections:
-    """MGET on a redis-py connection owned by the calling thread, made like the client's pool makes them.
+    """MGET on a connection owned by the calling thread: one send and one receive, made like the client's pool
+    makes connections.
 
     redis-py's `client.mget` checks a connection out of the pool and back in per command (a
     lock, a pid check, a non-blocking readiness read, two timeout toggles), and each of those
     syscalls releases the GIL that the gRPC server's other threads are waiting for: a Redis hit
     cost ~50 more futex calls than a near-cache hit (strace, bench/RESULTS.md issue 14). A
-    connection per request thread needs no checkout: a command is one send and one receive,
-    with the pool's connection settings (timeouts, protocol) and the client's retry policy
-    (a connection error or timeout disconnects, backs off and retries). There is at most one
+    connection per request thread needs no checkout. Each connection is opened by redis-py (the
+    pool's settings: address, auth, db, timeouts, protocol), then its socket is switched to
+    blocking mode with the same timeouts set in the kernel (SO_RCVTIMEO / SO_SNDTIMEO): a
+    command is then one `send` and usually one `recv` syscall, where a Python socket timeout
+    adds a `poll` before each. The reply is parsed by hiredis (redis-py's own parser). The
+    semantics are redis-py's: a stall longer than the socket timeout is `redis.TimeoutError`, a
+    dead socket `redis.ConnectionError`, an error reply `redis.ResponseError`; on the first two
+    the client's retry policy disconnects (a late reply can never be read by the next command),
+    backs off and retries. TLS connections keep redis-py's own send and read. There is at most one
     connection per thread that ever read; `close` disconnects them all.
     """
+
+    _BUFFER = 65536
 
     def __init__(self, client: redis.Redis) -> None:
         pool = client.connection_pool
@@ -217,6 +231,7 @@ class ThreadConnections:
                 if self._closed:
                     raise redis.ConnectionError("the Redis store is closed")
                 conn = self._local.conn = self._make()
+                self._local.sock = None
                 self._connections.append(conn)
         return conn
 
@@ -225,12 +240,37 @@ class ThreadConnections:
         if self._closed:
             raise redis.ConnectionError("the Redis store is closed")
         conn = self._connection()
+        return conn.retry.call_with_retry(lambda: self._mget(conn, keys), lambda error: conn.disconnect())
 
-        def send() -> list[bytes | None]:
-            conn.send_command("MGET", *keys)
-            return conn.read_response()
-
-        return conn.retry.call_with_retry(send, lambda error: conn.disconnect())
+    def _mget(self, conn, keys) -> list[bytes | None]:
+        local = self._local
+        sock = conn._sock  # redis-py's socket of this connection; None once disconnected
+        if sock is None or sock is not local.sock:
+            conn.connect()  # redis-py's handshake (AUTH, SELECT, ...) with its own timeouts
+            sock = conn._sock
+            if isinstance(sock, ssl.SSLSocket):
+                conn.send_command("MGET", *keys)
+                return conn.read_response()
+            _kernel_timeouts(sock, conn.socket_timeout)
+            local.sock, local.buffer = sock, bytearray(self._BUFFER)
+            local.reader = hiredis.Reader(protocolError=redis.ConnectionError, replyError=redis.ResponseError)
+        reader, buffer = local.reader, local.buffer
+        try:
+            sock.sendall(b"".join(conn.pack_command("MGET", *keys)))
+            reply = False
+            while reply is False:
+                n = sock.recv_into(buffer)
+                if not n:
+                    raise redis.ConnectionError("Connection closed by server.")
+                reader.feed(buffer, 0, n)
+                reply = reader.gets()
+        except (BlockingIOError, TimeoutError) as e:  # the kernel timeout expired (EAGAIN)
+            raise redis.TimeoutError("Timeout reading from Redis") from e
+        except OSError as e:
+            raise redis.ConnectionError(f"Error while reading from Redis: {e}") from e
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
 
     def close(self) -> None:
         with self._lock:
@@ -238,6 +278,16 @@ class ThreadConnections:
             connections, self._connections = self._connections, []
         for conn in connections:
             conn.disconnect()
+
+
+def _kernel_timeouts(sock: socket.socket, timeout_s: float | None) -> None:
+    """Blocking mode, with `timeout_s` as the kernel's send and receive timeouts (None = none)."""
+    sock.settimeout(None)
+    if timeout_s:
+        seconds, micros = divmod(round(timeout_s * 1e6), 1_000_000)
+        timeval = struct.pack("ll", seconds, micros if seconds else max(micros, 1))  # (0, 0) would be no timeout
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 class RedisCandidateStore:

@@ -7,10 +7,12 @@
   without a secret); a missing or unknown token is UNAUTHENTICATED. Tokens come from a
   file (one per line, `#` comments) and/or an environment variable (comma-separated),
   never from a flag value, and are compared with `hmac.compare_digest`.
-- Strict decoding: `StrictDecodingInterceptor` parses request bytes inside the handler,
-  so a message that is not valid protobuf (e.g. a string field holding non-UTF-8 bytes)
-  is INVALID_ARGUMENT instead of the INTERNAL "Exception deserializing request!" grpcio
-  gives when its own deserializer fails.
+- Strict decoding: `StrictDecoding` registers every unary handler so that it parses its
+  request bytes itself, so a message that is not valid protobuf (e.g. a string field holding
+  non-UTF-8 bytes) is INVALID_ARGUMENT instead of the INTERNAL "Exception deserializing
+  request!" grpcio gives when its own deserializer fails. It wraps each handler once, when it
+  is registered: an interceptor did the same wrapping on every call, in gRPC's one polling
+  thread that every RPC passes through (issue 14).
 - Message size: `server_options` caps received and sent messages (gRPC answers
   RESOURCE_EXHAUSTED above the cap before any handler runs).
 """
@@ -202,38 +204,79 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
                               "with a token the server accepts")
 
 
-class StrictDecodingInterceptor(grpc.ServerInterceptor):
-    """Parses unary requests inside the handler so undecodable bytes are INVALID_ARGUMENT, not INTERNAL."""
+def strict_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """`handler` parsing its own request: undecodable bytes are INVALID_ARGUMENT, not INTERNAL.
 
-    def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
-        handler = continuation(handler_call_details)
-        if (handler is None or handler.request_streaming or handler.response_streaming
-                or handler.request_deserializer is None or handler.unary_unary is None):
-            return handler
-        decode, behaviour = handler.request_deserializer, handler.unary_unary
+    Unary-unary handlers only (others are returned as they are). The behaviour may also return
+    bytes it serialized itself (a memoized answer, serving/server.py): those are sent as they are.
+    """
+    if (handler.request_streaming or handler.response_streaming or handler.request_deserializer is None
+            or handler.unary_unary is None):
+        return handler
+    decode, behaviour, serialize = handler.request_deserializer, handler.unary_unary, handler.response_serializer
+    name = method.rsplit("/", 1)[-1]
+
+    def strict(raw: bytes, context: grpc.ServicerContext):
+        try:
+            request = decode(raw)
+        except Exception as e:  # protobuf raises DecodeError, upb sometimes other types
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the request is not a valid {name} message "
+                          f"({type(e).__name__}: {str(e)[:200]}); string fields must be UTF-8")
+        return behaviour(request, context)
+
+    def serializer(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serialize(response)
+
+    return grpc.unary_unary_rpc_method_handler(strict, request_deserializer=None,
+                                               response_serializer=serializer if serialize is not None else None)
+
+
+class _StrictGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose unary handlers decode strictly; each wrapped once per method, then reused."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
         method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, strict_handler(handler, method))
+        return known[1]
 
-        def strict(raw: bytes, context: grpc.ServicerContext):
-            try:
-                request = decode(raw)
-            except Exception as e:  # protobuf raises DecodeError, upb sometimes other types
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
-                              f"({type(e).__name__}: {str(e)[:200]}); string fields must be UTF-8")
-            return behaviour(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(strict, request_deserializer=None,
-                                                   response_serializer=handler.response_serializer)
+class StrictDecoding:
+    """`server` as the generated `add_*_to_server` functions see it: what they register decodes strictly.
+
+    Pass it where a gRPC server is expected when adding servicers (`add_RecommenderServicer_to_server(s,
+    StrictDecoding(server))`); every unary handler is wrapped by `strict_handler` once, at registration,
+    so no per-call interceptor is needed.
+    """
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(service_name, {
+            name: strict_handler(h, f"/{service_name}/{name}") for name, h in method_handlers.items()})
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h) for h in handlers))
 
 
 def server_interceptors(config: SecurityConfig,
                         on_reject: Callable[[str], None] | None = None) -> list[grpc.ServerInterceptor]:
-    """The interceptors for `config`, outermost first: token auth (when configured), strict decoding."""
-    out: list[grpc.ServerInterceptor] = []
+    """The interceptors for `config`: token auth when configured, else none (gRPC then runs no interceptor
+    code per call; strict decoding is applied at registration, `StrictDecoding`)."""
     if config.auth:
-        out.append(TokenAuthInterceptor(load_tokens(config), on_reject))
-    out.append(StrictDecodingInterceptor())
-    return out
+        return [TokenAuthInterceptor(load_tokens(config), on_reject)]
+    return []
 
 
 def add_port(server: grpc.Server, address: str, config: SecurityConfig) -> int:
@@ -364,7 +407,7 @@ def client_channel(target: str, security: ClientSecurity = ClientSecurity(),
     return channel
 
 
-__all__ = ["SecurityConfig", "check_key_pair", "TokenAuthInterceptor", "StrictDecodingInterceptor", "server_credentials",
+__all__ = ["SecurityConfig", "check_key_pair", "TokenAuthInterceptor", "StrictDecoding", "strict_handler", "server_credentials",
            "server_options", "server_interceptors", "load_tokens", "add_port", "ClientSecurity", "client_channel",
            "RETRY_SERVICE_CONFIG", "CLIENT_SERVICE_CONFIG", "CLIENT_OPTIONS", "channel_target",
            "OPEN_METHOD_PREFIXES"]

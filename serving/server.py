@@ -59,8 +59,9 @@ from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCach
 from serving.hotswap import HotSwapConfig, RegistryWatcher, load_into
 from serving.metrics import ServingMetrics
 from serving.monitor import LiveMonitor
-from serving.security import SecurityConfig, add_port, server_interceptors, server_options
+from serving.security import SecurityConfig, StrictDecoding, add_port, server_interceptors, server_options
 from serving.validation import RecommendQuery, RequestLimits, validate_recommend, validate_similar
+from serving.wire import string_field
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
@@ -71,6 +72,8 @@ EVENTS = "events"  # an unknown user personalised from their logged engagements
 _SOURCE_ENUM = {CACHE: pb.CACHE, PRECOMPUTED: pb.PRECOMPUTED, ONLINE: pb.ONLINE, FALLBACK: pb.FALLBACK,
                 EVENTS: pb.EVENTS}
 _EVENT_TYPE = {pb.IMPRESSION: "impression", pb.ENGAGEMENT: "engagement", pb.RATING: "rating"}
+# The per-request field appended to a memoized response's bytes (serving/wire.py).
+_REQUEST_ID_FIELD = pb.RecommendResponse.DESCRIPTOR.fields_by_name["request_id"].number
 
 
 class DeadlineExceededError(RecsysError):
@@ -268,7 +271,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                  extra={"event": "model_loaded", "model_version": model.model_version})
 
     # -- RPCs ---------------------------------------------------------------------------
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> bytes:
+        """The serialized RecommendResponse (sent as it is: serving.security.strict_handler)."""
         return self._handle("Recommend", self._recommend, request, context)
 
     def SimilarItems(self, request: pb.SimilarItemsRequest,
@@ -301,14 +305,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     "event": "rpc", "method": method, "code": code.name, "source": source,
                     "latency_ms": round(seconds * 1e3, 3), "peer": context.peer()})
 
-    def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext):
+    def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> tuple[bytes, str]:
         query = validate_recommend(request, self.limits)
-        response, source = self.answer(query, _time_left(context))
+        response, wire, request_id, source = self._answer_logged(query, _time_left(context))
+        # A memoized response was serialized once: this request's id is appended to its bytes, which gives
+        # the bytes of the stamped message without copying or re-serializing it (serving/wire.py).
+        wire = response.SerializeToString() if wire is None else wire + string_field(_REQUEST_ID_FIELD, request_id)
         if not context.is_active():
             raise DeadlineExceededError("the request was cancelled or its deadline passed")
-        if self.monitor is not None:
+        if self.monitor is not None:  # the monitor reads items and scores only, never the request id
             self.monitor.record(query.user_id, query.num_results, response, source)
-        return response, source
+        return wire, source
 
     def answer(self, query: RecommendQuery, time_left: float | None = None) -> tuple[pb.RecommendResponse, str]:
         """The whole Recommend computation for a validated query, without gRPC.
@@ -321,16 +328,29 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
           (response, source) with source one of cache, precomputed, online, fallback, events. The
           response carries a new request_id, and the served list is queued for the event log.
         """
-        response, source, weights, shared, item_ids = self._answer(query, time_left)
-        request_id = f"{self._request_prefix}-{next(self._request_ids):x}"
-        if shared:  # a memoized message is shared between requests: stamp a copy
+        response, wire, request_id, source = self._answer_logged(query, time_left)
+        if wire is not None:  # a memoized message is shared between requests: stamp a copy
             stamped = pb.RecommendResponse()
             stamped.CopyFrom(response)
+            stamped.request_id = request_id
             response = stamped
-        response.request_id = request_id
+        return response, source
+
+    def _answer_logged(self, query: RecommendQuery, time_left: float | None
+                       ) -> tuple[pb.RecommendResponse, bytes | None, str, str]:
+        """(response, wire, request_id, source): the answer under a new request id, its served list queued.
+
+        `wire` None: `response` is this request's own message, request_id set. Otherwise `response` is a
+        memoized message shared between requests (never mutated; its request_id unset) and `wire` its
+        serialized bytes.
+        """
+        response, source, weights, wire, item_ids = self._answer(query, time_left)
+        request_id = f"{self._request_prefix}-{next(self._request_ids):x}"
+        if wire is None:
+            response.request_id = request_id
         if self.served is not None:
             self.served.log(request_id, query.user_id, item_ids, response.model_version, source, weights)
-        return response, source
+        return response, wire, request_id, source
 
     def _user_version(self, user_id: str) -> int:
         """The user's engagement counter (0 = none, or the event log is off or unreachable)."""
@@ -352,10 +372,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.events_faults.labels(op).inc()
 
     def _answer(self, query: RecommendQuery, time_left: float | None
-                ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
-        """(response, source, weights, shared, item ids): `shared` = a memoized message other requests also
-        get; the item ids are the response's, kept beside it (reading them back from the message costs
-        more than the rest of a cache hit)."""
+                ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]:
+        """(response, source, weights, wire, item ids): `wire` = the serialized bytes of a memoized message
+        other requests also get (None: the message is this request's own); the item ids are the
+        response's, kept beside it (reading them back from the message costs more than the rest of a
+        cache hit)."""
         serving = self._serving
         if serving is None:
             raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
@@ -380,7 +401,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return self._fallback(model, weights, query)
 
     def _answer_candidates(self, model: Any, weights: BlendWeights, query: RecommendQuery, time_left: float | None,
-                           known: bool, version: int) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+                           known: bool, version: int
+                           ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]:
         user = query.user_id
         # Models without candidates_each (test doubles wrapping a pipeline) compute alone, as unbatched.
         batcher = self.batcher if hasattr(type(model), "candidates_each") else None
@@ -407,21 +429,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         shown = source if known else EVENTS
         # With nothing excluded the answer depends only on (entry, weights, k), so a cached entry
         # memoizes its response per request shape: a repeat is neither re-blended nor rebuilt.
-        # Memoized messages are shared between requests and never mutated after this point.
+        # Memoized messages are shared between requests and never mutated after this point; they are
+        # serialized once, so a repeat is answered with their bytes (+ the request id).
         key = (weights, query.num_results) if not query.exclude and not query.explain else None
         if key is not None and source == entry.source:
-            memo = entry.memo.get(key)  # (response, its item ids)
+            memo = entry.memo.get(key)  # (response, its item ids, its bytes)
             if memo is not None:
-                return memo[0], shown, weights, True, memo[1]
+                return memo[0], shown, weights, memo[2], memo[1]
         items = _blended_items(model, entry.candidates, weights, query)
         item_ids = [item.item_id for item in items]
         response = pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
                                         source=_SOURCE_ENUM[shown], blend=_blend_pb(weights),
                                         engagement_calibrated=bool(model.engagement_calibrated))
-        memoized = key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE
-        if memoized:
-            entry.memo[key] = (response, item_ids)
-        return response, shown, weights, memoized, item_ids
+        wire = None
+        if key is not None and source == entry.source and len(entry.memo) < entry.MEMO_SIZE:
+            wire = response.SerializeToString()
+            entry.memo[key] = (response, item_ids, wire)
+        return response, shown, weights, wire, item_ids
 
     def _log_events(self, request: pb.LogEventsRequest, context: grpc.ServicerContext):
         events_log = self.events
@@ -452,14 +476,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.LogEventsResponse(accepted=accepted, duplicates=duplicates), "events"
 
     def _fallback(self, model: Any, weights: BlendWeights, query: RecommendQuery
-                  ) -> tuple[pb.RecommendResponse, str, BlendWeights, bool, list[str]]:
+                  ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]:
         """The catalogue's train priors (model.fallback_candidates) blended like any candidates:
-        (response, FALLBACK, the weights used, False (not shared), item ids), as _answer returns."""
+        (response, FALLBACK, the weights used, None (not shared), item ids), as _answer returns."""
         weights = model.fallback_weights(weights)  # popularity alone for a version without the quality prior
         items = _blended_items(model, model.fallback_candidates, weights, query, retrieved=False)
         return (pb.RecommendResponse(items=items, model_version=model.model_version, source=pb.FALLBACK,
                                      blend=_blend_pb(weights), engagement_calibrated=False),
-                FALLBACK, weights, False, [item.item_id for item in items])
+                FALLBACK, weights, None, [item.item_id for item in items])
 
     def _similar_items(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
         item_id, k = validate_similar(request, self.limits)
@@ -566,17 +590,20 @@ class RecommendServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
         self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
         rejected = self.metrics.requests.labels  # refused by token auth, before any servicer runs
-        self.server = grpc.server(self._executor, handlers=extra_handlers,
+        self.server = grpc.server(self._executor,
                                   interceptors=server_interceptors(
                                       security, lambda method: rejected(method.rsplit("/", 1)[-1],
                                                                         "UNAUTHENTICATED").inc()),
                                   options=server_options(security),
                                   maximum_concurrent_rpcs=config.max_concurrent_rpcs)
-        pb_grpc.add_RecommenderServicer_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        registrar = StrictDecoding(self.server)  # every handler parses its own request: bad bytes = INVALID_ARGUMENT
+        if extra_handlers:
+            registrar.add_generic_rpc_handlers(extra_handlers)
+        pb_grpc.add_RecommenderServicer_to_server(self.servicer, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
+            registrar)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = add_port(self.server, f"{config.host}:{config.port}", security)
         if self.port == 0:

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import socket
+import struct
 import threading
+import time
 
 import pytest
+import redis
 
 from serving.cache import CACHE, CacheConfig, RedisCandidateStore, ThreadConnections, cache_key, redis_client
 from serving.metrics import ServingMetrics
@@ -75,3 +79,46 @@ def test_a_read_after_close_is_a_counted_fault_not_an_error(redis_server, redis_
     store.close()
     assert store.get_entry("v1", "u1") is None
     assert metrics.value("recsys_redis_faults_total", {"op": "get", "kind": "error"}) == 1
+
+
+def test_thread_reads_on_a_blocking_socket_equal_the_clients_reads(redis_server, redis_url):
+    client = redis_client(CacheConfig(redis_url=redis_url, socket_timeout_s=0.5))
+    values = {"small": b"x", "empty": b"", "big": bytes(range(256)) * 1200, "binary": b"\r\n$-1\r\n*2\r\n"}
+    for key, value in values.items():
+        client.set(key, value)
+    reader = ThreadConnections(client)
+    for keys in (["small"], ["big", "missing", "small"], list(values) + ["missing"], [f"k{i}" for i in range(300)]):
+        assert reader.mget(keys) == client.mget(keys)
+    sock = reader._local.sock  # redis-py's socket, switched to blocking mode with kernel timeouts
+    assert sock is reader._connections[0]._sock and sock.gettimeout() is None
+    assert struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)) == (0, 500_000)
+    reader.close()
+    client.close()
+
+
+def test_a_stalled_redis_is_a_timeout_and_its_late_reply_is_never_read(redis_server, redis_url):
+    client = redis_client(CacheConfig(redis_url=redis_url, socket_timeout_s=0.05, retries=0))
+    client.set("a", b"1")
+    client.set("b", b"2")
+    reader = ThreadConnections(client)
+    assert reader.mget(["a"]) == [b"1"]
+    redis_server.client().execute_command("CLIENT", "PAUSE", 300, "ALL")
+    start = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        reader.mget(["a"])
+    assert time.monotonic() - start < 0.25
+    time.sleep(0.35)  # the pause is over: the reply to the timed-out MGET was sent, to a socket now closed
+    assert reader.mget(["b"]) == [b"2"]  # a new connection: not the late [b"1"]
+    reader.close()
+    client.close()
+
+
+def test_a_killed_connection_is_reconnected_by_the_retry_policy(redis_server, redis_url):
+    client = redis_client(CacheConfig(redis_url=redis_url, socket_timeout_s=0.5, retries=1))
+    client.set("a", b"1")
+    reader = ThreadConnections(client)
+    assert reader.mget(["a"]) == [b"1"]
+    redis_server.client().execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert reader.mget(["a"]) == [b"1"]  # the dead socket fails, the retry reconnects
+    reader.close()
+    client.close()
