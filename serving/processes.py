@@ -54,6 +54,7 @@ from core import registry
 from core.errors import RecsysError
 from feedback import EventLogConfig
 from serving.cache import CacheConfig
+from serving.experiments import ExperimentsConfig
 from serving.hotswap import HotSwapConfig
 from serving.security import SecurityConfig
 from serving.server import ServerConfig
@@ -79,6 +80,7 @@ class FleetSpec:
     log_level: str = "INFO"
     log_format: str = "json"
     ready_timeout_s: float = 900.0  # a new generation that is not serving by then is refused
+    experiments: ExperimentsConfig = ExperimentsConfig()  # every process runs the same experiment file
 
     def child_server_config(self, index: int) -> ServerConfig:
         """Process `index`: one process, metrics on metrics_port + index (0 = off)."""
@@ -104,7 +106,7 @@ def _run_following_child(spec: FleetSpec, index: int) -> None:
     _setup_logging(spec, str(index))
     sys.exit(serve(lambda: resolve_version(spec.artifacts, spec.version), spec.child_server_config(index),
                    spec.cache, spec.limits, verify=spec.verify, hotswap=spec.hotswap, security=spec.security,
-                   events=spec.events))
+                   events=spec.events, experiments=spec.experiments))
 
 
 def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_dir: str, ready,
@@ -138,6 +140,8 @@ def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_
                              spec.limits, security=spec.security, events=spec.events)
     server.set_model(model)
     server.start()
+    if spec.experiments.file != "off":
+        server.start_experiments(pathlib.Path(version_dir).parent, spec.experiments)
     if spec.server.metrics_port and metrics_port is not None:
         http, _ = server.metrics.serve_http(0, "127.0.0.1")
         metrics_port.value = http.server_port
