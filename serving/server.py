@@ -627,6 +627,9 @@ class RecommendServer:
                           loader: Callable[[pathlib.Path], Any] | None = None) -> Experiments:
         """Runs the experiment file of artifacts root `root` (serving/experiments.py) from now on."""
         experiments = Experiments(config, root, lambda: self.servicer.loaded_model, self.metrics.registry, loader)
+        events = self.servicer.events
+        if events is not None:  # the shadow merges the same streamed history the primary did
+            experiments.shadow.recent = lambda user: events.recent(user) if self.servicer._user_version(user) else []
         self.servicer.experiments = experiments.start()
         return experiments
 

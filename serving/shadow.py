@@ -3,10 +3,13 @@
 The request thread only samples (one random draw) and puts (user, exclude, weights, k, primary
 ids) on a bounded queue with put_nowait — when the queue is full the request is dropped and
 counted, never waited for. One background thread (at a lower OS scheduling priority, nice +10,
-so on a busy host the primary's threads run first) computes the shadow version's top k for the
-same user, exclusions and blend weights (known user: candidates → blend; unknown: the version's
-fallback priors), and records how it compares with the list the primary served. Nothing it does
-reaches a response: it never writes the candidate cache, and its errors are counted and logged.
+so on a busy host the primary's threads run first) takes up to 64 queued requests at a time and
+computes the shadow version's top k for the same user, streamed history, exclusions and blend
+weights — the users' candidates in ONE model call, kept in the shadow's own LRU per (version,
+user, streamed history) like the primary's cache, so the shadow does no more work than the
+primary; unknown users without usable events get the version's fallback priors — and records
+how it compares with the list the primary served. Nothing it does reaches a response: it
+never writes the server's candidate cache, and its errors are counted and logged.
 
 Metrics (prefix recsys_shadow_): requests_total{result=scored|error|dropped}, jaccard and rbo
 (histograms of the overlap of the shadow's top k with the primary's, core.experiment.jaccard /
@@ -15,6 +18,7 @@ line (mean Jaccard / RBO, p50/p99 latency) every `log_every` scored requests.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -22,6 +26,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,9 +50,15 @@ class ShadowScorer:
     """
 
     def __init__(self, registry: CollectorRegistry, queue_size: int = 1000, nice: int = 10,
-                 log_every: int = 1000) -> None:
+                 log_every: int = 1000, batch: int = 64, lru_size: int = 10_000) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._batch = batch
+        self._lru: collections.OrderedDict = collections.OrderedDict()  # (version, user, recent) → CandidateSet
+        self._lru_size = lru_size
         self._model: Any = None
+        # user → their streamed engagements (newest first), read in the worker: the shadow sees the same
+        # history the primary merged (serving sets it when the event log is on; None = batch features only).
+        self.recent: Callable[[str], list[str]] | None = None
         self._sample = 0.0
         self._k = 10
         self._nice = nice
@@ -73,6 +84,8 @@ class ShadowScorer:
 
     def configure(self, model: Any, sample: float, k: int) -> None:
         """Scores a `sample` fraction of requests with `model` (None = off) at depth `k` from now on."""
+        if model is not self._model:
+            self._lru = collections.OrderedDict()
         self._model, self._sample, self._k = model, sample, k
 
     @property
@@ -95,27 +108,89 @@ class ShadowScorer:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while not self._stopped.is_set():
             try:
-                job = self._queue.get(timeout=0.2)
+                jobs = [self._queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
             self._busy = True
             try:
-                self._score(*job)
+                while len(jobs) < self._batch:  # what queued meanwhile shares one model call
+                    try:
+                        jobs.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._score_batch(jobs)
             finally:
                 self._busy = False
 
-    def _score(self, model: Any, user_id: str, exclude: frozenset[str], weights: Any, primary: list[str]) -> None:
-        k = min(self._k, len(primary)) if primary else self._k
-        start = time.perf_counter()
+    def _recent(self, user_id: str) -> list[str]:
+        if self.recent is None:
+            return []
         try:
-            ids = shadow_top_k(model, user_id, exclude, weights, k)
-        except Exception as e:  # the shadow version's failure is a measurement, never the server's
-            self._errors.inc()
-            log.warning("shadow version %s failed for a request: %s: %s", getattr(model, "model_version", "?"),
-                        type(e).__name__, str(e)[:300], extra={"event": "shadow_error"})
-            return
-        seconds = time.perf_counter() - start
-        top = primary[:k]
+            return list(self.recent(user_id))
+        except Exception:  # the event log is down: compare on batch features
+            return []
+
+    def _score_batch(self, jobs: list[tuple]) -> None:
+        """Candidates for every job's user not in the shadow's own LRU (one model call per model), then each
+        job's blend and comparison. The LRU mirrors the primary's candidate cache: a user's candidates are
+        computed once per streamed-history state, so the shadow does the work the primary does, no more."""
+        start = time.perf_counter()
+        prepared = []  # (job, cache key, known)
+        missing: dict[Any, dict[tuple, tuple[str, list[str]]]] = {}
+        for job in jobs:
+            model, user_id = job[0], job[1]
+            recent = self._recent(user_id)
+            try:
+                known = model.is_known_user(user_id)
+                use = bool(recent) and (known or model.personalisable(user_id, recent))
+            except Exception as e:
+                self._error(model, e)
+                continue
+            key = (model.model_version, user_id, tuple(recent) if use else ()) if (known or use) else None
+            prepared.append((job, key))
+            if key is not None and key not in self._lru:
+                missing.setdefault(model, {})[key] = (user_id, recent if use else [])
+        failed: set = set()
+        for model, wanted in missing.items():
+            keys = list(wanted)
+            users = [wanted[k][0] for k in keys]
+            recents = [wanted[k][1] for k in keys]
+            try:
+                cands = model.candidates(users, recent=recents) if any(recents) else model.candidates(users)
+            except Exception as e:  # the shadow version's failure is a measurement, never the server's
+                self._error(model, e, len(keys))
+                failed.update(keys)
+                continue
+            for key, c in zip(keys, cands):
+                self._lru[key] = c
+                if len(self._lru) > self._lru_size:
+                    self._lru.popitem(last=False)
+        compute = time.perf_counter() - start
+        for (model, _user, exclude, weights, primary), key in prepared:
+            if key in failed:
+                continue
+            k = min(self._k, len(primary)) if primary else self._k
+            t = time.perf_counter()
+            try:
+                if key is None:
+                    ids, _, _ = model.blend_top_k(model.fallback_candidates, model.fallback_weights(weights), k,
+                                                  exclude)
+                else:
+                    self._lru.move_to_end(key)
+                    ids, _, _ = model.blend_top_k(self._lru[key], weights, k, exclude)
+            except Exception as e:
+                self._error(model, e)
+                continue
+            # Per request: its share of the batch's model call plus its own blend.
+            self._record(model, k, primary[:k], [str(i) for i in ids.tolist()],
+                         compute / len(prepared) + time.perf_counter() - t)
+
+    def _error(self, model: Any, e: Exception, n: int = 1) -> None:
+        self._errors.inc(n)
+        log.warning("shadow version %s failed for %d request(s): %s: %s", getattr(model, "model_version", "?"), n,
+                    type(e).__name__, str(e)[:300], extra={"event": "shadow_error"})
+
+    def _record(self, model: Any, k: int, top: list[str], ids: list[str], seconds: float) -> None:
         j, r = jaccard(top, ids), rbo(top, ids, max(k, 1))
         self.latency.observe(seconds)
         self.jaccard.observe(j)
@@ -144,15 +219,4 @@ class ShadowScorer:
     def close(self) -> None:
         self._stopped.set()
         self._thread.join(timeout=5)
-
-
-def shadow_top_k(model: Any, user_id: str, exclude: frozenset[str], weights: Any, k: int) -> list[str]:
-    """The top-k item ids `model` (a RecommendPipeline) would serve this user with these weights, without
-    the event log or the cache: a known user's candidates, an unknown user's fallback priors."""
-    if model.is_known_user(user_id):
-        cands = model.candidates([user_id])[0]
-        ids, _, _ = model.blend_top_k(cands, weights, k, exclude)
-    else:
-        ids, _, _ = model.blend_top_k(model.fallback_candidates, model.fallback_weights(weights), k, exclude)
-    return [str(i) for i in ids.tolist()]
 
