@@ -183,6 +183,11 @@ class Experiments:
                 log.exception("experiment poll failed", extra={"event": "experiment_poll_failed"})
 
     @property
+    def running(self) -> bool:
+        """Whether an experiment is running (the request path skips everything else when not)."""
+        return self._state is not None
+
+    @property
     def experiment(self) -> Experiment | None:
         state = self._state
         return None if state is None else state.experiment

@@ -331,7 +331,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if serving is None:
             raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
         experiments, arm = self.experiments, ""
-        if experiments is not None:  # the user's arm picks the model and default blend
+        if experiments is not None and (experiments.running or force_arm):  # the arm picks model and blend
             serving = experiments.route(query.user_id, force_arm, *serving)
             arm = serving[2]
             start = time.perf_counter()
