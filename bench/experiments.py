@@ -16,9 +16,9 @@ Parts (`--parts`, default all):
           receive lists over gRPC and answer with LogEvents (request_id, position; ratings); the log is
           exported to Parquet and `recsys experiment report`'s function reads it. Target: B better, p < 0.05.
   shadow  the same server, paced open-loop Recommend traffic (`--shadow-rate` per second, users drawn by
-          activity): per round one unrecorded warm-up pass, then the same users without and with a shadow
-          version (a second copy of the version, sample 1.0), order alternating between rounds; the
-          primary's p99 with shadow ÷ without per round, median over the rounds. Target <= 1.1.
+          activity, all cached by an unrecorded warm-up pass): `--shadow-blocks` short blocks alternate
+          (off, on, on, off, ...) between no shadow and a shadow version (a second copy of the version,
+          sample 1.0); the primary's p99 over all "on" latencies ÷ over all "off" ones. Target <= 1.1.
   canary  a canary arm on a deliberately slow (`--slow-s` per computation) and then a failing version
           (a loader wrapper injects the fault), schedule 20% from the start, guardrail window
           `--canary-window-s`; reports seconds to rollback and failed requests outside the canary (target 0).
@@ -75,6 +75,7 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--metrics-port", type=int, required=True)
     p.add_argument("--redis-url", required=True)
     p.add_argument("--slow-s", type=float, default=0.2)
+    p.add_argument("--gil-switch-interval-s", type=float, default=0.0)
     a = p.parse_args(argv)
     import logging
     import signal
@@ -94,7 +95,8 @@ def child_main(argv: list[str]) -> int:
         return model
 
     server = RecommendServer(ServerConfig(host="127.0.0.1", port=a.port, workers=8, metrics_port=a.metrics_port,
-                                          tf_intra_op_threads=1, tf_inter_op_threads=1),
+                                          tf_intra_op_threads=1, tf_inter_op_threads=1,
+                                          gil_switch_interval_s=a.gil_switch_interval_s),
                              CacheConfig(redis_url=a.redis_url), events=EventLogConfig()).start()
     server.load(pathlib.Path(a.root) / a.version)
     server.start_experiments(a.root, ExperimentsConfig(poll_s=0.2), loader=loader)
@@ -158,14 +160,16 @@ def part_srm(truth, sessions: int, k: int) -> dict:
 class Fleet:
     """redis-server + the child server process on free ports; the experiment file under `root`."""
 
-    def __init__(self, root: pathlib.Path, version: str, workdir: pathlib.Path, slow_s: float) -> None:
+    def __init__(self, root: pathlib.Path, version: str, workdir: pathlib.Path, slow_s: float,
+                 gil_switch_interval_s: float = 0.0) -> None:
         self.root, self.version = root, version
         (workdir / "redis").mkdir()
         self.redis = LocalRedis(workdir / "redis", appendonly=False).start()
         self.port, self.metrics_port = free_port(), free_port()
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", "--root", str(root), "--version", version,
                                       "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                                      "--redis-url", self.redis.url, "--slow-s", str(slow_s)],
+                                      "--redis-url", self.redis.url, "--slow-s", str(slow_s),
+                                      "--gil-switch-interval-s", str(gil_switch_interval_s)],
                                      stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"})
         line = self.proc.stdout.readline()
@@ -311,48 +315,54 @@ def paced(fleet: Fleet, users: np.ndarray, rate: float, k: int, concurrency: int
     return latencies, errors[0]
 
 
-def part_shadow(fleet: Fleet, truth, version: str, rounds: int, per_round: int, rate: float, k: int) -> dict:
+def part_shadow(fleet: Fleet, truth, version: str, blocks: int, per_block: int, rate: float, k: int) -> dict:
+    """Blocks of paced requests alternate without / with the shadow (order off, on, on, off, ... so a slow drift
+    of the machine's load hits both alike), all from one pool of users whose candidates were cached first; the
+    latencies of each condition are pooled."""
     base = {"name": "shadow-off", "arms": [{"name": "A", "share": 1.0}]}
     with_shadow = {"name": "shadow-on", "arms": [{"name": "A", "share": 1.0}],
                    "shadow": {"version": f"{version}-shadow", "sample": 1.0, "k": k}}
     rng = np.random.default_rng(21)
+    users = rng.choice(len(truth.activity), blocks * per_block, p=truth.activity)
+    fleet.set(base)
+    paced(fleet, np.unique(users), rate, k, 16)  # warm-up, not recorded: every user's candidates cached
+    pooled: dict[str, list] = {"off": [], "on": []}
     rows = []
-    for r in range(rounds):
-        users = rng.choice(len(truth.activity), per_round, p=truth.activity)
-        fleet.set(base)
-        paced(fleet, users, rate, k, 16)  # warm-up, not recorded: both halves then see the same cache state
-        pair = {}
-        for name, raw in (("off", base), ("on", with_shadow)) if r % 2 == 0 else (("on", with_shadow), ("off", base)):
-            fleet.set(raw)
-            while fleet.sample("recsys_shadow_queue") > 0:  # the previous round's shadow work is done
-                time.sleep(0.1)
-            scored = fleet.sample('recsys_shadow_requests_total{result="scored"}')
-            dropped = fleet.sample('recsys_shadow_requests_total{result="dropped"}')
-            lat, errors = paced(fleet, users, rate, k, 16)
-            while fleet.sample("recsys_shadow_queue") > 0:
-                time.sleep(0.1)
-            pair[name] = {"p50_ms": float(np.nanpercentile(lat, 50) * 1e3), "p99_ms": float(np.nanpercentile(lat, 99) * 1e3),
-                          "errors": errors,
-                          "shadow_scored": fleet.sample('recsys_shadow_requests_total{result="scored"}') - scored,
-                          "shadow_dropped": fleet.sample('recsys_shadow_requests_total{result="dropped"}') - dropped}
-        pair["p99_ratio"] = pair["on"]["p99_ms"] / pair["off"]["p99_ms"]
-        pair["load_avg"] = load_avg()
-        rows.append(pair)
-        print(f"shadow round {r}: p99 off {pair['off']['p99_ms']:.1f} ms, on {pair['on']['p99_ms']:.1f} ms "
-              f"(ratio {pair['p99_ratio']:.3f}); shadow scored {pair['on']['shadow_scored']:.0f}, dropped "
-              f"{pair['on']['shadow_dropped']:.0f}; load {pair['load_avg']}", flush=True)
+    scored = dropped = 0.0
+    for b in range(blocks):
+        name = "off" if b % 4 in (0, 3) else "on"
+        fleet.set(with_shadow if name == "on" else base)
+        while fleet.sample("recsys_shadow_queue") > 0:  # the previous block's shadow work is done
+            time.sleep(0.05)
+        before = (fleet.sample('recsys_shadow_requests_total{result="scored"}'),
+                  fleet.sample('recsys_shadow_requests_total{result="dropped"}'))
+        lat, errors = paced(fleet, users[b * per_block:(b + 1) * per_block], rate, k, 16)
+        while fleet.sample("recsys_shadow_queue") > 0:
+            time.sleep(0.05)
+        scored += fleet.sample('recsys_shadow_requests_total{result="scored"}') - before[0]
+        dropped += fleet.sample('recsys_shadow_requests_total{result="dropped"}') - before[1]
+        pooled[name].append(lat)
+        rows.append({"block": b, "shadow": name, "p50_ms": float(np.nanpercentile(lat, 50) * 1e3),
+                     "p99_ms": float(np.nanpercentile(lat, 99) * 1e3), "errors": errors, "load_avg": load_avg()})
     text = fleet.metrics()
     overlap = {}
-    for name in ("recsys_shadow_jaccard", "recsys_shadow_rbo"):
-        s = sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "_sum"))
-        c = sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "_count"))
-        overlap[name] = s / c if c else float("nan")
+    for metric in ("recsys_shadow_jaccard", "recsys_shadow_rbo"):
+        s = sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(metric + "_sum"))
+        c = sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(metric + "_count"))
+        overlap[metric] = s / c if c else float("nan")
     fleet.set(None)
-    ratios = [row["p99_ratio"] for row in rows]
-    out = {"rounds": rows, "median_p99_ratio": float(np.median(ratios)), "rate": rate, "per_round": per_round,
-           "mean_jaccard": overlap["recsys_shadow_jaccard"], "mean_rbo": overlap["recsys_shadow_rbo"]}
-    print(f"shadow: median p99 ratio (on ÷ off) {out['median_p99_ratio']:.3f} over {rounds} rounds; mean Jaccard "
-          f"{out['mean_jaccard']:.3f}, RBO {out['mean_rbo']:.3f} (same weights, an identical copy)", flush=True)
+    p99 = {n: float(np.nanpercentile(np.concatenate(v), 99) * 1e3) for n, v in pooled.items()}
+    p50 = {n: float(np.nanpercentile(np.concatenate(v), 50) * 1e3) for n, v in pooled.items()}
+    pairs = [rows[i + 1]["p99_ms"] / rows[i]["p99_ms"] if rows[i]["shadow"] == "off" else
+             rows[i]["p99_ms"] / rows[i + 1]["p99_ms"] for i in range(0, len(rows) - 1, 2)]
+    out = {"blocks": rows, "per_block": per_block, "rate": rate, "pooled_p99_ms": p99, "pooled_p50_ms": p50,
+           "pooled_p99_ratio": p99["on"] / p99["off"], "median_pair_p99_ratio": float(np.median(pairs)),
+           "shadow_scored": scored, "shadow_dropped": dropped, "mean_jaccard": overlap["recsys_shadow_jaccard"],
+           "mean_rbo": overlap["recsys_shadow_rbo"], "load_avg": load_avg()}
+    print(f"shadow: {blocks} blocks of {per_block} at {rate:g}/s; pooled p99 off {p99['off']:.1f} ms, on {p99['on']:.1f} "
+          f"ms (ratio {out['pooled_p99_ratio']:.3f}); p50 {p50['off']:.1f} → {p50['on']:.1f} ms; median pair ratio "
+          f"{out['median_pair_p99_ratio']:.3f}; shadow scored {scored:.0f}, dropped {dropped:.0f}; mean Jaccard "
+          f"{out['mean_jaccard']:.3f}, RBO {out['mean_rbo']:.3f}; load {out['load_avg']}", flush=True)
     return out
 
 
@@ -432,12 +442,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="arm B's multiplicative blend exponents (engagement, quality)")
     p.add_argument("--quality-sensitivity", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--shadow-rounds", type=int, default=4)
-    p.add_argument("--shadow-requests", type=int, default=1500)
+    p.add_argument("--shadow-blocks", type=int, default=40)
+    p.add_argument("--shadow-requests", type=int, default=150, help="requests per block")
     p.add_argument("--shadow-rate", type=float, default=100.0)
     p.add_argument("--canary-window-s", type=float, default=10.0)
     p.add_argument("--canary-rate", type=float, default=40.0, help="requests per second")
     p.add_argument("--slow-s", type=float, default=0.2)
+    p.add_argument("--gil-switch-interval-s", type=float, default=0.0,
+                   help="the server's --gil-switch-interval-s (0 = Python's 5 ms), the same for every part")
     a = p.parse_args(argv)
     parts = set(a.parts.split(","))
     version_dir = pathlib.Path(a.version_dir).resolve()
@@ -456,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             name = version_dir.name
             for suffix in ("", "-shadow", "-slow", "-failing"):
                 (root / f"{name}{suffix}").symlink_to(version_dir, target_is_directory=True)
-            fleet = Fleet(root, name, work, a.slow_s)
+            fleet = Fleet(root, name, work, a.slow_s, a.gil_switch_interval_s)
             try:
                 out_dir = pathlib.Path(a.json).resolve().parent
                 out_dir.mkdir(parents=True, exist_ok=True)
@@ -464,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["ab"] = part_ab(fleet, truth, a.ab_requests, a.k, a.b_weights, a.concurrency, out_dir,
                                             a.quality_sensitivity)
                 if "shadow" in parts:
-                    results["shadow"] = part_shadow(fleet, truth, name, a.shadow_rounds, a.shadow_requests,
+                    results["shadow"] = part_shadow(fleet, truth, name, a.shadow_blocks, a.shadow_requests,
                                                     a.shadow_rate, a.k)
                 if "canary" in parts:
                     results["canary"] = [part_canary(fleet, truth, name, kind, a.canary_window_s, a.canary_rate, a.k,

@@ -3,7 +3,8 @@
 The request thread only samples (one random draw) and puts (user, exclude, weights, k, primary
 ids) on a bounded queue with put_nowait — when the queue is full the request is dropped and
 counted, never waited for. One background thread (at a lower OS scheduling priority, nice +10,
-so on a busy host the primary's threads run first) takes up to 64 queued requests at a time and
+so on a busy host the primary's threads run first; it also yields the GIL between requests, so
+a request thread never waits behind more than one short stretch of shadow Python) takes up to 64 queued requests at a time and
 computes the shadow version's top k for the same user, streamed history, exclusions and blend
 weights — the users' candidates in ONE model call, kept in the shadow's own LRU per (version,
 user, streamed history) like the primary's cache, so the shadow does no more work than the
@@ -138,6 +139,7 @@ class ShadowScorer:
         prepared = []  # (job, cache key, known)
         missing: dict[Any, dict[tuple, tuple[str, list[str]]]] = {}
         for job in jobs:
+            time.sleep(0)  # hand the GIL to a waiting request thread between short stretches of shadow work
             model, user_id = job[0], job[1]
             recent = self._recent(user_id)
             try:
@@ -167,6 +169,7 @@ class ShadowScorer:
                     self._lru.popitem(last=False)
         compute = time.perf_counter() - start
         for (model, _user, exclude, weights, primary), key in prepared:
+            time.sleep(0)
             if key in failed:
                 continue
             k = min(self._k, len(primary)) if primary else self._k
