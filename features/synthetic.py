@@ -59,26 +59,10 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int
         raise ValueError(f"synthetic sizes must be positive, got {cfg}")
     rng = np.random.default_rng(cfg.seed)
     d = cfg.dim
-    # Category centroids; items sit near their category's centroid.
-    centroids = rng.normal(size=(cfg.num_categories, d))
-    item_cat = rng.integers(0, cfg.num_categories, cfg.num_items)
-    item_vec = centroids[item_cat] + 0.5 * rng.normal(size=(cfg.num_items, d))
-    segment_cat = rng.integers(0, cfg.num_categories, cfg.num_segments)  # each segment's favourite
-    user_seg = rng.integers(0, cfg.num_segments, cfg.num_users)
-    user_vec = centroids[segment_cat[user_seg]] + 0.7 * rng.normal(size=(cfg.num_users, d))
-
-    types = rng.choice(len(ITEM_TYPES), cfg.num_items,
-                       p=[1 - cfg.clickbait_fraction - cfg.niche_fraction, cfg.clickbait_fraction, cfg.niche_fraction])
-    eng_bias = np.array([_TYPE_EFFECTS[ITEM_TYPES[t]][0] for t in types])
-    qual_bias = np.array([_TYPE_EFFECTS[ITEM_TYPES[t]][1] for t in types])
-    quality_factor = rng.normal(size=cfg.num_items)  # independent of item_vec
-
-    # Power-law popularity over a random permutation of items.
-    ranks = rng.permutation(cfg.num_items) + 1
-    pop = ranks.astype(float) ** -cfg.popularity_exponent
-    pop /= pop.sum()
-    activity = rng.lognormal(0.0, 1.0, cfg.num_users)
-    activity /= activity.sum()
+    t = _draw_truth(rng, cfg)
+    item_cat, user_seg, user_vec, item_vec, types = t.item_category, t.user_segment, t.user_vec, t.item_vec, t.item_type
+    eng_bias, qual_bias, quality_factor, pop, activity = t.engagement_bias, t.quality_bias, t.quality_factor, \
+        t.popularity, t.activity
 
     users, items, ts, engaged, rating = [], [], [], [], []
     remaining = cfg.num_interactions
@@ -123,3 +107,65 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int
              cfg.num_items, 100 * interactions["engaged"].mean())
     return Dataset("synthetic", interactions, users_df, items_df, SYNTHETIC_SPEC,
                    provenance={"source": "synthetic", **dataclasses.asdict(cfg)})
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticTruth:
+    """The generator's hidden ground truth (users u{i}, items i{j} by index): what simulated users of
+    bench/experiments.py answer with. Never a model input."""
+
+    user_vec: np.ndarray         # [users, dim] latent taste
+    item_vec: np.ndarray         # [items, dim] latent position
+    user_segment: np.ndarray     # [users] segment index
+    item_category: np.ndarray    # [items] category index
+    item_type: np.ndarray        # [items] index into ITEM_TYPES
+    engagement_bias: np.ndarray  # [items] the item type's engagement logit bias
+    quality_bias: np.ndarray     # [items] the item type's quality bias (rating points)
+    quality_factor: np.ndarray   # [items] standard-normal quality factor
+    popularity: np.ndarray       # [items] impression probability (sums to 1)
+    activity: np.ndarray         # [users] request probability (sums to 1)
+
+    @property
+    def true_quality(self) -> np.ndarray:
+        """[items] expected rating before noise and rounding: 3 + 0.9 · quality factor + type bias."""
+        return 3.0 + 0.9 * self.quality_factor + self.quality_bias
+
+    def engagement_logit(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The generator's engagement logit of (user index, item index) pairs (broadcasting)."""
+        d = self.user_vec.shape[1]
+        affinity = np.einsum("...d,...d->...", self.user_vec[users], self.item_vec[items]) / np.sqrt(d)
+        return affinity - 1.0 + self.engagement_bias[items] + 0.3 * np.log(self.popularity[items] * len(self.popularity))
+
+
+def _draw_truth(rng: np.random.Generator, cfg: SyntheticConfig) -> SyntheticTruth:
+    """The latent draws, in the generator's order (generate_synthetic continues with the same rng)."""
+    d = cfg.dim
+    # Category centroids; items sit near their category's centroid.
+    centroids = rng.normal(size=(cfg.num_categories, d))
+    item_cat = rng.integers(0, cfg.num_categories, cfg.num_items)
+    item_vec = centroids[item_cat] + 0.5 * rng.normal(size=(cfg.num_items, d))
+    segment_cat = rng.integers(0, cfg.num_categories, cfg.num_segments)  # each segment's favourite
+    user_seg = rng.integers(0, cfg.num_segments, cfg.num_users)
+    user_vec = centroids[segment_cat[user_seg]] + 0.7 * rng.normal(size=(cfg.num_users, d))
+
+    types = rng.choice(len(ITEM_TYPES), cfg.num_items,
+                       p=[1 - cfg.clickbait_fraction - cfg.niche_fraction, cfg.clickbait_fraction, cfg.niche_fraction])
+    eng_bias = np.array([_TYPE_EFFECTS[ITEM_TYPES[t]][0] for t in types])
+    qual_bias = np.array([_TYPE_EFFECTS[ITEM_TYPES[t]][1] for t in types])
+    quality_factor = rng.normal(size=cfg.num_items)  # independent of item_vec
+
+    # Power-law popularity over a random permutation of items.
+    ranks = rng.permutation(cfg.num_items) + 1
+    pop = ranks.astype(float) ** -cfg.popularity_exponent
+    pop /= pop.sum()
+    activity = rng.lognormal(0.0, 1.0, cfg.num_users)
+    activity /= activity.sum()
+    return SyntheticTruth(user_vec, item_vec, user_seg, item_cat, types, eng_bias, qual_bias, quality_factor, pop,
+                          activity)
+
+
+def synthetic_truth(cfg: SyntheticConfig = SyntheticConfig()) -> SyntheticTruth:
+    """The hidden factors `generate_synthetic(cfg)` draws its data from (same seed, same draws)."""
+    if min(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.dim) <= 0:
+        raise ValueError(f"synthetic sizes must be positive, got {cfg}")
+    return _draw_truth(np.random.default_rng(cfg.seed), cfg)

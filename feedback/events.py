@@ -37,6 +37,8 @@ class Event:
       value: the rating for RATING (finite), None otherwise.
       request_id: the served list the event answers ("" = none).
       position: the item's 1-based position in that list (0 = unknown).
+      arm: the experiment arm the server assigned the user when it logged the event ("" = none;
+        stamped by LogEvents, never sent by clients — see serving/experiments.py).
     """
 
     event_id: str
@@ -47,6 +49,7 @@ class Event:
     value: float | None = None
     request_id: str = ""
     position: int = 0
+    arm: str = ""
 
     @property
     def engaged(self) -> bool:

@@ -9,7 +9,8 @@ Rows follow the interactions schema (features/schema.py) plus the log's context:
 `user_id, item_id, timestamp, rating, engaged` (engagement and rating events → engaged 1,
 a rating's value in `rating`; impressions, including every item of every list the server
 served, → engaged 0, so training sees real shown-but-not-engaged negatives) and `event_id,
-type, position, request_id, model_version, source, blend, log_id`. A served list's items
+type, position, request_id, model_version, source, blend, log_id, arm` (arm: the experiment arm,
+"" when none ran; files exported before it existed lack the column). A served list's items
 become impressions with event ids "{request_id}:{position}", positions 1..k.
 
 Delivery: at least once from the log, exactly once in the output. Chunks are read in log
@@ -46,7 +47,7 @@ SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timest
                     ("rating", pa.float64()), ("engaged", pa.int8()), ("event_id", pa.string()),
                     ("type", pa.string()), ("position", pa.int32()), ("request_id", pa.string()),
                     ("model_version", pa.string()), ("source", pa.string()), ("blend", pa.string()),
-                    ("log_id", pa.string())])
+                    ("log_id", pa.string()), ("arm", pa.string())])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +89,10 @@ def entries_to_frame(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.Data
     """Stream entries (XRANGE's answer) → rows of SCHEMA, in log order, served lists exploded."""
     cols: dict[str, list] = {name: [] for name in SCHEMA.names}
 
-    def add(log_id, event_id, user, item, ts, rating, engaged, kind, position, request_id, ver, src, blend) -> None:
+    def add(log_id, event_id, user, item, ts, rating, engaged, kind, position, request_id, ver, src, blend,
+            arm) -> None:
         for name, value in zip(SCHEMA.names, (user, item, ts, rating, engaged, event_id, kind, position, request_id,
-                                              ver, src, blend, log_id)):
+                                              ver, src, blend, log_id, arm)):
             cols[name].append(value)
 
     for raw_id, raw in entries:
@@ -98,13 +100,14 @@ def entries_to_frame(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.Data
         f = {k.decode(): v.decode() for k, v in raw.items()}
         kind, user, ts = f.get("type", ""), f.get("user", ""), int(f.get("ts", "0") or 0)
         req, ver, src, blend = f.get("req", ""), f.get("ver", ""), f.get("src", ""), f.get("blend", "")
+        arm = f.get("arm", "")
         if kind == "served":
             for pos, item in enumerate(f.get("item", "").split(ITEM_SEP) if f.get("item") else [], 1):
-                add(log_id, f"{req}:{pos}", user, item, ts, np.nan, 0, "impression", pos, req, ver, src, blend)
+                add(log_id, f"{req}:{pos}", user, item, ts, np.nan, 0, "impression", pos, req, ver, src, blend, arm)
             continue
         rating = float(f["value"]) if kind == RATING and f.get("value") else np.nan
         add(log_id, f.get("id", ""), user, f.get("item", ""), ts, rating, 1 if kind in ENGAGED_TYPES else 0, kind,
-            int(f.get("pos", "0") or 0), req, ver, src, blend)
+            int(f.get("pos", "0") or 0), req, ver, src, blend, arm)
     return pa.table(cols, schema=SCHEMA).to_pandas()
 
 

@@ -14,7 +14,8 @@ Redis layout (prefix P = EventLogConfig.stream_key, default "recsys:events"):
 Stream entry fields (all strings; absent = empty): id (event id), type (impression,
 engagement, rating, or served = a list the server served), user, item (served: the items
 joined by ITEM_SEP, positions 1..k), value, ts (epoch seconds), req (request id), pos,
-ver/src/blend (served: model version, answer source, "w_e,w_q,mode,transform").
+ver/src/blend (served: model version, answer source, "w_e,w_q,mode,transform"), arm (the
+experiment arm of a served list or of an event's user; absent = no experiment).
 
 `EventLog.append` writes a validated batch with one Lua script, which Redis runs
 atomically: for each event not seen before, the dedupe marker, the XADD and (engagements)
@@ -160,6 +161,8 @@ def _fields(e: Event) -> list[str]:
         out += ["req", e.request_id]
     if e.position:
         out += ["pos", str(int(e.position))]
+    if e.arm:
+        out += ["arm", e.arm]
     return out
 
 
@@ -277,11 +280,11 @@ return n
 
 
 def _served_record(request_id: str, user_id: str, item_ids: Sequence[str], model_version: str, source: str,
-                   blend: str, timestamp: float) -> str:
+                   blend: str, timestamp: float, arm: str = "") -> str:
     """A served list's stream fields (see the module docstring), joined by _FIELD_SEP."""
-    return _FIELD_SEP.join(("id", request_id, "type", "served", "user", user_id, "item", ITEM_SEP.join(item_ids),
-                            "ts", str(int(timestamp)), "req", request_id, "ver", model_version, "src", source,
-                            "blend", blend))
+    fields = ("id", request_id, "type", "served", "user", user_id, "item", ITEM_SEP.join(item_ids),
+              "ts", str(int(timestamp)), "req", request_id, "ver", model_version, "src", source, "blend", blend)
+    return _FIELD_SEP.join(fields + ("arm", arm) if arm else fields)
 
 
 def blend_text(blend: Any) -> str:
@@ -312,11 +315,11 @@ class ServedListLogger:
         self._thread.start()
 
     def log(self, request_id: str, user_id: str, item_ids: Sequence[str], model_version: str, source: str,
-            blend: Any) -> None:
+            blend: Any, arm: str = "") -> None:
         if len(self._queue) >= self._max:
             self.dropped += 1
             return
-        self._queue.append((request_id, user_id, item_ids, model_version, source, blend, self._clock()))
+        self._queue.append((request_id, user_id, item_ids, model_version, source, blend, self._clock(), arm))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Waits until the queue is written (tests, shutdown); False if it is not within `timeout_s`."""
@@ -342,7 +345,7 @@ class ServedListLogger:
                 try:
                     blends: dict[int, str] = {}  # a handful of distinct weights objects per flush
                     records = _RECORD_SEP.join(_served_record(*f[:5], blends.get(id(f[5])) or blends.setdefault(
-                        id(f[5]), blend_text(f[5])), f[6]) for f in batch)
+                        id(f[5]), blend_text(f[5])), f[6], f[7]) for f in batch)
                     self._write(keys=[c.stream_key], args=[c.max_len, records])
                     self.written += len(batch)
                 except redis.RedisError as e:

@@ -67,6 +67,7 @@ from core import registry
 from core.errors import RecsysError
 from feedback import EventLogConfig
 from serving.cache import CacheConfig
+from serving.experiments import ExperimentsConfig
 from serving.hotswap import HotSwapConfig
 from serving.security import SecurityConfig
 from serving.server import ServerConfig
@@ -102,6 +103,7 @@ class FleetSpec:
     restart_backoff_s: float = 0.5       # a dead process is restarted after this long (doubling per death in a row)
     restart_backoff_max_s: float = 30.0  # ... at most this long
     restart_stable_s: float = 60.0       # a process that lived this long starts the doubling again
+    experiments: ExperimentsConfig = ExperimentsConfig()  # every process runs the same experiment file
 
     def child_server_config(self, index: int) -> ServerConfig:
         """Process `index`: one process, metrics on metrics_port + index (0 = off)."""
@@ -212,6 +214,8 @@ def _run_following_child(spec: FleetSpec, index: int, ready, fleet_ready, errors
     if stop.is_set():
         sys.exit(0)
     server.set_model(loaded[0])
+    if spec.experiments.file != "off":  # the experiment file lives beside the registry pointer
+        server.start_experiments(pathlib.Path(spec.artifacts), spec.experiments)
     _start_gated(server, ready, fleet_ready, stop)
     watcher = RegistryWatcher(resolve, set_model=server.set_model, served_version=server.served_version,
                               metrics=server.metrics, config=spec.hotswap, verify=spec.verify).start()
@@ -257,6 +261,8 @@ def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_
     except RecsysError as e:
         _startup_failed(errors, index, str(e))
     server.set_model(model)
+    if spec.experiments.file != "off":
+        server.start_experiments(pathlib.Path(version_dir).parent, spec.experiments)
     if spec.server.metrics_port and metrics_port is not None:
         http, _ = server.metrics.serve_http(0, "127.0.0.1")
         metrics_port.value = http.server_port

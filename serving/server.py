@@ -56,6 +56,7 @@ from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking.blender import BlendWeights, rank_by_blend
 from serving.batcher import CandidateBatcher
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
+from serving.experiments import Experiments, ExperimentsConfig
 from serving.hotswap import HotSwapConfig, RegistryWatcher, load_into
 from serving.metrics import ServingMetrics
 from serving.monitor import LiveMonitor
@@ -74,6 +75,7 @@ _SOURCE_ENUM = {CACHE: pb.CACHE, PRECOMPUTED: pb.PRECOMPUTED, ONLINE: pb.ONLINE,
 _EVENT_TYPE = {pb.IMPRESSION: "impression", pb.ENGAGEMENT: "engagement", pb.RATING: "rating"}
 # The per-request field appended to a memoized response's bytes (serving/wire.py).
 _REQUEST_ID_FIELD = pb.RecommendResponse.DESCRIPTOR.fields_by_name["request_id"].number
+_ARM_FIELD = pb.RecommendResponse.DESCRIPTOR.fields_by_name["arm"].number
 
 
 class DeadlineExceededError(RecsysError):
@@ -196,6 +198,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if events is not None:
             self._register_event_metrics()
         self._serving: tuple[Any, BlendWeights] | None = None  # (model, its default weights), swapped as one
+        self.experiments: Experiments | None = None  # arms, shadow, canary (serving/experiments.py); None = off
         self.monitor = LiveMonitor(metrics.registry, config.monitor_window, config.monitor_max_age_s,
                                    config.monitor_min_samples, config.monitor_interval_s) if config.monitor else None
         self.batcher: CandidateBatcher | None = None
@@ -217,6 +220,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """Stops the batch worker (after the batches already queued) and the event-log threads."""
         if self.batcher is not None:
             self.batcher.close()
+        if self.experiments is not None:
+            self.experiments.close()
         if self.served is not None:
             self.served.close()
         if self.versions is not None:
@@ -307,50 +312,77 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> tuple[bytes, str]:
         query = validate_recommend(request, self.limits)
-        response, wire, request_id, source = self._answer_logged(query, _time_left(context))
-        # A memoized response was serialized once: this request's id is appended to its bytes, which gives
-        # the bytes of the stamped message without copying or re-serializing it (serving/wire.py).
-        wire = response.SerializeToString() if wire is None else wire + string_field(_REQUEST_ID_FIELD, request_id)
+        response, wire, request_id, arm, source = self._answer_logged(query, _time_left(context), request.force_arm)
+        # A memoized response was serialized once: this request's id (and arm) are appended to its bytes, which
+        # gives the bytes of the stamped message without copying or re-serializing it (serving/wire.py).
+        if wire is None:
+            wire = response.SerializeToString()
+        else:
+            wire += string_field(_REQUEST_ID_FIELD, request_id)
+            if arm:
+                wire += string_field(_ARM_FIELD, arm)
         if not context.is_active():
             raise DeadlineExceededError("the request was cancelled or its deadline passed")
         if self.monitor is not None:  # the monitor reads items and scores only, never the request id
             self.monitor.record(query.user_id, query.num_results, response, source)
         return wire, source
 
-    def answer(self, query: RecommendQuery, time_left: float | None = None) -> tuple[pb.RecommendResponse, str]:
+    def answer(self, query: RecommendQuery, time_left: float | None = None,
+               force_arm: str = "") -> tuple[pb.RecommendResponse, str]:
         """The whole Recommend computation for a validated query, without gRPC.
 
         Args:
           query: a validated request (serving.validation.validate_recommend).
           time_left: seconds until the caller's deadline; None = no deadline.
+          force_arm: the experiment arm the request asks for ("" = the user's own; serving/experiments.py).
 
         Returns:
           (response, source) with source one of cache, precomputed, online, fallback, events. The
           response carries a new request_id, and the served list is queued for the event log.
         """
-        response, wire, request_id, source = self._answer_logged(query, time_left)
+        response, wire, request_id, arm, source = self._answer_logged(query, time_left, force_arm)
         if wire is not None:  # a memoized message is shared between requests: stamp a copy
             stamped = pb.RecommendResponse()
             stamped.CopyFrom(response)
             stamped.request_id = request_id
             response = stamped
+            if arm:
+                stamped.arm = arm
+            response = stamped
         return response, source
 
-    def _answer_logged(self, query: RecommendQuery, time_left: float | None
-                       ) -> tuple[pb.RecommendResponse, bytes | None, str, str]:
-        """(response, wire, request_id, source): the answer under a new request id, its served list queued.
+    def _answer_logged(self, query: RecommendQuery, time_left: float | None, force_arm: str = ""
+                       ) -> tuple[pb.RecommendResponse, bytes | None, str, str, str]:
+        """(response, wire, request_id, arm, source): the answer under a new request id, its served list queued.
 
-        `wire` None: `response` is this request's own message, request_id set. Otherwise `response` is a
-        memoized message shared between requests (never mutated; its request_id unset) and `wire` its
-        serialized bytes.
+        `wire` None: `response` is this request's own message, request_id and arm set. Otherwise `response`
+        is a memoized message shared between requests (never mutated; its request_id and arm unset) and
+        `wire` its serialized bytes.
         """
-        response, source, weights, wire, item_ids = self._answer(query, time_left)
+        serving = self._serving
+        if serving is None:
+            raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
+        experiments, arm = self.experiments, ""
+        if experiments is not None and (experiments.running or force_arm):  # the arm picks model and blend
+            serving = experiments.route(query.user_id, force_arm, *serving)
+            arm = serving[2]
+            start = time.perf_counter()
+            try:
+                response, source, weights, wire, item_ids = self._answer(query, time_left, serving)
+            except Exception:
+                experiments.after(arm, query.user_id, query.exclude, serving[1], None, time.perf_counter() - start)
+                raise
+            experiments.after(arm, query.user_id, query.exclude, weights, item_ids, time.perf_counter() - start)
+        else:
+            response, source, weights, wire, item_ids = self._answer(query, time_left, serving)
         request_id = f"{self._request_prefix}-{next(self._request_ids):x}"
         if wire is None:
             response.request_id = request_id
+            if arm:
+                response.arm = arm  # per request like request_id: never part of a memoized (shared) message
         if self.served is not None:
-            self.served.log(request_id, query.user_id, item_ids, response.model_version, source, weights)
-        return response, wire, request_id, source
+            self.served.log(request_id, query.user_id, item_ids, response.model_version, source, weights, arm)
+        return response, wire, request_id, arm, source
 
     def _user_version(self, user_id: str) -> int:
         """The user's engagement counter (0 = none, or the event log is off or unreachable)."""
@@ -371,16 +403,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._events_down_until = time.monotonic() + self._circuit_open_s
         self.events_faults.labels(op).inc()
 
-    def _answer(self, query: RecommendQuery, time_left: float | None
+    def _answer(self, query: RecommendQuery, time_left: float | None, serving: tuple
                 ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]:
         """(response, source, weights, wire, item ids): `wire` = the serialized bytes of a memoized message
         other requests also get (None: the message is this request's own); the item ids are the
         response's, kept beside it (reading them back from the message costs more than the rest of a
-        cache hit)."""
-        serving = self._serving
-        if serving is None:
-            raise ModelNotReadyError("the model is still loading; retry shortly (see the health status)")
-        model, defaults = serving
+        cache hit). `serving` = (model, its default weights[, arm])."""
+        model, defaults = serving[0], serving[1]
         weights = defaults if query.weights is None else query.weights.resolve(defaults)
         user = query.user_id
         known = model.is_known_user(user)
@@ -460,8 +489,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if len(request.events) > cfg.max_batch_events:  # before converting a huge batch
             raise InvalidRequestError(f"events has {len(request.events)} entries; the maximum per batch is "
                                       f"{cfg.max_batch_events}")
+        arm_of = self.experiments.arm_of if self.experiments is not None else (lambda user: "")
         events = [Event(e.event_id, e.user_id, e.item_id, _event_type(e.type), e.timestamp,
-                        e.value if e.HasField("value") else None, e.request_id, e.position) for e in request.events]
+                        e.value if e.HasField("value") else None, e.request_id, e.position, arm_of(e.user_id))
+                  for e in request.events]
         validate_events(events, cfg.max_batch_events, cfg.max_id_length)
         try:
             accepted, duplicates, bumped = events_log.append(events)
@@ -628,6 +659,16 @@ class RecommendServer:
         self.servicer.set_model(model)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    def start_experiments(self, root: str | os.PathLike, config: ExperimentsConfig = ExperimentsConfig(),
+                          loader: Callable[[pathlib.Path], Any] | None = None) -> Experiments:
+        """Runs the experiment file of artifacts root `root` (serving/experiments.py) from now on."""
+        experiments = Experiments(config, root, lambda: self.servicer.loaded_model, self.metrics.registry, loader)
+        events = self.servicer.events
+        if events is not None:  # the shadow merges the same streamed history the primary did
+            experiments.shadow.recent = lambda user: events.recent(user) if self.servicer._user_version(user) else []
+        self.servicer.experiments = experiments.start()
+        return experiments
+
     def served_version(self) -> str:
         """The name of the version serving now ("" before the first load)."""
         model = self.servicer.loaded_model
@@ -661,7 +702,7 @@ def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: S
           cache_config: CacheConfig = CacheConfig(), limits: RequestLimits = RequestLimits(),
           verify: bool = True, on_ready: Callable[[RecommendServer], None] | None = None,
           hotswap: HotSwapConfig = HotSwapConfig(), security: SecurityConfig = SecurityConfig(),
-          events: EventLogConfig = EventLogConfig()) -> int:
+          events: EventLogConfig = EventLogConfig(), experiments: ExperimentsConfig = ExperimentsConfig()) -> int:
     """Runs the server until SIGTERM/SIGINT; returns 0 after a graceful stop.
 
     The port opens at once with health NOT_SERVING; the model loads in the background
@@ -682,8 +723,11 @@ def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: S
             if not initial:  # SIGHUP: same checks and swap as the watcher, serialised with it
                 watcher.check(force=True)
                 return
-            server.load(resolve(), verify=verify, warmup_users=hotswap.warmup_users)
+            version = resolve()
+            server.load(version, verify=verify, warmup_users=hotswap.warmup_users)
             watcher.start()
+            if experiments.file != "off":  # the experiment file lives beside the registry pointer
+                server.start_experiments(version.parent, experiments)
         except (RecsysError, OSError) as e:
             log.error("could not load the model: %s%s", e, "" if initial else "; still serving the previous one",
                       extra={"event": "model_load_failed"})

@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                     "precompute every user's candidates and scores with Beam (→ Redis, Parquet)"),
     "monitor": ("recsys.commands.monitor", "offline drift report (PSI / KS per feature) between two data windows"),
     "events": ("recsys.commands.events", "export the event log (LogEvents, served lists) to Parquet"),
+    "experiment": ("recsys.commands.experiment", "A/B arms, shadow and canary on the live path: set, show, stop, "
+                   "report"),
     "versions": ("recsys.commands.versions", "list trained artifact versions and the current one"),
     "promote": ("recsys.commands.versions", "point CURRENT at a version (verified first; atomic)"),
     "demo": ("recsys.commands.demo", "run the whole system end to end on MovieLens-100k"),

@@ -16,6 +16,7 @@ from core.registry import default_root, resolve_version
 from feedback import EventLogConfig
 from recsys.commands import add_command
 from serving import CacheConfig, HotSwapConfig, RequestLimits, SecurityConfig, ServerConfig
+from serving.experiments import ExperimentsConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class ServeConfig:
     hotswap: HotSwapConfig = section(HotSwapConfig, title="hot swap")
     security: SecurityConfig = section(SecurityConfig, title="security")
     events: EventLogConfig = section(EventLogConfig, prefix="events_", title="event log (LogEvents, streamed history)")
+    experiments: ExperimentsConfig = section(ExperimentsConfig, prefix="experiment_",
+                                             title="experiments (A/B arms, shadow, canary: `recsys experiment`)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +120,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             "served_queue": "served lists queued for writing; beyond it they are dropped and counted",
             "served_flush_s": "the served-list writer sends what queued this often, in one Redis call",
             "versions_ttl_s": "a process trusts its copy of a user's engagement counter this long",
-            "versions_max_entries": "users' counters kept per process"}},
+            "versions_max_entries": "users' counters kept per process"},
+        "experiments": {
+            "file": "the experiment file (empty = <artifacts>/experiment.json, written by `recsys experiment set`; "
+                    "'off' = no experiments)",
+            "poll_s": "re-read the file when it changed, and check the canary guardrails, this often",
+            "allow_force": "honour RecommendRequest.force_arm (QA) when the experiment sets allow_force too",
+            "memory_budget_mb": "the served version plus the experiment's versions must fit this (estimated as "
+                                "their files' size × --experiment-memory-factor); otherwise the file is refused",
+            "memory_factor": "estimated resident bytes per byte of a version's files",
+            "shadow_queue": "shadow requests waiting; beyond it they are dropped and counted",
+            "verify": "check an experiment version's checksums before loading it"}},
         description="Starts the gRPC Recommender server for a trained version: health (grpc.health.v1), "
                     "reflection, Prometheus metrics, Redis or in-process candidate cache. SIGTERM stops it "
                     "gracefully; SIGHUP reloads the version the registry points at. Data and split settings are "
@@ -161,14 +174,16 @@ def run_serve(config: ServeConfig, args: argparse.Namespace) -> int:
 
             return serve_processes(FleetSpec(root, run.version, run.verify, config.server, config.cache,
                                              config.limits, config.hotswap, config.security, config.events,
-                                             logging.getLevelName(logging.getLogger().level), run.log_format))
+                                             logging.getLevelName(logging.getLogger().level), run.log_format,
+                                             experiments=config.experiments))
 
         def resolve():
             return resolve_version(root, run.version)
 
         try:
             return serve(resolve, config.server, config.cache, config.limits, verify=run.verify,
-                         hotswap=config.hotswap, security=config.security, events=config.events)
+                         hotswap=config.hotswap, security=config.security, events=config.events,
+                         experiments=config.experiments)
         except RuntimeError as e:  # grpc's "Failed to bind to address ...": lost a race for the port
             if "bind" not in str(e):
                 raise

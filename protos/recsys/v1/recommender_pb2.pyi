@@ -66,7 +66,7 @@ class BlendWeights(_message.Message):
     def __init__(self, engagement: _Optional[float] = ..., quality: _Optional[float] = ..., mode: _Optional[_Union[BlendMode, str]] = ..., transform: _Optional[_Union[BlendTransform, str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "num_results", "weights", "exclude_item_ids", "context", "explain")
+    __slots__ = ("user_id", "num_results", "weights", "exclude_item_ids", "context", "explain", "force_arm")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,13 +80,15 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_ARM_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     num_results: int
     weights: BlendWeights
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     context: _containers.ScalarMap[str, str]
     explain: bool
-    def __init__(self, user_id: _Optional[str] = ..., num_results: _Optional[int] = ..., weights: _Optional[_Union[BlendWeights, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., context: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ...) -> None: ...
+    force_arm: str
+    def __init__(self, user_id: _Optional[str] = ..., num_results: _Optional[int] = ..., weights: _Optional[_Union[BlendWeights, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., context: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., force_arm: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
     __slots__ = ("retrieval_score", "retrieval_rank", "engagement_rank", "quality_rank", "blend_rank")
@@ -119,20 +121,22 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., engagement: _Optional[float] = ..., quality: _Optional[float] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., quality_rating: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "source", "blend", "engagement_calibrated", "request_id")
+    __slots__ = ("items", "model_version", "source", "blend", "engagement_calibrated", "request_id", "arm")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BLEND_FIELD_NUMBER: _ClassVar[int]
     ENGAGEMENT_CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     source: Source
     blend: BlendWeights
     engagement_calibrated: bool
     request_id: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., blend: _Optional[_Union[BlendWeights, _Mapping]] = ..., engagement_calibrated: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., blend: _Optional[_Union[BlendWeights, _Mapping]] = ..., engagement_calibrated: _Optional[bool] = ..., request_id: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "num_results")
