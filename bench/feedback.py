@@ -242,7 +242,8 @@ def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_l
             out[name] = metrics(got, relevant, catalogue, k)
     if server:
         out["server_sources_b"] = sources
-        out["server_vs_in_process_disagreements"] = disagree
+        # (b) is compared only when the in-process (b) lists were computed (not with --server-only)
+        out["server_vs_in_process_disagreements"] = disagree if lists["b_local"] else {"a": disagree["a"]}
     return out
 
 

@@ -118,8 +118,8 @@ class RecommendPipeline:
         self._plan: BatchingPlan | None = None
         self._plan_lock = threading.Lock()
         self.new_users = new_users
-        if new_users is not None:
-            self._new_user_priors = _aligned_priors(self.fallback_candidates, new_users, version)
+        self._new_user_scoring = (NewUserScoring(self.fallback_candidates, new_users, version)
+                                  if new_users is not None else None)
 
     @classmethod
     def from_version_dir(cls, path: str | os.PathLike, config: PipelineConfig | None = None,
@@ -178,8 +178,8 @@ class RecommendPipeline:
             with the train history (features.merge_history) in the user tower's and the
             ranker's history inputs, and excluded from the candidates like train items.
             None or all empty = exactly the batch-history answer. An unknown user with
-            events is scored by the version's new-user scorer when it has one
-            (`new_user_candidates`), else by the model's OOV path.
+            events the catalogue knows is scored by the version's new-user scorer when it
+            has one (`new_user_candidates`), else by the model's OOV path.
 
         Returns:
           b CandidateSets of up to N items each (fewer if the catalogue runs out).
@@ -199,7 +199,8 @@ class RecommendPipeline:
         if recent is not None and len(recent) != len(user_ids):
             raise InvalidRequestError(f"recent has {len(recent)} entries for {len(user_ids)} users")
         if self.new_users is not None and recent is not None:
-            fresh = [i for i, u in enumerate(user_ids) if len(recent[i]) and u not in self._known_users]
+            fresh = [i for i, u in enumerate(user_ids) if len(recent[i]) and u not in self._known_users
+                     and self.new_users.knows_any(recent[i])]
             if fresh:
                 return self._with_new_users(user_ids, exclude, recent, fresh, compute)
         out: list[CandidateSet] = []
@@ -230,27 +231,13 @@ class RecommendPipeline:
         return out  # type: ignore[return-value]
 
     def new_user_candidates(self, recent: Sequence[str], exclude: Collection[str] = ()) -> CandidateSet:
-        """An unknown user's candidates from their events (`recent`, newest first) by the new-user scorer.
-
-        engagement = the scorer's mixture (1 − w)·reach + w·P(item | events) (features.cooccurrence),
-        quality = the fallback's quality prior, retrieval_scores = the mixture too; the events and
-        `exclude` left out; the top N (config.num_candidates) by the mixture, ties by popularity.
-        The request's blend weights apply to these heads like to the model's (blend_top_k).
-        """
-        if self.new_users is None:
+        """An unknown user's candidates from their events (`recent`, newest first) by the version's
+        new-user scorer (NewUserScoring), the top config.num_candidates."""
+        if self._new_user_scoring is None or self.new_users is None:
             raise ArtifactError(f"version {self.model_version} has no new-user scorer")
-        ids, reach, quality = self._new_user_priors
-        engagement = np.clip(self.new_users.engagement(reach, [str(r) for r in recent]), 0.0, 1.0)
-        drop = frozenset(map(str, recent)) | frozenset(map(str, exclude))
-        scores = engagement.copy()
-        if drop:
-            scores[[c for c in self.new_users.columns(list(drop)) if c >= 0]] = -np.inf
-        order = np.lexsort((-reach, -scores))  # by the mixture, ties by popularity, then catalogue order
-        order = order[np.isfinite(scores[order])][:self.config.num_candidates]
-        return CandidateSet(item_ids=np.asarray(ids[order], dtype=object),
-                            retrieval_scores=engagement[order].astype(np.float32),
-                            engagement=engagement[order].astype(np.float32),
-                            quality=quality[order].astype(np.float32), model_version=self.model_version)
+        if self._new_user_scoring.scorer is not self.new_users:  # replaced after construction (tests, benches)
+            self._new_user_scoring = NewUserScoring(self.fallback_candidates, self.new_users, self.model_version)
+        return self._new_user_scoring.candidates(recent, self.config.num_candidates, exclude)
 
     def _candidates_batch(self, user_ids: list[str], extra: Sequence[Collection[str]] | None,
                           recent: Sequence[Sequence[str]] | None = None) -> list[CandidateSet]:
@@ -469,22 +456,51 @@ def _fallback_candidates(features: FeatureStore, ids: np.ndarray, num_users: int
                         quality=quality[order].astype(np.float32), model_version=version), prior is not None
 
 
-def _aligned_priors(fallback: CandidateSet, scorer: ItemCooccurrence, version: str
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(item ids, reach, quality) of the fallback's priors in the new-user scorer's item order; checks that
-    the two catalogues hold the same items."""
-    row = {str(i): r for r, i in enumerate(scorer.item_ids)}
-    ids = np.asarray(fallback.item_ids).astype(str)
-    missing = [i for i in ids if i not in row]
-    if missing or len(ids) != len(row):
-        raise ArtifactMismatchError(f"version {version}: the new-user scorer's catalogue ({len(row)} items) is not "
-                                    f"the index's ({len(ids)} items; e.g. {missing[:3]} missing)")
-    order = np.fromiter((row[i] for i in ids), dtype=np.int64, count=len(ids))  # fallback position → scorer row
-    reach = np.zeros(len(ids))
-    quality = np.zeros(len(ids))
-    reach[order] = fallback.engagement
-    quality[order] = fallback.quality
-    return np.asarray(scorer.item_ids, dtype=object), reach, quality
+class NewUserScoring:
+    """CandidateSets for users unknown to the model from their events, by a version's new-user scorer.
+
+    engagement = the scorer's mixture (1 − w)·reach + w·P(item | events) (features.cooccurrence)
+    with reach = the fallback's popularity prior; quality = the fallback's quality prior;
+    retrieval_scores = the mixture too. The events and `exclude` are left out and the top n kept
+    by the mixture (ties by popularity, then catalogue order). The request's blend weights apply
+    to these heads as to the model's (blend_top_k). RecommendPipeline (serving, evaluation) and the
+    Beam job's RankerHandler both use it, so their EVENTS answers agree.
+    """
+
+    def __init__(self, fallback: CandidateSet, scorer: ItemCooccurrence, version: str) -> None:
+        row = {str(i): r for r, i in enumerate(scorer.item_ids)}
+        ids = np.asarray(fallback.item_ids).astype(str)
+        missing = [i for i in ids if i not in row]
+        if missing or len(ids) != len(row):
+            raise ArtifactMismatchError(f"version {version}: the new-user scorer's catalogue ({len(row)} items) is "
+                                        f"not the index's ({len(ids)} items; e.g. {missing[:3]} missing)")
+        at = np.fromiter((row[i] for i in ids), dtype=np.int64, count=len(ids))  # fallback position → scorer row
+        self.reach = np.zeros(len(ids))
+        self.quality = np.zeros(len(ids))
+        self.reach[at] = fallback.engagement
+        self.quality[at] = fallback.quality
+        self.item_ids = np.asarray(scorer.item_ids, dtype=object)
+        self.scorer = scorer
+        self.model_version = version
+
+    def candidates(self, recent: Sequence[str], n: int, exclude: Collection[str] = ()) -> CandidateSet:
+        engagement = np.clip(self.scorer.engagement(self.reach, [str(r) for r in recent]), 0.0, 1.0)
+        drop = frozenset(map(str, recent)) | frozenset(map(str, exclude))
+        scores = engagement.copy()
+        if drop:
+            scores[[c for c in self.scorer.columns(list(drop)) if c >= 0]] = -np.inf
+        order = np.lexsort((-self.reach, -scores))  # by the mixture, ties by popularity, then catalogue order
+        order = order[np.isfinite(scores[order])][:n]
+        return CandidateSet(item_ids=self.item_ids[order], retrieval_scores=engagement[order].astype(np.float32),
+                            engagement=engagement[order].astype(np.float32),
+                            quality=self.quality[order].astype(np.float32), model_version=self.model_version)
+
+
+def fallback_candidates(features: FeatureStore, ranker: Ranker, ids: Sequence[str], version: str
+                        ) -> tuple[CandidateSet, bool]:
+    """The unknown-user priors of a version as RecommendPipeline builds them (see _fallback_candidates)."""
+    return _fallback_candidates(features, np.asarray(ids).astype(str), len(features.vocabularies["user_id"].tokens),
+                                _rating_scale(ranker), version)
 
 
 def retrieve(features: FeatureStore, index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, n: int,
@@ -585,5 +601,5 @@ def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
         raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
-__all__ = ["BatchingPlan", "CandidateScorer", "POPULARITY_ONLY", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
+__all__ = ["BatchingPlan", "CandidateScorer", "NewUserScoring", "POPULARITY_ONLY", "fallback_candidates", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
            "load_pipeline_config"]

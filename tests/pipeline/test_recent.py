@@ -112,6 +112,11 @@ def test_unknown_user_with_events_is_scored_by_the_new_user_scorer(pipeline, use
     assert scorer is not None and layout.new_users_file(tiny_version).is_file()  # written by `recsys train`
     assert 0.0 <= scorer.weight <= 1.0 and 0.0 < scorer.decay <= 1.0
     assert ItemCooccurrence.load(layout.new_users_file(tiny_version)).cond.nnz == scorer.cond.nnz
+    from core.registry import read_manifest
+    record = read_manifest(tiny_version)["new_users"]  # the choice and its table, for the reader of the version
+    assert (record["weight"], record["decay"]) == (scorer.weight, scorer.decay)
+    assert record["simulated_users"] >= 20 and sum(r["chosen"] for r in record["table"]) == 1
+    assert record["config"]["neighbors"] == 200 and layout.NEW_USERS_FILE in read_manifest(tiny_version)["checksums"]
     assert not pipeline.personalisable("brand-new", ["no-such-item"])
     tokens = list(pipeline.features.vocabularies["item_id"].tokens)
     events = tokens[5:8]
