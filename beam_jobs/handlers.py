@@ -173,13 +173,6 @@ class RetrievalHandler(_Handler):
 
 
 # -- ranker ------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _RankerModel:
-    scorer: Any               # pipeline.CandidateScorer
-    new_users: Any            # pipeline.NewUserScoring, or None (a version without the new-user scorer)
-    known: frozenset          # the model's user vocabulary
-
-
 class RankerHandler(_Handler):
     """UserBatch with candidates → [(user_id, CandidateSet)] with both ranker heads, one per user
     (pipeline.CandidateScorer, the scoring step serving runs)."""
@@ -190,37 +183,23 @@ class RankerHandler(_Handler):
         super().__init__(version_dir)
         self.model_version = model_version or pathlib.Path(version_dir).name
 
-    def load_model(self) -> _RankerModel:
-        from features.cooccurrence import ItemCooccurrence
-        from pipeline import CandidateScorer, NewUserScoring
-        from pipeline.scoring import fallback_candidates
+    def load_model(self):
+        from pipeline import CandidateScorer
         from ranking import Ranker
 
         features = self._features()
         ranker = Ranker.load(layout.ranking_dir(self.version_dir))
-        new_users = None
-        if layout.new_users_file(self.version_dir).is_file():
-            prior, _ = fallback_candidates(features, ranker, features.catalogue, self.model_version)
-            new_users = NewUserScoring(prior, ItemCooccurrence.load(layout.new_users_file(self.version_dir)),
-                                       self.model_version)
-        return _RankerModel(CandidateScorer(features, ranker, features.catalogue, self.model_version), new_users,
-                            frozenset(features.vocabularies["user_id"].tokens))
+        return CandidateScorer(features, ranker, features.catalogue, self.model_version)
 
-    def run_inference(self, batch: Sequence[UserBatch], model: _RankerModel,
+    def run_inference(self, batch: Sequence[UserBatch], model,
                       inference_args: dict[str, Any] | None = None) -> Iterator[list]:
         for users in batch:
             ids = _need(users, "item_ids", "RankerHandler")
             scores = _need(users, "retrieval_scores", "RankerHandler")
             try:
-                cands = model.scorer.score(users.user_ids, ids, scores, users.recent)
+                cands = model.score(users.user_ids, ids, scores, users.recent)
             except ArtifactMismatchError as e:
                 raise ArtifactMismatchError(f"{self.version_dir}: {e}") from e
-            if model.new_users is not None and users.recent is not None:
-                # users unknown to the model with events: the version's new-user scorer, as
-                # RecommendPipeline.candidates does (serving's EVENTS answer)
-                for i, (user, recent) in enumerate(zip(users.user_ids, users.recent)):
-                    if recent and user not in model.known and model.new_users.scorer.knows_any(recent):
-                        cands[i] = model.new_users.candidates(recent, ids.shape[1])
             yield list(zip(users.user_ids, cands))
 
 

@@ -463,8 +463,8 @@ class NewUserScoring:
     with reach = the fallback's popularity prior; quality = the fallback's quality prior;
     retrieval_scores = the mixture too. The events and `exclude` are left out and the top n kept
     by the mixture (ties by popularity, then catalogue order). The request's blend weights apply
-    to these heads as to the model's (blend_top_k). RecommendPipeline (serving, evaluation) and the
-    Beam job's RankerHandler both use it, so their EVENTS answers agree.
+    to these heads as to the model's (blend_top_k). Used by RecommendPipeline.candidates (serving,
+    evaluation); the Beam job scores train users only.
     """
 
     def __init__(self, fallback: CandidateSet, scorer: ItemCooccurrence, version: str) -> None:
@@ -494,13 +494,6 @@ class NewUserScoring:
         return CandidateSet(item_ids=self.item_ids[order], retrieval_scores=engagement[order].astype(np.float32),
                             engagement=engagement[order].astype(np.float32),
                             quality=self.quality[order].astype(np.float32), model_version=self.model_version)
-
-
-def fallback_candidates(features: FeatureStore, ranker: Ranker, ids: Sequence[str], version: str
-                        ) -> tuple[CandidateSet, bool]:
-    """The unknown-user priors of a version as RecommendPipeline builds them (see _fallback_candidates)."""
-    return _fallback_candidates(features, np.asarray(ids).astype(str), len(features.vocabularies["user_id"].tokens),
-                                _rating_scale(ranker), version)
 
 
 def retrieve(features: FeatureStore, index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, n: int,
@@ -601,5 +594,5 @@ def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
         raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
-__all__ = ["BatchingPlan", "CandidateScorer", "NewUserScoring", "POPULARITY_ONLY", "fallback_candidates", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
+__all__ = ["BatchingPlan", "CandidateScorer", "NewUserScoring", "POPULARITY_ONLY", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
            "load_pipeline_config"]
