@@ -34,7 +34,7 @@ class EventsLogConfig:
     type: Literal["engagement", "impression", "rating"] = "engagement"
     value: str = ""                   # the rating (needed by --type rating); "" = none
     timestamp: int = 0                # epoch seconds (0 = now)
-    event_id: str = ""                # idempotency key ("" = a hash of user, item, type, value, timestamp)
+    event_id: str = ""                # idempotency key ("" = a hash of the event's fields, timestamp included)
     request_id: str = ""              # RecommendResponse.request_id of the list the event answers
     position: int = 0                 # 1-based position in that list (with --request-id)
     file: str = ""                    # JSON lines, one event per line (keys as the flags: user_id, item_id, ...)
@@ -61,7 +61,8 @@ _LOG_HELP = {
     "target": "server host:port", "user": "the event's user id (one event from flags)", "item": "the event's item id",
     "type": "engagement, impression or rating", "value": "the rating (required with --type rating)",
     "timestamp": "epoch seconds (0 = now)",
-    "event_id": "idempotency key (default: a hash of user, item, type, value and timestamp, so a re-run is deduplicated)",
+    "event_id": "idempotency key (default: a hash of user, item, type, value, timestamp, request id and position, "
+                "so re-sending the same event with the same --timestamp is deduplicated)",
     "request_id": "the RecommendResponse.request_id of the list this event answers",
     "position": "1-based position of the item in that list",
     "file": "JSON lines, one event per line with keys user_id, item_id, type, value, timestamp, event_id, "
