@@ -30,10 +30,15 @@ excluded as the personalised list excludes them), and against raw popularity. Ta
 ratio >= 1.3. A held-out user's interactions are never trained on; their side features
 (age, gender, occupation) stay in the users table, as a sign-up form would give them, so the
 row "model, no events" (OOV id + side features, no history) shows what the events add.
+EVENTS is the version's new-user scorer (features.cooccurrence: P(item | events) mixed with the
+popularity prior, w and d chosen at training on simulated new users, blended with the quality
+prior); "model + events" is what EVENTS served before it (OOV id + the events as history bag).
+A holdout version trained before the scorer existed gets it fitted here (ensure_new_user_scorer).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -56,6 +61,25 @@ log = logging.getLogger("bench.feedback")
 
 
 # -- training --------------------------------------------------------------------------------
+def ensure_new_user_scorer(version_dir: pathlib.Path) -> dict:
+    """A version trained before the new-user scorer existed gets one here (workflows.newusers.fit_new_users,
+    the training step's own code, its default NewUserConfig) and its manifest re-sealed; returns the record."""
+    from core import layout, registry
+    from features import FeatureStore
+    from features.cooccurrence import NewUserConfig
+    from workflows.newusers import fit_new_users
+
+    manifest = registry.read_manifest(version_dir)
+    if layout.new_users_file(version_dir).is_file() and "new_users" in manifest:
+        return manifest["new_users"]
+    log.info("fitting the new-user scorer of %s (trained before it existed)", version_dir)
+    record = fit_new_users(version_dir, FeatureStore.load(layout.features_dir(version_dir)), NewUserConfig())
+    record["added_after_training"] = True
+    keep = {k: v for k, v in manifest.items() if k not in ("version", "created", "git_sha", "checksums")}
+    registry.finalize_version(version_dir, {**keep, "new_users": record})
+    return record
+
+
 def train_versions(root: pathlib.Path, holdout: float, seed: int, train_flags: list[str],
                    names: tuple[str, ...] = ("full", "holdout")) -> dict:
     """Trains (or reuses) versions `full` and `holdout`; returns {name: dir, "held_out": [user ids]}."""
@@ -174,7 +198,10 @@ def metrics(lists: list[list[str]], relevant: list[set[str]], catalogue: pd.Inde
 
 
 # -- replay ----------------------------------------------------------------------------------
-def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_length: int) -> dict:
+def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_length: int,
+           in_process: bool = True) -> dict:
+    """`in_process` False (needs a server): skip the per-event in-process lists (b) and (c), a third of the
+    walk's time each; (a) is still computed both ways, once per user."""
     test = test.loc[test["engaged"] == 1].sort_values(["timestamp", "user_id", "item_id"], kind="stable")
     users = sorted(test["user_id"].astype(str).unique())
     catalogue = pd.Index(np.asarray(pipeline.features.catalogue).astype(str))
@@ -192,16 +219,18 @@ def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_l
         u, i = str(row.user_id), str(row.item_id)
         relevant.append({i})
         lists["a_local"].append(batch_local[u])
-        lists["b_local"].append(in_process_top_k(pipeline, u, recent[u][:recent_length], k))
-        # diagnostic: the earlier events only excluded, not merged into the history inputs
-        lists["c_exclude_only"].append(exclude_only_top_k(pipeline, u, recent[u][:recent_length], k))
+        if in_process or not server:
+            lists["b_local"].append(in_process_top_k(pipeline, u, recent[u][:recent_length], k))
+            # diagnostic: the earlier events only excluded, not merged into the history inputs
+            lists["c_exclude_only"].append(exclude_only_top_k(pipeline, u, recent[u][:recent_length], k))
         if server:
             got, source = server.top_k(u, k)
             sources[source] = sources.get(source, 0) + 1
             lists["a_server"].append(batch_server[u])
             lists["b_server"].append(got)
             disagree["a"] += batch_server[u] != batch_local[u]
-            disagree["b"] += got != lists["b_local"][-1]
+            if lists["b_local"]:
+                disagree["b"] += got != lists["b_local"][-1]
             server.log_events([(u, i, int(row.timestamp), float(row.rating))])
         recent[u].insert(0, i)
         if (n + 1) % 1000 == 0:
@@ -213,7 +242,8 @@ def replay(pipeline, server: Server | None, test: pd.DataFrame, k: int, recent_l
             out[name] = metrics(got, relevant, catalogue, k)
     if server:
         out["server_sources_b"] = sources
-        out["server_vs_in_process_disagreements"] = disagree
+        # (b) is compared only when the in-process (b) lists were computed (not with --server-only)
+        out["server_vs_in_process_disagreements"] = disagree if lists["b_local"] else {"a": disagree["a"]}
     return out
 
 
@@ -226,7 +256,9 @@ def new_users(pipeline, server: Server | None, interactions: pd.DataFrame, held:
     rows = rows.sort_values(["timestamp", "item_id"], kind="stable")
     catalogue = pd.Index(np.asarray(pipeline.features.catalogue).astype(str))
     lists: dict[str, list[list[str]]] = {"personalised_local": [], "personalised_server": [], "fallback": [],
-                                         "popularity": [], "model_without_events": []}
+                                         "popularity": [], "model_without_events": [], "model_with_events": []}
+    model_path = copy.copy(pipeline)  # the same version without its new-user scorer: the model's OOV path
+    model_path.new_users = None
     relevant: list[set[str]] = []
     sources: dict[str, int] = {}
     disagree = 0
@@ -248,6 +280,8 @@ def new_users(pipeline, server: Server | None, interactions: pd.DataFrame, held:
         cold = pipeline.candidates([u], exclude=[recent])[0]
         lists["model_without_events"].append([str(i) for i in pipeline.blend_top_k(cold, pipeline.default_weights,
                                                                                    k)[0]])
+        # what EVENTS served before the new-user scorer: OOV id + the events as the history bag, both heads
+        lists["model_with_events"].append(in_process_top_k(model_path, u, recent, k))
         if server:
             before, source0 = server.top_k(u, k)
             if source0 != "FALLBACK":
@@ -288,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-users", type=int, default=0, help="replay a seeded sample of this many test users (0 = all)")
     p.add_argument("--recent-length", type=int, default=50, help="the server's recent list (--events-recent-length)")
     p.add_argument("--no-server", action="store_true", help="in-process path only (no redis-server, no gRPC)")
+    p.add_argument("--server-only", action="store_true",
+                   help="replay: skip the per-event in-process lists (b) and (c) (the full walk in a third of the time)")
     p.add_argument("--parts", default="replay,new_users", help="which measurements (comma-separated)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -314,11 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, run in (("replay", "full"), ("new_users", "holdout")):
             if name not in parts:
                 continue
+            if name == "new_users":
+                results["new_user_scorer"] = ensure_new_user_scorer(trained[run])
             pipe = RecommendPipeline.from_version_dir(trained[run])
             server = None if a.no_server else Server(pipe, pathlib.Path(tmp) / name, a.recent_length)
             try:
                 if name == "replay":
-                    results[name] = replay(pipe, server, test, a.k, a.recent_length)
+                    results[name] = replay(pipe, server, test, a.k, a.recent_length, not a.server_only)
                 else:
                     results[name] = new_users(pipe, server, trained["dataset"].interactions, trained["held_out"],
                                               a.first_events, a.k)
@@ -344,6 +382,12 @@ def report(results: dict, k: int) -> str:
         lines += replay_lines(results["replay"], hr, nd)
     if "new_users" in results:
         lines += new_user_lines(results["new_users"], hr, nd)
+    if "new_user_scorer" in results:
+        sc = results["new_user_scorer"]
+        lines.append(f"  new-user scorer: w = {sc['weight']:g}, d = {sc['decay']:g}, chosen on "
+                     f"{sc.get('simulated_users', 0)} simulated new users (NDCG@10 {sc.get('ndcg@10', float('nan')):.4f} "
+                     f"vs the fallback's {sc.get('fallback_ndcg@10', float('nan')):.4f}); {sc['nonzeros']} non-zeros, "
+                     f"{sc['bytes']} bytes")
     return "\n".join(lines)
 
 
@@ -355,7 +399,8 @@ def replay_lines(r: dict, hr: str, nd: str) -> list[str]:
                        ("c_exclude_only", "(c) diagnostic: (a) + events excluded")):
         if key in r:
             lines.append(f"  {label:34} {r[key][hr]:8.4f} {r[key][nd]:8.4f}")
-    lines.append(f"  (b)/(a) NDCG: {r['b_local'][nd] / max(r['a_local'][nd], 1e-12):.3f}")
+    b = r.get("b_local", r.get("b_server"))
+    lines.append(f"  (b)/(a) NDCG: {b[nd] / max(r['a_local'][nd], 1e-12):.3f}")
     if "server_vs_in_process_disagreements" in r:
         lines.append(f"  server vs in-process lists differing: {r['server_vs_in_process_disagreements']}; "
                      f"sources (b): {r['server_sources_b']}")
@@ -368,7 +413,8 @@ def new_user_lines(n: dict, hr: str, nd: str) -> list[str]:
     for key, label in (("personalised_server", "personalised (EVENTS), gRPC"),
                        ("personalised_local", "personalised, in-process"),
                        ("fallback", "popularity fallback (server's)"), ("popularity", "raw popularity"),
-                       ("model_without_events", "model, no events (OOV id + side)")):
+                       ("model_without_events", "model, no events (OOV id + side)"),
+                       ("model_with_events", "model + events (OOV id + history)")):
         if key in n:
             lines.append(f"  {label:34} {n[key][hr]:8.4f} {n[key][nd]:8.4f}")
     lines.append(f"  NDCG ratio vs fallback {n['ratio_vs_fallback']:.3f} (target >= 1.3), vs raw popularity "

@@ -7,6 +7,7 @@
   <version>/index/                        FAISS index + id map
   <version>/ranking/model/                ranker SavedModel (ranking/ranker.json beside it)
   <version>/ranking/pipeline.json         the version's default PipelineConfig
+  <version>/ranking/new_users.npz         the new-user (EVENTS) scorer, features.ItemCooccurrence (absent in older versions)
   <version>/monitoring/reference.json     drift reference profile (pipeline.profile; absent in older versions)
 
 Stages take a version directory and ask this module where their files are, so renaming a
@@ -25,6 +26,7 @@ INDEX_DIR = "index"
 RANKING_DIR = "ranking"
 PIPELINE_FILE = "ranking/pipeline.json"
 REFERENCE_FILE = "monitoring/reference.json"
+NEW_USERS_FILE = "ranking/new_users.npz"
 
 
 def _join(version_dir: str | os.PathLike, relative: str) -> pathlib.Path:
@@ -64,6 +66,11 @@ def pipeline_file(version_dir: str | os.PathLike) -> pathlib.Path:
 def reference_file(version_dir: str | os.PathLike) -> pathlib.Path:
     """The drift reference profile written at training time (drift.Profile JSON)."""
     return _join(version_dir, REFERENCE_FILE)
+
+
+def new_users_file(version_dir: str | os.PathLike) -> pathlib.Path:
+    """The new-user scorer: P(j | i) top-K and its validated mixture (features.cooccurrence)."""
+    return _join(version_dir, NEW_USERS_FILE)
 
 
 def has_retrieval(version_dir: str | os.PathLike) -> bool:

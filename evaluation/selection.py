@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from evaluation.metrics import average_precision_at_k, ndcg_at_k
+from features.cooccurrence import NewUserConfig, conditional_neighbors, engagement_matrix, mixed_engagement, profile
 from ranking import BlendWeights, blend_scores
 from ranking.calibration import PlattCalibration, fit_platt, sigmoid
 
@@ -162,3 +163,86 @@ def select_blend(c: ValidationCandidates, engagement: np.ndarray, grid: Sequence
 
 __all__ = ["BLEND_SHARES", "ValidationCandidates", "blend_grid", "calibrated_engagement", "fit_calibration",
            "list_metrics", "select_blend", "select_fusion", "sigmoid", "sweep_blends"]
+
+
+# -- the new-user (EVENTS) scorer ---------------------------------------------------------------
+def select_new_user_mixture(histories: Mapping[str, Sequence[str]], item_ids: Sequence[str], quality: np.ndarray,
+                            weights: BlendWeights, config: NewUserConfig) -> dict:
+    """(w, d) of the new-user scorer (features.cooccurrence) on simulated new users of the train split.
+
+    Rule: the train users with more than `first_events` distinct catalogue items are eligible;
+    a seeded `simulated_share` of them (at least `min_simulated`) act as new users and are left
+    out of the fit. P(j | i) and reach are fit on the other users' train histories; each
+    simulated user's first `first_events` items (time order) are their events, the rest of
+    their train items the relevant set. For every (w, d) of the grids the list is the catalogue
+    ranked by blend(mixed engagement, quality prior) with `weights` (the version's default
+    blend), the events excluded, top k; the best mean NDCG@k wins, ties → the smaller w, then the
+    larger d (grid order). w = 0 — the popularity fallback — is always in the table, so the chosen
+    mixture is never worse than the fallback on these users. Too few eligible users → w = 0.
+
+    Args:
+      histories: user → train items, oldest first (FeatureStore.seen).
+      item_ids: [I] the catalogue; quality [I] the normalised quality prior in that order.
+
+    Returns:
+      {"weight", "decay", "table": [rows], "simulated_users", "fit_users", "rule"}.
+    """
+    item_ids = [str(i) for i in item_ids]
+    col = {i: c for c, i in enumerate(item_ids)}
+    n_items = len(item_ids)
+    first = config.first_events
+
+    def distinct(items: Sequence[str]) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        for i in items:
+            if i in col and i not in seen:
+                seen.add(i)
+                out.append(i)
+        return out
+
+    users = sorted(str(u) for u in histories)
+    eligible = [u for u in users if len(distinct(histories[u])) > first]
+    size = max(config.min_simulated, int(round(config.simulated_share * len(eligible))))
+    rule = ("simulated new users: a seeded share of the train users with more than first_events items, held out "
+            "of the fit; best NDCG@k of blend(mixture, quality prior) with the default blend, events excluded; "
+            "ties -> smaller w, then the decay grid's order")
+    if len(eligible) < 2 * size or size < 1:
+        return {"weight": 0.0, "decay": 1.0, "table": [], "simulated_users": 0, "fit_users": len(users),
+                "rule": rule, "skipped": f"{len(eligible)} eligible users; need {2 * size} (--newuser-min-simulated)"}
+    rng = np.random.default_rng(config.seed)
+    simulated = sorted(rng.choice(np.asarray(eligible, dtype=object), size=size, replace=False).tolist())
+    held = set(simulated)
+    fit_users = [u for u in users if u not in held]
+    x = engagement_matrix(histories, fit_users, item_ids)
+    cond = conditional_neighbors(x, config.neighbors, config.max_pairs)
+    reach = np.asarray(x.sum(axis=0)).ravel() / max(len(fit_users), 1)
+    events, relevant = [], []
+    for u in simulated:
+        items = distinct(histories[u])
+        events.append([col[i] for i in items[:first][::-1]])  # newest first
+        relevant.append([col[i] for i in items[first:]])
+    rel_rows = np.repeat(np.arange(len(simulated)), [len(r) for r in relevant])
+    rel = sp.csr_matrix((np.ones(len(rel_rows)), (rel_rows, np.concatenate(relevant))),
+                        shape=(len(simulated), n_items))
+    q = np.clip(np.asarray(quality, dtype=np.float64), 0.0, 1.0)
+    k = config.k
+    rows = []
+    for d in config.decay_grid:
+        profiles = np.stack([profile(cond, e, d) for e in events])
+        for w in sorted(set(float(v) for v in config.weight_grid) | {0.0}):
+            ranked = np.empty((len(simulated), k), dtype=np.int64)
+            for r, e in enumerate(events):
+                s = blend_scores(np.clip(mixed_engagement(reach, profiles[r], w), 0.0, 1.0), q, weights)
+                s[e] = -np.inf
+                ranked[r] = np.argsort(-s, kind="stable")[:k]
+            rows.append({"weight": w, "decay": float(d), f"ndcg@{k}": float(np.nanmean(ndcg_at_k(ranked, rel, k)))})
+    metric = np.array([r[f"ndcg@{k}"] for r in rows])
+    order = sorted(range(len(rows)), key=lambda i: (-np.nan_to_num(metric[i], nan=-np.inf), rows[i]["weight"], i))
+    best = order[0]
+    for i, r in enumerate(rows):
+        r["chosen"] = i == best
+    fallback = max(r[f"ndcg@{k}"] for r in rows if r["weight"] == 0.0)
+    return {"weight": rows[best]["weight"], "decay": rows[best]["decay"], "table": rows,
+            "simulated_users": len(simulated), "fit_users": len(fit_users), "rule": rule,
+            f"ndcg@{k}": rows[best][f"ndcg@{k}"], f"fallback_ndcg@{k}": fallback}

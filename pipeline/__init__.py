@@ -7,6 +7,7 @@ import TensorFlow or FAISS; loading a version does.
 from pipeline.candidates import CandidateSet, CorruptEntryError, cache_key, precomputed_key, recent_key
 from pipeline.scoring import (
                               CandidateScorer,
+                              NewUserScoring,
                               PipelineConfig,
                               RecommendPipeline,
                               load_pipeline_config,
@@ -14,5 +15,5 @@ from pipeline.scoring import (
                               save_pipeline_config,
 )
 
-__all__ = ["CandidateSet", "CorruptEntryError", "cache_key", "precomputed_key", "recent_key", "CandidateScorer", "PipelineConfig",
+__all__ = ["CandidateSet", "CorruptEntryError", "cache_key", "precomputed_key", "recent_key", "CandidateScorer", "NewUserScoring", "PipelineConfig",
            "RecommendPipeline", "load_pipeline_config", "retrieve", "save_pipeline_config"]

@@ -22,6 +22,7 @@ import numpy as np
 from core import layout
 from core.errors import ArtifactError, ArtifactMismatchError, InvalidRequestError
 from features import FeatureStore
+from features.cooccurrence import ItemCooccurrence
 from pipeline.candidates import CandidateSet
 from ranking import BlendWeights, rank_by_blend
 
@@ -92,10 +93,13 @@ class RecommendPipeline:
         users' answers are blended from (see _fallback_candidates).
       has_quality_prior: whether the feature store carries the item rating prior (else the
         fallback blends POPULARITY_ONLY).
+      new_users: the version's new-user scorer (features.ItemCooccurrence, `ranking/new_users.npz`)
+        or None (older versions, --no-newuser-enabled): then unknown users with events go through
+        the model's OOV id and history bag instead (see `candidates`).
     """
 
     def __init__(self, features: FeatureStore, tower: UserTower, index: ItemIndex, ranker: Ranker, version: str,
-                 config: PipelineConfig = PipelineConfig()) -> None:
+                 config: PipelineConfig = PipelineConfig(), new_users: ItemCooccurrence | None = None) -> None:
         self.features = features
         self.tower = tower
         self.index = index
@@ -113,6 +117,9 @@ class RecommendPipeline:
                                                                                 self.rating_scale, version)
         self._plan: BatchingPlan | None = None
         self._plan_lock = threading.Lock()
+        self.new_users = new_users
+        self._new_user_scoring = (NewUserScoring(self.fallback_candidates, new_users, version)
+                                  if new_users is not None else None)
 
     @classmethod
     def from_version_dir(cls, path: str | os.PathLike, config: PipelineConfig | None = None,
@@ -132,7 +139,9 @@ class RecommendPipeline:
         missing = [c for c in features.spec.item_columns if c not in features.items.columns]
         if missing:
             raise ArtifactMismatchError(f"{d}: the feature store lacks item columns {missing}")
-        pipeline = cls(features, tower, index, ranker, d.name, config)
+        new_users = (ItemCooccurrence.load(layout.new_users_file(d)) if layout.new_users_file(d).is_file()
+                     else None)
+        pipeline = cls(features, tower, index, ranker, d.name, config, new_users)
         pipeline.version_dir = d
         return pipeline
 
@@ -147,9 +156,12 @@ class RecommendPipeline:
     def personalisable(self, user_id: str, recent: Sequence[str] = ()) -> bool:
         """Whether `candidates` personalises for this user: a known user, or an unknown one with at
         least one streamed engagement (`recent`) the model knows, when the user tower reads history
-        (its OOV id embedding plus that history bag). Otherwise serve the popularity fallback."""
+        (its OOV id embedding plus that history bag), or, with a new-user scorer, one the
+        scorer knows. Otherwise serve the popularity fallback."""
         if self.is_known_user(user_id):
             return True
+        if self.new_users is not None:
+            return self.new_users.knows_any(recent)
         return self.tower.history_length > 0 and any(self.features.knows_item(i) for i in recent)
 
     # -- the weight-independent part --------------------------------------------------
@@ -165,7 +177,9 @@ class RecommendPipeline:
           recent: None or b sequences: user i's streamed engagements, NEWEST first. Merged
             with the train history (features.merge_history) in the user tower's and the
             ranker's history inputs, and excluded from the candidates like train items.
-            None or all empty = exactly the batch-history answer.
+            None or all empty = exactly the batch-history answer. An unknown user with
+            events the catalogue knows is scored by the version's new-user scorer when it
+            has one (`new_user_candidates`), else by the model's OOV path.
 
         Returns:
           b CandidateSets of up to N items each (fewer if the catalogue runs out).
@@ -184,6 +198,11 @@ class RecommendPipeline:
             raise InvalidRequestError(f"exclude has {len(exclude)} entries for {len(user_ids)} users")
         if recent is not None and len(recent) != len(user_ids):
             raise InvalidRequestError(f"recent has {len(recent)} entries for {len(user_ids)} users")
+        if self.new_users is not None and recent is not None:
+            fresh = [i for i, u in enumerate(user_ids) if len(recent[i]) and u not in self._known_users
+                     and self.new_users.knows_any(recent[i])]
+            if fresh:
+                return self._with_new_users(user_ids, exclude, recent, fresh, compute)
         out: list[CandidateSet] = []
         step = self.config.batch_users
         for lo in range(0, len(user_ids), step):
@@ -193,6 +212,32 @@ class RecommendPipeline:
             out.extend(compute(user_ids[lo:lo + step], exclude[lo:lo + step] if exclude is not None else None,
                                chunk_recent))
         return out
+
+    def _with_new_users(self, user_ids: list[str], exclude: Sequence[Collection[str]] | None,
+                        recent: Sequence[Sequence[str]], fresh: list[int],
+                        compute: Callable[[list[str], Sequence[Collection[str]] | None, Sequence[Sequence[str]] | None],
+                                          list[CandidateSet]]) -> list[CandidateSet]:
+        """`_in_chunks` when some users (`fresh` positions) are unknown with events: those from the new-user
+        scorer, the others through `compute` as usual, in the callers' order."""
+        out: list[CandidateSet | None] = [None] * len(user_ids)
+        for i in fresh:
+            out[i] = self.new_user_candidates(recent[i], exclude[i] if exclude is not None else ())
+        rest = [i for i in range(len(user_ids)) if out[i] is None]
+        if rest:
+            done = self._in_chunks([user_ids[i] for i in rest], [exclude[i] for i in rest] if exclude is not None
+                                   else None, [recent[i] for i in rest], compute)
+            for i, cands in zip(rest, done):
+                out[i] = cands
+        return out  # type: ignore[return-value]
+
+    def new_user_candidates(self, recent: Sequence[str], exclude: Collection[str] = ()) -> CandidateSet:
+        """An unknown user's candidates from their events (`recent`, newest first) by the version's
+        new-user scorer (NewUserScoring), the top config.num_candidates."""
+        if self._new_user_scoring is None or self.new_users is None:
+            raise ArtifactError(f"version {self.model_version} has no new-user scorer")
+        if self._new_user_scoring.scorer is not self.new_users:  # replaced after construction (tests, benches)
+            self._new_user_scoring = NewUserScoring(self.fallback_candidates, self.new_users, self.model_version)
+        return self._new_user_scoring.candidates(recent, self.config.num_candidates, exclude)
 
     def _candidates_batch(self, user_ids: list[str], extra: Sequence[Collection[str]] | None,
                           recent: Sequence[Sequence[str]] | None = None) -> list[CandidateSet]:
@@ -411,6 +456,46 @@ def _fallback_candidates(features: FeatureStore, ids: np.ndarray, num_users: int
                         quality=quality[order].astype(np.float32), model_version=version), prior is not None
 
 
+class NewUserScoring:
+    """CandidateSets for users unknown to the model from their events, by a version's new-user scorer.
+
+    engagement = the scorer's mixture (1 − w)·reach + w·P(item | events) (features.cooccurrence)
+    with reach = the fallback's popularity prior; quality = the fallback's quality prior;
+    retrieval_scores = the mixture too. The events and `exclude` are left out and the top n kept
+    by the mixture (ties by popularity, then catalogue order). The request's blend weights apply
+    to these heads as to the model's (blend_top_k). Used by RecommendPipeline.candidates (serving,
+    evaluation); the Beam job scores train users only.
+    """
+
+    def __init__(self, fallback: CandidateSet, scorer: ItemCooccurrence, version: str) -> None:
+        row = {str(i): r for r, i in enumerate(scorer.item_ids)}
+        ids = np.asarray(fallback.item_ids).astype(str)
+        missing = [i for i in ids if i not in row]
+        if missing or len(ids) != len(row):
+            raise ArtifactMismatchError(f"version {version}: the new-user scorer's catalogue ({len(row)} items) is "
+                                        f"not the index's ({len(ids)} items; e.g. {missing[:3]} missing)")
+        at = np.fromiter((row[i] for i in ids), dtype=np.int64, count=len(ids))  # fallback position → scorer row
+        self.reach = np.zeros(len(ids))
+        self.quality = np.zeros(len(ids))
+        self.reach[at] = fallback.engagement
+        self.quality[at] = fallback.quality
+        self.item_ids = np.asarray(scorer.item_ids, dtype=object)
+        self.scorer = scorer
+        self.model_version = version
+
+    def candidates(self, recent: Sequence[str], n: int, exclude: Collection[str] = ()) -> CandidateSet:
+        engagement = np.clip(self.scorer.engagement(self.reach, [str(r) for r in recent]), 0.0, 1.0)
+        drop = frozenset(map(str, recent)) | frozenset(map(str, exclude))
+        scores = engagement.copy()
+        if drop:
+            scores[[c for c in self.scorer.columns(list(drop)) if c >= 0]] = -np.inf
+        order = np.lexsort((-self.reach, -scores))  # by the mixture, ties by popularity, then catalogue order
+        order = order[np.isfinite(scores[order])][:n]
+        return CandidateSet(item_ids=self.item_ids[order], retrieval_scores=engagement[order].astype(np.float32),
+                            engagement=engagement[order].astype(np.float32),
+                            quality=self.quality[order].astype(np.float32), model_version=self.model_version)
+
+
 def retrieve(features: FeatureStore, index: ItemIndex, user_ids: Sequence[str], queries: np.ndarray, n: int,
              extra_exclude: Sequence[Collection[str]] | None = None,
              recent: Sequence[Sequence[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -509,5 +594,5 @@ def load_pipeline_config(version_dir: str | os.PathLike) -> PipelineConfig:
         raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
-__all__ = ["BatchingPlan", "CandidateScorer", "POPULARITY_ONLY", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
+__all__ = ["BatchingPlan", "CandidateScorer", "NewUserScoring", "POPULARITY_ONLY", "PipelineConfig", "RecommendPipeline", "retrieve", "save_pipeline_config",
            "load_pipeline_config"]

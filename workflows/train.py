@@ -30,12 +30,14 @@ import pandas as pd
 from core import layout, registry
 from core.config import ConfigError, build_config, config_errors, config_to_dict, flatten, section
 from features import Dataset, FeatureStore, Split, fit_feature_store
+from features.cooccurrence import NewUserConfig
 from pipeline import PipelineConfig, retrieve
 from ranking import RankerConfig
 from ranking.negatives import NegativeConfig
 from retrieval import IndexConfig, TwoTowerConfig
 from workflows.data import DataConfig, load_split
 from workflows.index import artifacts_root, build_index
+from workflows.newusers import train_new_users
 from workflows.profile import train_profile
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class TrainConfig:
     ranking: RankerConfig = section(RankerConfig, prefix="ranking_", title="wide & deep ranker")
     negatives: NegativeConfig = section(NegativeConfig, prefix="neg_", title="ranker negatives")
     pipeline: PipelineConfig = section(PipelineConfig, prefix="pipeline_", title="serving pipeline defaults")
+    newuser: NewUserConfig = section(NewUserConfig, prefix="newuser_", title="new-user scorer (EVENTS source)")
 
     @property
     def retrieval_config(self) -> TwoTowerConfig:
@@ -482,6 +485,7 @@ STEPS: list[Step] = [
     Step("retrieval", "train the two-tower model and export it", train_retrieval),
     Step("retrieval", "build the FAISS index", train_index),
     Step("ranking", "train the ranker on the retriever's candidates", train_ranking),
+    Step("ranking", "fit the new-user scorer and choose its mixture on simulated new users", train_new_users),
     Step("ranking", "profile served inputs and predictions (drift reference)", train_profile),
 ]
 

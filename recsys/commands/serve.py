@@ -242,12 +242,14 @@ def _response_rows(response) -> list[dict]:
             for n, i in enumerate(response.items, 1)]
 
 
-def _demo_events(stub, user: str, k: int, titles) -> None:
+def _demo_events(stub, user: str, k: int, titles, target: str = "localhost:50051") -> None:
     """The loop closing: a known user's engagements change their very next list; a brand-new user
-    is personalised from three events (Source EVENTS instead of FALLBACK)."""
+    is personalised from three events (Source EVENTS instead of FALLBACK). Events are sent the way
+    `recsys events log` sends them (its send_events, retries included), and its command lines shown."""
     import time
 
     from protos.recsys.v1 import recommender_pb2 as pb
+    from recsys.commands.events import event_fields, log_command, send_events, to_proto
 
     def show(request: pb.RecommendRequest, title: str) -> pb.RecommendResponse:
         print(f"\n$ recsys recommend --user {request.user_id} -k {request.num_results}\n# {title}")
@@ -255,20 +257,18 @@ def _demo_events(stub, user: str, k: int, titles) -> None:
         _demo_table(_response_rows(response), titles)
         return response
 
-    def log_events(events: list, title: str) -> pb.LogEventsResponse:
-        print(f"\n$ LogEvents  # {title}")
+    def log_events(events: list[dict], title: str) -> None:
+        print(f"\n# {title}")
         for e in events:
-            print(f"  {pb.EventType.Name(e.type).lower():<10} user {e.user_id} item {e.item_id}"
-                  + (f" (request {e.request_id}, position {e.position})" if e.request_id else ""))
-        reply = stub.LogEvents(pb.LogEventsRequest(events=events), timeout=10)
-        print(f"  → accepted {reply.accepted}, duplicates {reply.duplicates}")
-        return reply
+            print(f"$ {log_command(e, target)}")
+        accepted, duplicates, _ = send_events(stub, [to_proto(e) for e in events], timeout=10)
+        print(f"  → accepted {accepted}, duplicates {duplicates}")
 
     now = int(time.time())
     before = stub.Recommend(pb.RecommendRequest(user_id=user, num_results=k), timeout=60)
     picked = before.items[:2]
-    events = [pb.Event(event_id=f"demo-{user}-{n}", user_id=user, item_id=item.item_id, type=pb.ENGAGEMENT,
-                       timestamp=now, request_id=before.request_id, position=n + 1) for n, item in enumerate(picked)]
+    events = [event_fields(user, item.item_id, "engagement", None, now, f"demo-{user}-{n}", before.request_id, n + 1)
+              for n, item in enumerate(picked)]
     print(f"\n# closing the loop: every response has a request_id (this one {before.request_id!r}) and the server "
           "logged it as impressions; the client reports what the user did with it")
     log_events(events, f"user {user} engages with the first two items of that list")
@@ -280,8 +280,8 @@ def _demo_events(stub, user: str, k: int, titles) -> None:
     log_events(events, "the same batch again (a client retry): nothing changes")
     newcomer = "new-user-demo"
     show(pb.RecommendRequest(user_id=newcomer, num_results=k), "a brand-new user: the fallback")
-    seeds = [pb.Event(event_id=f"demo-{newcomer}-{n}", user_id=newcomer, item_id=item.item_id, type=pb.ENGAGEMENT,
-                      timestamp=now + n) for n, item in enumerate(before.items[2:5])]
+    seeds = [event_fields(newcomer, item.item_id, "engagement", None, now + n, f"demo-{newcomer}-{n}")
+             for n, item in enumerate(before.items[2:5])]
     log_events(seeds, f"{newcomer} engages with three items")
     show(pb.RecommendRequest(user_id=newcomer, num_results=k),
          f"{newcomer} after three events: personalised from them (source EVENTS), not the fallback")
@@ -357,7 +357,7 @@ def run_serve_demo(config: ServeDemoConfig, args: argparse.Namespace) -> int:
                                   "quality": "-", "source": "INDEX", "model_version": similar.model_version}
                                  for n, i in enumerate(similar.items, 1)], titles)
                 if redis_url:
-                    _demo_events(stub, users[0], k, titles)
+                    _demo_events(stub, users[0], k, titles, target)
             m = server.metrics
             print(f"\nmetrics: cache hit ratio {m.value('recsys_cache_hit_ratio'):.2f}, online computations "
                   f"{m.value('recsys_online_computations_total'):.0f}, fallbacks "

@@ -100,3 +100,46 @@ def test_fit_platt_from_logits_far_below_zero():
     cal = fit_platt(z, y)
     assert cal.a == pytest.approx(0.2, abs=0.01) and cal.b == pytest.approx(5.0, abs=0.3)
     assert cal.apply(z).mean() == pytest.approx(y.mean(), abs=1e-3)
+
+
+# -- the new-user scorer's mixture ----------------------------------------------------------------
+def _two_taste_histories(n_users: int = 200, seed: int = 0) -> tuple[dict[str, list[str]], list[str]]:
+    """Half the users engage with items a0..a9 only, the other half with b0..b9 only, everyone with two of
+    p0..p4 (the most popular): a new user's first events say which half they are in, popularity cannot."""
+    rng = np.random.default_rng(seed)
+    a = [f"a{i}" for i in range(10)]
+    b = [f"b{i}" for i in range(10)]
+    pop = [f"p{i}" for i in range(5)]  # everyone's
+    histories = {}
+    for u in range(n_users):
+        own = a if u % 2 else b
+        items = list(rng.permutation(own)[:8]) + list(rng.permutation(pop)[:2])
+        histories[f"u{u:03d}"] = [str(i) for i in rng.permutation(items)]
+    return histories, a + b + pop
+
+
+def test_new_user_mixture_is_chosen_when_the_events_are_informative():
+    from evaluation.selection import select_new_user_mixture
+    from features.cooccurrence import NewUserConfig
+    from ranking import BlendWeights
+
+    histories, items = _two_taste_histories()
+    quality = np.full(len(items), 0.5)
+    got = select_new_user_mixture(histories, items, quality, BlendWeights(1.0, 1.0, "multiplicative", "identity"),
+                                  NewUserConfig(first_events=3))
+    assert got["simulated_users"] == 20 and got["fit_users"] == 180
+    assert got["weight"] > 0
+    assert got["ndcg@10"] > got["fallback_ndcg@10"]
+    assert sum(r["chosen"] for r in got["table"]) == 1
+    assert {r["weight"] for r in got["table"]} >= {0.0, 1.0}
+
+
+def test_new_user_mixture_falls_back_to_popularity_without_enough_users():
+    from evaluation.selection import select_new_user_mixture
+    from features.cooccurrence import NewUserConfig
+    from ranking import BlendWeights
+
+    histories, items = _two_taste_histories(n_users=30)
+    got = select_new_user_mixture(histories, items, np.full(len(items), 0.5),
+                                  BlendWeights(1.0, 0.0, "additive", "identity"), NewUserConfig(min_simulated=20))
+    assert got["weight"] == 0.0 and got["table"] == [] and "skipped" in got

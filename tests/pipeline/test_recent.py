@@ -3,6 +3,8 @@ the ranker, recent items are excluded, unknown users with known recent items are
 recent=None / empty leaves every answer bit-identical."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,16 @@ def test_recent_changes_a_users_candidates_and_excludes_the_recent_items(pipelin
         assert any(ar[i] != br[i] for i in common)
 
 
+def model_path(pipeline):
+    """The same version without its new-user scorer (a version trained before it, or --no-newuser-enabled):
+    unknown users with events go through the model's OOV id and history bag."""
+    bare = copy.copy(pipeline)
+    bare.new_users = None
+    return bare
+
+
 def test_unknown_user_with_known_recent_items_is_personalised(pipeline, users):
+    pipeline = model_path(pipeline)
     assert pipeline.personalisable(users[0], [])
     assert not pipeline.personalisable("brand-new", [])
     assert not pipeline.personalisable("brand-new", ["no-such-item"])
@@ -91,6 +102,61 @@ def test_unknown_user_with_known_recent_items_is_personalised(pipeline, users):
     # different histories → different retrieval for the same (unknown) user id
     assert list(got_a.item_ids) != list(got_b.item_ids)
     assert not np.array_equal(got_a.retrieval_scores[:10], cold.retrieval_scores[:10])
+
+
+def test_unknown_user_with_events_is_scored_by_the_new_user_scorer(pipeline, users, tiny_version):
+    from core import layout
+    from features.cooccurrence import ItemCooccurrence
+
+    scorer = pipeline.new_users
+    assert scorer is not None and layout.new_users_file(tiny_version).is_file()  # written by `recsys train`
+    assert 0.0 <= scorer.weight <= 1.0 and 0.0 < scorer.decay <= 1.0
+    assert ItemCooccurrence.load(layout.new_users_file(tiny_version)).cond.nnz == scorer.cond.nnz
+    from core.registry import read_manifest
+    record = read_manifest(tiny_version)["new_users"]  # the choice and its table, for the reader of the version
+    assert (record["weight"], record["decay"]) == (scorer.weight, scorer.decay)
+    assert record["simulated_users"] >= 20 and sum(r["chosen"] for r in record["table"]) == 1
+    assert record["config"]["neighbors"] == 200 and layout.NEW_USERS_FILE in read_manifest(tiny_version)["checksums"]
+    assert not pipeline.personalisable("brand-new", ["no-such-item"])
+    tokens = list(pipeline.features.vocabularies["item_id"].tokens)
+    events = tokens[5:8]
+    assert pipeline.personalisable("brand-new", ["no-such-item", events[0]])
+    got = pipeline.candidates(["brand-new"], [{tokens[0]}], recent=[events])[0]
+    # by hand: the mixture of the fallback's reach with P(item | events), the events and `exclude` left out
+    fb = pipeline.fallback_candidates
+    reach = dict(zip(fb.item_ids, fb.engagement.astype(np.float64)))
+    quality = dict(zip(fb.item_ids, fb.quality))
+    mix = dict(zip(scorer.item_ids, scorer.engagement(np.array([reach[i] for i in scorer.item_ids]), events)))
+    want = sorted((i for i in mix if i not in set(events) | {tokens[0]}), key=lambda i: (-mix[i], -reach[i],
+                                                                                         list(mix).index(i)))
+    want = want[:pipeline.config.num_candidates]
+    assert list(got.item_ids) == want
+    np.testing.assert_allclose(got.engagement, [min(max(mix[i], 0.0), 1.0) for i in want], rtol=1e-6)
+    np.testing.assert_array_equal(got.quality, np.array([quality[i] for i in want], dtype=np.float32))
+    assert got.model_version == pipeline.model_version
+    # the order of the events matters through the decay (when the decay is < 1) and known users are untouched
+    mixed = pipeline.candidates([users[0], "brand-new", users[1]], recent=[[], events, []])
+    assert as_bytes([mixed[0], mixed[2]]) == as_bytes(pipeline.candidates([users[0], users[1]]))
+    assert mixed[1].to_bytes() == pipeline.candidates(["brand-new"], recent=[events])[0].to_bytes()
+    assert pipeline.candidates_each(["brand-new"], recent=[events])[0].to_bytes() == mixed[1].to_bytes()
+
+
+def test_a_version_without_the_scorer_loads_and_uses_the_model_path(pipeline, tiny_version, tmp_path):
+    import shutil
+
+    from core import layout
+    from pipeline import RecommendPipeline
+
+    copy_dir = tmp_path / "old"
+    shutil.copytree(tiny_version, copy_dir)
+    layout.new_users_file(copy_dir).unlink()  # as a version trained before the scorer existed
+    old = RecommendPipeline.from_version_dir(copy_dir, verify=False)
+    assert old.new_users is None
+    events = list(pipeline.features.vocabularies["item_id"].tokens[5:8])
+    got = old.candidates(["brand-new"], recent=[events])[0]
+    want = model_path(pipeline).candidates(["brand-new"], recent=[events])[0]
+    assert list(got.item_ids) == list(want.item_ids)
+    np.testing.assert_array_equal(got.engagement, want.engagement)
 
 
 def test_candidates_each_with_recent_equals_one_user_calls(pipeline, users):

@@ -127,6 +127,9 @@ def test_serve_demo_shows_online_cache_reweighted_and_fallback_answers(trained_v
     assert not engaged & {row[1] for row in rows[8]}
     assert all(row[-1] == trained_version.name for r in rows for row in r)
     assert "online computations 4, fallbacks 2, Redis faults 0" in out
+    # the events are shown as the `recsys events log` commands that send them (and sent the same way)
+    assert out.count("\n$ recsys events log --target 127.0.0.1:") == 2 + 2 + 3
+    assert "accepted 2, duplicates 0" in out and "accepted 0, duplicates 2" in out and "accepted 3, duplicates 0" in out
     assert out.rstrip().endswith("stopped the server and redis-server")
 
 
