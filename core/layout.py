@@ -4,6 +4,7 @@
   <version>/features/                     FeatureStore: vocabularies, popularity, seen items
   <version>/retrieval/user_tower/         the user tower SavedModel
   <version>/retrieval/items.npz           item ids + embeddings
+  <version>/retrieval/tower_weights.npz   both towers' trainable weights by role (warm starts; absent in older versions)
   <version>/index/                        FAISS index + id map
   <version>/ranking/model/                ranker SavedModel (ranking/ranker.json beside it)
   <version>/ranking/pipeline.json         the version's default PipelineConfig
@@ -22,6 +23,7 @@ FEATURES_DIR = "features"
 RETRIEVAL_DIR = "retrieval"
 USER_TOWER_DIR = "retrieval/user_tower"
 ITEMS_FILE = "retrieval/items.npz"
+TOWER_WEIGHTS_FILE = "retrieval/tower_weights.npz"
 INDEX_DIR = "index"
 RANKING_DIR = "ranking"
 PIPELINE_FILE = "ranking/pipeline.json"
@@ -46,6 +48,11 @@ def user_tower_dir(version_dir: str | os.PathLike) -> pathlib.Path:
 def items_file(version_dir: str | os.PathLike) -> pathlib.Path:
     """items.npz: item ids and their embeddings."""
     return _join(version_dir, ITEMS_FILE)
+
+
+def tower_weights_file(version_dir: str | os.PathLike) -> pathlib.Path:
+    """Both towers' weights keyed by role (retrieval.warm): what a warm start of a later version reads."""
+    return _join(version_dir, TOWER_WEIGHTS_FILE)
 
 
 def index_dir(version_dir: str | os.PathLike) -> pathlib.Path:

@@ -171,3 +171,159 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def amend_manifest(version_dir: str | os.PathLike, updates: dict[str, Any]) -> dict[str, Any]:
+    """Adds/replaces top-level sections of a sealed version's manifest (atomic rewrite); the file
+    checksums stay as sealed, so `verify_version` still passes. Returns the new manifest."""
+    d = pathlib.Path(version_dir)
+    manifest = {**read_manifest(d), **updates}
+    _atomic_write(d / MANIFEST, json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+# -- staging: versions built out of sight, then renamed in whole ---------------------------------
+STAGING_DIR = ".staging"  # <root>/.staging/<run>/: a run's artifacts root until its version is moved in
+
+
+def staging_root(root: str | os.PathLike) -> pathlib.Path:
+    """A fresh private directory under <root>/.staging/ to build a version in (not listed as a version:
+    `list_versions` only sees <root>/<name>/manifest.json)."""
+    base = pathlib.Path(root) / STAGING_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(dir=base, prefix="run-"))
+
+
+def publish_version(staged_dir: str | os.PathLike, root: str | os.PathLike) -> pathlib.Path:
+    """Moves a sealed version directory from staging to <root>/<name> with one rename (atomic on one
+    filesystem): a reader sees no version or the whole one, never a partial directory."""
+    staged = pathlib.Path(staged_dir)
+    read_manifest(staged)  # sealed
+    target = pathlib.Path(root) / staged.name
+    if target.exists():
+        raise ArtifactError(f"version directory {target} already exists; versions are never overwritten")
+    os.rename(staged, target)
+    return target
+
+
+def clear_staging(root: str | os.PathLike) -> list[str]:
+    """Removes every leftover run under <root>/.staging (a crashed or killed run's). Call it only while
+    holding `exclusive_lock(root)`, so no live run's staging is removed. Returns what was removed."""
+    base = pathlib.Path(root) / STAGING_DIR
+    removed = []
+    if base.is_dir():
+        for p in sorted(base.iterdir()):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+LOCK_FILE = ".retrain.lock"
+
+
+class LockHeldError(ArtifactError):
+    """Another process holds the artifacts root's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(root: str | os.PathLike, name: str = LOCK_FILE, what: str = "retrain") -> Iterator[pathlib.Path]:
+    """An exclusive, non-blocking `fcntl.flock` on <root>/<name>, held for the body. The kernel drops it
+    when the process dies (even kill -9), so a crash never leaves a stale lock. Raises LockHeldError
+    naming the holder's pid when another process holds it."""
+    import fcntl
+
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = os.pread(fd, 200, 0).decode().strip()
+            raise LockHeldError(f"another {what} is running on {root} (lock {path} held{' by ' + holder if holder else ''}); "
+                                "this one exits without doing anything — try again when it has finished") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"
+                  .encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+# -- retention ----------------------------------------------------------------------------------
+EXPERIMENT_FILES = ("experiments.toml", "experiments.json")  # the experiments config beside the registry (issue 15)
+
+
+def experiment_file(root: str | os.PathLike) -> pathlib.Path | None:
+    """The experiments config in the artifacts root, if one exists (None otherwise)."""
+    for name in EXPERIMENT_FILES:
+        p = pathlib.Path(root) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def experiment_versions(root: str | os.PathLike) -> set[str]:
+    """Every version an experiments config in `root` names: the string values of keys `version`,
+    `model_version`, `versions` anywhere in it (arms, shadow, canary). Unreadable file → ArtifactError
+    (retention must not guess which versions are safe to delete)."""
+    path = experiment_file(root)
+    if path is None:
+        return set()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            import tomllib
+            data = tomllib.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path} is unreadable ({e}); fix it before garbage-collecting versions") from e
+    found: set[str] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k in ("version", "model_version", "versions", "shadow_version", "canary_version"):
+                    for s in (v if isinstance(v, list) else [v]):
+                        if isinstance(s, str) and s:
+                            found.add(s)
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+    walk(data)
+    return found
+
+
+def gc_versions(root: str | os.PathLike, keep: int, dry_run: bool = False) -> dict[str, list[str]]:
+    """Deletes all but the newest `keep` versions (by manifest creation time), never CURRENT nor a
+    version an experiments config names. Returns {"deleted": [...], "kept": [...], "protected": [...]}.
+
+    Each deletion renames the directory into staging first (one atomic step: it stops being a version)
+    and then removes it, so a crash mid-delete leaves no half-deleted version."""
+    if keep < 0:
+        raise ArtifactError(f"--keep must be >= 0, got {keep}")
+    root = pathlib.Path(root)
+    names = list_versions(root)
+    protected = set(experiment_versions(root))
+    with contextlib.suppress(ArtifactError):
+        protected.add(current_version(root))
+
+    def created(name: str) -> str:
+        try:
+            return str(read_manifest(root / name).get("created", ""))
+        except ArtifactError:
+            return ""
+    newest_first = sorted(names, key=lambda n: (created(n), n), reverse=True)
+    kept = newest_first[:keep]
+    doomed = [n for n in newest_first[keep:] if n not in protected]
+    if not dry_run:
+        for name in doomed:
+            trash = staging_root(root) / name
+            os.rename(root / name, trash)
+            shutil.rmtree(trash.parent, ignore_errors=True)
+    return {"deleted": sorted(doomed), "kept": sorted(kept),
+            "protected": sorted(p for p in protected if p in names)}

@@ -74,7 +74,12 @@ class PipelineRecommender:
     config_cls = PipelineEvalConfig
 
     def __init__(self, config: PipelineEvalConfig = PipelineEvalConfig(),
-                 pipeline: RecommendPipeline | None = None) -> None:
+                 pipeline: RecommendPipeline | None = None,
+                 recent: dict[str, tuple[str, ...]] | None = None) -> None:
+        """`recent`: user → streamed engagements (newest first) to merge into each user's history instead
+        of reading `config.events` — how an older version that serves while new data streams in is scored
+        on a later window (workflows.retrain); the version's train items plus these must then be the
+        evaluation's train items (check_same_split)."""
         if config.order not in ("blend", "retrieval", "engagement", "quality"):
             raise ValueError(f"--pipeline-order must be blend, retrieval, engagement or quality; got {config.order!r}")
         self.config = config
@@ -84,6 +89,7 @@ class PipelineRecommender:
         self._columns: pd.Index | None = None
         self.diagnostics: dict[str, float] = {}  # head_diagnostics on test, filled by fit
         self.recent: dict[str, tuple[str, ...]] = {}  # user → streamed engagements, newest first (config.events)
+        self._given_recent = recent
 
     @property
     def weights(self) -> BlendWeights:
@@ -105,9 +111,9 @@ class PipelineRecommender:
             log.info("pipeline: evaluating version %s", self.config.version_dir)
         if self.config.num_candidates:
             self.pipeline.config = dataclasses.replace(self.pipeline.config, num_candidates=self.config.num_candidates)
-        check_same_split(self.pipeline, data)
+        self.recent = events_history(self.config, data) if self._given_recent is None else dict(self._given_recent)
+        check_same_split(self.pipeline, data, self.recent if self._given_recent is not None else None)
         self._data = data
-        self.recent = events_history(self.config, data)
         self._columns = pd.Index(np.asarray(data.item_ids).astype(str))
         self.diagnostics = head_diagnostics(self, data) if self.config.diagnostics else {}
         if self.diagnostics and self.config.version_dir:
@@ -169,13 +175,18 @@ def events_history(config: PipelineEvalConfig, data: EvalData) -> dict[str, tupl
     return recent
 
 
-def check_same_split(pipeline: RecommendPipeline, data: EvalData) -> None:
-    """ArtifactMismatchError unless the version's train-seen items are exactly `data.train`'s.
+def check_same_split(pipeline: RecommendPipeline, data: EvalData,
+                     recent: dict[str, tuple[str, ...]] | None = None) -> None:
+    """ArtifactMismatchError unless the version's train-seen items (plus each user's `recent` streamed
+    engagements, when given) are exactly `data.train`'s.
 
     The evaluation excludes data.train's items and the pipeline excludes the version's seen
-    items; they must agree, or the version was trained on another source or split.
+    items (and the recent ones); they must agree, or the version was trained on another source or split.
     """
     seen = pipeline.features.seen
+    if recent:
+        seen = {u: tuple(dict.fromkeys((*seen.get(u, ()), *recent.get(u, ()))))
+                for u in set(seen) | set(recent)}
     train = data.train.tocsr()
     n_pairs = int(train.nnz)
     n_seen = sum(len(v) for v in seen.values())
@@ -221,7 +232,8 @@ def head_diagnostics(rec: PipelineRecommender, data: EvalData, neg: NegativeConf
             **served_calibration(pipeline, test)}
 
 
-def served_calibration(pipeline: RecommendPipeline, test: pd.DataFrame, bins: int = DEFAULT_BINS) -> dict:
+def served_calibration(pipeline: RecommendPipeline, test: pd.DataFrame, bins: int = DEFAULT_BINS,
+                       recent: dict[str, tuple[str, ...]] | None = None) -> dict:
     """The engagement head on the candidates the server scores: every test user with a test
     engagement, each of their served top-N candidates (train items excluded), label = the
     candidate is among the user's test engagements. Pooled over all those pairs:
@@ -232,6 +244,7 @@ def served_calibration(pipeline: RecommendPipeline, test: pd.DataFrame, bins: in
         (evaluation.calibration), reliability_bins its table;
       mean_engagement / engaged_rate — mean served engagement and the observed rate;
       candidate_pairs / candidate_positives — how many pairs and engaged ones.
+    `recent`: user → streamed engagements merged into the history (PipelineRecommender.recent).
     """
     from ranking import head_metrics
 
@@ -241,7 +254,8 @@ def served_calibration(pipeline: RecommendPipeline, test: pd.DataFrame, bins: in
     e, r, y = [], [], []
     for lo in range(0, len(users), 256):
         batch = users[lo:lo + 256]
-        for u, c in zip(batch, pipeline.candidates(batch)):
+        batch_recent = [recent.get(u, ()) for u in batch] if recent else None
+        for u, c in zip(batch, pipeline.candidates(batch, recent=batch_recent)):
             e.append(np.asarray(c.engagement, dtype=np.float64))
             r.append(np.asarray(c.retrieval_scores, dtype=np.float64))
             y.append(np.fromiter(((u, str(i)) in pos for i in c.item_ids), dtype=bool, count=len(c.item_ids)))
@@ -397,3 +411,24 @@ def run_sweep(data: EvalData, config: PipelineEvalConfig, shares: Sequence[float
 
 __all__ = ["PipelineEvalConfig", "PipelineRecommender", "PipelineConfig", "check_same_split", "events_history",
            "head_diagnostics", "parse_sweep", "served_calibration", "sweep_blend", "plot_sweep", "run_sweep"]
+
+
+GATE_METRICS = ("ndcg@10", "mean_hit_rating@10", "engagement_ece")
+
+
+def gate_metrics(rec: PipelineRecommender, data: EvalData, k: int = 10, batch_size: int = 1024) -> dict[str, float]:
+    """The headline numbers of one version on `data`'s test window, by `recsys evaluate`'s code:
+    ndcg@k (and every metric of evaluate_rankings) from rank_users → evaluate_rankings, mean_hit_rating@k
+    (the mean test rating of the top-k hits, as in the blend sweep), and engagement_ece / candidate AUC
+    of the served candidates (served_calibration, as in the head diagnostics). Fits `rec` on `data`."""
+    from evaluation.baselines import rank_users
+
+    started = time.perf_counter()
+    rec.fit(data)
+    ranked = rank_users(rec, data.test_users, k, batch_size)
+    out = dict(evaluate_rankings(ranked, data, (k,)))
+    out[f"mean_hit_rating@{k}"], out[f"hit_rating_4plus@{k}"] = _hit_ratings(ranked, data, k)
+    calibration = served_calibration(rec.pipeline, data.split.test, recent=rec.recent)
+    out.update({key: v for key, v in calibration.items() if key != "reliability_bins"})
+    out["seconds"] = round(time.perf_counter() - started, 2)
+    return out

@@ -3,7 +3,7 @@
 The one place feature logic lives; training, Beam and serving all import it from here.
 """
 from features.files import FilesConfig, format_inferred, infer_feature_kinds, load_files, read_table
-from features.history import merge_history, read_engagements, read_recent, recent_by_user
+from features.history import merge_history, read_engagements, read_event_interactions, read_recent, recent_by_user
 from features.movielens import default_data_dir, load_movielens_100k
 from features.schema import MULTI_VALUE_SEP, Dataset, FeatureSpec, split_multi, validate_interactions
 from features.splits import Split, SplitConfig, split_interactions
@@ -13,7 +13,7 @@ from features.vocab import OOV_TOKEN, FeatureStore, RatingPrior, Vocabulary, fit
 __all__ = [
     "Dataset", "FeatureSpec", "MULTI_VALUE_SEP", "split_multi", "validate_interactions",
     "FilesConfig", "format_inferred", "infer_feature_kinds", "load_files", "read_table",
-    "merge_history", "read_engagements", "read_recent", "recent_by_user", "default_data_dir", "load_movielens_100k",
+    "merge_history", "read_engagements", "read_event_interactions", "read_recent", "recent_by_user", "default_data_dir", "load_movielens_100k",
     "SyntheticConfig", "generate_synthetic", "Split", "SplitConfig", "split_interactions",
     "OOV_TOKEN", "FeatureStore", "RatingPrior", "Vocabulary", "fit_feature_store", "tokenize_text",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Container, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from core.errors import DataError
@@ -123,3 +124,41 @@ def recent_by_user(engagements: pd.DataFrame, before: Mapping[str, int] | None =
 def read_recent(path: str | pathlib.Path, before: int = 0, flag: str = "--events") -> dict[str, tuple[str, ...]]:
     """read_engagements → recent_by_user: each user's engagements of the table, newest first."""
     return recent_by_user(read_engagements(path, before, flag))
+
+
+def read_event_interactions(path: str | pathlib.Path, before: int = 0, flag: str = "--events") -> pd.DataFrame:
+    """An event table (`recsys events export`) as interaction rows of the schema (features.schema):
+    user_id, item_id, timestamp, rating, engaged — engagements and ratings engaged 1 (a rating's value in
+    `rating`), impressions engaged 0 (shown, not engaged), so training sees the served negatives.
+
+    Args:
+      path, flag: as in read_engagements.
+      before: keep events with timestamp < before (0 = all).
+
+    Rows repeating an `event_id` are kept once; the result is in time order (ties keep the table's order).
+    """
+    from features.schema import validate_interactions
+
+    table = read_table(path, flag)
+    missing = [c for c in EVENT_COLUMNS if c not in table.columns]
+    if "engaged" not in table.columns and "type" not in table.columns:
+        missing.append("engaged (or type)")
+    if missing:
+        raise DataError(f"{flag} {path}: missing column(s) {', '.join(missing)}; an event table has "
+                        f"{', '.join(EVENT_COLUMNS)} and engaged or type (recsys events export writes them)")
+    if "event_id" in table.columns:
+        table = table.drop_duplicates("event_id", keep="first")
+    if "engaged" in table.columns:
+        engaged = pd.to_numeric(table["engaged"], errors="coerce").fillna(0).to_numpy() == 1
+    else:
+        engaged = table["type"].astype(str).isin(ENGAGED_EVENT_TYPES).to_numpy()
+    rating = (pd.to_numeric(table["rating"], errors="coerce").to_numpy(dtype="float64") if "rating" in table.columns
+              else np.full(len(table), np.nan))
+    frame = pd.DataFrame({"user_id": table["user_id"].astype(str).to_numpy(),
+                          "item_id": table["item_id"].astype(str).to_numpy(),
+                          "timestamp": table["timestamp"].to_numpy(), "rating": rating,
+                          "engaged": engaged.astype("int8")})
+    frame = validate_interactions(frame, where=f"{flag} {path}")
+    if before:
+        frame = frame.loc[frame["timestamp"] < before]
+    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)

@@ -15,6 +15,7 @@ _LAZY = {
     "ItemIndex": "retrieval.index",
     "TrainResult": "retrieval.train", "train_two_tower": "retrieval.train", "RetrievalEvaluator": "retrieval.train",
     "TwoTowerModel": "retrieval.two_tower",
+    "WarmStart": "retrieval.warm",
 }
 
 __all__ = ["IndexConfig", "TwoTowerConfig", *_LAZY]

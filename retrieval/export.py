@@ -82,8 +82,11 @@ def load_items(version_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def export_model(model: TwoTowerModel, features: FeatureStore, version_dir: str | os.PathLike) -> dict:
     """Writes both exports; returns their sizes for the manifest."""
+    from retrieval.warm import save_tower_weights
+
     export_user_tower(model.user_tower, features, version_dir)
     item_ids, embeddings = export_items(model.item_tower, features, version_dir)
+    save_tower_weights(model, version_dir)  # what a later version's warm start reads
     return {"items": int(len(item_ids)), "dim": int(embeddings.shape[1]),
             "user_tower_inputs": sorted(_signature_specs(features, model.user_tower.history_length > 0))}
 

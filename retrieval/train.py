@@ -204,7 +204,8 @@ def build_model(features: FeatureStore, config: TwoTowerConfig) -> TwoTowerModel
 
 
 def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig = TwoTowerConfig(),
-                    validator: Validator | None = None) -> TrainResult:
+                    validator: Validator | None = None,
+                    init: Callable[[TwoTowerModel, FeatureStore], object] | None = None) -> TrainResult:
     """Selects the epoch count on split.fit → split.validation, then builds the final model.
 
     `validator` computes the validation metrics from the model's scores (see `Validator`;
@@ -224,6 +225,8 @@ def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig
     if have_validation:
         fit = engaged_pairs(split.fit)
         model = build_model(features, config)
+        if init is not None:
+            init(model, features)
         select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation, config.history_length,
                                                   validator), config.monitor, config.patience)
         log.info("two-tower: selecting epochs on %d fit pairs, validating on %d users", len(fit),
@@ -241,6 +244,8 @@ def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig
         train = engaged_pairs(split.train)
         log.info("two-tower: training the final model on %d train pairs for %d epochs", len(train), final_epochs)
         model = build_model(features, config)
+        if init is not None:
+            init(model, features)
         model.fit(make_dataset(features, train, config), epochs=final_epochs, verbose=verbose)
     return TrainResult(model, config, history, best_epoch, epochs_run, final_epochs, validation, trained_on,
                        time.perf_counter() - started)

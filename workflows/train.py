@@ -56,6 +56,7 @@ class RunConfig:
     stages: tuple[Stage, ...] = STAGES  # stages to train
     promote: bool = True              # point CURRENT at the new version when done (if serving can load it)
     epochs: int = 0                   # override every stage's maximum epochs (0 = each stage's own); for smoke runs
+    warm_start: str = ""              # initialise the two-tower from this version (known ids keep their rows; retrieval.warm)
 
     def __post_init__(self) -> None:
         if not self.stages or len(set(self.stages)) != len(self.stages):
@@ -65,6 +66,9 @@ class RunConfig:
             raise ValueError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
         if self.epochs < 0:
             raise ValueError(f"--epochs must be >= 0 (0 = each stage's default), got {self.epochs}")
+        if self.warm_start and self.base_version:
+            raise ValueError(f"--warm-start {self.warm_start} initialises a two-tower this run trains; --base-version "
+                             f"{self.base_version} reuses one instead: give one of them")
         if self.base_version and self.stages == ("retrieval",):
             raise ValueError(f"--base-version {self.base_version} reuses its retriever; with --stages retrieval "
                              "there is nothing left to train")
@@ -136,7 +140,11 @@ def train_retrieval(ctx: TrainContext) -> None:
 
     config = ctx.config.retrieval_config
     validator = retrieval_validator()  # evaluation's metrics select the epochs
-    result = train_two_tower(ctx.features, ctx.split, config, validator)
+    warm = None
+    if ctx.config.run.warm_start:
+        from retrieval import WarmStart
+        warm = WarmStart(registry.resolve_version(artifacts_root(ctx.config.run.artifacts), ctx.config.run.warm_start))
+    result = train_two_tower(ctx.features, ctx.split, config, validator, init=warm)
     exported = export_model(result.model, ctx.features, ctx.version_dir)
     # Test metrics here are informational (nothing is selected on them); `recsys evaluate`
     # gives the full table through the FAISS index.
@@ -151,6 +159,7 @@ def train_retrieval(ctx: TrainContext) -> None:
         "epochs_run": result.epochs_run,
         **{k: v for k, v in result.summary().items() if k not in ("training_seconds", "epochs_run")},
         "export": exported,
+        **({"warm_start": warm.report} if warm is not None else {}),
     }
     ctx.state["user_tower"] = result.model.user_tower
     log.info("two-tower: test (exact) %s", ", ".join(f"{k}={v:.4f}" for k, v in test.items()))

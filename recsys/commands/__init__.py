@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("recsys.commands.data", "fetch, describe and split a data source"),
     "evaluate": ("recsys.commands.evaluate", "evaluate baselines, trained models and run files on one split"),
     "train": ("recsys.commands.train", "train every stage, export, index, and promote one new version"),
+    "retrain": ("recsys.commands.retrain",
+                "retrain on new data, gate against the serving version, promote or keep serving"),
     "index": ("recsys.commands.index", "build the FAISS index of a trained version with other settings"),
     "serve": ("recsys.commands.serve", "serve Recommend/SimilarItems over gRPC"),
     "recommend": ("recsys.commands.recommend", "call a running server (Recommend or SimilarItems)"),

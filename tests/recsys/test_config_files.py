@@ -34,7 +34,9 @@ COMMANDS = {
     "serve-demo": ["serve-demo", "--users", "1", "2", "-k", "3"],
     "batch-score": ["batch-score", "--output", "o", "--direct-num-workers", "2", "--direct-running-mode",
                     "multi_processing", "--batch-size", "32"],
-    "versions": ["versions", "--artifacts", "a"],
+    "versions": ["versions", "--artifacts", "a", "--json"],
+    "retrain": ["retrain", "--events", "ev", "--cutoff", "100", "--holdout-days", "7", "--warm-start", "--no-promote",
+                "--ndcg-tolerance", "0.01", "--source", "synthetic", "--retrieval-epochs", "2"],
     "promote": ["promote", "v9", "--artifacts", "a"],
 }
 
