@@ -254,48 +254,27 @@ def exclusive_lock(root: str | os.PathLike, name: str = LOCK_FILE, what: str = "
 
 
 # -- retention ----------------------------------------------------------------------------------
-EXPERIMENT_FILES = ("experiments.toml", "experiments.json")  # the experiments config beside the registry (issue 15)
-
-
 def experiment_file(root: str | os.PathLike) -> pathlib.Path | None:
-    """The experiments config in the artifacts root, if one exists (None otherwise)."""
-    for name in EXPERIMENT_FILES:
-        p = pathlib.Path(root) / name
-        if p.is_file():
-            return p
-    return None
+    """The experiment file of the artifacts root (core/experiment.py), if one exists (None otherwise)."""
+    from core.experiment import experiment_file as path_of
+
+    path = path_of(root)
+    return path if path.is_file() else None
 
 
 def experiment_versions(root: str | os.PathLike) -> set[str]:
-    """Every version an experiments config in `root` names: the string values of keys `version`,
-    `model_version`, `versions` anywhere in it (arms, shadow, canary). Unreadable file → ArtifactError
-    (retention must not guess which versions are safe to delete)."""
+    """Every version the running experiment names (arms and shadow; "current" is CURRENT itself).
+    Unreadable or invalid file → ArtifactError (retention must not guess which versions are safe to delete)."""
+    from core.experiment import ExperimentConfigError, read_experiment
+
     path = experiment_file(root)
     if path is None:
         return set()
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            import tomllib
-            data = tomllib.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path} is unreadable ({e}); fix it before garbage-collecting versions") from e
-    found: set[str] = set()
-
-    def walk(x: Any) -> None:
-        if isinstance(x, dict):
-            for k, v in x.items():
-                if k in ("version", "model_version", "versions", "shadow_version", "canary_version"):
-                    for s in (v if isinstance(v, list) else [v]):
-                        if isinstance(s, str) and s:
-                            found.add(s)
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-    walk(data)
-    return found
+        experiment = read_experiment(path)
+    except ExperimentConfigError as e:
+        raise ArtifactError(f"{e}; fix it before garbage-collecting versions") from e
+    return {v for v in (experiment.versions if experiment else ()) if v != "current"}
 
 
 def gc_versions(root: str | os.PathLike, keep: int, dry_run: bool = False) -> dict[str, list[str]]:

@@ -358,7 +358,7 @@ def _retrain_locked(config: RetrainConfig, root: pathlib.Path, staging: pathlib.
     elif passed and on_pass is not None:
         decision = on_pass(root, name, manifest)
     elif passed and experiments is not None:
-        reasons = [f"experiments config {experiments} present: CURRENT left alone; start a canary arm with {name} "
+        reasons = [f"experiment file {experiments} present: CURRENT left alone; start a canary arm with {name} "
                    "(workflows.retrain.retrain(on_pass=...) is the hook)"]
     elif passed:
         reasons = ["--no-promote: gate passed, CURRENT left alone"]

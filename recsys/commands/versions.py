@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Lists the version directories under --artifacts (newest last), marking the one the CURRENT "
                     "pointer names, with each one's lineage (parent, retrain decision) and headline metrics. "
                     "`recsys versions gc --keep N` deletes all but the newest N versions, never CURRENT nor a "
-                    "version an experiments config (experiments.toml/.json in the root) names; it takes the "
+                    "version the running experiment (experiment.json in the root) names; it takes the "
                     "retrain lock, so it never runs beside a retrain.")
     v.add_argument("action", nargs="?", choices=["list", "gc"], default="list",
                    help="list (default) or gc (garbage-collect old versions)")

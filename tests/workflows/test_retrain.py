@@ -186,8 +186,9 @@ def test_gc_keeps_newest_current_and_experiment_versions(tmp_path, capsys):
     for i in range(1, 7):
         _fake_version(root, f"v{i}", f"2026-01-0{i}T00:00:00+00:00")
     registry.promote(root, "v1")
-    (root / "experiments.toml").write_text('[[arms]]\nname = "control"\nversion = "v2"\n[[arms]]\nname = "b"\n'
-                                           'version = "v3"\nshare = 0.1\n')
+    (root / "experiment.json").write_text(json.dumps({  # the experiment file of issue 15 (core/experiment.py)
+        "name": "ab", "arms": [{"name": "control", "share": 0.9, "version": "v2"},
+                               {"name": "b", "share": 0.1, "version": "v3"}]}))
     assert recsys_main(["versions", "gc", "--artifacts", str(root), "--keep", "2", "--dry-run"]) == 0
     assert "would delete 1 version(s): v4" in capsys.readouterr().out
     assert registry.list_versions(root) == [f"v{i}" for i in range(1, 7)]
@@ -197,10 +198,10 @@ def test_gc_keeps_newest_current_and_experiment_versions(tmp_path, capsys):
     assert registry.list_versions(root) == ["v1", "v2", "v3", "v5", "v6"]
     assert recsys_main(["versions", "gc", "--artifacts", str(root), "--keep", "1"]) == 0
     assert registry.list_versions(root) == ["v1", "v2", "v3", "v6"]
-    # an unreadable experiments file: nothing is deleted (GC cannot know what is protected)
-    (root / "experiments.toml").write_text("[[arms]\n")
+    # an unreadable experiment file: nothing is deleted (GC cannot know what is protected)
+    (root / "experiment.json").write_text("{\"arms\": [")
     assert recsys_main(["versions", "gc", "--artifacts", str(root), "--keep", "1"]) == 2
-    assert "experiments.toml is unreadable" in capsys.readouterr().err
+    assert "experiment.json: not valid JSON" in capsys.readouterr().err
     assert registry.list_versions(root) == ["v1", "v2", "v3", "v6"]
     assert recsys_main(["versions", "gc", "--artifacts", str(root)]) == 2  # --keep is required
     assert "--keep" in capsys.readouterr().err
