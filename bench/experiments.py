@@ -17,8 +17,8 @@ Parts (`--parts`, default all):
           exported to Parquet and `recsys experiment report`'s function reads it. Target: B better, p < 0.05.
   shadow  the same server, paced open-loop Recommend traffic (`--shadow-rate` per second, users drawn by
           activity, all cached by an unrecorded warm-up pass): `--shadow-blocks` short blocks alternate
-          (off, on, on, off, ...) between no shadow and a shadow version (a second copy of the version,
-          sample 1.0); the primary's p99 over all "on" latencies ÷ over all "off" ones. Target <= 1.1.
+          (off, on, on, off, ...) between shadow sample 0 and 1 (a second copy of the version, loaded once);
+          the primary's p99 over all "on" latencies ÷ over all "off" ones. Target <= 1.1.
   canary  a canary arm on a deliberately slow (`--slow-s` per computation) and then a failing version
           (a loader wrapper injects the fault), schedule 20% from the start, guardrail window
           `--canary-window-s`; reports seconds to rollback and failed requests outside the canary (target 0).
@@ -319,7 +319,9 @@ def part_shadow(fleet: Fleet, truth, version: str, blocks: int, per_block: int, 
     """Blocks of paced requests alternate without / with the shadow (order off, on, on, off, ... so a slow drift
     of the machine's load hits both alike), all from one pool of users whose candidates were cached first; the
     latencies of each condition are pooled."""
-    base = {"name": "shadow-off", "arms": [{"name": "A", "share": 1.0}]}
+    # "off" keeps the shadow version loaded at sample 0: the blocks compare the shadow's work, not its loading.
+    base = {"name": "shadow-off", "arms": [{"name": "A", "share": 1.0}],
+            "shadow": {"version": f"{version}-shadow", "sample": 0.0, "k": k}}
     with_shadow = {"name": "shadow-on", "arms": [{"name": "A", "share": 1.0}],
                    "shadow": {"version": f"{version}-shadow", "sample": 1.0, "k": k}}
     rng = np.random.default_rng(21)

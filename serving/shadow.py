@@ -136,7 +136,9 @@ class ShadowScorer:
         job's blend and comparison. The LRU mirrors the primary's candidate cache: a user's candidates are
         computed once per streamed-history state, so the shadow does the work the primary does, no more."""
         start = time.perf_counter()
-        prepared = []  # (job, cache key, known)
+        lru = self._lru  # configure() may swap in a new one meanwhile: this batch keeps its own
+        found: dict[tuple, Any] = {}  # this batch's candidate sets by key
+        prepared = []  # (job, cache key)
         missing: dict[Any, dict[tuple, tuple[str, list[str]]]] = {}
         for job in jobs:
             time.sleep(0)  # hand the GIL to a waiting request thread between short stretches of shadow work
@@ -150,8 +152,13 @@ class ShadowScorer:
                 continue
             key = (model.model_version, user_id, tuple(recent) if use else ()) if (known or use) else None
             prepared.append((job, key))
-            if key is not None and key not in self._lru:
-                missing.setdefault(model, {})[key] = (user_id, recent if use else [])
+            if key is not None:
+                cached = lru.get(key)
+                if cached is not None:
+                    found[key] = cached
+                    lru.move_to_end(key)
+                else:
+                    missing.setdefault(model, {})[key] = (user_id, recent if use else [])
         failed: set = set()
         for model, wanted in missing.items():
             keys = list(wanted)
@@ -164,9 +171,10 @@ class ShadowScorer:
                 failed.update(keys)
                 continue
             for key, c in zip(keys, cands):
-                self._lru[key] = c
-                if len(self._lru) > self._lru_size:
-                    self._lru.popitem(last=False)
+                found[key] = c
+                lru[key] = c
+                if len(lru) > self._lru_size:
+                    lru.popitem(last=False)
         compute = time.perf_counter() - start
         for (model, _user, exclude, weights, primary), key in prepared:
             time.sleep(0)
@@ -179,8 +187,7 @@ class ShadowScorer:
                     ids, _, _ = model.blend_top_k(model.fallback_candidates, model.fallback_weights(weights), k,
                                                   exclude)
                 else:
-                    self._lru.move_to_end(key)
-                    ids, _, _ = model.blend_top_k(self._lru[key], weights, k, exclude)
+                    ids, _, _ = model.blend_top_k(found[key], weights, k, exclude)
             except Exception as e:
                 self._error(model, e)
                 continue
