@@ -76,6 +76,7 @@ class Group:
                  retry: bool) -> None:
         self.target, self.users, self.rate, self.deadline, self.retry = target, users, rate, deadline_s, retry
         self.codes: collections.Counter = collections.Counter()
+        self.samples: list[str] = []  # the first failures' details
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
@@ -101,6 +102,9 @@ class Group:
                     code = "OK"
                 except grpc.RpcError as e:
                     code = e.code().name
+                    with self._lock:
+                        if len(self.samples) < 5:
+                            self.samples.append(f"{code}: {e.details()}")
                 with self._lock:
                     self.codes[code] += 1
                 next_at += period
@@ -157,7 +161,11 @@ def run_groups(target: str, users: list[str], args, kill_round) -> dict:
     for r in range(args.rounds):
         kill_round(r)
         time.sleep(args.settle_s)
-    return {name: g.stop() for name, g in groups.items()}
+    out = {name: g.stop() for name, g in groups.items()}
+    for name, g in groups.items():
+        for sample in g.samples:
+            print(f"  {name} failure: {sample[:300]}", flush=True)
+    return out
 
 
 def bench_fleet(version_dir: pathlib.Path, users: list[str], redis_url: str, args, workdir: pathlib.Path) -> dict:

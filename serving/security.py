@@ -336,16 +336,33 @@ class _CallDetails(grpc.ClientCallDetails):
 #   with its shutdown — about one per stop under steady traffic (measured: 5 CANCELLED in 5 stops, 0 with
 #   this policy). Both are retried on the next pick, i.e. on another replica. gRPC retries only
 #   server-sent or transport statuses, so a call the client itself cancels is never retried.
+# - the retry backoff spans a reconnect: a call (or a retry) that finds no connection ready fails at once
+#   (no waitForReady: a client whose TLS or address is wrong should hear UNAVAILABLE with the reason,
+#   not wait for its deadline). That happens when every connection of the channel was on the process
+#   that died and the reconnect hit a listener as it closed (Linux resets the connections queued on a
+#   closing SO_REUSEPORT socket): the channel then waits its reconnect backoff (CLIENT_OPTIONS: 100 ms
+#   to 2 s, not gRPC's 1 s to 120 s, so a restarted process or replica is reconnected within seconds).
+#   Four retries drawn up to 0.1, 0.2, 0.4 and 0.8 s outlast that; the first policy here (3 attempts,
+#   10–200 ms) failed 30 of 20,844 calls across 3 kills of a `--processes 2` fleet (bench/RESULTS.md,
+#   fleet faults). Set "waitForReady": true in your copy to wait out longer outages within the deadline.
+# - healthCheckConfig: each connection watches the server's health (grpc.health.v1 Watch) and round robin
+#   picks only replicas that report SERVING — not one that listens while its model still loads (a single
+#   `recsys serve` opens its port at once), not a fleet whose processes are not all ready, not one that
+#   drains after SIGTERM (NOT_SERVING from its first moment of shutdown).
 CLIENT_SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "recsys.v1.Recommender"},
     "methodConfig": [{
         "name": [{"service": "recsys.v1.Recommender"}],
-        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.2s", "backoffMultiplier": 2,
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
                         "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
     }],
 }
 RETRY_SERVICE_CONFIG = json.dumps(CLIENT_SERVICE_CONFIG)
-CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.service_config", RETRY_SERVICE_CONFIG),)
+CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.service_config", RETRY_SERVICE_CONFIG),
+                                               ("grpc.initial_reconnect_backoff_ms", 100),
+                                               ("grpc.min_reconnect_backoff_ms", 100),
+                                               ("grpc.max_reconnect_backoff_ms", 2000))
 _SCHEMES = ("ipv4:", "ipv6:", "dns:", "unix:", "unix-abstract:", "vsock:")
 
 

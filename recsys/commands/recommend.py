@@ -23,7 +23,7 @@ class RecommendConfig:
 
     user: str = ""                    # user id to recommend for
     item: str = ""                    # item id to find similar items for (SimilarItems)
-    target: str = "localhost:50051"   # server host:port
+    target: str = "localhost:50051"   # host:port; several replicas host1:p1,host2:p2 or dns:///name:port
     num_results: int = dataclasses.field(default=10, metadata={"aliases": ("-k",)})
     engagement_weight: float = -1.0   # blend weight (< 0 = the server's default); give both weights or neither
     quality_weight: float = -1.0      # blend weight (< 0 = the server's default); give both weights or neither
@@ -41,7 +41,9 @@ class RecommendConfig:
 
 _HELP = {
     "user": "user id to recommend for", "item": "item id to find similar items for (SimilarItems)",
-    "target": "server host:port", "num_results": "items to return",
+    "target": "server host:port; several replicas: host1:port1,host2:port2 (client round robin, health-checked, "
+              "retried), or a DNS name with one address per replica (dns:///name:port)",
+    "num_results": "items to return",
     "engagement_weight": "blend weight (< 0 = the server's default); give both weights or neither",
     "quality_weight": "blend weight (< 0 = the server's default); give both weights or neither",
     "blend_mode": "how the weights combine the heads: additive w_e·e + w_q·q or multiplicative e^w_e·q^w_q "
