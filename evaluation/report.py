@@ -238,6 +238,14 @@ def _calibration_markdown(d: pathlib.Path, cfg: Any) -> list[str]:
                     markdown_table(pd.DataFrame(sel["fusion_table"]).set_index("retrieval_weight")), "",
                     f"Calibration: {sel.get('calibration')}; validation ECE before {sel.get('uncalibrated_ece')}, "
                     f"after {sel.get('calibrated_ece')}.", ""]
+            if sel.get("stacking_table"):
+                stacked = sel.get("stacking")
+                out += ["Stacked engagement model vs the fused head (validation; the stacker out of fold):", "",
+                        markdown_table(pd.DataFrame(sel["stacking_table"]).set_index("engagement")), "",
+                        f"Served: {'the stacked model' if stacked else 'the fused head'}"
+                        + (f"; its out-of-fold validation ECE {sel.get('stacking_oof_ece')}; weights "
+                           + ", ".join(f"{k} {v:.4g}" for k, v in stacked["weights"].items())
+                           + f", intercept {stacked['intercept']:.4g}" if stacked else "") + ".", ""]
             if sel.get("blend_table"):
                 out += ["Blend sweep on validation (served heads):", "",
                         markdown_table(pd.DataFrame(sel["blend_table"])), ""]

@@ -15,6 +15,9 @@ Rules (each returns its whole selection table, which the manifest records):
   β: the grid value with the best ndcg@k of the engagement order z = logit + β·(s − 1)
      (ties → the smaller β; 0 = the ranker alone).
   calibration: Platt (a, b) by maximum likelihood on the chosen β's z over all candidates.
+  stacking: the stacked engagement model (ranking.stacking, a logistic regression over the heads,
+     s and graph features) replaces fusion + calibration iff its OUT-OF-FOLD ndcg@k (users in 2
+     seeded folds) is at least the chosen β's; the blend is then chosen on its out-of-fold values.
   blend: among additive-on-logits (1−α)·logit(e) + α·logit(q) and multiplicative
      e^(1−α)·q^α for α ∈ BLEND_SHARES, the best ndcg@k whose mean_hit_rating@k is at least
      the engagement-only blend's (ties → the earlier grid entry; engagement-only always
@@ -33,6 +36,7 @@ from evaluation.metrics import average_precision_at_k, ndcg_at_k
 from features.cooccurrence import NewUserConfig, conditional_neighbors, engagement_matrix, mixed_engagement, profile
 from ranking import BlendWeights, blend_scores
 from ranking.calibration import PlattCalibration, fit_platt, sigmoid
+from ranking.stacking import StackedEngagement, crossfit_logits, fit_stacker, user_folds
 
 BLEND_SHARES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -51,6 +55,7 @@ class ValidationCandidates:
       rating: [n, N] the validation rating of engaged candidates (NaN otherwise).
       num_relevant: [n] the user's validation engagements (retrieved or not).
       flags: name → [n, N] bool item-type flags (e.g. "clickbait").
+      stack: [n, N, F] the stacked engagement model's features (ranking.stacking.STACK_FEATURES), or None.
     """
 
     user_ids: np.ndarray
@@ -62,6 +67,7 @@ class ValidationCandidates:
     rating: np.ndarray
     num_relevant: np.ndarray
     flags: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    stack: np.ndarray | None = None
 
     def fused_logit(self, beta: float) -> np.ndarray:
         """[n, N] z = logit + β·(s − 1), the served engagement logit before calibration."""
@@ -113,6 +119,32 @@ def select_fusion(c: ValidationCandidates, grid: Sequence[float], k: int = 10) -
     return float(table["retrieval_weight"].iloc[best]), table
 
 
+def select_stacking(c: ValidationCandidates, beta: float, l2: float = 1.0, folds: int = 2, seed: int = 0,
+                    k: int = 10) -> tuple[StackedEngagement | None, np.ndarray, pd.DataFrame]:
+    """The stacked engagement model (ranking.stacking) against the fused head of the chosen β.
+
+    The stacker's validation ndcg@k is measured out of fold: users split into `folds` seeded
+    folds, each fold's lists scored by the model fit on the others. Rule: serve the stacker
+    (refit on every validation candidate) iff its out-of-fold ndcg@k >= the fused head's
+    (whose β was chosen on all of validation, a 1-parameter in-sample advantage).
+
+    Returns:
+      (the stacker or None, its out-of-fold logits [n, N], the comparison table).
+    """
+    if c.stack is None:
+        raise ValueError("select_stacking needs the candidates' stacked features (ValidationCandidates.stack)")
+    fold = user_folds(len(c.user_ids), folds, seed)
+    oof = crossfit_logits(c.stack, c.engaged, c.valid, fold, l2)
+    fused = list_metrics(c, c.fused_logit(beta), k)
+    stacked = list_metrics(c, oof, k)
+    table = pd.DataFrame([{"engagement": f"fused, β = {beta:g}", **fused},
+                          {"engagement": f"stacked (out of {folds} folds)", **stacked}])
+    use = bool(stacked[f"ndcg@{k}"] >= fused[f"ndcg@{k}"])
+    table["chosen"] = [not use, use]
+    model = fit_stacker(c.stack, c.engaged, c.valid, l2) if use else None
+    return model, oof, table
+
+
 def fit_calibration(c: ValidationCandidates, beta: float) -> PlattCalibration:
     """Platt (a, b) on every valid candidate's fused logit against its validation label."""
     return fit_platt(c.fused_logit(beta)[c.valid], c.engaged[c.valid])
@@ -162,7 +194,8 @@ def select_blend(c: ValidationCandidates, engagement: np.ndarray, grid: Sequence
 
 
 __all__ = ["BLEND_SHARES", "ValidationCandidates", "blend_grid", "calibrated_engagement", "fit_calibration",
-           "list_metrics", "select_blend", "select_fusion", "sigmoid", "sweep_blends"]
+           "list_metrics", "select_blend", "select_fusion", "select_new_user_mixture", "select_stacking", "sigmoid",
+           "sweep_blends"]
 
 
 # -- the new-user (EVENTS) scorer ---------------------------------------------------------------

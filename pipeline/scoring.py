@@ -410,8 +410,11 @@ def _rating_scale(ranker: Ranker) -> tuple[float, float]:
 
 
 def _engagement_calibrated(ranker: Ranker) -> bool:
-    """Whether the ranker records a fitted (non-identity) engagement calibration in ranker.json."""
+    """Whether the ranker records a fitted engagement calibration in ranker.json (non-identity Platt,
+    or the stacked engagement model, which is calibrated on the validation candidates by construction)."""
     cal = getattr(ranker, "meta", {}).get("calibration")
+    if isinstance(cal, dict) and cal.get("method") == "stacked":
+        return True
     if not isinstance(cal, dict) or cal.get("method") != "platt":
         return False
     return (float(cal.get("a", 1.0)), float(cal.get("b", 0.0))) != (1.0, 0.0)

@@ -31,11 +31,14 @@ class RankerConfig:
     # < 0 (default) = chosen per training run on the validation carve from retrieval_weight_grid.
     retrieval_weight: float = -1.0
     retrieval_weight_grid: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-    # Opt-in (measured in bench/RESULTS.md, issue 12 second pass): together they lowered the
-    # ML-100k pipeline from 0.2759 to 0.2742 NDCG@10, below the project's bar, so they are off by default.
-    calibrate: bool = False            # Platt-calibrate the served engagement on the validation carve
-    select_blend: bool = False         # choose the version's default blend on validation (else --pipeline-*)
-    quality_baseline: bool = False     # quality head = residual on the user+item bias baseline fit on train
+    calibrate: bool = True             # Platt-calibrate the served engagement on the validation carve
+    select_blend: bool = True          # choose the version's default blend on validation (else --pipeline-*)
+    quality_baseline: bool = True      # quality head = residual on the user+item bias baseline fit on train
+    # The stacked engagement model (ranking.stacking): a logistic regression over the heads, the
+    # retrieval score and graph features, fit on the validation carve's served candidates; served
+    # instead of fusion + Platt when its out-of-fold validation ndcg@10 is at least the fused head's.
+    stack: bool = True
+    stack_l2: float = 1.0              # its ridge penalty (standardised weights, in examples)
     l2: float = 1e-6                   # L2 penalty on embedding tables (per example)
     learning_rate: float = 2e-3        # Adam
     batch_size: int = 1024
@@ -58,7 +61,7 @@ class RankerConfig:
             raise ValueError(f"--retrieval-weight must be finite (< 0 = chosen on validation), got {self.retrieval_weight}")
         if not self.retrieval_weight_grid or any(not np.isfinite(b) or b < 0 for b in self.retrieval_weight_grid):
             raise ValueError(f"--retrieval-weight-grid must list finite weights >= 0, got {self.retrieval_weight_grid}")
-        for name in ("engagement_weight", "quality_weight", "l2"):
+        for name in ("engagement_weight", "quality_weight", "l2", "stack_l2"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {getattr(self, name)}")
         if self.engagement_weight == 0 and self.quality_weight == 0:

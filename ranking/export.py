@@ -5,8 +5,10 @@ Layout of a ranking artifact directory (`<version>/ranking/`):
                 names of model.input_specs) → {"engagement": [n], "quality": [n]} float32
   ranker.json   config, input names, heads, training info, and the engagement head's
                 serving transform: "retrieval_weight" (β) and "calibration" ({"method":
-                "platt", "a", "b"}: the served engagement is a calibrated probability; null:
-                a ranking score) — both applied inside the SavedModel (ranking.model)
+                "platt", "a", "b"}, or {"method": "stacked", "features", "weights", "intercept"}:
+                the stacked engagement model of ranking.stacking, which replaces β and Platt — either
+                way the served engagement is a calibrated probability; null: a ranking score) —
+                applied inside the SavedModel (ranking.model)
 
 Loaders use only TensorFlow's SavedModel API, never the training code's classes.
 """
@@ -65,6 +67,8 @@ def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Ma
     module = _Serving(model)
     signature = module.serve.get_concrete_function(**model.specs)
     tf.saved_model.save(module, str(d / MODEL_DIR), signatures={SIGNATURE: signature})
+    serving = model.serving_values()
+    stacked = model.stacking()
     meta = {
         "format": FORMAT_VERSION,
         "signature": SIGNATURE,
@@ -72,9 +76,10 @@ def export_ranker(model: WideDeepRanker, directory: str | pathlib.Path, info: Ma
         "heads": list(HEADS),
         "config": dataclasses.asdict(model.config),
         "info": dict(info or {}),
-        "retrieval_weight": model.serving_values()["retrieval_weight"],
-        "calibration": ({"method": "platt", "a": model.serving_values()["calibration_a"], "b": model.serving_values()["calibration_b"]}
-                        if (model.serving_values()["calibration_a"], model.serving_values()["calibration_b"]) != (1.0, 0.0) else None),
+        "retrieval_weight": serving["retrieval_weight"],
+        "calibration": (stacked.to_dict() if stacked is not None else
+                        {"method": "platt", "a": serving["calibration_a"], "b": serving["calibration_b"]}
+                        if (serving["calibration_a"], serving["calibration_b"]) != (1.0, 0.0) else None),
     }
     (d / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
     return d

@@ -28,6 +28,9 @@ so the exported SavedModel takes raw strings and floats.
          when serving the residual is scaled by γ ∈ [0, 1] (set_serving; chosen on validation
          RMSE, 0 = the bias baseline alone) — shrinkage that cannot do worse than the
          baseline on the data it was chosen on.
+  stacking (optional, set_stacking): when not training, engagement = σ(w · x + c), a logistic
+         regression over the heads' logits, s − 1 and StackInputs' features fit on the
+         validation carve's served candidates (ranking.stacking) — replaces fusion and Platt.
   calibration: when not training, engagement = σ(a · z + b) (Platt, a > 0: the order is
          unchanged), (a, b) fit on the validation carve's served candidates so the served
          engagement is P(engaged | user, candidate); identity (1, 0) until `set_serving`.
@@ -43,6 +46,7 @@ from core.tf_env import keras, tf
 from features import MULTI_VALUE_SEP, FeatureSpec, FeatureStore
 from features.tf_layers import BagEmbedding, l2_regularizer, split_multi, string_lookup, tokenize
 from ranking.config import RankerConfig
+from ranking.stacking import STACK_FEATURES, ActivityStats, StackedEngagement
 
 USER_PREFIX = "u__"
 ITEM_PREFIX = "i__"
@@ -201,6 +205,66 @@ class RetrievalAffinity(keras.layers.Layer):
         return tf.reduce_sum(u * v, axis=1, keepdims=True)
 
 
+class StackInputs(keras.layers.Layer):
+    """The stacked engagement model's features beyond the heads and the retrieval score [b, 7]
+    (ranking.stacking.EXTRA_FEATURES, in that order), all frozen:
+
+      sim_last, sim_recent5, sim_max20 — cosines of the candidate's retriever item vector with the
+        user's latest history item's, with the normalised sum of the latest 5, and the largest
+        over the latest 20 (0 without a history; history items unknown to the retriever count as
+        zero vectors);
+      log_item_count, log_item_recent, item_trend, log_user_count — ranking.stacking.ActivityStats
+        of the training log (unknown ids: 0).
+    """
+
+    def __init__(self, item_ids: Sequence[str], item_embeddings: np.ndarray, stats, history_length: int,
+                 **kwargs) -> None:
+        super().__init__(trainable=False, **kwargs)
+        emb = np.asarray(item_embeddings, dtype=np.float32)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.where(norms > 0, norms, 1.0)
+        self.history_length = int(history_length)
+        self.item_lookup = keras.layers.StringLookup(vocabulary=[str(i) for i in item_ids], num_oov_indices=1,
+                                                     mask_token=None)
+        self.item_table = self.add_weight(name="unit_item_table", shape=(len(emb) + 1, emb.shape[1]),
+                                          trainable=False, initializer=keras.initializers.Constant(
+                                              np.vstack([np.zeros((1, emb.shape[1]), np.float32), emb])))
+        self.stat_item_lookup = keras.layers.StringLookup(vocabulary=[str(i) for i in stats.item_ids],
+                                                          num_oov_indices=1, mask_token=None)
+        item_values = np.asarray(stats.item_values, dtype=np.float32).reshape(len(stats.item_ids), -1)
+        self.item_stats = self.add_weight(name="item_stats", shape=(len(item_values) + 1, item_values.shape[1]),
+                                          trainable=False, initializer=keras.initializers.Constant(
+                                              np.vstack([np.zeros((1, item_values.shape[1]), np.float32),
+                                                         item_values])))
+        self.stat_user_lookup = keras.layers.StringLookup(vocabulary=[str(u) for u in stats.user_ids],
+                                                          num_oov_indices=1, mask_token=None)
+        self.user_stats = self.add_weight(name="user_stats", shape=(len(stats.user_ids) + 1,), trainable=False,
+                                          initializer=keras.initializers.Constant(
+                                              np.r_[0.0, np.asarray(stats.user_values, np.float32)]))
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        v = tf.gather(self.item_table, self.item_lookup(inputs[ITEM_PREFIX + "item_id"]))  # [b, d] unit
+        batch = tf.shape(v)[0]
+        key = USER_PREFIX + HISTORY
+        if self.history_length > 0 and key in inputs:
+            tokens = split_multi(inputs[key])[:, -20:]
+            vecs = tf.gather(self.item_table, self.item_lookup(tokens.flat_values))  # [total, d]
+            rowids = tokens.value_rowids()
+            dots = tokens.with_flat_values(tf.reduce_sum(vecs * tf.gather(v, rowids), axis=1))
+            lengths = tokens.row_lengths()
+            sim_last = tf.reduce_sum(dots[:, -1:], axis=1)
+            recent = tokens[:, -5:]
+            rvecs = tf.gather(self.item_table, self.item_lookup(recent.flat_values))
+            rsum = tf.math.unsorted_segment_sum(rvecs, recent.value_rowids(), batch)
+            sim_recent = tf.reduce_sum(tf.math.l2_normalize(rsum, axis=1) * v, axis=1)
+            sim_max = tf.where(lengths > 0, tf.reduce_max(dots, axis=1), tf.zeros_like(sim_last))
+        else:
+            sim_last = sim_recent = sim_max = tf.zeros([batch], tf.float32)
+        items = tf.gather(self.item_stats, self.stat_item_lookup(inputs[ITEM_PREFIX + "item_id"]))
+        users = tf.gather(self.user_stats, self.stat_user_lookup(inputs[USER_PREFIX + "user_id"]))
+        return tf.concat([tf.stack([sim_last, sim_recent, sim_max], axis=1), items, users[:, None]], axis=1)
+
+
 class RatingBaseline(keras.layers.Layer):
     """The bias rating baseline μ + b_u + b_i as a frozen logit offset for the quality head [b, 1].
 
@@ -238,7 +302,7 @@ class WideDeepRanker(keras.Model):
     """
 
     def __init__(self, features: FeatureStore, config: RankerConfig, retrieval: RetrievalParts | None = None,
-                 rating_baseline: tuple | None = None, **kwargs) -> None:
+                 rating_baseline: tuple | None = None, stack_stats=None, **kwargs) -> None:
         super().__init__(name="wide_deep_ranker", **kwargs)
         self.config = config
         self.rating_baseline = RatingBaseline(rating_baseline, name="rating_baseline") if rating_baseline else None
@@ -248,6 +312,11 @@ class WideDeepRanker(keras.Model):
             tower, item_ids, item_embeddings = retrieval
             self.affinity = RetrievalAffinity(tower, item_ids, item_embeddings, config.history_length,
                                               name="retrieval_affinity")
+        # The stacked engagement model's graph features (ranking.stacking), with a retrieval model only.
+        self.stack_inputs = None
+        if self.affinity is not None and stack_stats is not None:
+            self.stack_inputs = StackInputs(retrieval[1], retrieval[2], stack_stats, config.history_length,
+                                            name="stack_inputs")
         spec, vocabs = features.spec, features.vocabularies
         self.specs = input_specs(features, config.history_length)
         self.embedders: dict[str, keras.layers.Layer] = {}
@@ -291,6 +360,9 @@ class WideDeepRanker(keras.Model):
         # The 4th value is the quality residual's serving scale (1 = as trained; 0 = the bias baseline alone).
         self.serving_params = self.add_weight(name="serving_params", shape=(4,), trainable=False,
                                               initializer=keras.initializers.Constant([beta, 1.0, 0.0, 1.0]))
+        # The stacked engagement model: [on (0/1), intercept, weights over ranking.stacking.STACK_FEATURES].
+        self.stack_params = self.add_weight(name="stack_params", shape=(2 + len(STACK_FEATURES),), trainable=False,
+                                            initializer="zeros")
         self.towers = {head: keras.Sequential(
             ([keras.layers.Dense(config.head_hidden, activation="relu")] if config.head_hidden else [])
             + [keras.layers.Dense(1)], name=f"{head}_tower") for head in HEADS}
@@ -308,6 +380,23 @@ class WideDeepRanker(keras.Model):
             raise ValueError(f"need β >= 0, a > 0 and b finite; got {retrieval_weight}, {calibration_a}, "
                              f"{calibration_b}")
         self.serving_params.assign([retrieval_weight, calibration_a, calibration_b, quality_residual_scale])
+
+    def set_stacking(self, stacked: StackedEngagement | None) -> None:
+        """Serves engagement = σ(the stacked model's logit) (ranking.stacking) instead of the fused,
+        Platt-calibrated head; None = off."""
+        if stacked is None:
+            self.stack_params.assign(np.zeros(2 + len(STACK_FEATURES), np.float32))
+            return
+        if self.stack_inputs is None:
+            raise ValueError("a stacked engagement model needs a ranker built with the retrieval model and activity stats")
+        self.stack_params.assign(np.r_[1.0, stacked.intercept, stacked.weights].astype(np.float32))
+
+    def stacking(self) -> StackedEngagement | None:
+        """The stacked engagement model set by set_stacking, or None."""
+        values = self.stack_params.numpy().astype(np.float64)
+        if values[0] == 0:
+            return None
+        return StackedEngagement(tuple(float(w) for w in values[2:]), float(values[1]))
 
     def serving_values(self) -> dict[str, float]:
         """{"retrieval_weight": β, "calibration_a": a, "calibration_b": b, "quality_residual_scale": γ}
@@ -344,6 +433,8 @@ class WideDeepRanker(keras.Model):
             out[head] = logit
         if self.affinity is not None and not training:
             out["affinity"] = self.affinity(inputs)
+        if self.stack_inputs is not None and not training:
+            out["stack_extra"] = self.stack_inputs(inputs)
         return out
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
@@ -356,6 +447,11 @@ class WideDeepRanker(keras.Model):
             engagement = a * engagement + b
             if "quality_offset" in logits:
                 quality = logits["quality_offset"] + g * (quality - logits["quality_offset"])
+            if "stack_extra" in logits:
+                x = tf.concat([logits["engagement"], logits["affinity"] - 1.0, quality, logits["stack_extra"]], axis=1)
+                stacked = tf.reduce_sum(x * self.stack_params[2:][None, :], axis=1, keepdims=True) + self.stack_params[1]
+                on = self.stack_params[0]
+                engagement = on * stacked + (1.0 - on) * engagement
         return {"engagement": tf.sigmoid(engagement), "quality": tf.sigmoid(quality)}
 
 
@@ -379,19 +475,22 @@ RetrievalParts = tuple[keras.layers.Layer, Sequence[str], np.ndarray]
 
 
 def build_ranker(features: FeatureStore, config: RankerConfig = RankerConfig(),
-                 retrieval: RetrievalParts | None = None, rating_baseline: tuple | None = None) -> WideDeepRanker:
+                 retrieval: RetrievalParts | None = None, rating_baseline: tuple | None = None,
+                 stack_stats: ActivityStats | None = None) -> WideDeepRanker:
     """A compiled WideDeepRanker for `features` (vocabularies fit on train).
 
     `retrieval` (unless config.retrieval_weight == 0) adds the retrieval score to the
     engagement logit when serving, weighted by β (set_serving; see the module docstring);
     None = the ranker alone. `rating_baseline` (μ, user ids, b_u, item ids, b_i): the quality
     head predicts a residual on that bias baseline (RatingBaseline); None = on its own.
+    `stack_stats` (with `retrieval`): the graph also computes the stacked engagement model's
+    features (StackInputs), served once set_stacking sets its weights.
 
     Losses: engagement — binary cross-entropy on `engaged`; quality — mean squared error
     on the normalised rating, weighted by a 0/1 mask so rows without an observed rating
     contribute nothing. Total = engagement_weight · L_e + quality_weight · L_q.
     """
-    model = WideDeepRanker(features, config, retrieval, rating_baseline)
+    model = WideDeepRanker(features, config, retrieval, rating_baseline, stack_stats)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss={"engagement": keras.losses.BinaryCrossentropy(), "quality": keras.losses.MeanSquaredError()},

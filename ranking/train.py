@@ -256,13 +256,15 @@ def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data
 
 def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfig = RankerConfig(),
                  validation: Examples | None = None, retrieval: RetrievalParts | None = None,
-                 rating_baseline: tuple | None = None) -> tuple[WideDeepRanker, dict]:
+                 rating_baseline: tuple | None = None, stack_stats=None) -> tuple[WideDeepRanker, dict]:
     """Trains a fresh ranker on `rows` (training_rows output: engaged and non-engaged rows).
 
     `retrieval`: the trained two-tower's parts for the serving-time fusion of
     config.retrieval_weight (model.RetrievalAffinity); None = the ranker alone.
     `rating_baseline`: (μ, user ids, b_u, item ids, b_i) fit on the same training data; the
     quality head then learns a residual on it (model.RatingBaseline).
+    `stack_stats`: ranking.stacking.ActivityStats of the same training data, for the stacked
+    engagement model's graph features (model.StackInputs; needs `retrieval`).
 
     Returns:
       (model, info): info holds the per-epoch Keras history, example counts and seconds.
@@ -276,7 +278,7 @@ def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfi
     if not trains_e.any() or ex.engaged[trains_e].min() == ex.engaged[trains_e].max():
         raise ValueError("the ranker's engagement rows need both labels (engaged 0 and 1); check the negative "
                          "sampling flags")
-    model = build_ranker(features, config, retrieval, rating_baseline)
+    model = build_ranker(features, config, retrieval, rating_baseline, stack_stats)
     history = model.fit(_dataset(ex, config.batch_size, config.seed), epochs=config.epochs,
                         validation_data=_dataset(validation, 4 * config.batch_size, None) if validation else None,
                         verbose=2 if config.progress else 0)
@@ -307,23 +309,28 @@ def predict(model: keras.Model, inputs: Mapping[str, np.ndarray], batch_size: in
 def predict_logits(model: WideDeepRanker, inputs: Mapping[str, np.ndarray],
                    batch_size: int = 8192) -> dict[str, np.ndarray]:
     """The in-memory model's head logits before fusion and calibration, in batches:
-    {"engagement": [n], "quality": [n], "affinity": [n], "quality_offset": [n]} float64
-    (affinity: the retriever's score s of each pair, 0 without a retrieval model;
-    quality_offset: the bias baseline's logit inside "quality", 0 without one)."""
+    {"engagement": [n], "quality": [n], "affinity": [n], "quality_offset": [n], "stack_extra": [n, 7]}
+    float64 (affinity: the retriever's score s of each pair, 0 without a retrieval model;
+    quality_offset: the bias baseline's logit inside "quality", 0 without one; stack_extra: the
+    stacked engagement model's graph features, ranking.stacking.EXTRA_FEATURES, 0 without them)."""
+    from ranking.stacking import EXTRA_FEATURES
+
     n = len(next(iter(inputs.values())))
     # Eager, not traced: autograph converting `logits` also converts the (tf_keras) layers it calls,
     # which failed on the MovieLens two-tower inside RetrievalAffinity; this runs once per training.
     fn = functools.partial(model.logits, training=False)
-    outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": [], "quality_offset": []}
+    outs: dict[str, list[np.ndarray]] = {"engagement": [], "quality": [], "affinity": [], "quality_offset": [],
+                                         "stack_extra": []}
     for lo in range(0, n, batch_size):
         batch = {k: (tf.constant(v[lo:lo + batch_size].astype(str)) if v.dtype == object else
                      tf.constant(v[lo:lo + batch_size])) for k, v in inputs.items()}
         res = fn(batch)
         for key in outs:
             value = res.get(key)
-            outs[key].append(np.zeros(min(batch_size, n - lo)) if value is None
-                             else np.asarray(value, dtype=np.float64).reshape(-1))
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in outs.items()}
+            shape = (min(batch_size, n - lo), len(EXTRA_FEATURES)) if key == "stack_extra" else (min(batch_size, n - lo),)
+            outs[key].append(np.zeros(shape) if value is None else np.asarray(value, dtype=np.float64).reshape(shape))
+    return {k: np.concatenate(v) if v else np.zeros((0, len(EXTRA_FEATURES)) if k == "stack_extra" else 0)
+            for k, v in outs.items()}
 
 
 def _graph_call(model: keras.Model):

@@ -172,9 +172,8 @@ TINY_TRAIN = ("--source", "synthetic", *TINY_SYNTHETIC, "--epochs", "1", "--retr
               "--index-recall-queries", "100", "--no-promote")
 TINY_RANKING = ("--ranking-id-dim", "8", "--ranking-feature-dim", "4", "--ranking-hidden", "16",
                 "--ranking-head-hidden", "8", "--ranking-wide-buckets", "1009", "--ranking-history-length", "5",
-                "--no-ranking-progress", "--neg-source", "sampled", "--pipeline-num-candidates", "50",
-                # the opt-in validation choices (calibration, blend, residual quality head) are exercised too
-                "--ranking-calibrate", "--ranking-select-blend", "--ranking-quality-baseline")
+                "--no-ranking-progress", "--neg-source", "sampled", "--pipeline-num-candidates", "50")
+# (the validation choices — β, calibration, stacking, blend, residual quality head — are the defaults)
 
 
 @pytest.fixture(scope="session")

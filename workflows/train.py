@@ -205,6 +205,9 @@ def train_ranking(ctx: TrainContext) -> None:
                     why_not, max(config.retrieval_weight, 0.0))
     beta = config.retrieval_weight if config.retrieval_weight >= 0 else (selection or {}).get("retrieval_weight", 0.0)
     calibration = (selection or {}).get("calibration") or {"a": 1.0, "b": 0.0}
+    stacked = (selection or {}).get("stacking")
+    if stacked is not None:
+        calibration = {"a": 1.0, "b": 0.0}  # the stacked model is its own calibration
     if selection and config.select_blend:
         w = selection["blend"]
         pipeline = dataclasses.replace(pipeline, engagement_weight=w.engagement, quality_weight=w.quality,
@@ -216,7 +219,7 @@ def train_ranking(ctx: TrainContext) -> None:
         generator = _version_generator(ctx, pipeline.num_candidates)
     rows = training_rows(ctx.split, ctx.features, neg, config.history_length, generator)
     retrieval = None
-    if beta > 0 and have_retrieval:
+    if (beta > 0 or stacked is not None) and have_retrieval:
         from retrieval import load_items
         tower = ctx.state.get("user_tower") or _saved_user_tower(ctx.version_dir)
         retrieval = (tower, *load_items(ctx.version_dir))
@@ -224,10 +227,19 @@ def train_ranking(ctx: TrainContext) -> None:
         log.warning("ranker: --ranking-retrieval-weight %g ignored: this version has no retrieval model", beta)
         beta = 0.0
     baseline = _rating_baselines(ctx)
+    stats = None
+    if stacked is not None and retrieval is not None:
+        from ranking.stacking import activity_stats
+        stats = activity_stats(ctx.split.train)
     with config_errors("ranking"):
-        model, info = train_ranker(rows, ctx.features, dataclasses.replace(config, retrieval_weight=beta),
-                                   retrieval=retrieval, rating_baseline=baseline and baseline["train"])
+        model, info = train_ranker(rows, ctx.features,
+                                   dataclasses.replace(config, retrieval_weight=beta if beta > 0 or stats is None
+                                                       else -1.0),
+                                   retrieval=retrieval, rating_baseline=baseline and baseline["train"],
+                                   stack_stats=stats)
     model.set_serving(beta, calibration["a"], calibration["b"], (selection or {}).get("quality_residual_scale", 1.0))
+    if stats is not None:
+        model.set_stacking(stacked)
     # Diagnostics on test, with negatives from the serving retriever (see evaluation_rows).
     test_gen = _version_generator(ctx, pipeline.num_candidates) if have_retrieval else None
     test_rows = evaluation_rows(ctx.split.test, ctx.features, neg, ctx.split.train, candidates=test_gen)
@@ -239,7 +251,8 @@ def train_ranking(ctx: TrainContext) -> None:
                                                         "generator": None if generator is None else
                                                         ("two-tower on split.fit" if source == "window"
                                                          else "this version's retriever")},
-        "serving": {**model.serving_values(), "calibrated": calibration != {"a": 1.0, "b": 0.0}},
+        "serving": {**model.serving_values(), "stacked": model.stacking() is not None,
+                    "calibrated": calibration != {"a": 1.0, "b": 0.0} or model.stacking() is not None},
         "quality_baseline": ({"reg": baseline["reg"], "mu": baseline["train"][0],
                               "definition": "quality logit += logit(normalised μ + b_u + b_i), the bias baseline "
                                             "fit on train (evaluation.baselines.fit_bias_baseline)"}
@@ -270,10 +283,12 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
         fit_calibration,
         select_blend,
         select_fusion,
+        select_stacking,
         sweep_blends,
     )
     from ranking import denormalize_quality, predict_logits, train_ranker, training_rows
     from ranking.calibration import sigmoid
+    from ranking.stacking import activity_stats, feature_matrix
     from ranking.train import as_train_split, make_examples
 
     started = time.perf_counter()
@@ -284,7 +299,8 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
     baseline = _rating_baselines(ctx)
     model, _ = train_ranker(rows, fitted.store, dataclasses.replace(config, retrieval_weight=-1.0),
                             retrieval=(fitted.tower, fitted.item_ids, fitted.embeddings),
-                            rating_baseline=baseline and baseline["fit"])
+                            rating_baseline=baseline and baseline["fit"],
+                            stack_stats=activity_stats(ctx.split.fit) if config.stack else None)
     validation = ctx.split.validation
     engaged = validation.loc[validation["engaged"] == 1].drop_duplicates(["user_id", "item_id"], keep="last")
     users = sorted(engaged["user_id"].astype(str).unique())
@@ -323,7 +339,8 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
         quality_table["chosen"] = np.arange(len(quality_table)) == best
         gamma = float(quality_table["quality_residual_scale"].iloc[best])
     offset = scored["quality_offset"]
-    served_quality = sigmoid(offset + gamma * (scored["quality"] - offset))
+    quality_logit = offset + gamma * (scored["quality"] - offset)
+    served_quality = sigmoid(quality_logit)
     flags = {}
     if "item_type" in fitted.store.spec.item_categorical:
         types = fitted.store.item_features(flat_i)["item_type"].astype(str)
@@ -333,6 +350,10 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
         affinity=pad(scored["affinity"], 0.0), quality=pad(served_quality, 0.0),
         engaged=pad(flat_y, False), rating=pad(flat_r, np.nan),
         num_relevant=engaged.groupby(engaged["user_id"].astype(str)).size().reindex(users).to_numpy(), flags=flags)
+    if config.stack:
+        x = feature_matrix(scored["engagement"], scored["affinity"], quality_logit, scored["stack_extra"])
+        cands.stack = np.zeros((*valid.shape, x.shape[1]))
+        cands.stack[valid] = x
     grid = config.retrieval_weight_grid if config.retrieval_weight < 0 else (config.retrieval_weight,)
     beta, fusion = select_fusion(cands, grid)
     out: dict[str, Any] = {"retrieval_weight": beta, "fusion_table": fusion, "calibration": None,
@@ -348,6 +369,16 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
         out["calibration"] = {"a": cal.a, "b": cal.b}
         out["calibrated_ece"] = expected_calibration_error(engagement[valid], labels)
         out["reliability_bins"] = reliability_bins(engagement[valid], labels)
+    out["stacking"] = None
+    if config.stack:
+        stacked, oof, out["stacking_table"] = select_stacking(cands, beta, config.stack_l2, seed=config.seed)
+        oof_p = np.where(valid, sigmoid(oof), 0.0)
+        out["stacking_oof_ece"] = expected_calibration_error(oof_p[valid], labels)
+        if stacked is not None:
+            out["stacking"] = stacked
+            engagement = oof_p  # the blend is chosen on out-of-fold stacked values
+            out["calibrated_ece"] = out["stacking_oof_ece"]
+            out["reliability_bins"] = reliability_bins(oof_p[valid], labels)
     out["engaged_rate"] = float(flat_y.mean()) if len(flat_y) else float("nan")
     out["mean_engagement"] = float(engagement[valid].mean()) if valid.any() else float("nan")
     if config.select_blend:
@@ -355,10 +386,11 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
     else:
         out["blend_table"] = sweep_blends(cands, engagement, [ctx.config.pipeline.default_weights])
     out["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("validation selection (%d users, %d candidates): β = %g (ndcg@10 %s), calibration %s, blend %s",
-             len(users), out["candidates"], beta, ", ".join(f"{b:g}: {v:.4f}" for b, v in
-                                                         zip(fusion["retrieval_weight"], fusion["ndcg@10"])),
-             out["calibration"], out.get("blend"))
+    log.info("validation selection (%d users, %d candidates): β = %g (ndcg@10 %s), calibration %s, stacking %s, "
+             "blend %s", len(users), out["candidates"], beta,
+             ", ".join(f"{b:g}: {v:.4f}" for b, v in zip(fusion["retrieval_weight"], fusion["ndcg@10"])),
+             out["calibration"], None if out.get("stacking_table") is None else
+             out["stacking_table"][["engagement", "ndcg@10", "chosen"]].to_dict(orient="records"), out.get("blend"))
     return out
 
 
@@ -395,11 +427,15 @@ def _selection_record(selection: dict[str, Any]) -> dict[str, Any]:
             rec[k] = v.to_dict(orient="records")
         elif k == "blend":
             rec[k] = dataclasses.asdict(v)
+        elif k == "stacking":
+            rec[k] = v.to_dict() if v is not None else None
         else:
             rec[k] = v
     rec["rules"] = ("quality residual scale γ: lowest validation RMSE of the rated validation engagements "
                     "(ties → smaller γ); β: best validation ndcg@10 of the engagement order over the grid (ties → smaller β); "
-                    "calibration: Platt on the validation candidates; blend: best validation ndcg@10 whose "
+                    "calibration: Platt on the validation candidates; stacking: the stacked engagement model "
+                    "replaces fusion + Platt iff its out-of-fold (2 user folds) ndcg@10 >= the fused head's; "
+                    "blend: best validation ndcg@10 whose "
                     "mean_hit_rating@10 >= the engagement-only blend's (evaluation.selection)")
     return rec
 

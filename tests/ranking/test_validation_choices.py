@@ -1,4 +1,4 @@
-"""The ranker's serving-time choices (β, calibration, default blend) are made on validation only:
+"""The ranker's serving-time choices (β, calibration, stacking, default blend) are made on validation only:
 poisoning every test label leaves each selected setting unchanged; the version serves what was chosen."""
 import json
 
@@ -37,6 +37,11 @@ def test_every_selected_setting_is_blind_to_test_labels(tiny_version):
     assert got["blend"].__dict__ == chosen["blend"]
     assert got["calibration"]["a"] == pytest.approx(chosen["calibration"]["a"], rel=1e-4)
     assert got["calibration"]["b"] == pytest.approx(chosen["calibration"]["b"], rel=1e-4)
+    assert (got["stacking"] is None) == (chosen["stacking"] is None)
+    if got["stacking"] is not None:
+        assert got["stacking"].to_dict()["weights"] == pytest.approx(chosen["stacking"]["weights"], rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(got["stacking_table"]["ndcg@10"], [r["ndcg@10"] for r in chosen["stacking_table"]],
+                               rtol=1e-6)
     np.testing.assert_allclose(got["fusion_table"]["ndcg@10"], [r["ndcg@10"] for r in chosen["fusion_table"]],
                                rtol=1e-6)
 
@@ -48,8 +53,20 @@ def test_the_version_serves_what_validation_chose(tiny_version):
     assert 0.0 in fusion  # the ranker alone is always measured
     assert sel["retrieval_weight"] == max(fusion, key=lambda b: (fusion[b], -b))
     assert serving["retrieval_weight"] == pytest.approx(sel["retrieval_weight"])
-    assert serving["calibration_a"] == pytest.approx(sel["calibration"]["a"], rel=1e-6)
-    assert serving["calibration_b"] == pytest.approx(sel["calibration"]["b"], rel=1e-6)
+    # The stacked engagement model is served iff its out-of-fold validation ndcg@10 >= the fused head's;
+    # it replaces the Platt map (the logistic fit is calibrated on the validation candidates itself).
+    table = {r["engagement"].split(",")[0].split(" ")[0]: r for r in sel["stacking_table"]}
+    assert (sel["stacking"] is not None) == (table["stacked"]["ndcg@10"] >= table["fused"]["ndcg@10"])
+    assert serving["stacked"] == (sel["stacking"] is not None)
+    meta = json.loads((tiny_version / "ranking" / "ranker.json").read_text())
+    if serving["stacked"]:
+        assert (serving["calibration_a"], serving["calibration_b"]) == (1.0, 0.0)
+        assert meta["calibration"]["method"] == "stacked"
+        assert meta["calibration"]["weights"] == pytest.approx(sel["stacking"]["weights"], rel=1e-6)
+    else:
+        assert serving["calibration_a"] == pytest.approx(sel["calibration"]["a"], rel=1e-6)
+        assert serving["calibration_b"] == pytest.approx(sel["calibration"]["b"], rel=1e-6)
+        assert meta["calibration"]["method"] == "platt"
     rmse = {r["quality_residual_scale"]: r["validation_rmse"] for r in sel["quality_table"]}
     assert 0.0 in rmse and sel["quality_residual_scale"] == min(rmse, key=lambda g: (rmse[g], g))
     assert serving["quality_residual_scale"] == pytest.approx(sel["quality_residual_scale"])
@@ -63,5 +80,5 @@ def test_the_version_serves_what_validation_chose(tiny_version):
     eligible = [r for r in table if r["quality_weight"] == 0 or (r["mean_hit_rating@10"] or -1) >= floor]
     best = max(eligible, key=lambda r: r["ndcg@10"])
     assert [r for r in table if r["chosen"]][0]["ndcg@10"] == best["ndcg@10"]
-    meta = json.loads((tiny_version / "ranking" / "ranker.json").read_text())
-    assert meta["calibration"]["method"] == "platt" and meta["retrieval_weight"] == serving["retrieval_weight"]
+    assert meta["calibration"]["method"] == ("stacked" if serving["stacked"] else "platt")
+    assert meta["retrieval_weight"] == serving["retrieval_weight"]
