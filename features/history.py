@@ -65,6 +65,25 @@ EVENT_COLUMNS = ("user_id", "item_id", "timestamp")
 ENGAGED_EVENT_TYPES = ("engagement", "rating")
 
 
+def _event_table(path: str | pathlib.Path, flag: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the event table with repeated event_ids kept once, its engaged mask): engaged == 1 if the table
+    has `engaged`, else `type` in ENGAGED_EVENT_TYPES. DataError naming `flag` when a column is missing."""
+    table = read_table(path, flag)
+    missing = [c for c in EVENT_COLUMNS if c not in table.columns]
+    if "engaged" not in table.columns and "type" not in table.columns:
+        missing.append("engaged (or type)")
+    if missing:
+        raise DataError(f"{flag} {path}: missing column(s) {', '.join(missing)}; an event table has "
+                        f"{', '.join(EVENT_COLUMNS)} and engaged or type (recsys events export writes them)")
+    if "event_id" in table.columns:
+        table = table.drop_duplicates("event_id", keep="first")
+    if "engaged" in table.columns:
+        engaged = pd.to_numeric(table["engaged"], errors="coerce").fillna(0).to_numpy() == 1
+    else:
+        engaged = table["type"].astype(str).isin(ENGAGED_EVENT_TYPES).to_numpy()
+    return table, engaged
+
+
 def read_engagements(path: str | pathlib.Path, before: int = 0, flag: str = "--events") -> pd.DataFrame:
     """The engagement rows of an event table, oldest first: columns user_id, item_id, timestamp (str, str, int64).
 
@@ -80,20 +99,8 @@ def read_engagements(path: str | pathlib.Path, before: int = 0, flag: str = "--e
     Raises:
       DataError: the table is missing or unreadable, lacks a column, or has non-integer timestamps.
     """
-    table = read_table(path, flag)
-    missing = [c for c in EVENT_COLUMNS if c not in table.columns]
-    if "engaged" not in table.columns and "type" not in table.columns:
-        missing.append("engaged (or type)")
-    if missing:
-        raise DataError(f"{flag} {path}: missing column(s) {', '.join(missing)}; an event table has "
-                        f"{', '.join(EVENT_COLUMNS)} and engaged or type (recsys events export writes them)")
-    if "event_id" in table.columns:
-        table = table.drop_duplicates("event_id", keep="first")
-    if "engaged" in table.columns:
-        keep = pd.to_numeric(table["engaged"], errors="coerce").fillna(0).to_numpy() == 1
-    else:
-        keep = table["type"].astype(str).isin(ENGAGED_EVENT_TYPES).to_numpy()
-    table = table.loc[keep, list(EVENT_COLUMNS)]
+    table, engaged = _event_table(path, flag)
+    table = table.loc[engaged, list(EVENT_COLUMNS)]
     try:
         ts = pd.to_numeric(table["timestamp"], errors="raise").astype("int64")
     except (ValueError, TypeError) as e:
@@ -139,19 +146,7 @@ def read_event_interactions(path: str | pathlib.Path, before: int = 0, flag: str
     """
     from features.schema import validate_interactions
 
-    table = read_table(path, flag)
-    missing = [c for c in EVENT_COLUMNS if c not in table.columns]
-    if "engaged" not in table.columns and "type" not in table.columns:
-        missing.append("engaged (or type)")
-    if missing:
-        raise DataError(f"{flag} {path}: missing column(s) {', '.join(missing)}; an event table has "
-                        f"{', '.join(EVENT_COLUMNS)} and engaged or type (recsys events export writes them)")
-    if "event_id" in table.columns:
-        table = table.drop_duplicates("event_id", keep="first")
-    if "engaged" in table.columns:
-        engaged = pd.to_numeric(table["engaged"], errors="coerce").fillna(0).to_numpy() == 1
-    else:
-        engaged = table["type"].astype(str).isin(ENGAGED_EVENT_TYPES).to_numpy()
+    table, engaged = _event_table(path, flag)
     rating = (pd.to_numeric(table["rating"], errors="coerce").to_numpy(dtype="float64") if "rating" in table.columns
               else np.full(len(table), np.nan))
     frame = pd.DataFrame({"user_id": table["user_id"].astype(str).to_numpy(),

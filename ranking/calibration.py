@@ -39,6 +39,42 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
 
+def newton_logistic(feats: np.ndarray, y: np.ndarray, theta: np.ndarray, l2: float, prior: np.ndarray | None = None,
+                    iterations: int = 100, tol: float = 1e-12) -> np.ndarray:
+    """θ maximising Σ [y·s − log(1 + eˢ)] − l2/2 · ‖θ − prior‖², s = feats · θ (penalised logistic
+    regression; the intercept, if any, is a column of ones in `feats`).
+
+    Newton's method from `theta` with step halving, so the penalised log-likelihood never
+    decreases; stops after `iterations` steps, when a step moves no coordinate by `tol`, or when
+    no halving improves. Shared by Platt calibration and the stacked engagement model.
+    """
+    prior = np.zeros_like(theta) if prior is None else prior
+
+    def nll(t: np.ndarray) -> float:
+        s = feats @ t
+        return float(np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * l2 * np.sum((t - prior) ** 2))
+
+    current = nll(theta)
+    for _ in range(iterations):
+        p = sigmoid(feats @ theta)
+        grad = feats.T @ (p - y) + l2 * (theta - prior)
+        hess = (feats * np.maximum(p * (1 - p), 1e-12)[:, None]).T @ feats + l2 * np.eye(len(theta))
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-8:
+            cand = theta - scale * step
+            value = nll(cand)
+            if value <= current:
+                break
+            scale /= 2
+        else:
+            break
+        theta, current = cand, value
+        if np.abs(scale * step).max() < tol:
+            break
+    return theta
+
+
 def fit_platt(z: np.ndarray, y: np.ndarray, iterations: int = 100, l2: float = 1e-6) -> PlattCalibration:
     """Maximum-likelihood (a, b) of P(y = 1) = σ(a · z + b).
 
@@ -62,34 +98,12 @@ def fit_platt(z: np.ndarray, y: np.ndarray, iterations: int = 100, l2: float = 1
     feats = np.stack([(x - mu) / sd, np.ones_like(x)], axis=1)
     prior = np.array([sd, mu])  # (a, b) = (1, 0) in standardised coordinates
 
-    def nll(t: np.ndarray) -> float:
-        s = feats @ t
-        return float(np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * l2 * np.sum((t - prior) ** 2))
-
     # Start from the base rate (a = 0): well conditioned even when the identity map puts every
     # probability near 0 (the fused logits of a retrieval-weighted head are far below 0).
     rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
-    theta = np.array([0.0, np.log(rate) - np.log1p(-rate)])
-    current = nll(theta)
-    for _ in range(iterations):
-        q = sigmoid(feats @ theta)
-        grad = feats.T @ (q - y) + l2 * (theta - prior)
-        hess = (feats * np.maximum(q * (1 - q), 1e-12)[:, None]).T @ feats + l2 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        scale = 1.0
-        while scale > 1e-8:
-            cand = theta - scale * step
-            value = nll(cand)
-            if value <= current:
-                break
-            scale /= 2
-        else:
-            break
-        theta, current = cand, value
-        if np.abs(scale * step).max() < 1e-12:
-            break
+    theta = newton_logistic(feats, y, np.array([0.0, np.log(rate) - np.log1p(-rate)]), l2, prior, iterations, 1e-12)
     a, b = theta[0] / sd, theta[1] - theta[0] * mu / sd
     return PlattCalibration(float(max(a, 1e-6)), float(b))
 
 
-__all__ = ["PlattCalibration", "fit_platt", "sigmoid"]
+__all__ = ["PlattCalibration", "fit_platt", "newton_logistic", "sigmoid"]

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ranking.calibration import sigmoid
+from ranking.calibration import newton_logistic, sigmoid
 
 STACK_FEATURES: tuple[str, ...] = (
     "engagement_logit", "retrieval_score", "quality_logit", "sim_last", "sim_recent5", "sim_max20",
@@ -176,30 +176,8 @@ def _logistic(x: np.ndarray, y: np.ndarray, iterations: int = 50, l2: float = 1e
     sd = np.where(sd > 1e-9, sd, 1.0)
     feats = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
     rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
-    theta = np.r_[np.zeros(x.shape[1]), np.log(rate) - np.log1p(-rate)]
-
-    def nll(t: np.ndarray) -> float:
-        s = feats @ t
-        return float(np.sum(np.logaddexp(0.0, s) - y * s) + 0.5 * l2 * t @ t)
-
-    current = nll(theta)
-    for _ in range(iterations):
-        p = sigmoid(feats @ theta)
-        grad = feats.T @ (p - y) + l2 * theta
-        hess = (feats * np.maximum(p * (1 - p), 1e-12)[:, None]).T @ feats + l2 * np.eye(len(theta))
-        step = np.linalg.solve(hess, grad)
-        scale = 1.0
-        while scale > 1e-8:
-            cand = theta - scale * step
-            value = nll(cand)
-            if value <= current:
-                break
-            scale /= 2
-        else:
-            break
-        theta, current = cand, value
-        if np.abs(scale * step).max() < 1e-10:
-            break
+    theta = newton_logistic(feats, y, np.r_[np.zeros(x.shape[1]), np.log(rate) - np.log1p(-rate)], l2,
+                            iterations=iterations, tol=1e-10)
     coef = theta[:-1] / sd
     return np.r_[coef, theta[-1] - np.sum(theta[:-1] * mu / sd)]
 

@@ -28,6 +28,7 @@ class RecommendConfig:
     engagement_weight: float = -1.0   # blend weight (< 0 = the server's default); give both weights or neither
     quality_weight: float = -1.0      # blend weight (< 0 = the server's default); give both weights or neither
     blend_mode: Literal["default", "additive", "multiplicative"] = "default"  # with both weights; default = the version's
+    blend_transform: Literal["default", "identity", "log", "logit"] = "default"  # f of the additive form; default = the version's
     exclude: tuple[str, ...] = ()     # item ids not to return
     context: tuple[tuple[str, str], ...] = ()  # request context entries KEY=VALUE
     explain: bool = False             # show retrieval score and stage ranks
@@ -48,6 +49,8 @@ _HELP = {
     "quality_weight": "blend weight (< 0 = the server's default); give both weights or neither",
     "blend_mode": "how the weights combine the heads: additive w_e·e + w_q·q or multiplicative e^w_e·q^w_q "
                   "(default = the served version's mode); needs both weights",
+    "blend_transform": "f applied to each head in the additive form w_e·f(e) + w_q·f(q): identity, log or logit "
+                       "(default = the served version's transform); needs both weights",
     "exclude": "item ids not to return", "context": "request context entries", "explain":
     "show retrieval score and stage ranks", "timeout": "deadline in seconds",
     "tls_ca": "PEM CA of the server certificate (enables TLS)", "tls_cert": "PEM client certificate, for mutual TLS",
@@ -69,6 +72,8 @@ def run_recommend(config: RecommendConfig, args: argparse.Namespace) -> int:
         raise RecsysError("give both --engagement-weight and --quality-weight, or neither")
     if config.blend_mode != "default" and config.engagement_weight < 0:
         raise RecsysError("--blend-mode needs --engagement-weight and --quality-weight too")
+    if config.blend_transform != "default" and config.engagement_weight < 0:
+        raise RecsysError("--blend-transform needs --engagement-weight and --quality-weight too")
     import grpc
     from google.protobuf import json_format
 
@@ -94,6 +99,8 @@ def run_recommend(config: RecommendConfig, args: argparse.Namespace) -> int:
                     request.weights.quality = config.quality_weight
                     request.weights.mode = {"default": pb.BLEND_MODE_UNSPECIFIED, "additive": pb.ADDITIVE,
                                             "multiplicative": pb.MULTIPLICATIVE}[config.blend_mode]
+                    request.weights.transform = {"default": pb.BLEND_TRANSFORM_UNSPECIFIED, "identity": pb.IDENTITY,
+                                                 "log": pb.LOG, "logit": pb.LOGIT}[config.blend_transform]
                 response = stub.Recommend(request, timeout=config.timeout)
         except grpc.RpcError as e:
             print(f"recsys recommend: {e.code().name}: {e.details()}", file=sys.stderr)

@@ -76,10 +76,15 @@ def test_serve_answers_the_cli_client_and_stops_gracefully_on_sigterm(trained_ve
         code, _, err = client(capsys, "--target", target, "--user", known_users[0], "-k", "0")
         assert code == 1 and "INVALID_ARGUMENT" in err and "num_results" in err
         code, out, err = client(capsys, "--target", target, "--user", known_users[0], "--json", "--blend-mode",
-                                "additive", "--engagement-weight", "1", "--quality-weight", "2")
+                                "additive", "--blend-transform", "identity", "--engagement-weight", "1",
+                                "--quality-weight", "2")
         assert code == 0, err
         assert json.loads(out)["blend"] == {"engagement": 1.0, "quality": 2.0, "mode": "ADDITIVE",
                                             "transform": "IDENTITY"}
+        code, out, err = client(capsys, "--target", target, "--user", known_users[0], "--json", "--blend-mode",
+                                "additive", "--blend-transform", "logit", "--engagement-weight", "1",
+                                "--quality-weight", "2")
+        assert code == 0 and json.loads(out)["blend"]["transform"] == "LOGIT", err
         code, out, _ = client(capsys, "--target", target, "--item", answer["items"][0]["item_id"], "-k", "3")
         assert code == 0 and out.startswith(f"items similar to {answer['items'][0]['item_id']}")
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pipeline import precomputed_key
 from protos.recsys.v1 import recommender_pb2 as pb
-from ranking import BlendWeights
+from ranking import BlendWeights, blend_scores
 from serving.server import SERVICE_NAME
 
 pytestmark = pytest.mark.integration
@@ -141,8 +141,11 @@ def test_unknown_user_gets_the_popularity_fallback(start, pipeline, redis_url):
     for item in response.items:
         j = row[item.item_id]
         assert (item.engagement, item.quality) == (cands.engagement[j], cands.quality[j])
-        assert 0 <= item.engagement <= 1 and 0 < item.quality <= 1 and 0 <= item.score <= 1
-        assert item.score == np.float32(float(cands.engagement[j]) ** w.engagement * float(cands.quality[j]) ** w.quality)
+        assert 0 <= item.engagement <= 1 and 0 < item.quality <= 1
+        expected = blend_scores(np.array([cands.engagement[j]]), np.array([cands.quality[j]]), w)[0]
+        assert item.score == np.float32(expected)  # the one blender, with the version's default weights
+        if w.mode == "multiplicative":
+            assert 0 <= item.score <= 1
     assert (response.blend.engagement, response.blend.quality) == (w.engagement, w.quality)  # the version's default
     assert response.blend.mode == (pb.MULTIPLICATIVE if w.mode == "multiplicative" else pb.ADDITIVE)
     top = ids(response)[0]
@@ -204,16 +207,19 @@ def test_requested_blend_mode_is_served_and_echoed(start, pipeline, known_users,
         expected_ids, expected_scores = offline_top_k(pipeline, user, defaults.with_blend(2.0, 0.5, name))
         assert ids(response) == expected_ids
         np.testing.assert_allclose([i.score for i in response.items], expected_scores, rtol=1e-6)
+        served = defaults.with_blend(2.0, 0.5, name)  # UNSPECIFIED transform: the version's, when it fits the mode
         assert (response.blend.mode, response.blend.transform) == (
-            {"additive": pb.ADDITIVE, "multiplicative": pb.MULTIPLICATIVE}[name], pb.IDENTITY)
+            {"additive": pb.ADDITIVE, "multiplicative": pb.MULTIPLICATIVE}[name],
+            {"identity": pb.IDENTITY, "log": pb.LOG, "logit": pb.LOGIT}[served.transform])
         assert (response.blend.engagement, response.blend.quality) == (2.0, 0.5)
         assert response.engagement_calibrated is pipeline.engagement_calibrated
     logit = recommend(stub, user, weights=pb.BlendWeights(engagement=1.0, quality=1.0, mode=pb.ADDITIVE,
                                                           transform=pb.LOGIT))
     assert ids(logit) == offline_top_k(pipeline, user, BlendWeights(1.0, 1.0, "additive", "logit"))[0]
-    # The version's default is multiplicative: LOG without a mode does not fit it.
+    # A transform applies to the additive form only: LOG with a multiplicative blend is refused.
     with pytest.raises(grpc.RpcError) as e:
-        recommend(stub, user, weights=pb.BlendWeights(engagement=1.0, quality=1.0, transform=pb.LOG))
+        recommend(stub, user, weights=pb.BlendWeights(engagement=1.0, quality=1.0, mode=pb.MULTIPLICATIVE,
+                                                      transform=pb.LOG))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("weights.transform")
 
 
@@ -223,14 +229,18 @@ def test_extreme_accepted_weights_keep_served_scores_distinct(start, pipeline, k
     server, stub = start(redis_url)
     corners = [(WEIGHT_MAX, WEIGHT_MAX), (WEIGHT_MIN, WEIGHT_MIN), (WEIGHT_MAX, WEIGHT_MIN), (WEIGHT_MIN, WEIGHT_MAX)]
     for user in known_users[:4]:
-        for mode in (pb.ADDITIVE, pb.MULTIPLICATIVE):
+        for mode, transform in ((pb.ADDITIVE, pb.IDENTITY), (pb.ADDITIVE, pb.LOGIT),
+                                (pb.MULTIPLICATIVE, pb.BLEND_TRANSFORM_UNSPECIFIED)):
             for we, wq in corners:
-                response = recommend(stub, user, weights=pb.BlendWeights(engagement=we, quality=wq, mode=mode))
+                response = recommend(stub, user, weights=pb.BlendWeights(engagement=we, quality=wq, mode=mode,
+                                                                         transform=transform))
                 scores = [i.score for i in response.items]
-                assert len(set(scores)) == len(scores) == K, f"{user} {we},{wq} {mode}: {scores}"
-                assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+                assert len(set(scores)) == len(scores) == K, f"{user} {we},{wq} {mode}/{transform}: {scores}"
+                assert scores == sorted(scores, reverse=True)
+                if transform == pb.IDENTITY:  # non-negative heads, non-negative weights
+                    assert all(s > 0 for s in scores)
                 if mode == pb.MULTIPLICATIVE:
-                    assert all(s < 1 for s in scores)
+                    assert all(0 < s < 1 for s in scores)
 
 
 def test_quality_rating_is_the_denormalised_quality(start, pipeline, known_users, redis_url):
