@@ -317,6 +317,31 @@ def parse_experiment(raw: Any) -> Experiment:
     return Experiment(name, salt, control, tuple(arms), allow_force, shadow, canary)
 
 
+DEFAULT_CANARY_SCHEDULE: tuple[tuple[float, float], ...] = ((0.0, 0.01), (300.0, 0.05), (900.0, 0.2))
+
+
+def with_canary(experiment: Experiment, version: str, start: float,
+                schedule: Sequence[tuple[float, float]] = DEFAULT_CANARY_SCHEDULE) -> Experiment:
+    """`experiment` with `version` as its canary: a new arm `canary-<version>` (base share 0: its share is the
+    schedule's step, taken from control) ramped from `start`. A previous canary arm (running or rolled back)
+    is removed and its base share given to control; its guardrail settings are kept. Validated like a file
+    (ExperimentConfigError when, e.g., the schedule does not fit beside the other arms)."""
+    raw = experiment.to_dict()
+    old = experiment.canary
+    if old is not None:
+        share = next(a["share"] for a in raw["arms"] if a["name"] == old.arm)
+        raw["arms"] = [a for a in raw["arms"] if a["name"] != old.arm]
+        for a in raw["arms"]:
+            if a["name"] == raw["control"]:
+                a["share"] += share
+    arm = f"canary-{version}"
+    raw["arms"].append({"name": arm, "share": 0.0, "version": version})
+    guardrails = {k: v for k, v in (raw.get("canary") or {}).items()
+                  if k in ("window_s", "min_requests", "max_error_rate", "max_p99_ratio", "max_empty_rate")}
+    raw["canary"] = {"arm": arm, "start": float(start), "schedule": [list(s) for s in schedule], **guardrails}
+    return parse_experiment(raw)
+
+
 def experiment_file(root: str | os.PathLike) -> pathlib.Path:
     """The experiment file of an artifacts root."""
     return pathlib.Path(root) / EXPERIMENT_FILE

@@ -26,9 +26,9 @@
   6. publish   the lineage (parent, data window, warm start, gate table, decision, reasons) is added to
                the sealed manifest, and the version directory is renamed into <root>/ in one step
                (core.registry.publish_version): a crash before that leaves no visible version.
-  7. decide    pass → CURRENT (registry.promote, atomic) — or, when an experiments config exists beside
-               the registry (issue 15), CURRENT is left alone and the version is left for a canary arm
-               (`on_pass` is the hook an experiments module plugs in); fail → CURRENT untouched, the
+  7. decide    pass → CURRENT (registry.promote, atomic) — or, when an experiment runs (its file beside
+               the registry, core/experiment.py), the version becomes its canary arm (default ramp, the
+               experiment's guardrails; CURRENT left alone; `on_pass` replaces this); fail → CURRENT untouched, the
                reasons are in the manifest and in <root>/retrain-log.jsonl.
 
 Reruns with the same inputs (data, cut-off, serving version, config and seeds) train the same
@@ -118,7 +118,7 @@ class RetrainConfig:
 class RetrainResult:
     version: str                   # the candidate's name (published under the root)
     version_dir: pathlib.Path
-    decision: str                  # "promoted", "passed" (not promoted: --no-promote / experiments), "refused"
+    decision: str                  # "promoted", "canary" (an experiment runs), "passed" (--no-promote), "refused"
     passed: bool
     reasons: list[str]
     gate: list[dict[str, Any]]     # one row per check
@@ -357,9 +357,10 @@ def _retrain_locked(config: RetrainConfig, root: pathlib.Path, staging: pathlib.
         registry.promote(root, name)
     elif passed and on_pass is not None:
         decision = on_pass(root, name, manifest)
+    elif passed and experiments is not None and opts.promote:
+        decision, reasons = _start_canary(experiments, name)
     elif passed and experiments is not None:
-        reasons = [f"experiment file {experiments} present: CURRENT left alone; start a canary arm with {name} "
-                   "(workflows.retrain.retrain(on_pass=...) is the hook)"]
+        reasons = ["--no-promote: gate passed; the running experiment and CURRENT left alone"]
     elif passed:
         reasons = ["--no-promote: gate passed, CURRENT left alone"]
     if decision != lineage["decision"] or reasons != lineage["reasons"]:
@@ -373,6 +374,26 @@ def _retrain_locked(config: RetrainConfig, root: pathlib.Path, staging: pathlib.
                        "window": dataclasses.asdict(window), "seconds": round(time.perf_counter() - started, 1)})
     log.info("retrain %s: %s%s", name, decision, f" ({'; '.join(reasons)})" if reasons else "")
     return RetrainResult(name, published, decision, passed, reasons, gate, parent, manifest)
+
+
+def _start_canary(path: pathlib.Path, version: str) -> tuple[str, list[str]]:
+    """A passed candidate while an experiment runs: it becomes the experiment's canary arm (core.experiment
+    .with_canary: the default ramp, the experiment's guardrails; servers pick the file up on their next poll
+    and roll it back on a breach). CURRENT is left alone. ("canary", reasons) or ("passed", why not)."""
+    import time as _time
+
+    from core.experiment import ExperimentConfigError, read_experiment, with_canary, write_experiment
+
+    try:
+        experiment = read_experiment(path)
+        if experiment is None:  # removed since the check: nothing runs, so nothing to canary into
+            return "passed", [f"experiment file {path} vanished during the retrain: CURRENT left alone"]
+        updated = with_canary(experiment, version, _time.time())
+    except ExperimentConfigError as e:
+        return "passed", [f"gate passed, but the canary could not be started ({e}): CURRENT left alone"]
+    write_experiment(path, updated)
+    return "canary", [f"experiment {updated.name!r}: canary arm {updated.canary.arm!r} with {version}, ramp "
+                      f"{[list(s) for s in updated.canary.schedule]} from now; CURRENT left alone"]
 
 
 def _append_log(root: pathlib.Path, record: dict[str, Any]) -> None:

@@ -112,6 +112,27 @@ def test_passing_gate_promotes_a_warm_started_candidate(served, events_dir, tmp_
     registry.verify_version(root / "warm")
 
 
+def test_a_pass_while_an_experiment_runs_starts_a_canary_arm(served, events_dir, tmp_path, capsys):
+    from core.experiment import experiment_file, read_experiment
+
+    root = copy_root(served, tmp_path)
+    experiment_file(root).write_text(json.dumps({"name": "ab", "arms": [
+        {"name": "control", "share": 0.9, "version": "current"}, {"name": "b", "share": 0.1, "version": "current"}],
+        "canary": {"arm": "b", "schedule": [[0, 0.05]], "window_s": 30, "max_p99_ratio": 4.0}}))
+    code, out = retrain(root, events_dir, "--new-version", "cand", "--ndcg-tolerance", "1", "--rating-tolerance", "5",
+                        "--ece-tolerance", "1", capsys=capsys)
+    assert code == 0, out
+    assert "CANARY" in out and registry.current_version(root) == "first"  # CURRENT untouched
+    experiment = read_experiment(experiment_file(root))
+    assert experiment.canary.arm == "canary-cand" and experiment.arm("canary-cand").version == "cand"
+    assert [s for _, s in experiment.canary.schedule] == [0.01, 0.05, 0.2] and experiment.canary.start > 0
+    # the previous canary arm is gone, its base share back with control; its guardrails are kept
+    assert [a.name for a in experiment.arms] == ["control", "canary-cand"] and experiment.arm("control").share == 1.0
+    assert (experiment.canary.window_s, experiment.canary.max_p99_ratio) == (30.0, 4.0)
+    assert lineage(root, "cand")["decision"] == "canary"
+    assert "cand" in registry.experiment_versions(root)  # GC protects it from now on
+
+
 def test_worse_candidate_is_refused_and_a_rerun_decides_the_same(served, events_dir, tmp_path, capsys):
     root = copy_root(served, tmp_path)
     before = registry.verify_version(root / "first")["checksums"]
