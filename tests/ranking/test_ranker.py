@@ -21,6 +21,7 @@ from ranking import (
 )
 from ranking.model import default_crosses, ranker_inputs, user_inputs
 from ranking.train import make_examples
+from tests.ranking.fakes import fake_user_tower
 
 TINY = RankerConfig(id_dim=8, feature_dim=4, hidden=(32,), head_hidden=8, epochs=3, batch_size=256, progress=False,
                     seed=1)
@@ -116,21 +117,6 @@ def test_export_then_load_gives_identical_scores(trained, exported):
         export_ranker(model, exported)
 
 
-def _fake_user_tower():
-    """Stands in for retrieval.Tower (history length 3): u = unit([number of history items it reads, 1])."""
-    from core.tf_env import keras, tf
-    from features.tf_layers import split_multi
-
-    class FakeUserTower(keras.layers.Layer):
-        history_length = 3
-        feature_names = ("user_id", "history")
-
-        def call(self, inputs, training=False):
-            n = tf.cast(split_multi(inputs["history"]).row_lengths(), tf.float32)
-            return tf.math.l2_normalize(tf.stack([n, tf.ones_like(n)], axis=1), axis=1)
-    return FakeUserTower()
-
-
 def test_retrieval_fusion_adds_the_retrievers_score_to_the_engagement_logit(trained, tmp_path):
     """Served engagement = σ(ranker logit + β·(s - 1)), s = user tower · item embedding on the tower's
     own (shorter) history; training (and a ranker without a retriever) sees the ranker alone."""
@@ -144,7 +130,7 @@ def test_retrieval_fusion_adds_the_retrievers_score_to_the_engagement_logit(trai
     item_ids = np.asarray(store.catalogue)
     emb = np.random.default_rng(0).normal(size=(len(item_ids), 2)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    model = build_ranker(store, config, (_fake_user_tower(), item_ids, emb))
+    model = build_ranker(store, config, (fake_user_tower(), item_ids, emb))
     assert build_ranker(store, config).affinity is None  # no retriever given: the ranker alone
     ex = make_examples(split.test.iloc[:300], store, config.history_length)
     batch = {k: tf.constant(v.astype(str)) if v.dtype == object else tf.constant(v) for k, v in ex.inputs.items()}

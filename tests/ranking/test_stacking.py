@@ -19,6 +19,7 @@ from ranking.stacking import (
     user_folds,
 )
 from ranking.train import make_examples
+from tests.ranking.fakes import fake_user_tower
 
 TINY = RankerConfig(id_dim=8, feature_dim=4, hidden=(16,), head_hidden=8, epochs=1, batch_size=256, progress=False,
                     dropout=0.0, history_length=30, retrieval_weight=-1.0, seed=1)
@@ -80,21 +81,6 @@ def test_crossfit_logits_never_use_the_users_own_labels():
     assert (base[~valid] == 0).all()
 
 
-def _user_tower():
-    """A stand-in for retrieval.Tower: u = unit([number of history items it reads (≤ 3), 1])."""
-    from core.tf_env import keras, tf
-    from features.tf_layers import split_multi
-
-    class FakeUserTower(keras.layers.Layer):
-        history_length = 3
-        feature_names = ("user_id", "history")
-
-        def call(self, inputs, training=False):
-            n = tf.cast(split_multi(inputs["history"]).row_lengths(), tf.float32)
-            return tf.math.l2_normalize(tf.stack([n, tf.ones_like(n)], axis=1), axis=1)
-    return FakeUserTower()
-
-
 @pytest.fixture(scope="module")
 def stacked_setup():
     ds = generate_synthetic(SyntheticConfig(num_users=120, num_items=60, num_interactions=4000, seed=2))
@@ -103,7 +89,7 @@ def stacked_setup():
     item_ids = np.asarray(store.catalogue)[:-5]  # the last 5 items are unknown to the retriever
     emb = np.random.default_rng(0).normal(size=(len(item_ids), 2)).astype(np.float32)
     stats = activity_stats(split.train)
-    model = build_ranker(store, TINY, (_user_tower(), item_ids, emb), stack_stats=stats)
+    model = build_ranker(store, TINY, (fake_user_tower(), item_ids, emb), stack_stats=stats)
     rows = split.test.iloc[:400]
     ex = make_examples(rows, store, TINY.history_length)
     return store, item_ids, emb, stats, model, ex
