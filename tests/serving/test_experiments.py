@@ -279,7 +279,9 @@ def test_a_failing_canary_is_rolled_back(serve, root, pipeline, known_users, cap
     assert metric(server, "recsys_experiment_canary_rollbacks_total", {"arm": "C", "reason": "error_rate"}) == 1
     assert metric(server, "recsys_experiment_share", {"arm": "C"}) == 0
     assert any(getattr(r, "event", "") == "canary_rolled_back" for r in caplog.records)
-    saved = json.loads(experiment_file(root).read_text())
+    # the rollback is published in memory first, then written to the file under the same lock
+    with experiments._lock:
+        saved = json.loads(experiment_file(root).read_text())
     assert saved["canary"]["rolled_back"]["reason"].startswith("error_rate")
     for user in known_users[:30]:  # everyone is back on control
         assert recommend(stub, user).arm == "A"
