@@ -253,9 +253,13 @@ def train_ranking(ctx: TrainContext) -> None:
                                                          else "this version's retriever")},
         "serving": {**model.serving_values(), "stacked": model.stacking() is not None,
                     "calibrated": calibration != {"a": 1.0, "b": 0.0} or model.stacking() is not None},
-        "quality_baseline": ({"reg": baseline["reg"], "mu": baseline["train"][0],
-                              "definition": "quality logit += logit(normalised μ + b_u + b_i), the bias baseline "
-                                            "fit on train (evaluation.baselines.fit_bias_baseline)"}
+        "quality_baseline": ({"reg": baseline["reg"], "user_reg": baseline["regs"][0],
+                              "item_reg": baseline["regs"][1], "shrinkage_selection": baseline["shrinkage"],
+                              "mu": baseline["train"][0],
+                              "definition": "quality logit += logit(normalised μ + b_u + b_i), a bias model fit on "
+                                            "train: the bias baseline's shared reg, or separate user / item regs "
+                                            "when they beat it on validation by more than one standard error "
+                                            "(evaluation.baselines.select_bias_shrinkage)"}
                              if baseline else None),
         "selection": _selection_record(selection) if selection else {"skipped": why_not},
         "pipeline": config_to_dict(pipeline), "training": {k: v for k, v in info.items() if k != "history"},
@@ -398,7 +402,7 @@ def _rating_baselines(ctx: TrainContext) -> dict[str, Any] | None:
     """The user+item bias rating baseline for the quality head (None when off or the data has no
     ratings): {"reg": its reg (chosen on validation RMSE), "train": fit on split.train, "fit": fit on
     split.fit} as (μ, user ids, b_u, item ids, b_i) tuples (ranking.model.RatingBaseline)."""
-    from evaluation.baselines import BiasConfig, fit_bias_baseline, fit_biases, rated_engagements
+    from evaluation.baselines import BiasConfig, fit_bias_baseline, fit_biases, rated_engagements, select_bias_shrinkage
 
     if not ctx.config.ranker_config.quality_baseline or not len(rated_engagements(ctx.split.train)):
         return None
@@ -406,13 +410,23 @@ def _rating_baselines(ctx: TrainContext) -> dict[str, Any] | None:
         tune = bool(len(rated_engagements(ctx.split.validation))) and bool(len(rated_engagements(ctx.split.fit)))
         biases, selection = fit_bias_baseline(ctx.split, BiasConfig(tune=tune))
         reg = selection.chosen["reg"] if selection is not None else BiasConfig().reg
+        regs, shrinkage = (reg, reg), None
+        if tune:  # separate user / item penalties iff they win on validation beyond noise (1-SE rule)
+            regs, grid, gain = select_bias_shrinkage(ctx.split, reg)
+            shrinkage = {**gain, "user_reg": regs[0], "item_reg": regs[1], "table": grid.table,
+                         "extensions": grid.extensions}
+            log.info("quality offset: user reg %g, item reg %g (shared reg %g; validation MSE gain %.5f ± %.5f → %s)",
+                     regs[0], regs[1], reg, gain["mse_gain"], gain["mse_gain_se"],
+                     "separate" if gain["adopted"] else "shared")
+            if gain["adopted"]:
+                biases = fit_biases(rated_engagements(ctx.split.train), *regs)
 
         def parts(b) -> tuple:
             return (b.mu, b.user_bias.index.astype(str).to_numpy(), b.user_bias.to_numpy(),
                     b.item_bias.index.astype(str).to_numpy(), b.item_bias.to_numpy())
         fit_rated = rated_engagements(ctx.split.fit)
-        ctx.state["rating_baselines"] = {"reg": reg, "train": parts(biases),
-                                         "fit": parts(fit_biases(fit_rated, reg)) if len(fit_rated) else None}
+        ctx.state["rating_baselines"] = {"reg": reg, "regs": regs, "shrinkage": shrinkage, "train": parts(biases),
+                                         "fit": parts(fit_biases(fit_rated, *regs)) if len(fit_rated) else None}
     return ctx.state["rating_baselines"]
 
 

@@ -26,7 +26,7 @@ from evaluation import (
     select_ease_recency,
     select_item_knn,
 )
-from evaluation.baselines import fit_bias_baseline
+from evaluation.baselines import fit_bias_baseline, select_bias_reg, select_bias_shrinkage
 from features import Dataset, Split, SplitConfig, fit_feature_store, split_interactions
 
 
@@ -224,21 +224,50 @@ def test_fit_biases_hand_computed():
         fit_biases(df, reg=0.0)
 
 
-@pytest.mark.parametrize("shape", [(7, 4), (4, 9)])
-def test_fit_biases_match_a_dense_least_squares_solve(shape):
+@pytest.mark.parametrize("shape,item_reg", [((7, 4), None), ((4, 9), None), ((7, 4), 40.0), ((4, 9), 0.1)])
+def test_fit_biases_match_a_dense_least_squares_solve(shape, item_reg):
     rng = np.random.default_rng(sum(shape))
     n, (nu, ni), reg = 40, shape, 2.5
     df = pd.DataFrame({"user_id": rng.integers(0, nu, n), "item_id": rng.integers(0, ni, n),
                        "rating": rng.integers(1, 6, n).astype(float)})
-    b = fit_biases(df, reg)
+    b = fit_biases(df, reg, item_reg)
     users, items = np.unique(df["user_id"]), np.unique(df["item_id"])
     a = np.zeros((n, len(users) + len(items)))
     a[np.arange(n), np.searchsorted(users, df["user_id"])] = 1
     a[np.arange(n), len(users) + np.searchsorted(items, df["item_id"])] = 1
-    # ridge as least squares on the augmented system [A; √reg·I] b ≈ [r - μ; 0]
-    x = np.linalg.lstsq(np.vstack([a, np.sqrt(reg) * np.eye(a.shape[1])]),
+    # ridge as least squares on the augmented system [A; √reg·I] b ≈ [r - μ; 0] (items: √item_reg)
+    pen = np.concatenate([np.full(len(users), reg), np.full(len(items), reg if item_reg is None else item_reg)])
+    x = np.linalg.lstsq(np.vstack([a, np.diag(np.sqrt(pen))]),
                         np.concatenate([df["rating"] - df["rating"].mean(), np.zeros(a.shape[1])]), rcond=None)[0]
     np.testing.assert_allclose(np.concatenate([b.user_bias[users], b.item_bias[items]]), x, atol=1e-10)
+
+
+def _rating_split(user_effect: float, seed: int = 0, nu: int = 300, ni: int = 60, item_effect: float = 0.8) -> Split:
+    """Ratings = item_effect · item offset + user_effect · user offset + noise; rows 4000-5000 are validation."""
+    rng = np.random.default_rng(seed)
+    n = 6000
+    u, i = rng.integers(0, nu, n), rng.integers(0, ni, n)
+    r = 3.0 + item_effect * rng.normal(0, 1, ni)[i] + user_effect * rng.normal(0, 1, nu)[u] + rng.normal(0, 1.0, n)
+    df = pd.DataFrame({"user_id": u.astype(str), "item_id": i.astype(str), "timestamp": np.arange(n),
+                       "rating": np.clip(r, 1, 5), "engaged": 1})
+    return Split(train=df.iloc[:5000], validation=df.iloc[4000:5000], test=df.iloc[5000:], config=SplitConfig())
+
+
+def test_select_bias_shrinkage_separates_user_and_item_penalties_only_beyond_noise():
+    # No user effect: the users' biases only fit noise → a much larger user penalty, adopted.
+    regs, sel, gain = select_bias_shrinkage(_rating_split(0.0), reg=1.0, grid=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0))
+    assert gain["adopted"] and gain["mse_gain"] > gain["mse_gain_se"] > 0
+    assert regs == (sel.chosen["user_reg"], sel.chosen["item_reg"]) and regs[0] >= 30.0 > regs[1]
+    # Users and items alike (same effect size and counts): the shared reg chosen on validation is as good
+    # as any pair up to noise → it stays.
+    split = _rating_split(0.4, nu=400, ni=400, item_effect=0.4)
+    shared = select_bias_reg(split).chosen["reg"]
+    regs, sel, gain = select_bias_shrinkage(split, reg=shared, grid=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0))
+    assert not gain["adopted"] and gain["mse_gain"] <= gain["mse_gain_se"] and regs == (shared, shared)
+    assert {"user_reg", "item_reg", "rmse"} <= set(sel.table[0])
+    with pytest.raises(ValueError, match="validation carve"):
+        split = _rating_split(0.0)
+        select_bias_shrinkage(Split(split.train, split.validation.iloc[:0], split.test, split.config), reg=1.0)
 
 
 def test_bias_recommender_reports_test_errors_and_selects_reg_on_validation(data):

@@ -34,6 +34,8 @@ def test_every_selected_setting_is_blind_to_test_labels(tiny_version):
     chosen = manifest["ranking"]["selection"]
     assert got["retrieval_weight"] == chosen["retrieval_weight"]
     assert got["quality_residual_scale"] == chosen["quality_residual_scale"]
+    offset = manifest["ranking"]["quality_baseline"]  # the quality offset's shrinkage, chosen on validation too
+    assert tuple(ctx.state["rating_baselines"]["regs"]) == (offset["user_reg"], offset["item_reg"])
     assert got["blend"].__dict__ == chosen["blend"]
     assert got["calibration"]["a"] == pytest.approx(chosen["calibration"]["a"], rel=1e-4)
     assert got["calibration"]["b"] == pytest.approx(chosen["calibration"]["b"], rel=1e-4)
@@ -70,6 +72,13 @@ def test_the_version_serves_what_validation_chose(tiny_version):
     rmse = {r["quality_residual_scale"]: r["validation_rmse"] for r in sel["quality_table"]}
     assert 0.0 in rmse and sel["quality_residual_scale"] == min(rmse, key=lambda g: (rmse[g], g))
     assert serving["quality_residual_scale"] == pytest.approx(sel["quality_residual_scale"])
+    # The quality offset's (user reg, item reg): the validation pair iff it won by more than one standard error.
+    offset = manifest["ranking"]["quality_baseline"]
+    shrink = offset["shrinkage_selection"]
+    assert shrink["adopted"] == (shrink["mse_gain"] > max(shrink["mse_gain_se"], 1e-9))
+    best = min(shrink["table"], key=lambda r: r["rmse"])
+    assert (offset["user_reg"], offset["item_reg"]) == ((best["user_reg"], best["item_reg"]) if shrink["adopted"]
+                                                        else (offset["reg"], offset["reg"]))
     # The chosen blend is the version's default, and it obeys the rule on its own table.
     pipeline = json.loads((tiny_version / "ranking" / "pipeline.json").read_text())
     blend = sel["blend"]
