@@ -35,6 +35,9 @@ SYNTHETIC_SPEC = FeatureSpec(
 ITEM_TYPES = ("regular", "clickbait", "niche")
 # (engagement logit bias, quality bias in rating points) per item type.
 _TYPE_EFFECTS = {"regular": (0.0, 0.0), "clickbait": (1.5, -1.5), "niche": (-1.0, 1.2)}
+RATING_NOISE = 0.5   # sd of an engaged row's rating before rounding to 1..5
+TASTE_SHARE = 0.5    # share of impressions that follow the user's taste (the rest follow popularity)
+TASTE_DRAWS = 4      # a taste impression shows the best (by affinity) of this many popularity draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +75,14 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int
         u = rng.choice(cfg.num_users, n, p=activity)
         # Half the impressions follow popularity, half follow the user's taste (a feed mixes both).
         i = rng.choice(cfg.num_items, n, p=pop)
-        taste = rng.random(n) < 0.5
-        cand = rng.choice(cfg.num_items, (int(taste.sum()), 4), p=pop)
+        taste = rng.random(n) < TASTE_SHARE
+        cand = rng.choice(cfg.num_items, (int(taste.sum()), TASTE_DRAWS), p=pop)
         aff = np.einsum("nd,nkd->nk", user_vec[u[taste]], item_vec[cand])
         i[taste] = cand[np.arange(len(cand)), aff.argmax(1)]
         logit = (np.einsum("nd,nd->n", user_vec[u], item_vec[i]) / np.sqrt(d) - 1.0
                  + eng_bias[i] + 0.3 * np.log(pop[i] * cfg.num_items))
         e = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
-        q = 3.0 + 0.9 * quality_factor[i] + qual_bias[i] + 0.5 * rng.normal(size=n)
+        q = 3.0 + 0.9 * quality_factor[i] + qual_bias[i] + RATING_NOISE * rng.normal(size=n)
         r = np.where(e, np.clip(np.rint(q), 1, 5), np.nan)
         users.append(u)
         items.append(i)
@@ -129,6 +132,32 @@ class SyntheticTruth:
     def true_quality(self) -> np.ndarray:
         """[items] expected rating before noise and rounding: 3 + 0.9 · quality factor + type bias."""
         return 3.0 + 0.9 * self.quality_factor + self.quality_bias
+
+    def rating_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """([items] E[rating], [items] Var[rating]) of an engaged row: rating = clip(rint(N(true_quality,
+        RATING_NOISE²)), 1, 5). The mean is the Bayes rating prediction (ratings carry no user effect), the
+        variance the irreducible squared error."""
+        from scipy.special import ndtr
+
+        mu = self.true_quality[:, None]
+        levels = np.arange(1, 6, dtype=np.float64)
+        upper = np.where(levels < 5, levels + 0.5, np.inf)
+        lower = np.where(levels > 1, levels - 0.5, -np.inf)
+        prob = ndtr((upper - mu) / RATING_NOISE) - ndtr((lower - mu) / RATING_NOISE)
+        mean = prob @ levels
+        return mean, prob @ levels ** 2 - mean ** 2
+
+    def impression_probability(self, users: np.ndarray) -> np.ndarray:
+        """[len(users), items] P(one feed row of the user shows item i): TASTE_SHARE · P(i wins the user's
+        best-of-TASTE_DRAWS popularity draws by affinity) + (1 − TASTE_SHARE) · pop_i. Rows sum to 1."""
+        pop = self.popularity
+        aff = self.user_vec[np.asarray(users)] @ self.item_vec.T  # the generator's argmax key
+        order = np.argsort(aff, axis=1, kind="stable")
+        p_sorted = pop[order]
+        below = np.cumsum(p_sorted, axis=1) - p_sorted  # popularity mass of the items ranked below
+        win = np.empty_like(p_sorted)
+        np.put_along_axis(win, order, (below + p_sorted) ** TASTE_DRAWS - below ** TASTE_DRAWS, axis=1)
+        return TASTE_SHARE * win + (1.0 - TASTE_SHARE) * pop[None, :]
 
     def engagement_logit(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The generator's engagement logit of (user index, item index) pairs (broadcasting)."""
