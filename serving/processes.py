@@ -224,8 +224,7 @@ def _run_following_child(spec: FleetSpec, index: int, ready, fleet_ready, errors
             reload.clear()
             threading.Thread(target=watcher.check, kwargs={"force": True}, name="model-reloader", daemon=True).start()
     watcher.stop()
-    server.stop()
-    sys.exit(0)
+    _stop_and_exit(server)
 
 
 def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_dir: str, ready,
@@ -273,9 +272,26 @@ def _run_generation_child(spec: FleetSpec, index: int, generation: int, version_
         _start_gated(server, ready, fleet_ready, stop)
     while not stop.wait(0.5):
         pass
-    server.stop()
-    sys.exit(0)
+    _stop_and_exit(server)
 
+
+
+def _stop_and_exit(server: Any) -> NoReturn:
+    """Graceful stop, then a prompt exit: `server.stop()` drains RPCs, the batcher and the event-log
+    threads explicitly, so the process leaves with `os._exit` instead of the interpreter's shutdown,
+    which joins every thread pool worker still inside a handler (under heavy load that made a stopping
+    process outlive the supervisor's grace and get SIGKILLed). Threads still running are logged."""
+    started = time.monotonic()
+    server.stop()
+    alive = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
+                   and not t.daemon)
+    log.info("server process stopped in %.1fs", time.monotonic() - started,
+             extra={"event": "process_stopped", "seconds": round(time.monotonic() - started, 3),
+                    "threads_still_running": alive})
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 @dataclasses.dataclass
 class _Slot:
