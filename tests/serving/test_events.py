@@ -70,7 +70,7 @@ def test_another_server_sees_the_engagement_in_its_very_next_recommend(start, pi
     a, stub_a = start(redis_url)
     b, stub_b = start(redis_url)
     assert b.servicer.versions is None  # no pub/sub: the counter is read with the entry, in the same MGET
-    for n, user in enumerate(known_users[1:4]):
+    for user in known_users[1:4]:
         before = recommend(stub_b, user)
         assert recommend(stub_b, user).source == pb.CACHE  # in b's near cache
         clicked = before.items[0].item_id
