@@ -195,6 +195,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.counter_key: Callable[[str], str] | None = None
         if events is not None and strict_freshness and cache.counts_engagements:
             self.counter_key = functools.partial(state_key, events.config.stream_key)
+        if events is not None and self.counter_key is None and getattr(events, "cluster", False):
+            raise ValueError("an event log on a Redis Cluster must be in the cache's Redis: give --redis-url and leave "
+                             "--events-redis-url empty (its counters are read with the cached entries)")
         self.versions = (UserVersions(events, events.config.versions_ttl_s, events.config.versions_max_entries).start()
                          if events is not None and self.counter_key is None else None)
         self.served = ServedListLogger(events) if events is not None and events.config.log_served else None
