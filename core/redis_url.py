@@ -17,6 +17,8 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
+from core.errors import RecsysError
+
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # Errors of a Redis call that mean "Redis is unavailable or misbehaving right now": redis-py's own, and
@@ -28,6 +30,10 @@ try:
     REDIS_ERRORS: tuple[type[BaseException], ...] = (_redis.RedisError, _redis.exceptions.RedisClusterException)
 except ImportError:  # pragma: no cover - redis is a dependency
     REDIS_ERRORS = ()
+
+
+class RedisUrlError(RecsysError, ValueError):
+    """A Redis URL that cannot be used (malformed, or no node of a cluster answers); the message names the flag."""
 
 
 def is_cluster(url: str) -> bool:
@@ -70,7 +76,8 @@ def connect(url: str, *, flag: str = "--redis-url", socket_timeout: float, conne
       blocking_pool: a standalone client waits up to `socket_timeout` for a free pooled connection.
 
     Raises:
-      ValueError naming `flag` for a URL redis-py cannot parse.
+      RedisUrlError (a ValueError) naming `flag` for a URL redis-py cannot parse, or a cluster none of whose
+      nodes answers (redis-py's RedisCluster reads the slot map when it is created).
     """
     import redis
 
@@ -95,7 +102,7 @@ def connect(url: str, *, flag: str = "--redis-url", socket_timeout: float, conne
                                    **({"retry": retry} if retry is not None else {}), **extra)
         return redis.Redis(connection_pool=pool)
     except (ValueError, redis.exceptions.RedisClusterException) as e:
-        raise ValueError(f"{flag} {url!r}: {e}") from e
+        raise RedisUrlError(f"{flag} {url!r}: {e}") from e
 
 
 def key_slot(key: str) -> int:

@@ -558,8 +558,9 @@ class CandidateCache:
         at = counter or 0
 
         def computed() -> CacheEntry:
-            self._metrics.online_computations.inc()
-            return CacheEntry(compute(at) if counting else compute(), counter=at)
+            entry = CacheEntry(compute(at) if counting else compute(), counter=at)
+            self._metrics.online_computations.inc()  # after: a compute that declines (raises) computed nothing
+            return entry
 
         def store(entry: CacheEntry) -> None:
             if local is self.store:

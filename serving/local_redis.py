@@ -119,7 +119,8 @@ class LocalRedisCluster:
     joins them with `redis-cli --cluster create ... --cluster-replicas N --cluster-yes` and waits
     until every node reports `cluster_state:ok` and every replica is in sync. A short
     `node_timeout_ms` makes a failover (a replica promoted after its master is killed) take about
-    a second; `cluster-require-full-coverage no` keeps the other masters serving meanwhile.
+    a second; `cluster-require-full-coverage no` keeps the other masters serving meanwhile;
+    `repl-diskless-sync-delay 0` lets a replica sync at once (Redis 7 waits 5 s by default).
     `url` is the `redis+cluster://` URL every Redis user of the project accepts (core/redis_url.py).
     """
 
@@ -151,7 +152,7 @@ class LocalRedisCluster:
              "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
-             "--cluster-replica-validity-factor", "0", "--dir", node_dir],
+             "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0", "--dir", node_dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     def node(self, port: int, timeout_s: float = 0.5):

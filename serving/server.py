@@ -426,6 +426,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         # A user's engagement counter versions their cached candidates: a new engagement moves the
         # user to a new cache key (ARCHITECTURE.md, "Streaming features").
         if self.counter_key is not None:  # the counter is read with the cached entry, in one round trip
+            if known and time_left is not None and time_left <= self.config.min_deadline_s:
+                raise DeadlineExceededError("the deadline passed before the request could be served")
             try:
                 return self._answer_candidates(model, weights, query, time_left, known, -1)
             except _NoStreamedState:
@@ -459,6 +461,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             recent: list[str] = []
             if not known and counter == 0:
                 raise _NoStreamedState()  # an unknown user without streamed engagements: the fallback
+            if version < 0 and not known and time_left is not None and time_left <= self.config.min_deadline_s:
+                raise DeadlineExceededError("the deadline passed before the request could be served")
             if counter:
                 try:
                     recent = self.events.recent(user)

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from pipeline import recent_key
 from protos.recsys.v1 import recommender_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -115,7 +116,7 @@ def test_a_bad_event_refuses_the_whole_batch_naming_its_index(start, known_users
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.details().startswith(where)
     client = redis_server.client()
-    assert client.xlen("recsys:events") == 0 and client.llen(f"recsys:recent:{user}") == 0
+    assert client.xlen("recsys:events") == 0 and client.llen(recent_key(user)) == 0 and not client.keys("*:rv:*")
     assert recommend(stub, user).source == pb.ONLINE
 
 
