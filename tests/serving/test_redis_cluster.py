@@ -207,3 +207,31 @@ def test_killing_a_master_under_load_fails_no_request_and_caching_resumes(cluste
 
 def test_killing_a_replica_under_load_fails_no_request(cluster, cluster_url, served, known_users):
     _kill_under_load(cluster, cluster_url, served, known_users, "replica")
+
+
+def test_the_beam_writer_fills_the_cluster_and_the_server_answers_precomputed(start, pipeline, known_users,
+                                                                              cluster_url):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.io import RedisTarget, WriteCandidatesToRedis
+
+    users = known_users[20:32]
+    cands = pipeline.candidates(users)
+    batches = [list(zip(users[:6], cands[:6])), list(zip(users[6:], cands[6:]))]  # users on several masters
+    with beam.Pipeline() as p:
+        out = (p | beam.Create(batches)
+               | beam.ParDo(WriteCandidatesToRedis(RedisTarget(cluster_url, ttl_s=60), pipeline.model_version))
+               .with_outputs(WriteCandidatesToRedis.FAILED, main="written"))
+        assert_that(out[WriteCandidatesToRedis.FAILED], equal_to([]), label="NoneFailed")
+    server, stub = start(cluster_url, cache={"socket_timeout_s": 1.0, "connect_timeout_s": 1.0})
+    for user in users:
+        assert ask(stub, user).source == pb.PRECOMPUTED, user
+    # One engagement: the precomputed (batch-history) entry is no longer valid for that user, at once.
+    user = users[0]
+    clicked = ask(stub, user).items[0].item_id
+    stub.LogEvents(pb.LogEventsRequest(events=[pb.Event(event_id="beam-1", user_id=user, item_id=clicked,
+                                                        type=pb.ENGAGEMENT, timestamp=T0)]), timeout=10)
+    after = ask(stub, user)
+    assert after.source == pb.ONLINE and clicked not in ids(after)
+    assert ask(stub, users[1]).source == pb.PRECOMPUTED
