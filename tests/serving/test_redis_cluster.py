@@ -164,7 +164,25 @@ def served(cluster, trained_version):
         sigterm_and_wait(process, timeout=30)
 
 
-def _kill_under_load(cluster, cluster_url, stub, known_users, kind: str) -> None:
+def _log_until(stub, stop: threading.Event, acked: list[str], unavailable: list[int]) -> None:
+    """One engagement per LogEvents call for users outside the load, each retried on UNAVAILABLE until acked."""
+    n = 0
+    while not stop.is_set():
+        event = pb.Event(event_id=f"kill-{n}", user_id=f"log-user-{n % 20}", item_id="1", type=pb.ENGAGEMENT,
+                         timestamp=T0 + n)
+        while True:
+            try:
+                stub.LogEvents(pb.LogEventsRequest(events=[event]), timeout=10)
+                acked.append(event.event_id)
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e  # never any other failure
+                unavailable.append(n)
+                time.sleep(0.01)
+        n += 1
+
+
+def _kill_under_load(cluster, cluster_url, stub, known_users, kind: str, tmp_path=None) -> None:
     users = known_users[:30]
     sources, failures = _load(stub, users, 90, 3)  # warm: every user cached
     assert failures == []
@@ -179,11 +197,19 @@ def _kill_under_load(cluster, cluster_url, stub, known_users, kind: str) -> None
         result["done"] = time.monotonic()
 
     loader = threading.Thread(target=load)
+    stop_logging, acked, unavailable = threading.Event(), [], []
+    logger = threading.Thread(target=_log_until, args=(stub, stop_logging, acked, unavailable))
     loader.start()
+    if tmp_path is not None:
+        logger.start()
     time.sleep(0.2)
     cluster.kill(victim)
     killed = time.monotonic()
     loader.join(120)
+    stop_logging.set()
+    if tmp_path is not None:
+        logger.join(60)
+        assert not logger.is_alive() and len(acked) > 0
     assert victim not in cluster.running() and result["done"] > killed  # the kill happened under load
     assert result["failures"] == [], result["failures"][:5]  # 0 failed requests: served online meanwhile
     if kind == "master":
@@ -196,13 +222,22 @@ def _kill_under_load(cluster, cluster_url, stub, known_users, kind: str) -> None
             break
         assert time.monotonic() < deadline, f"caching did not resume after the {kind} kill: {got}"
         time.sleep(0.2)
+    if tmp_path is not None:  # every acknowledged event is in the export after the failover
+        import pandas as pd
+
+        export_events(ExportConfig(redis_url=cluster_url, output=str(tmp_path / "kill-export")))
+        rows = pd.read_parquet(tmp_path / "kill-export")
+        exported = set(rows.loc[rows["type"] == "engagement", "event_id"])
+        assert [e for e in acked if e not in exported] == []  # (Redis replication is async: see RESULTS.md)
     cluster.restart(victim)  # rejoins (a killed master as a replica of its promoted successor)
     assert cluster.wait_ok(30)
 
 
 def test_killing_a_master_under_load_fails_no_request_and_caching_resumes(cluster, cluster_url, served,
-                                                                         known_users):
-    _kill_under_load(cluster, cluster_url, served, known_users, "master")
+                                                                         known_users, tmp_path):
+    """...and LogEvents alongside answers success or UNAVAILABLE (retried), and every acknowledged event is
+    exported after the failover."""
+    _kill_under_load(cluster, cluster_url, served, known_users, "master", tmp_path)
 
 
 def test_killing_a_replica_under_load_fails_no_request(cluster, cluster_url, served, known_users):
