@@ -49,8 +49,10 @@ class BatchScoreConfig:
         if not (self.redis_url or self.output):
             raise ValueError("nothing to write: give --redis-url (precomputed entries for the server) and/or "
                              "--output (Parquet files for analysts and `recsys evaluate`)")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"--redis-url {self.redis_url!r} must start with redis://, rediss:// or unix://")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
+                                                             "rediss+cluster://")):
+            raise ValueError(f"--redis-url {self.redis_url!r} must start with redis://, rediss://, unix:// or "
+                             "redis+cluster:// (a Redis Cluster: host:port[,host:port...])")
 
 
 # --help text of the fields whose comment above is not self-explanatory.
@@ -58,7 +60,8 @@ HELP = {
     "artifacts": "artifacts root (empty = $RECSYS_ARTIFACTS or ./artifacts)",
     "version": "model version to score: a name, 'current' or a version directory",
     "users": "file of user ids to score (one per line, or .parquet with user_id); empty = every train user",
-    "redis_url": "Redis to fill with PRECOMPUTED entries, e.g. redis://localhost:6379/0 (empty = none, Parquet only)",
+    "redis_url": "Redis to fill with PRECOMPUTED entries, e.g. redis://localhost:6379/0 or "
+                 "redis+cluster://h1:7000,h2:7000 (empty = none, Parquet only)",
     "output": "directory for scores-*.parquet + job.json (empty = none, Redis only)",
     "batch_size": "users per model call (fixed batches: reruns write byte-identical entries)",
     "num_candidates": "N retrieved and ranked per user (0 = the version's setting)",

@@ -1,6 +1,7 @@
 """Batch scoring I/O: reading user ids, writing Redis entries and Parquet, reading the Parquet back.
 
-Redis: `serving.cache.precomputed_key(version, user)` → `CandidateSet.to_bytes()`, exactly
+Redis (one server, or a Redis Cluster with a `redis+cluster://` URL): `pipeline.precomputed_key(version,
+user)` (the user's hash tag: `recsys:<v>:pre:{<u>}`) → `CandidateSet.to_bytes()`, exactly
 the entry the server answers as PRECOMPUTED. Parquet: one row per (user, rank) of the
 blended top-k, schema `SCORES_SCHEMA`, files `scores-SSSSS-of-NNNNN.parquet`.
 """
@@ -26,6 +27,7 @@ from redis.retry import Retry
 from beam_jobs.logs import quiet_worker_logs
 from core import layout
 from core.errors import DataError
+from core.redis_url import REDIS_ERRORS, connect
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +167,14 @@ class WriteCandidatesToRedis(beam.DoFn):
         t = self.target
         # The client itself does not retry: the whole pipelined batch is retried below, and
         # each failed attempt is counted.
-        self._client = redis.Redis.from_url(t.url, socket_timeout=t.timeout_s, socket_connect_timeout=t.timeout_s,
-                                            retry=Retry(ExponentialBackoff(), 0), protocol=2)
+        # A redis+cluster:// URL gives a RedisCluster client (core/redis_url.py); its pipeline splits the batch
+        # by node, and a failed node makes it re-read the slot map before the retry below.
+        self._client = connect(t.url, flag="--redis-url", socket_timeout=t.timeout_s,
+                               retry=Retry(ExponentialBackoff(), 0), blocking_pool=False)
         self._retry = Retry(ExponentialBackoff(cap=16 * t.backoff_s, base=t.backoff_s), t.retries,
                             supported_errors=(redis.ConnectionError, redis.TimeoutError, TimeoutError,
-                                              ConnectionError))
+                                              ConnectionError, redis.exceptions.ClusterError,
+                                              redis.exceptions.RedisClusterException))
 
     def teardown(self) -> None:
         client = getattr(self, "_client", None)
@@ -197,7 +202,7 @@ class WriteCandidatesToRedis(beam.DoFn):
 
         try:
             self._retry.call_with_retry(write, on_failure)
-        except redis.RedisError as e:
+        except REDIS_ERRORS as e:
             self.failed.inc(len(scored))
             log.error("redis write of %d entries failed after %d attempt(s): %s: %s", len(scored), attempts[0],
                       type(e).__name__, e)

@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scrape-interval-s", type=float, default=1.0,
                    help="/metrics scrape interval for the monitoring comparison (default: %(default)s)")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
+    p.add_argument("--near-validation", action=argparse.BooleanOptionalAction, default=True,
+                   help="near-cache hits with the strict-freshness counter read vs without (CacheConfig.near_validate)")
     p.add_argument("--served-logging", action=argparse.BooleanOptionalAction, default=True,
                    help="(b) with every served list logged as impressions vs not, two servers, rounds alternating")
     p.add_argument("--seed", type=int, default=0)
@@ -667,6 +669,28 @@ def main(argv: list[str] | None = None) -> int:
             results["served_logging"]["on_over_off_throughput_median_round"] = round(float(np.median(
                 results["served_logging"]["on_over_off_throughput_per_round"])), 3)
 
+        if a.near_validation:  # issue 13 strict freshness: a near-cache hit also reads the user's counter
+            sources["hit"].clear()
+            validating = {on: ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
+                                              batching, cache_config={"near_validate": on}) for on in (True, False)}
+            try:
+                for srv in validating.values():
+                    asyncio.run(_warm(srv.port, hit_requests))
+                got: dict[bool, list] = {True: [], False: []}
+                for _ in range(a.rounds):
+                    for on, srv in validating.items():
+                        got[on] += rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels,
+                                              warmup_s=0.5)["hit"]
+            finally:
+                for srv in validating.values():
+                    srv.close()
+            on, off = merge(got[True]), merge(got[False])
+            per = per_round(got[False], got[True])
+            results["near_validation"] = {
+                "b_hit_validated": on, "b_hit_unvalidated": off,
+                "validated_over_unvalidated_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
+                "per_round": per, "median_round": round(float(np.median(per)), 3)}
+
         if a.compare_stacks:
             stacks = {}
             for label, stack, procs, workers in (("sync, 2 threads", "sync", 1, 2), ("sync, 8 threads", "sync", 1, 8),
@@ -878,6 +902,12 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
               f"({mo['server_cpu_us_per_request']} µs) (per round "
               f"{mo['on_over_off_per_round']}; /metrics scrape p50 ms {mo['scrape_ms_p50']}, {mo['scrapes']} scrapes)"
               f"  target >= 0.95")
+    if "near_validation" in results:
+        nv = results["near_validation"]
+        print(f"near-cache hits validated by a counter read (strict freshness) / not validated: "
+              f"{nv['validated_over_unvalidated_throughput']} over all rounds, median round {nv['median_round']} "
+              f"({nv['b_hit_validated']['throughput_rps']} vs {nv['b_hit_unvalidated']['throughput_rps']} rps; "
+              f"per round {nv['per_round']})")
     if "served_logging" in results:
         sl = results["served_logging"]
         print(f"near-cache hits with every served list logged / without: {sl['on_over_off_throughput']} over all "

@@ -13,6 +13,10 @@ type, position, request_id, model_version, source, blend, log_id, arm` (arm: the
 "" when none ran; files exported before it existed lack the column). A served list's items
 become impressions with event ids "{request_id}:{position}", positions 1..k.
 
+On a Redis Cluster the log is several stream shards (feedback/log.py); each is exported in
+turn with its own checkpoint (`streams` in checkpoint.json) and its files are named
+part-s{k}-{first}-{last}.parquet; the event-id dedupe below spans all of them.
+
 Delivery: at least once from the log, exactly once in the output. Chunks are read in log
 order after the checkpoint; before a chunk is written, rows whose event_id is already in
 that day's files (or earlier in the chunk) are dropped; each file is written to a hidden
@@ -38,6 +42,7 @@ import pyarrow.parquet as pq
 import redis
 
 from core.errors import RecsysError
+from core.redis_url import REDIS_ERRORS, connect
 from feedback.events import ENGAGED_TYPES, ITEM_SEP, RATING
 
 log = logging.getLogger(__name__)
@@ -151,63 +156,97 @@ def _read_checkpoint(output: pathlib.Path) -> dict:
                           f"{output} to export the whole log again") from e
 
 
+def log_streams(client, stream_key: str) -> list[str]:
+    """The streams of the log at `stream_key`: itself on one Redis; on a Redis Cluster its shards
+    `stream_key:{s<k>}` (feedback/log.py), found by SCAN over every master, in shard order."""
+    if not isinstance(client, redis.RedisCluster):
+        return [stream_key]
+    prefix = stream_key + ":{s"
+    found = {k.decode() if isinstance(k, bytes) else k for k in
+             client.scan_iter(match=stream_key.replace("[", "\\[") + ":{s*}", count=1000, _type="STREAM")}
+    shards = [k for k in found if k.startswith(prefix) and k.endswith("}") and k[len(prefix):-1].isdigit()]
+    return sorted(shards, key=lambda k: int(k[len(prefix):-1]))
+
+
 def export_events(config: ExportConfig, client: redis.Redis | None = None) -> ExportSummary:
-    """Exports every log entry after the checkpoint (up to the log's end when the run started)."""
+    """Exports every log entry after the checkpoint (up to the log's end when the run started).
+
+    On a Redis Cluster every stream shard is exported in turn with its own checkpoint
+    (`streams` in the checkpoint file); rows are deduplicated by event id across all of them
+    (a LogEvents retry can append an event to two shards)."""
     output = pathlib.Path(config.output)
     own = client is None
     if client is None:
         try:
-            client = redis.Redis.from_url(config.redis_url, socket_timeout=config.timeout_s,
-                                          socket_connect_timeout=config.timeout_s, protocol=2)
+            client = connect(config.redis_url, flag="--redis-url", socket_timeout=config.timeout_s)
         except ValueError as e:
-            raise RecsysError(f"--redis-url {config.redis_url!r}: {e}") from e
+            raise RecsysError(str(e)) from e
     summary = ExportSummary()
     try:
         checkpoint = _read_checkpoint(output)
-        after = checkpoint.get("last_id", "")
+        exported: dict[str, set[str]] = {}  # day → event ids in its files (read once per run, then kept up to date)
         try:
-            if not client.exists(config.stream_key):
-                summary.last_id = after
-                log.info("the log %s is empty or missing; nothing to export", config.stream_key)
-                return summary
-            info = client.xinfo_stream(config.stream_key)
-            end = info["last-generated-id"]
-            end = end.decode() if isinstance(end, bytes) else str(end)
-            deleted = info.get("max-deleted-entry-id", b"0-0")
-            deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-        except redis.RedisError as e:
+            streams = log_streams(client, config.stream_key)
+        except REDIS_ERRORS as e:
             raise RecsysError(f"cannot read the event log at {config.redis_url} ({type(e).__name__}: {e}); "
                               "nothing was exported, re-run when Redis is back") from e
-        exported: dict[str, set[str]] = {}  # day → event ids in its files (read once per run, then kept up to date)
-        if _id_tuple(deleted) > (_id_tuple(after) if after else (0, 0)) and not config.trim:
-            summary.trimmed_before_export = True
-            log.warning("the log dropped entries after the checkpoint %s (its max length was reached before this "
-                        "export, last deleted id %s): export more often or raise --events-max-len",
-                        after or "(none)", deleted)
-        while True:
-            try:
-                entries = read_log(client, config.stream_key, after, config.chunk_events, end)
-            except redis.RedisError as e:
-                raise RecsysError(f"reading the event log failed after {after or 'the start'} "
-                                  f"({type(e).__name__}: {e}); what was exported is checkpointed, re-run to "
-                                  "continue") from e
-            if not entries:
-                break
-            first, last = entries[0][0].decode(), entries[-1][0].decode()
-            frame = entries_to_frame(entries)
-            written = _write_chunk(output, frame, f"{first}-{last}", summary, exported)
-            summary.entries += len(entries)
-            checkpoint = {"last_id": last, "entries": checkpoint.get("entries", 0) + len(entries),
-                          "rows": checkpoint.get("rows", 0) + written, "updated": time.time()}
-            _write_atomic(output / CHECKPOINT, lambda p, c=checkpoint: p.write_text(json.dumps(c, indent=1)))
-            after = last
-            if config.trim:
-                client.xtrim(config.stream_key, minid=_next_id(last))
-        summary.last_id = after
+        for stream in streams:
+            checkpoint = _export_stream(client, config, stream, output, checkpoint, summary, exported)
         return summary
     finally:
         if own:
             client.close()
+
+
+def _export_stream(client, config: ExportConfig, stream: str, output: pathlib.Path, checkpoint: dict,
+                   summary: ExportSummary, exported: dict[str, set[str]]) -> dict:
+    """Exports one stream after its checkpoint; returns the checkpoint as saved after its last chunk."""
+    single = stream == config.stream_key  # the one stream of a standalone log: its checkpoint is "last_id"
+    after = checkpoint.get("last_id", "") if single else checkpoint.get("streams", {}).get(stream, "")
+    tag = "" if single else stream[len(config.stream_key) + 2:-1] + "-"  # "s3-" in a shard's file names
+    try:
+        if not client.exists(stream):
+            summary.last_id = after
+            log.info("the log %s is empty or missing; nothing to export", stream)
+            return checkpoint
+        info = client.xinfo_stream(stream)
+        end = info["last-generated-id"]
+        end = end.decode() if isinstance(end, bytes) else str(end)
+        deleted = info.get("max-deleted-entry-id", b"0-0")
+        deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+    except REDIS_ERRORS as e:
+        raise RecsysError(f"cannot read the event log at {config.redis_url} ({type(e).__name__}: {e}); "
+                          "nothing more was exported, re-run when Redis is back") from e
+    if _id_tuple(deleted) > (_id_tuple(after) if after else (0, 0)) and not config.trim:
+        summary.trimmed_before_export = True
+        log.warning("the log %s dropped entries after the checkpoint %s (its max length was reached before this "
+                    "export, last deleted id %s): export more often or raise --events-max-len", stream,
+                    after or "(none)", deleted)
+    while True:
+        try:
+            entries = read_log(client, stream, after, config.chunk_events, end)
+        except REDIS_ERRORS as e:
+            raise RecsysError(f"reading the event log {stream} failed after {after or 'the start'} "
+                              f"({type(e).__name__}: {e}); what was exported is checkpointed, re-run to "
+                              "continue") from e
+        if not entries:
+            break
+        first, last = entries[0][0].decode(), entries[-1][0].decode()
+        frame = entries_to_frame(entries)
+        written = _write_chunk(output, frame, f"{tag}{first}-{last}", summary, exported)
+        summary.entries += len(entries)
+        checkpoint = {**checkpoint, "entries": checkpoint.get("entries", 0) + len(entries),
+                      "rows": checkpoint.get("rows", 0) + written, "updated": time.time()}
+        if single:
+            checkpoint["last_id"] = last
+        else:
+            checkpoint["streams"] = {**checkpoint.get("streams", {}), stream: last}
+        _write_atomic(output / CHECKPOINT, lambda p, c=checkpoint: p.write_text(json.dumps(c, indent=1)))
+        after = last
+        if config.trim:
+            client.xtrim(stream, minid=_next_id(last))
+    summary.last_id = after if single else ",".join(f"{k}={v}" for k, v in checkpoint.get("streams", {}).items())
+    return checkpoint
 
 
 def _next_id(log_id: str) -> str:

@@ -1,15 +1,20 @@
 """The durable event log on Redis Streams, users' streamed engagements, and the served-list logger.
 
-Redis layout (prefix P = EventLogConfig.stream_key, default "recsys:events"):
+Redis layout (prefix P = EventLogConfig.stream_key, default "recsys:events"; `<u>` = user id,
+`<id>` = event id; braces are literal: the user's hash tag, shared with the cache's keys):
 
   P                    the stream: one entry per event (fields below), XADD MAXLEN ~ max_len
-  P:seen:{event_id}    dedupe marker, SET NX with a TTL (dedupe_ttl_s): a replay within it is a no-op
-  P:rv:{user_id}       the user's engagement counter (+1 per engagement/rating): the "recent
-                       version" serving keys its cached candidates by, so a new engagement makes
-                       that user's cache stale at once (serving/server.py)
-  P:users              pub/sub channel: "{rv}\\t{user_id}" per engagement (UserVersions listens)
-  recent_key(user_id)  the user's engaged items, newest first (LPUSH; trimmed to recent_length
-                       once it holds twice that; readers take the first recent_length)
+                       (Redis Cluster: P:{s0} .. P:{s<stream_shards-1>}, see below)
+  P:seen:<id>          dedupe marker, SET NX with a TTL (dedupe_ttl_s): a replay within it is a no-op
+                       (Redis Cluster: P:seen:{<u>}:<id>, in the user's slot)
+  P:rv:{<u>}           the user's engagement counter (+1 per engagement/rating). Serving reads it in
+                       the same MGET as the user's cached entries and uses an entry only if it was
+                       computed at this counter (serving/cache.py), so a new engagement makes that
+                       user's cache stale at once, for every process
+  P:users              pub/sub channel: "{rv}\\t{user_id}" per engagement (UserVersions listens: only
+                       servers whose event log is in another Redis than their cache; standalone only)
+  recent_key(<u>)      recsys:recent:{<u>}, the user's engaged items, newest first (LPUSH; trimmed to
+                       recent_length once it holds twice that; readers take the first recent_length)
 
 Stream entry fields (all strings; absent = empty): id (event id), type (impression,
 engagement, rating, or served = a list the server served), user, item (served: the items
@@ -22,11 +27,25 @@ atomically: for each event not seen before, the dedupe marker, the XADD and (eng
 the recent list and counter — so a batch is written whole or, if Redis fails before the
 script runs, not at all, and a replayed batch changes nothing. Persistence is Redis's: the
 project's launcher runs it with AOF and fsync every second (serving/local_redis.py).
+
+On a Redis Cluster (a `redis+cluster://` URL, core/redis_url.py) one script cannot touch a
+global stream and every user's keys (they live in different slots, on different nodes). There
+a batch is written in two steps: (1) all its events are appended to one stream shard
+P:{s<k>} (shards taken round robin per call; one script, atomic; MAXLEN ~ max_len/shards each),
+then (2) per hash slot of the batch's users, one script does the dedupe markers (in the user's
+slot), recent lists and counters — all sent in one pipeline. Only after both does LogEvents
+answer. If anything fails the caller gets UNAVAILABLE and retries the same batch: step 1 then
+appends the events again (the export drops entries whose event id it already wrote: exactly once
+in its output) and step 2 applies each event's state exactly once (its dedupe marker). So
+nothing acknowledged is lost and a replay changes no state; what a cluster does not give is
+"UNAVAILABLE = nothing written": a failed call may have appended to the stream. `recsys events
+export` reads every shard (found by SCAN), each with its own checkpoint.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -37,6 +56,7 @@ from typing import Any
 import redis
 
 from core.errors import RecsysError
+from core.redis_url import REDIS_ERRORS, connect, is_cluster, key_slot
 from feedback.events import ITEM_SEP, Event
 from pipeline import recent_key
 
@@ -67,10 +87,11 @@ class EventLogConfig:
     served_flush_s: float = 0.25     # the writer sends what queued this often (bench/hit_attribution.py: 0.05 cost ~7% of hits)
     versions_ttl_s: float = 30.0     # a process trusts its copy of a user's counter this long without an update
     versions_max_entries: int = 100_000
+    stream_shards: int = 16          # Redis Cluster only: streams P:{s0}..P:{s<n-1>}, spread over the masters
 
     def __post_init__(self) -> None:
         for name in ("max_len", "dedupe_ttl_s", "recent_length", "recent_ttl_s", "max_batch_events",
-                     "max_batch_bytes", "max_id_length", "served_queue", "versions_max_entries"):
+                     "max_batch_bytes", "max_id_length", "served_queue", "versions_max_entries", "stream_shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "read_timeout_s", "served_flush_s", "versions_ttl_s"):
@@ -79,6 +100,9 @@ class EventLogConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         if not self.stream_key:
             raise ValueError("--stream-key must not be empty")
+        if "{" in self.stream_key or "}" in self.stream_key:
+            raise ValueError(f"--stream-key must not contain braces (the users' hash tags follow it), got "
+                             f"{self.stream_key!r}")
 
 
 def seen_key(stream_key: str, event_id: str) -> str:
@@ -86,7 +110,18 @@ def seen_key(stream_key: str, event_id: str) -> str:
 
 
 def state_key(stream_key: str, user_id: str) -> str:
-    return f"{stream_key}:rv:{user_id}"
+    """The user's engagement counter (in the user's hash slot, like their cache keys)."""
+    return f"{stream_key}:rv:{{{user_id}}}"
+
+
+def cluster_seen_key(stream_key: str, user_id: str, event_id: str) -> str:
+    """A Redis Cluster dedupe marker: in the event's user's slot, so one script checks it and updates the user."""
+    return f"{stream_key}:seen:{{{user_id}}}:{event_id}"
+
+
+def shard_key(stream_key: str, shard: int) -> str:
+    """Stream shard `shard` of a Redis Cluster event log."""
+    return f"{stream_key}:{{s{shard}}}"
 
 
 def channel(stream_key: str) -> str:
@@ -135,7 +170,7 @@ end
 -- list trimmed lazily (at twice its length; readers take the first recent_length), the counter bumped.
 local bumped = {}
 for _, user in ipairs(users) do
-  local items, rkey, vkey = pushed[user], recent .. user, rv .. user
+  local items, rkey, vkey = pushed[user], recent .. '{' .. user .. '}', rv .. '{' .. user .. '}'
   if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
     redis.call('LTRIM', rkey, 0, rlen - 1)
   end
@@ -148,9 +183,58 @@ for _, user in ipairs(users) do
 end
 return {accepted, duplicates, bumped}
 """
-# The script builds recent_key(user) as this prefix + user (checked: the key function is a prefix).
-_RECENT_PREFIX = recent_key("")
-assert recent_key("u") == _RECENT_PREFIX + "u", "pipeline.recent_key is no longer prefix + user id; update _APPEND"
+# The scripts build recent_key(user) as this prefix + "{user}" (checked), state_key likewise.
+_RECENT_PREFIX = recent_key("")[:-2]
+assert recent_key("u") == _RECENT_PREFIX + "{u}", "pipeline.recent_key is no longer prefix + {user id}; update _APPEND"
+assert state_key("P", "u") == state_key("P", "")[:-2] + "{u}"
+
+# Redis Cluster, step 2 (module docstring): one call per hash slot of a batch's users. KEYS[1] = the counter of
+# one user of the slot (it routes the call); ARGV = [seen prefix, counter prefix, recent prefix, dedupe_ttl,
+# recent_length, recent_ttl, then one record per event: "<engaged 1|0>\x1f<event id>\x1f<user>\x1f<item>"].
+_STATE = """
+local seen, rv, recent = ARGV[1], ARGV[2], ARGV[3]
+local ttl, rlen, rttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local accepted, duplicates, users, pushed = 0, 0, {}, {}
+for a = 7, #ARGV do
+  local rec, f, p = ARGV[a], {}, 1
+  while true do
+    local e = string.find(rec, '\\031', p, true)
+    if e == nil then
+      f[#f + 1] = string.sub(rec, p)
+      break
+    end
+    f[#f + 1] = string.sub(rec, p, e - 1)
+    p = e + 1
+  end
+  local id, user, item = f[2], f[3], f[4]
+  if redis.call('SET', seen .. '{' .. user .. '}:' .. id, '1', 'NX', 'EX', ttl) then
+    accepted = accepted + 1
+    if f[1] == '1' then
+      if pushed[user] == nil then
+        pushed[user] = {}
+        users[#users + 1] = user
+      end
+      table.insert(pushed[user], item)
+    end
+  else
+    duplicates = duplicates + 1
+  end
+end
+local bumped = {}
+for _, user in ipairs(users) do
+  local tag = '{' .. user .. '}'
+  local items, rkey, vkey = pushed[user], recent .. tag, rv .. tag
+  if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
+    redis.call('LTRIM', rkey, 0, rlen - 1)
+  end
+  redis.call('EXPIRE', rkey, rttl)
+  local v = redis.call('INCRBY', vkey, #items)
+  redis.call('EXPIRE', vkey, rttl)
+  bumped[#bumped + 1] = user
+  bumped[#bumped + 1] = tostring(v)
+end
+return {accepted, duplicates, bumped}
+"""
 
 
 def _fields(e: Event) -> list[str]:
@@ -167,13 +251,7 @@ def _fields(e: Event) -> list[str]:
 
 
 def _client(url: str, timeout_s: float, max_connections: int = 64) -> redis.Redis:
-    try:
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout_s,
-                                                     socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                                     protocol=2)
-    except ValueError as e:
-        raise ValueError(f"--events-redis-url {url!r}: {e}") from e
-    return redis.Redis(connection_pool=pool)
+    return connect(url, flag="--events-redis-url", socket_timeout=timeout_s, max_connections=max_connections)
 
 
 class EventLog:
@@ -187,9 +265,24 @@ class EventLog:
     def __init__(self, url: str, config: EventLogConfig = EventLogConfig()) -> None:
         self.url = url
         self.config = config
+        self.cluster = is_cluster(url)
         self.client = _client(url, config.timeout_s)  # LogEvents: wait up to timeout_s
         self.reader = _client(url, config.read_timeout_s)  # the Recommend path: give up fast
         self._append = self.client.register_script(_APPEND)
+        self._xadd = self.client.register_script(_SERVED)  # cluster step 1: a batch into one stream shard
+        self._shards = itertools.count()
+
+    def streams(self) -> list[str]:
+        """The stream keys this log writes: one, or the cluster's shards."""
+        c = self.config
+        return [shard_key(c.stream_key, k) for k in range(c.stream_shards)] if self.cluster else [c.stream_key]
+
+    def next_stream(self) -> tuple[str, int]:
+        """(the stream the next append goes to, its MAXLEN): round robin over the shards on a cluster."""
+        c = self.config
+        if not self.cluster:
+            return c.stream_key, c.max_len
+        return shard_key(c.stream_key, next(self._shards) % c.stream_shards), -(-c.max_len // c.stream_shards)
 
     def append(self, events: Sequence[Event]) -> tuple[int, int, dict[str, int]]:
         """Writes a validated batch atomically (see the module docstring).
@@ -201,26 +294,55 @@ class EventLog:
           EventLogUnavailableError when Redis fails; nothing of the batch was written then
           (the script runs whole or not at all), so the caller retries the same batch.
         """
+        if self.cluster:
+            return self._append_cluster(events)
         c = self.config
-        args: list[Any] = [seen_key(c.stream_key, ""), state_key(c.stream_key, ""), _RECENT_PREFIX, c.max_len,
+        args: list[Any] = [seen_key(c.stream_key, ""), state_key(c.stream_key, "")[:-2], _RECENT_PREFIX, c.max_len,
                            c.dedupe_ttl_s, c.recent_length, c.recent_ttl_s, channel(c.stream_key)]
         args += [ITEM_SEP.join(("1" if e.engaged else "0", *_fields(e))) for e in events]
         try:
             accepted, duplicates, bumped = self._append(keys=[c.stream_key], args=args)
-        except redis.RedisError as e:
+        except REDIS_ERRORS as e:
             raise EventLogUnavailableError(f"the event log (Redis) failed: {type(e).__name__}: {e}; nothing of this "
                                            "batch was written, retry it") from e
-        users = {}
-        for i in range(0, len(bumped), 2):
-            user, version = bumped[i].decode(), int(bumped[i + 1])
-            users[user] = max(users.get(user, 0), version)
+        users: dict[str, int] = {}
+        _bumped(bumped, users)
         return int(accepted), int(duplicates), users
+
+    def _append_cluster(self, events: Sequence[Event]) -> tuple[int, int, dict[str, int]]:
+        """The two steps of the module docstring (Redis Cluster)."""
+        c = self.config
+        stream, max_len = self.next_stream()
+        groups: dict[int, list[Event]] = {}
+        for e in events:
+            groups.setdefault(key_slot(state_key(c.stream_key, e.user_id)), []).append(e)
+        head = [cluster_seen_key(c.stream_key, "", "")[:-3], state_key(c.stream_key, "")[:-2], _RECENT_PREFIX,
+                c.dedupe_ttl_s, c.recent_length, c.recent_ttl_s]
+        try:
+            if events:
+                self._xadd(keys=[stream], args=[max_len, _RECORD_SEP.join(_FIELD_SEP.join(_fields(e))
+                                                                          for e in events)])
+            pipe = self.client.pipeline(transaction=False)
+            for group in groups.values():
+                pipe.execute_command("EVAL", _STATE, 1, state_key(c.stream_key, group[0].user_id), *head,
+                          *(ITEM_SEP.join(("1" if e.engaged else "0", e.event_id, e.user_id, e.item_id))
+                            for e in group))
+            results = pipe.execute()
+        except REDIS_ERRORS as e:
+            raise EventLogUnavailableError(f"the event log (Redis Cluster) failed: {type(e).__name__}: {e}; retry "
+                                           "this batch (a retry applies each event exactly once)") from e
+        accepted = duplicates = 0
+        users: dict[str, int] = {}
+        for a, d, bumped in results:
+            accepted, duplicates = accepted + int(a), duplicates + int(d)
+            _bumped(bumped, users)
+        return accepted, duplicates, users
 
     def recent(self, user_id: str) -> list[str]:
         """The user's streamed engagements, newest first (at most recent_length)."""
         try:
             raw = self.reader.lrange(recent_key(user_id), 0, self.config.recent_length - 1)
-        except redis.RedisError as e:
+        except REDIS_ERRORS as e:
             raise EventLogUnavailableError(f"reading the recent list of {user_id!r} failed: {e}") from e
         return [r.decode() for r in raw]
 
@@ -228,13 +350,19 @@ class EventLog:
         """The user's engagement counter (0 = no streamed engagements)."""
         try:
             raw = self.reader.get(state_key(self.config.stream_key, user_id))
-        except redis.RedisError as e:
+        except REDIS_ERRORS as e:
             raise EventLogUnavailableError(f"reading the event counter of {user_id!r} failed: {e}") from e
         return int(raw) if raw is not None else 0
 
     def close(self) -> None:
         self.client.close()
         self.reader.close()
+
+
+def _bumped(bumped: list, users: dict[str, int]) -> None:
+    for i in range(0, len(bumped), 2):
+        user, version = bumped[i].decode(), int(bumped[i + 1])
+        users[user] = max(users.get(user, 0), version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,9 +474,10 @@ class ServedListLogger:
                     blends: dict[int, str] = {}  # a handful of distinct weights objects per flush
                     records = _RECORD_SEP.join(_served_record(*f[:5], blends.get(id(f[5])) or blends.setdefault(
                         id(f[5]), blend_text(f[5])), f[6], f[7]) for f in batch)
-                    self._write(keys=[c.stream_key], args=[c.max_len, records])
+                    stream, max_len = self._log.next_stream()
+                    self._write(keys=[stream], args=[max_len, records])
                     self.written += len(batch)
-                except redis.RedisError as e:
+                except REDIS_ERRORS as e:
                     self.failed += len(batch)
                     log.warning("could not log %d served lists: %s: %s", len(batch), type(e).__name__, e,
                                 extra={"event": "served_log_failed"})

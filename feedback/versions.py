@@ -1,5 +1,9 @@
 """Each server process's copy of users' engagement counters, so a cache hit needs no extra Redis read.
 
+Used only by a server whose event log is in another Redis than its cache (`--events-redis-url` ≠
+`--redis-url`): otherwise the counter is read in the same MGET as the cached entry (serving/cache.py),
+which is strictly fresh across processes. What follows describes this fallback design.
+
 A Recommend request keys the user's cached candidates by the user's engagement counter
 (EventLog.version): a new engagement bumps it, so the next request looks under a new key
 and computes with the new history. Reading the counter from Redis on every request would

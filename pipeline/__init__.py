@@ -4,7 +4,7 @@ Serving, the Beam job and offline evaluation all call `RecommendPipeline` (or it
 and store/read candidate sets under the keys named here. Importing this package does not
 import TensorFlow or FAISS; loading a version does.
 """
-from pipeline.candidates import CandidateSet, CorruptEntryError, cache_key, precomputed_key, recent_key
+from pipeline.candidates import CandidateSet, CorruptEntryError, cache_key, precomputed_key, recent_key, stamp, unstamp
 from pipeline.scoring import (
                               CandidateScorer,
                               NewUserScoring,
@@ -15,5 +15,5 @@ from pipeline.scoring import (
                               save_pipeline_config,
 )
 
-__all__ = ["CandidateSet", "CorruptEntryError", "cache_key", "precomputed_key", "recent_key", "CandidateScorer", "NewUserScoring", "PipelineConfig",
+__all__ = ["CandidateSet", "CorruptEntryError", "cache_key", "precomputed_key", "recent_key", "stamp", "unstamp", "CandidateScorer", "NewUserScoring", "PipelineConfig",
            "RecommendPipeline", "load_pipeline_config", "retrieve", "save_pipeline_config"]

@@ -22,14 +22,20 @@ _HEAD = struct.Struct("<2sBIH")
 _F32 = np.dtype("<f4")
 
 
+# Every key of one user carries the hash tag {user_id}, so on a Redis Cluster they share a hash slot:
+# the server reads a user's precomputed entry, cached entry and engagement counter
+# (feedback.log.state_key) in one MGET, and the event log updates the user's state in one script.
+# Nothing before the tag may contain "{" (model versions and the stream key do not).
+
+
 def cache_key(model_version: str, user_id: str) -> str:
-    """The key the server writes after computing a user's candidates online."""
-    return f"recsys:{model_version}:cache:{user_id}"
+    """The key the server writes after computing a user's candidates online (value: `stamp(counter, bytes)`)."""
+    return f"recsys:{model_version}:cache:{{{user_id}}}"
 
 
 def precomputed_key(model_version: str, user_id: str) -> str:
     """The key the Beam batch job writes a user's precomputed candidates under."""
-    return f"recsys:{model_version}:pre:{user_id}"
+    return f"recsys:{model_version}:pre:{{{user_id}}}"
 
 
 def recent_key(user_id: str) -> str:
@@ -38,7 +44,27 @@ def recent_key(user_id: str) -> str:
     Not versioned by model: the events are the user's, whichever version serves them; each
     request reads it and passes it to RecommendPipeline.candidates(recent=...).
     """
-    return f"recsys:recent:{user_id}"
+    return f"recsys:recent:{{{user_id}}}"
+
+
+_STAMP = struct.Struct("<2sQ")
+_STAMP_MAGIC = b"RV"
+
+
+def stamp(counter: int, data: bytes) -> bytes:
+    """A cached entry's value: the user's engagement counter it was computed at, then `CandidateSet.to_bytes()`.
+
+    The reader compares the stamp with the counter it read in the same MGET: an entry computed
+    before the user's latest engagement is a miss (serving/cache.py). Counter 0 is stored unstamped.
+    """
+    return data if counter == 0 else _STAMP.pack(_STAMP_MAGIC, counter) + data
+
+
+def unstamp(raw: bytes) -> tuple[int, bytes]:
+    """(the counter an entry was computed at, its candidate-set bytes); unstamped bytes (precomputed) → 0."""
+    if raw[:2] == _STAMP_MAGIC and len(raw) >= _STAMP.size:
+        return _STAMP.unpack_from(raw)[1], raw[_STAMP.size:]
+    return 0, raw
 
 
 class CorruptEntryError(ValueError):

@@ -8,15 +8,16 @@ cd "$ROOT"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
-# 1. redis-server from Debian's packages (tests start their own; the demo starts one).
-if ! command -v redis-server >/dev/null 2>&1; then
+# 1. redis-server and redis-cli from Debian's packages (tests start their own servers and Redis Clusters;
+#    the demo starts one).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then
     log "installing redis-server (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq redis-server >/dev/null
+    apt-get install -y -qq redis-server redis-tools >/dev/null
   else
-    log "redis-server is missing and this is not root: run 'sudo apt-get install redis-server'"
+    log "redis-server or redis-cli is missing and this is not root: run 'sudo apt-get install redis-server redis-tools'"
     exit 1
   fi
 fi

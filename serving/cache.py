@@ -1,18 +1,29 @@
 """Candidate-set cache: Redis (shared, precomputed by Beam) or an in-process LRU, with single-flight.
 
 Key layout — the contract with the Beam precompute job (beam_jobs/), which must write
-exactly these keys and values:
+exactly these keys and values (`<v>` = model version, `<u>` = user id; the braces are literal: the
+user's hash tag, so on a Redis Cluster all of a user's keys share one hash slot):
 
-  recsys:{model_version}:pre:{user_id}     written by the batch job; answers are PRECOMPUTED
-  recsys:{model_version}:cache:{user_id}   written by the server after an online computation,
-                                           with a TTL (CacheConfig.ttl_s); answers are CACHE
+  recsys:<v>:pre:{<u>}     written by the batch job; answers are PRECOMPUTED
+  recsys:<v>:cache:{<u>}   written by the server after an online computation, with a TTL
+                           (CacheConfig.ttl_s); answers are CACHE
+  <events>:rv:{<u>}        the user's engagement counter, written by the event log (feedback/log.py)
 
-The value of both is `CandidateSet.to_bytes()` (pipeline/candidates.py): the user's
+The value of both entries is `CandidateSet.to_bytes()` (pipeline/candidates.py): the user's
 candidates with the retrieval score and BOTH ranker heads, so requests with any blend
-weights are served from one entry. Keys are namespaced by model version, so a new version
-never reads an old version's scores; a value whose embedded model_version differs from
-its key's is treated as corrupt. One lookup is one MGET of both keys; a precomputed entry
-wins when both exist (they hold the same scores for the same version).
+weights are served from one entry; a cached entry computed after the user's n-th streamed
+engagement is prefixed with n (`pipeline.stamp`). Keys are namespaced by model version, so a
+new version never reads an old version's scores; a value whose embedded model_version differs
+from its key's is treated as corrupt.
+
+Freshness by construction: one lookup is one MGET of the precomputed entry, the cached entry
+and the user's counter (one slot, so one round trip on a cluster too). A precomputed entry
+(batch history only) is valid while the counter is 0; a cached entry while its stamp equals
+the counter; anything else is a miss, computed with the history up to the counter read. So a
+Recommend that starts after a LogEvents engagement was acknowledged — by any process — never
+answers from an entry computed without it. A near-cache entry is checked the same way: its
+hit reads the counter (a one-key MGET) and is used only while the counter still equals its
+stamp (`near_validate`; false = near hits read nothing and may lag up to near_ttl_s).
 
 In front of Redis sits a small per-process "near" cache (`near_ttl_s`, default 30 s) of
 decoded entries: a hot user's repeated requests skip the Redis round trip and the decode,
@@ -48,7 +59,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from pipeline import CandidateSet, CorruptEntryError, cache_key, precomputed_key
+from core.redis_url import REDIS_ERRORS, connect
+from pipeline import CandidateSet, CorruptEntryError, cache_key, precomputed_key, stamp, unstamp
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -82,6 +94,10 @@ class CacheConfig:
     # client's timeouts and retry policy but without redis-py's per-command pool checkout (a lock,
     # a readiness poll, timeout toggles: GIL hand-offs under gRPC's threads). false = the pool.
     thread_read_connections: bool = True
+    # A near-cache hit reads the user's engagement counter (one small round trip) and is used only while it is
+    # unchanged, so another process's engagement is reflected at once. false = near hits read nothing (lag up
+    # to near_ttl_s behind an engagement logged through another process).
+    near_validate: bool = True
 
     def __post_init__(self) -> None:
         if self.ttl_s < 1:
@@ -121,11 +137,13 @@ class CacheEntry:
       source: CACHE or PRECOMPUTED — what a later hit on this entry reports.
       memo: (weights, k) → (the finished response, its item ids, its serialized bytes), filled by the servicer
         (at most MEMO_SIZE).
+      counter: the user's engagement counter (feedback/log.py) these candidates were computed at.
     """
 
     candidates: CandidateSet
     source: str = CACHE
     memo: dict = dataclasses.field(default_factory=dict)
+    counter: int = 0  # the user's engagement counter the candidates were computed at
 
     MEMO_SIZE = 8
 
@@ -181,17 +199,13 @@ def redis_client(config: CacheConfig) -> redis.Redis:
 
     redis-py's default retry policy backs off for up to seconds; a cache must give up in
     milliseconds and let the request compute instead, hence the explicit Retry.
+    A `redis+cluster://` URL gives a RedisCluster client (core/redis_url.py) with the same timeouts and retry
+    policy; its retries also re-read the slot map, which is how a replica promoted by a failover is found.
     """
     retry = Retry(ExponentialBackoff(cap=4 * config.retry_backoff_s, base=config.retry_backoff_s),
                   config.retries, supported_errors=(redis.ConnectionError, redis.TimeoutError, TimeoutError))
-    try:
-        pool = redis.BlockingConnectionPool.from_url(
-            config.redis_url, max_connections=config.max_connections, timeout=config.socket_timeout_s,
-            socket_timeout=config.socket_timeout_s, socket_connect_timeout=config.connect_timeout_s,
-            retry=retry, protocol=2)
-    except ValueError as e:
-        raise ValueError(f"--redis-url {config.redis_url!r}: {e}") from e
-    return redis.Redis(connection_pool=pool)
+    return connect(config.redis_url, flag="--redis-url", socket_timeout=config.socket_timeout_s,
+                   connect_timeout=config.connect_timeout_s, max_connections=config.max_connections, retry=retry)
 
 
 class ThreadConnections:
@@ -306,7 +320,9 @@ class RedisCandidateStore:
         # key → (the exact bytes read, the entry decoded from them); LRU-bounded
         self._decoded: collections.OrderedDict[str, tuple[bytes, CacheEntry]] = collections.OrderedDict()
         self._decoded_lock = threading.Lock()
-        self._reader = ThreadConnections(client) if thread_read_connections else None
+        # A cluster client routes each command to its slot's node itself (no single pool to make connections from).
+        cluster = isinstance(client, redis.RedisCluster)
+        self._reader = ThreadConnections(client) if thread_read_connections and not cluster else None
 
     @classmethod
     def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> RedisCandidateStore:
@@ -320,9 +336,11 @@ class RedisCandidateStore:
             return True
         return False
 
-    def _fault(self, op: str, e: redis.RedisError) -> None:
+    def _fault(self, op: str, e: BaseException) -> None:
         kind = "timeout" if isinstance(e, redis.TimeoutError) else "error"
-        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        # the cluster client's own errors (no node for a slot, the slot map unreadable mid-failover) are outages too
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException,
+                          redis.exceptions.ClusterDownError)):
             if not self._closed_until or self._clock() >= self._closed_until:
                 log.warning("redis %s failed (%s: %s); serving online, skipping Redis for %.1fs", op,
                             type(e).__name__, e, self._circuit_open_s, extra={"event": "redis_fault", "op": op})
@@ -336,26 +354,52 @@ class RedisCandidateStore:
         return None if entry is None else (entry.candidates, entry.source)
 
     def get_entry(self, model_version: str, user_id: str) -> CacheEntry | None:
-        """The decoded entry for the user (precomputed first), or None on a miss or any fault."""
+        """The decoded entry for the user (precomputed first), or None on a miss or any fault (no counter check)."""
+        return self.lookup(model_version, user_id)[0]
+
+    def _mget(self, keys: tuple[str, ...]) -> list[bytes | None]:
+        return self._reader.mget(keys) if self._reader is not None else self.client.mget(keys)
+
+    def lookup(self, model_version: str, user_id: str, counter_key: str | None = None
+               ) -> tuple[CacheEntry | None, int | None]:
+        """(the user's valid entry or None, the user's engagement counter or None when it was not read).
+
+        With `counter_key` the counter is read in the same MGET as both entries, and an entry is
+        valid only for it (module docstring); without it (no event log) every entry is valid.
+        A fault (or the open circuit) is (None, None).
+        """
         if self._skip("get"):
-            return None
+            return None, None
         keys = (precomputed_key(model_version, user_id), cache_key(model_version, user_id))
         try:
-            pre, cached = self._reader.mget(keys) if self._reader is not None else self.client.mget(keys)
-        except redis.RedisError as e:
+            values = self._mget(keys + (counter_key,) if counter_key else keys)
+        except REDIS_ERRORS as e:
             self._fault("get", e)
-            return None
+            return None, None
         self._closed_until = 0.0
-        for key, raw, source in ((keys[0], pre, PRECOMPUTED), (keys[1], cached, CACHE)):
+        counter = None
+        if counter_key:
+            raw_counter = values[2]
+            try:
+                counter = int(raw_counter) if raw_counter is not None else 0
+            except ValueError:
+                self._metrics.redis_fault("get", "corrupt")
+                return None, None
+        for key, raw, source in ((keys[0], values[0], PRECOMPUTED), (keys[1], values[1], CACHE)):
             if raw is None:
                 continue
             if self._decoded_max:
                 with self._decoded_lock:
                     known = self._decoded.get(key)
                 if known is not None and known[0] == raw:  # the same bytes: the same decoded entry
-                    return known[1]
+                    if counter is None or known[1].counter == counter:
+                        return known[1], counter
+                    continue
+            at, data = unstamp(raw) if source == CACHE else (0, raw)
+            if counter is not None and at != counter:
+                continue  # computed before the user's latest engagement (or for a counter that expired)
             try:
-                candidates = CandidateSet.from_bytes(raw)
+                candidates = CandidateSet.from_bytes(data)
             except CorruptEntryError as e:
                 log.warning("corrupt cache entry for user %r (%s); recomputing", user_id, e,
                             extra={"event": "corrupt_entry"})
@@ -364,22 +408,38 @@ class RedisCandidateStore:
             if candidates.model_version != model_version:
                 self._metrics.redis_fault("get", "corrupt")
                 continue
-            entry = CacheEntry(candidates, source)
+            entry = CacheEntry(candidates, source, counter=at)
             if self._decoded_max:
                 with self._decoded_lock:
                     self._decoded[key] = (raw, entry)
                     self._decoded.move_to_end(key)
                     while len(self._decoded) > self._decoded_max:
                         self._decoded.popitem(last=False)
-            return entry
-        return None
+            return entry, counter
+        return None, counter
 
-    def put(self, model_version: str, user_id: str, candidates: CandidateSet) -> None:
+    def read_counter(self, counter_key: str) -> int | None:
+        """The user's engagement counter (0 = none); None on a fault or while the circuit is open."""
+        if self._skip("get"):
+            return None
+        try:
+            raw = self._mget((counter_key,))[0]
+        except REDIS_ERRORS as e:
+            self._fault("get", e)
+            return None
+        self._closed_until = 0.0
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            self._metrics.redis_fault("get", "corrupt")
+            return None
+
+    def put(self, model_version: str, user_id: str, candidates: CandidateSet, counter: int = 0) -> None:
         if self._skip("set"):
             return
         try:
-            self.client.set(cache_key(model_version, user_id), candidates.to_bytes(), ex=self._ttl)
-        except redis.RedisError as e:
+            self.client.set(cache_key(model_version, user_id), stamp(counter, candidates.to_bytes()), ex=self._ttl)
+        except REDIS_ERRORS as e:
             self._fault("set", e)
 
     def close(self) -> None:
@@ -436,9 +496,10 @@ class CandidateCache:
     """Near cache → store (Redis or in-process) → on a miss compute once (single-flight) → store."""
 
     def __init__(self, store: CandidateStore, metrics: ServingMetrics,
-                 near: LocalCandidateStore | None = None) -> None:
+                 near: LocalCandidateStore | None = None, near_validate: bool = True) -> None:
         self.store = store
         self.near = near
+        self.near_validate = near_validate
         self._metrics = metrics
         self._flight = SingleFlight()
 
@@ -447,26 +508,43 @@ class CandidateCache:
         if not config.redis_url:
             return cls(LocalCandidateStore(config.local_max_entries, config.ttl_s), metrics)
         near = LocalCandidateStore(config.near_max_entries, config.near_ttl_s) if config.near_ttl_s > 0 else None
-        return cls(RedisCandidateStore.from_config(config, metrics), metrics, near)
+        return cls(RedisCandidateStore.from_config(config, metrics), metrics, near, config.near_validate)
 
-    def get_or_compute(self, model_version: str, user_id: str, compute: Callable[[], CandidateSet],
-                       timeout: float | None = None) -> tuple[CacheEntry, str]:
+    @property
+    def counts_engagements(self) -> bool:
+        """True when lookups can read users' engagement counters with the entries (a Redis store)."""
+        return hasattr(self.store, "lookup")
+
+    def get_or_compute(self, model_version: str, user_id: str, compute: Callable[..., CandidateSet],
+                       timeout: float | None = None, counter_key: str | None = None) -> tuple[CacheEntry, str]:
         """(entry, CACHE | PRECOMPUTED | ONLINE): where this request's answer came from.
+
+        With `counter_key` (the user's engagement counter, in the entries' hash slot; needs
+        `counts_engagements`) an entry is used only if it was computed at the counter read in the
+        same round trip, and `compute(counter)` is called with that counter (0 when Redis could
+        not say: batch history only); the entry returned carries it. Without it, `compute()`.
 
         Raises concurrent.futures.TimeoutError if another request's computation of the
         same user does not finish within `timeout` seconds.
         """
         local = self.near if self.near is not None else (
             self.store if isinstance(self.store, LocalCandidateStore) else None)
+        counting = counter_key is not None and self.counts_engagements
+        counter: int | None = None
         if local is not None:
             entry = local.get_entry(model_version, user_id)
+            if entry is not None and counting and self.near_validate:
+                counter = self.store.read_counter(counter_key)
+                if entry.counter != (counter or 0):  # computed before the latest engagement (fault: batch only)
+                    entry = None
             if entry is not None:
                 self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed",
                                            "near" if local is self.near else "store")
                 return entry, entry.source
         if local is not self.store:
-            get_entry = getattr(self.store, "get_entry", None)
-            if get_entry is not None:
+            if counting:
+                entry, counter = self.store.lookup(model_version, user_id, counter_key)
+            elif (get_entry := getattr(self.store, "get_entry", None)) is not None:
                 entry = get_entry(model_version, user_id)
             else:
                 hit = self.store.get(model_version, user_id)
@@ -477,20 +555,27 @@ class CandidateCache:
                     self.near.put_entry(model_version, user_id, entry)
                 return entry, entry.source
         self._metrics.cache_lookup("miss")
+        at = counter or 0
 
         def computed() -> CacheEntry:
-            self._metrics.online_computations.inc()
-            return CacheEntry(compute())
+            entry = CacheEntry(compute(at) if counting else compute(), counter=at)
+            self._metrics.online_computations.inc()  # after: a compute that declines (raises) computed nothing
+            return entry
 
         def store(entry: CacheEntry) -> None:
             if local is self.store:
                 self.store.put_entry(model_version, user_id, entry)
                 return
-            self.store.put(model_version, user_id, entry.candidates)
+            if counting and counter is None:
+                pass  # Redis failed (circuit open): do not write what was computed without the streamed history
+            elif counting:
+                self.store.put(model_version, user_id, entry.candidates, at)
+            else:
+                self.store.put(model_version, user_id, entry.candidates)
             if self.near is not None:
                 self.near.put_entry(model_version, user_id, entry)
 
-        entry, shared = self._flight.do((model_version, user_id), computed, timeout, after=store)
+        entry, shared = self._flight.do((model_version, user_id, at), computed, timeout, after=store)
         if shared:
             self._metrics.singleflight_shared.inc()
         return entry, ONLINE

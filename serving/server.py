@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -48,6 +49,7 @@ from feedback import (
     InvalidEventError,
     ServedListLogger,
     UserVersions,
+    state_key,
     validate_events,
 )
 from pipeline import CandidateSet
@@ -181,15 +183,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def __init__(self, cache: CandidateCache, metrics: ServingMetrics, config: ServerConfig = ServerConfig(),
                  limits: RequestLimits = RequestLimits(), events: EventLog | None = None,
-                 circuit_open_s: float = 1.0) -> None:
+                 circuit_open_s: float = 1.0, strict_freshness: bool = False) -> None:
         self.cache = cache
         self.metrics = metrics
         self.config = config
         self.limits = limits
         # The event log (feedback/): LogEvents, streamed history, served-list impressions. None = off.
         self.events = events
+        # Strict freshness (the event log's counters live in the cache's Redis): every cache read carries the
+        # user's counter (serving/cache.py), so no process-local copy of counters (UserVersions) is needed.
+        self.counter_key: Callable[[str], str] | None = None
+        if events is not None and strict_freshness and cache.counts_engagements:
+            self.counter_key = functools.partial(state_key, events.config.stream_key)
+        if events is not None and self.counter_key is None and getattr(events, "cluster", False):
+            raise ValueError("an event log on a Redis Cluster must be in the cache's Redis: give --redis-url and leave "
+                             "--events-redis-url empty (its counters are read with the cached entries)")
         self.versions = (UserVersions(events, events.config.versions_ttl_s, events.config.versions_max_entries).start()
-                         if events is not None else None)
+                         if events is not None and self.counter_key is None else None)
         self.served = ServedListLogger(events) if events is not None and events.config.log_served else None
         self._events_down_until = 0.0  # streamed state is skipped (batch features only) until then
         self._circuit_open_s = circuit_open_s
@@ -415,6 +425,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         known = model.is_known_user(user)
         # A user's engagement counter versions their cached candidates: a new engagement moves the
         # user to a new cache key (ARCHITECTURE.md, "Streaming features").
+        if self.counter_key is not None:  # the counter is read with the cached entry, in one round trip
+            if known and time_left is not None and time_left <= self.config.min_deadline_s:
+                raise DeadlineExceededError("the deadline passed before the request could be served")
+            try:
+                return self._answer_candidates(model, weights, query, time_left, known, -1)
+            except _NoStreamedState:
+                if known:  # Redis failed while reading the history: batch features only
+                    return self._answer_candidates(model, weights, query, time_left, known, 0)
+                self.metrics.fallbacks.inc()
+                return self._fallback(model, weights, query)
         version = self._user_version(user)
         if not known and version == 0:
             self.metrics.fallbacks.inc()
@@ -432,13 +452,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _answer_candidates(self, model: Any, weights: BlendWeights, query: RecommendQuery, time_left: float | None,
                            known: bool, version: int
                            ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]:
+        """`version` = the user's engagement counter, or -1: read it with the cached entry (strict freshness)."""
         user = query.user_id
         # Models without candidates_each (test doubles wrapping a pipeline) compute alone, as unbatched.
         batcher = self.batcher if hasattr(type(model), "candidates_each") else None
 
-        def compute() -> CandidateSet:
+        def compute(counter: int = version) -> CandidateSet:
             recent: list[str] = []
-            if version:
+            if not known and counter == 0:
+                raise _NoStreamedState()  # an unknown user without streamed engagements: the fallback
+            if version < 0 and not known and time_left is not None and time_left <= self.config.min_deadline_s:
+                raise DeadlineExceededError("the deadline passed before the request could be served")
+            if counter:
                 try:
                     recent = self.events.recent(user)
                 except EventLogUnavailableError as e:
@@ -450,9 +475,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 return batcher.compute(model, user, time_left, recent=recent)
             return (model.candidates([user], recent=[recent]) if recent else model.candidates([user]))[0]
 
-        cache_user = user if version == 0 else f"{user}{_VERSION_SEP}{version}"
+        cache_user = user if version <= 0 else f"{user}{_VERSION_SEP}{version}"
         try:
-            entry, source = self.cache.get_or_compute(model.model_version, cache_user, compute, timeout=time_left)
+            entry, source = self.cache.get_or_compute(model.model_version, cache_user, compute, timeout=time_left,
+                                                      counter_key=self.counter_key(user) if version < 0 else None)
         except concurrent.futures.TimeoutError as e:
             raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
         shown = source if known else EVENTS
@@ -500,7 +526,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             self.events_faults.labels("append").inc()
             log.warning("LogEvents: %s", e, extra={"event": "events_fault", "op": "append"})
             raise
-        for user, version in bumped.items():  # this process sees the new history at once
+        for user, version in bumped.items() if self.versions is not None else ():  # this process sees it at once
             self.versions.bump(user, version)
         self.events_logged.labels("accepted").inc(accepted)
         self.events_logged.labels("duplicate").inc(duplicates)
@@ -616,7 +642,8 @@ class RecommendServer:
         events_url = events.redis_url or cache_config.redis_url  # no Redis at all = no event log
         self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits,
                                             EventLog(events_url, events) if events_url else None,
-                                            cache_config.circuit_open_s)
+                                            cache_config.circuit_open_s,
+                                            strict_freshness=events_url == cache_config.redis_url)
         self.health = health.HealthServicer()
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
         self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
@@ -665,7 +692,8 @@ class RecommendServer:
         experiments = Experiments(config, root, lambda: self.servicer.loaded_model, self.metrics.registry, loader)
         events = self.servicer.events
         if events is not None:  # the shadow merges the same streamed history the primary did
-            experiments.shadow.recent = lambda user: events.recent(user) if self.servicer._user_version(user) else []
+            experiments.shadow.recent = (events.recent if self.servicer.counter_key is not None else
+                                         lambda user: events.recent(user) if self.servicer._user_version(user) else [])
         self.servicer.experiments = experiments.start()
         return experiments
 

@@ -86,12 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "monitor_min_samples": "requests in the window before a drift gauge is computed (NaN before)",
             "monitor_interval_s": "recompute the drift gauges at most this often (scrapes in between get the last "
                                   "values)"},
-        "cache": {"redis_url": "redis://host:port/db; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
+        "cache": {"redis_url": "redis://host:port/db, or redis+cluster://host:port[,host:port...] for a Redis "
+                               "Cluster; empty = in-process LRU", "ttl_s": "lifetime of cached entries",
                   "socket_timeout_s": "per Redis command", "circuit_open_s": "skip Redis this long after a failure",
                   "decoded_max_entries": "decoded Redis entries kept per process; a hit whose bytes are unchanged "
                                          "reuses its decoded copy (0 = off)",
                   "thread_read_connections": "each request thread reads Redis on a connection of its own (no pool "
-                                             "checkout per read; same timeouts and retries); off = the shared pool"},
+                                             "checkout per read; same timeouts and retries); off = the shared pool",
+                  "near_validate": "a near-cache hit re-reads the user's engagement counter (one small round trip), "
+                                   "so another process's engagement is reflected at once; off = up to --near-ttl-s "
+                                   "of lag"},
         "hotswap": {
             "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
                                 "always reloads)",
@@ -119,7 +123,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "log_served": "log every served list as impressions (--no-events-log-served: off)",
             "served_queue": "served lists queued for writing; beyond it they are dropped and counted",
             "served_flush_s": "the served-list writer sends what queued this often, in one Redis call",
-            "versions_ttl_s": "a process trusts its copy of a user's engagement counter this long",
+            "versions_ttl_s": "a process trusts its copy of a user's engagement counter this long (only when the "
+                              "event log is in another Redis than the cache)",
+            "stream_shards": "Redis Cluster: the log is this many streams <stream-key>:{s<k>} spread over the "
+                             "masters",
             "versions_max_entries": "users' counters kept per process"},
         "experiments": {
             "file": "the experiment file (empty = <artifacts>/experiment.json, written by `recsys experiment set`; "

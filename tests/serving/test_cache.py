@@ -55,9 +55,16 @@ def redis_store(url: str, metrics: ServingMetrics, clock=time.monotonic, **overr
     return RedisCandidateStore(redis_client(config), config.ttl_s, metrics, config.circuit_open_s, clock)
 
 
-def test_keys_are_namespaced_by_version_and_kind():
-    assert cache_key("v7", "u:1") == "recsys:v7:cache:u:1"
-    assert precomputed_key("v7", "u:1") == "recsys:v7:pre:u:1"
+def test_keys_are_namespaced_by_version_and_kind_and_share_the_users_hash_slot():
+    from core.redis_url import key_slot
+    from feedback.log import state_key
+    from pipeline import recent_key
+
+    assert cache_key("v7", "u:1") == "recsys:v7:cache:{u:1}"
+    assert precomputed_key("v7", "u:1") == "recsys:v7:pre:{u:1}"
+    keys = [cache_key("v7", "u:1"), precomputed_key("v8", "u:1"), state_key("recsys:events", "u:1"), recent_key("u:1")]
+    assert len({key_slot(k) for k in keys}) == 1  # one MGET / one script per user on a Redis Cluster
+    assert key_slot(cache_key("v7", "u:2")) != key_slot(cache_key("v7", "u:1"))
 
 
 def test_local_store_evicts_least_recently_used_and_expires():
