@@ -23,7 +23,8 @@ the counter; anything else is a miss, computed with the history up to the counte
 Recommend that starts after a LogEvents engagement was acknowledged — by any process — never
 answers from an entry computed without it. A near-cache entry is checked the same way: its
 hit reads the counter (a one-key MGET) and is used only while the counter still equals its
-stamp (`near_validate`; false = near hits read nothing and may lag up to near_ttl_s).
+stamp (`near_validate`; false = near hits read nothing and may lag up to near_ttl_s behind
+another process's engagement; engagements this process acknowledged are never served stale).
 
 In front of Redis sits a small per-process "near" cache (`near_ttl_s`, default 30 s) of
 decoded entries: a hot user's repeated requests skip the Redis round trip and the decode,
@@ -51,7 +52,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 import hiredis
@@ -158,6 +159,10 @@ class LocalCandidateStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[tuple[str, str], tuple[float, CacheEntry]] = collections.OrderedDict()
+
+    @property
+    def max_entries(self) -> int:
+        return self._max
 
     def get_entry(self, model_version: str, user_id: str) -> CacheEntry | None:
         key = (model_version, user_id)
@@ -502,6 +507,12 @@ class CandidateCache:
         self.near_validate = near_validate
         self._metrics = metrics
         self._flight = SingleFlight()
+        # user → the highest engagement counter this process has seen acknowledged (LogEvents here): an
+        # unvalidated near entry below it is stale, so the process that logged an engagement never serves
+        # the list from before it, even with near_validate off. Bounded: oldest users dropped first.
+        self._seen_counters: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._seen_lock = threading.Lock()
+        self._seen_max = max(near.max_entries if near is not None else 0, 1024)
 
     @classmethod
     def from_config(cls, config: CacheConfig, metrics: ServingMetrics) -> CandidateCache:
@@ -537,6 +548,8 @@ class CandidateCache:
                 counter = self.store.read_counter(counter_key)
                 if entry.counter != (counter or 0):  # computed before the latest engagement (fault: batch only)
                     entry = None
+            elif entry is not None and counting and entry.counter < self._seen_counters.get(user_id, 0):
+                entry = None  # an engagement acknowledged by this process since (see note_engagements)
             if entry is not None:
                 self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed",
                                            "near" if local is self.near else "store")
@@ -579,6 +592,19 @@ class CandidateCache:
         if shared:
             self._metrics.singleflight_shared.inc()
         return entry, ONLINE
+
+    def note_engagements(self, counters: Mapping[str, int]) -> None:
+        """Users' new engagement counters acknowledged by this process's event log: their near entries
+        computed before are not served again (what keeps this process fresh with near_validate off)."""
+        if self.near is None:
+            return
+        with self._seen_lock:
+            for user, counter in counters.items():
+                if counter > self._seen_counters.get(user, 0):
+                    self._seen_counters[user] = int(counter)
+                    self._seen_counters.move_to_end(user)
+            while len(self._seen_counters) > self._seen_max:
+                self._seen_counters.popitem(last=False)
 
     def close(self) -> None:
         if self.near is not None:

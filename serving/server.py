@@ -528,6 +528,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             raise
         for user, version in bumped.items() if self.versions is not None else ():  # this process sees it at once
             self.versions.bump(user, version)
+        if self.counter_key is not None and bumped:  # strict mode: this process's unvalidated near hits too
+            self.cache.note_engagements(bumped)
         self.events_logged.labels("accepted").inc(accepted)
         self.events_logged.labels("duplicate").inc(duplicates)
         return pb.LogEventsResponse(accepted=accepted, duplicates=duplicates), "events"

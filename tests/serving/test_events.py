@@ -67,6 +67,23 @@ def test_an_engagement_is_reflected_in_the_very_next_recommend(start, pipeline, 
     assert ids(recommend(stub, user)) == offline(pipeline, user, [second, clicked])
 
 
+def test_without_near_validation_the_logging_process_is_still_fresh(start, pipeline, known_users, redis_url):
+    """--no-near-validate: near hits read nothing from Redis, yet the process that acknowledged an
+    engagement never serves the list from before it; another process may lag up to the near TTL."""
+    a, stub_a = start(redis_url, cache={"near_validate": False})
+    b, stub_b = start(redis_url, cache={"near_validate": False})
+    user = known_users[4]
+    first = recommend(stub_a, user)
+    assert recommend(stub_a, user).source == pb.CACHE and recommend(stub_b, user).source == pb.CACHE
+    assert ids(recommend(stub_b, user)) == ids(first)  # now in b's near cache too
+    clicked = first.items[0].item_id
+    log_events(stub_a, event(1, user, clicked))
+    after = recommend(stub_a, user)
+    assert after.source == pb.ONLINE and ids(after) == offline(pipeline, user, [clicked])
+    assert recommend(stub_a, user).source == pb.CACHE
+    assert ids(recommend(stub_b, user)) == ids(first)  # b's unvalidated near hit: the documented lag
+
+
 def test_another_server_sees_the_engagement_in_its_very_next_recommend(start, pipeline, known_users, redis_url):
     a, stub_a = start(redis_url)
     b, stub_b = start(redis_url)
