@@ -26,6 +26,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client import metrics as _prometheus_metrics
@@ -64,19 +65,14 @@ class ServingMetrics:
         self.model_info = Gauge("recsys_model_info", "1 for the loaded model version", ["version"], registry=r)
         Gauge("recsys_cache_hit_ratio", "Cache hits (incl. precomputed) / lookups since start",
               registry=r).set_function(self._hit_ratio)
-        # The request path's entry points, bound once (a method lookup per call is measurable on a cache hit).
-        self.observe_request = self._stats.observe
-        self.count_request = self._stats.count
-        self.cache_lookup = self._stats.lookup
-
-    def observe_request(self, method: str, source: str, code: str, seconds: float) -> None:
-        """One finished RPC: latency by (method, source), count by (method, code). (Bound in __init__.)"""
-
-    def count_request(self, method: str, code: str) -> None:
-        """One RPC refused before any servicer ran (token auth): counted by (method, code), no latency."""
-
-    def cache_lookup(self, result: str, layer: str = "store") -> None:
-        """Counts one lookup: result hit, precomputed or miss; layer near (per-process) or store."""
+        # The request path's entry points, bound once (a delegating method is measurable on a cache hit):
+        # observe_request(method, source, code, seconds): one finished RPC, latency by (method, source) and
+        #   a count by (method, code);
+        # count_request(method, code): one RPC refused before any servicer ran (token auth), no latency;
+        # cache_lookup(result, layer="store"): result hit / precomputed / miss, layer near or store.
+        self.observe_request: Callable[[str, str, str, float], None] = self._stats.observe
+        self.count_request: Callable[[str, str], None] = self._stats.count
+        self.cache_lookup: Callable[..., None] = self._stats.lookup
 
     def _hit_ratio(self) -> float:
         counts = self._stats.lookups()
