@@ -6,6 +6,8 @@
 Bounded concurrent load (`--concurrency` requests in flight, a grpc.aio client in this
 process, the server in child processes) for:
   (a) an empty RPC on the same server stack (same grpc.server, thread pool, limits) — the reference
+  (a0) NullRecommend on the same server: parses a RecommendRequest and answers fixed bytes of a hit's
+      size, nothing else (attribution: what a Recommend-shaped call costs gRPC and the client)
   (b) Recommend answered from the server's near cache
   (c) Recommend on a cache miss: the full online path (user tower → FAISS → ranker → blend),
       concurrent misses micro-batched (serving/batcher.py), `--miss-concurrency` in flight
@@ -20,8 +22,10 @@ process, the server in child processes) for:
   monitoring: (b) on a server with live drift monitoring on vs one with it off (`--no-monitor`), one
       process each, alternating rounds, both /metrics scraped every `--scrape-interval-s`; target >= 0.95
 Targets: (b)/(a) >= 0.8, (b')/(a') >= 0.6, (c)/(e) and (c)/(e') >= 0.6 in throughput; paced
-p99 <= 3 × p50. (a) and (b) alternate round by round, and so do (c), (c0), (d), (e) and (e'), so
-machine noise hits all.
+p99 <= 3 × p50. The three hit servers run at once and every round runs (a), (b), (a'), (b'),
+(a''), (b'') in turn; (c), (c0), (d), (e) and (e') alternate the same way, so machine noise hits
+all. Each hit round also records the server processes' and the client's CPU µs per request and
+the load average: on a shared machine "server CPU per empty RPC ÷ per hit" is the steadier figure.
 
 `--compare-stacks` also measures the server models the server could use — the sync
 thread pool, grpc.aio, and several sync processes sharing the port (SO_REUSEPORT) — on
@@ -60,11 +64,33 @@ EMPTY_METHOD = "/recsys.bench.Bench/Empty"
 
 
 # -- child process: one server ----------------------------------------------------------
+NULL_METHOD = "/recsys.bench.Bench/NullRecommend"
+
+
+def _null_response() -> bytes:
+    """A RecommendResponse of a hit's size (10 items): what NullRecommend answers to every request."""
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    items = [pb.RecommendedItem(item_id=str(1000 + i), score=0.5 - i / 100, engagement=0.25, quality=0.75,
+                                quality_rating=3.5) for i in range(10)]
+    return pb.RecommendResponse(items=items, model_version="v20261201-000000-000000", source=pb.CACHE,
+                                blend=pb.BlendWeights(engagement=1.0, quality=0.5), request_id="0" * 12 + "-1"
+                                ).SerializeToString()
+
+
 def _empty_handler():
+    """Empty: no bytes in, none out. NullRecommend: parses a RecommendRequest (strictly, as Recommend does)
+    and answers a fixed RecommendResponse of a hit's size, doing nothing else: the gRPC-side cost of a
+    Recommend-shaped call, to tell it apart from the servicer's own work (attribution only, no target)."""
     import grpc
 
+    from protos.recsys.v1 import recommender_pb2 as pb
+
+    null = _null_response()
     return grpc.method_handlers_generic_handler("recsys.bench.Bench", {
         "Empty": grpc.unary_unary_rpc_method_handler(lambda request, context: b""),
+        "NullRecommend": grpc.unary_unary_rpc_method_handler(
+            lambda request, context: null, request_deserializer=pb.RecommendRequest.FromString),
     })
 
 
@@ -261,6 +287,10 @@ class Client:
                          for _ in range(channels)]
         self.stubs = [pb_grpc.RecommenderStub(c) for c in self.channels]
         self.empty = [c.unary_unary(EMPTY_METHOD) for c in self.channels]
+        from protos.recsys.v1 import recommender_pb2 as pb
+
+        self.null = [c.unary_unary(NULL_METHOD, request_serializer=pb.RecommendRequest.SerializeToString,
+                                   response_deserializer=pb.RecommendResponse.FromString) for c in self.channels]
 
     async def close(self) -> None:
         for c in self.channels:
@@ -291,6 +321,59 @@ def rpc_rounds(port: int, cases: dict[str, Callable[[Client, int], Awaitable]], 
         return out
 
     return asyncio.run(run())
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (/proc): robust to what other processes do to wall clock."""
+    total = 0.0
+    for pid in pids:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def interleaved_rounds(targets: dict[str, tuple[int, Callable[[Client, int], Awaitable], list[int]]],
+                       concurrency: int, seconds: float, rounds: int, channels: int, warmup_s: float = 1.0
+                       ) -> tuple[dict[str, list], dict[str, list[dict]]]:
+    """name → (port, case, server pids): every case once per round, in this order, for `rounds` rounds.
+
+    Returns (name → [(latencies, elapsed)] as rpc_rounds, name → per-round {server_cpu_us, client_cpu_us,
+    load1}): CPU µs per request of the server processes and of this (client) process, and the 1-minute
+    load average when the round started.
+    """
+    async def run() -> tuple[dict, dict]:
+        clients = {port: Client(port, channels) for port, _, _ in targets.values()}
+        out: dict[str, list] = {name: [] for name in targets}
+        stats: dict[str, list] = {name: [] for name in targets}
+        try:
+            for port, case, _ in targets.values():
+                if warmup_s > 0:
+                    await drive(lambda n, c=case, cl=clients[port]: c(cl, n), concurrency, warmup_s)
+            for _ in range(rounds):
+                for name, (port, case, pids) in targets.items():
+                    load1 = os.getloadavg()[0]
+                    server0, client0 = process_cpu_s(pids), time.process_time()
+                    latencies, elapsed = await drive(lambda n, c=case, cl=clients[port]: c(cl, n), concurrency,
+                                                     seconds)
+                    n = max(len(latencies), 1)
+                    stats[name].append({"server_cpu_us": round(1e6 * (process_cpu_s(pids) - server0) / n, 1),
+                                        "client_cpu_us": round(1e6 * (time.process_time() - client0) / n, 1),
+                                        "load1": round(load1, 2)})
+                    out[name].append((latencies, elapsed))
+        finally:
+            for client in clients.values():
+                await client.close()
+        return out, stats
+
+    return asyncio.run(run())
+
+
+def cpu_summary(stats: list[dict]) -> dict:
+    """Medians over rounds of the per-round CPU figures of interleaved_rounds."""
+    return {"server_cpu_us_per_request": round(float(np.median([s["server_cpu_us"] for s in stats])), 1),
+            "client_cpu_us_per_request": round(float(np.median([s["client_cpu_us"] for s in stats])), 1),
+            "server_cpu_us_per_round": [s["server_cpu_us"] for s in stats],
+            "load1_per_round": [s["load1"] for s in stats]}
 
 
 def merge(rounds: list[tuple[list[float], float]], **extra) -> dict:
@@ -418,12 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         k = a.num_results
         hit_requests = [pb.RecommendRequest(user_id=u, num_results=k) for u in hit_users]
         miss_requests = [pb.RecommendRequest(user_id=u, num_results=k) for u in miss_users]
-        sources: dict[str, dict[int, int]] = {"hit": {}, "miss": {}}
+        sources: dict[str, dict[int, int]] = {"hit": {}, "miss": {}, "null": {}}
         answers: dict[str, dict[str, list]] = {"batched": {}, "unbatched": {}}
 
         # Every call carries a deadline, as production clients' calls do (it costs timer work).
         async def empty(c: Client, n: int):
             await c.empty[n % len(c.empty)](b"", timeout=10)
+
+        async def null_recommend(c: Client, n: int):  # (a0): a Recommend-shaped call that does nothing
+            r = await c.null[n % len(c.null)](hit_requests[n % len(hit_requests)], timeout=10)
+            sources["null"][r.source] = sources["null"].get(r.source, 0) + 1
 
         async def hit(c: Client, n: int):
             r = await c.stubs[n % len(c.stubs)].Recommend(hit_requests[n % len(hit_requests)], timeout=10)
@@ -470,12 +557,33 @@ def main(argv: list[str] | None = None) -> int:
                 lat += [(time.perf_counter() - t) / n] * n
             return lat, time.perf_counter() - t0
 
-        servers = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s, batching)
+        # The hit cases: one server with the near cache, and with --redis-hits one without it (every hit a
+        # Redis MGET) and one without the decoded-entry reuse too, all up at once; every round runs
+        # (a), (b), (a'), (b'), (a''), (b'') in turn, so machine noise lands on all of them alike.
+        hit_servers = {"near": ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
+                                               batching)}
         try:
-            asyncio.run(_warm(servers.port, hit_requests))  # also warms TensorFlow in the server
-            ab = rpc_rounds(servers.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds, a.channels)
+            if a.redis_hits:
+                hit_servers["redis"] = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
+                                                       batching)
+                hit_servers["redis0"] = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
+                                                        batching, {"decoded_max_entries": 0})
+            for srv in hit_servers.values():
+                asyncio.run(_warm(srv.port, hit_requests))  # also warms TensorFlow in the server
+            targets = {}
+            for label, srv in hit_servers.items():
+                pids = [p.pid for p in srv.procs]
+                targets[f"{label}:empty"] = (srv.port, empty, pids)
+                if label == "near":
+                    targets["near:null"] = (srv.port, null_recommend, pids)
+                targets[f"{label}:hit"] = (srv.port, hit, pids)
+            hit_rounds, hit_cpu = interleaved_rounds(targets, a.concurrency, a.seconds, a.rounds, a.channels)
         finally:
-            servers.close()
+            for srv in hit_servers.values():
+                srv.close()
+        ab = {"empty": hit_rounds["near:empty"], "hit": hit_rounds["near:hit"]}
+        hit_sources = dict(sources["hit"])
+        sources["hit"].clear()
 
         if a.monitor_overhead:
             results["monitor_overhead"] = monitor_overhead(a, version_dir, redis_url, batching, hit, hit_requests)
@@ -537,14 +645,24 @@ def main(argv: list[str] | None = None) -> int:
                 srv.close()
             sweep[setting] = merge(out)
 
-        results["a_empty_rpc"] = merge(ab["empty"])
-        results["b_cache_hit"] = merge(ab["hit"], sources={pb.Source.Name(s): c for s, c in sources["hit"].items()})
+        results["a_empty_rpc"] = merge(ab["empty"], **cpu_summary(hit_cpu["near:empty"]))
+        results["a0_null_recommend"] = merge(hit_rounds["near:null"], **cpu_summary(hit_cpu["near:null"]))
+        results["b_cache_hit"] = merge(ab["hit"], sources={pb.Source.Name(s): c for s, c in hit_sources.items()},
+                                       **cpu_summary(hit_cpu["near:hit"]))
         rounds_ratio = per_round(ab["empty"], ab["hit"])
         results["ratios"] = {
             "b_over_a_throughput": round(results["b_cache_hit"]["throughput_rps"]
                                          / results["a_empty_rpc"]["throughput_rps"], 3),
             "b_over_a_throughput_median_round": round(float(np.median(rounds_ratio)), 3),
-            "b_over_a_throughput_per_round": rounds_ratio}
+            "b_over_a_throughput_per_round": rounds_ratio,
+            "a0_over_a_throughput_median_round": round(float(np.median(per_round(ab["empty"],
+                                                                                 hit_rounds["near:null"]))), 3),
+            "b_over_a0_throughput_median_round": round(float(np.median(per_round(hit_rounds["near:null"],
+                                                                                 ab["hit"]))), 3),
+            # What the ratio would be if the server process alone bounded throughput: its CPU per empty RPC
+            # over its CPU per hit (medians of the rounds). Steadier than throughput on a shared machine.
+            "b_over_a_server_cpu": round(results["a_empty_rpc"]["server_cpu_us_per_request"]
+                                         / results["b_cache_hit"]["server_cpu_us_per_request"], 3)}
         if a.misses:
             results["c_cache_miss_rpc"] = merge(rounds["c"], sources={pb.Source.Name(s): c
                                                                       for s, c in sources["miss"].items()})
@@ -578,34 +696,24 @@ def main(argv: list[str] | None = None) -> int:
         if sweep:
             results["tf_threads_sweep"] = sweep
 
-        if a.redis_hits:  # every hit a Redis round trip + decode (near cache off)
-            sources["hit"].clear()
-            srv = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0, batching)
-            # (b''): the same with the decoded-entry reuse off too: every hit decodes and blends.
-            srv0 = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0, batching,
-                                   {"decoded_max_entries": 0})
-            try:
-                asyncio.run(_warm(srv.port, hit_requests))
-                asyncio.run(_warm(srv0.port, hit_requests))
-                out = rpc_rounds(srv.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds,
-                                 a.channels)
-                out0 = rpc_rounds(srv0.port, {"empty": empty, "hit": hit}, a.concurrency, a.seconds, a.rounds,
-                                  a.channels)
-            finally:
-                srv.close()
-                srv0.close()
+        if a.redis_hits:  # every hit a Redis round trip + decode (near cache off); measured with (a)/(b) above
+            out = {"empty": hit_rounds["redis:empty"], "hit": hit_rounds["redis:hit"]}
+            out0 = {"empty": hit_rounds["redis0:empty"], "hit": hit_rounds["redis0:hit"]}
             rounds_ratio = per_round(out["empty"], out["hit"])
             results["redis_hits"] = {
-                "a_empty_rpc": merge(out["empty"]),
-                "b_cache_hit": merge(out["hit"], sources={pb.Source.Name(s): c for s, c in sources["hit"].items()}),
+                "a_empty_rpc": merge(out["empty"], **cpu_summary(hit_cpu["redis:empty"])),
+                "b_cache_hit": merge(out["hit"], **cpu_summary(hit_cpu["redis:hit"])),
                 "b_over_a_throughput_median_round": round(float(np.median(rounds_ratio)), 3),
                 "b_over_a_throughput_per_round": rounds_ratio}
-            results["redis_hits"]["b_over_a_throughput"] = round(
-                results["redis_hits"]["b_cache_hit"]["throughput_rps"]
-                / results["redis_hits"]["a_empty_rpc"]["throughput_rps"], 3)
+            rh = results["redis_hits"]
+            rh["b_over_a_throughput"] = round(rh["b_cache_hit"]["throughput_rps"] / rh["a_empty_rpc"]["throughput_rps"],
+                                              3)
+            rh["b_over_a_server_cpu"] = round(rh["a_empty_rpc"]["server_cpu_us_per_request"]
+                                              / rh["b_cache_hit"]["server_cpu_us_per_request"], 3)
             rounds0 = per_round(out0["empty"], out0["hit"])
             results["redis_hits_no_decoded_reuse"] = {
-                "a_empty_rpc": merge(out0["empty"]), "b_cache_hit": merge(out0["hit"]),
+                "a_empty_rpc": merge(out0["empty"], **cpu_summary(hit_cpu["redis0:empty"])),
+                "b_cache_hit": merge(out0["hit"], **cpu_summary(hit_cpu["redis0:hit"])),
                 "b_over_a_throughput_median_round": round(float(np.median(rounds0)), 3),
                 "b_over_a_throughput_per_round": rounds0}
             r0 = results["redis_hits_no_decoded_reuse"]
@@ -854,7 +962,9 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
           f"{cfg['tf_inter_op_threads']}")
     print("| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for key, label in (("a_empty_rpc", "(a) empty RPC (reference)"), ("b_cache_hit", "(b) Recommend, near-cache hit"),
+    for key, label in (("a_empty_rpc", "(a) empty RPC (reference)"),
+                       ("a0_null_recommend", "(a0) NullRecommend: a hit-shaped call, no work (attribution)"),
+                       ("b_cache_hit", "(b) Recommend, near-cache hit"),
                        ("c_cache_miss_rpc", "(c) Recommend, cache miss, batched server"),
                        ("c0_cache_miss_rpc_unbatched", "(c0) Recommend, cache miss, batching off"),
                        ("d_online_in_process", "(d) servicer in-process (no gRPC), cache miss"),
@@ -891,6 +1001,18 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
         print(f"(b')/(a') throughput, every hit from Redis: {rh['b_over_a_throughput']} over all rounds, median "
               f"round {rh['b_over_a_throughput_median_round']} (per round {rh['b_over_a_throughput_per_round']})"
               f"  target >= 0.6")
+    print(f"(a0)/(a) median round {ratios['a0_over_a_throughput_median_round']}: gRPC and client cost of a "
+          f"Recommend-shaped call; (b)/(a0) median round {ratios['b_over_a0_throughput_median_round']}: the servicer")
+    cpu_rows = [("(a)", results["a_empty_rpc"]), ("(a0)", results["a0_null_recommend"]),
+                ("(b)", results["b_cache_hit"])]
+    for key, tag in (("redis_hits", "'"), ("redis_hits_no_decoded_reuse", "''")):
+        if key in results:
+            cpu_rows += [(f"(a{tag})", results[key]["a_empty_rpc"]), (f"(b{tag})", results[key]["b_cache_hit"])]
+    print("server / client CPU µs per request (median of rounds): " + "; ".join(
+        f"{label} {r['server_cpu_us_per_request']} / {r['client_cpu_us_per_request']}" for label, r in cpu_rows)
+          + f"; load average at round starts {results['a_empty_rpc']['load1_per_round']}")
+    print(f"server CPU per empty RPC ÷ per hit: near cache {ratios['b_over_a_server_cpu']}"
+          + (f", Redis {results['redis_hits']['b_over_a_server_cpu']}" if "redis_hits" in results else ""))
     if "redis_hits_no_decoded_reuse" in results:
         r0 = results["redis_hits_no_decoded_reuse"]
         print(f"(b'')/(a'') throughput, every hit decoded and blended: {r0['b_over_a_throughput']} (per round "

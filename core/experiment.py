@@ -167,7 +167,10 @@ class Experiment:
 
     def assign(self, user_id: str, layout: Sequence[tuple[int, int, str]] | None = None) -> str:
         """The user's arm (under `layout`, default: the layout now)."""
-        b = bucket(self.salt, user_id)
+        return self.arm_at(bucket(self.salt, user_id), layout)
+
+    def arm_at(self, b: int, layout: Sequence[tuple[int, int, str]] | None = None) -> str:
+        """The arm of bucket `b` (a user's `bucket(salt, user)`) under `layout` (default: the layout now)."""
         for lo, hi, name in layout if layout is not None else self.layout():
             if lo <= b < hi:
                 return name

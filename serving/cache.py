@@ -165,16 +165,22 @@ class LocalCandidateStore:
         return self._max
 
     def get_entry(self, model_version: str, user_id: str) -> CacheEntry | None:
+        # Read without the lock (a hit is the hot path): OrderedDict.get and move_to_end are single C calls
+        # on keys of strings, so under the GIL each is atomic against the writers, which hold the lock.
         key = (model_version, user_id)
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                return None
-            if found[0] <= self._clock():
-                del self._entries[key]
-                return None
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[0] <= self._clock():
+            with self._lock:
+                if self._entries.get(key) is found:
+                    del self._entries[key]
+            return None
+        try:
             self._entries.move_to_end(key)
-            return found[1]
+        except KeyError:  # evicted or replaced meanwhile: the entry read is still a valid answer
+            pass
+        return found[1]
 
     def put_entry(self, model_version: str, user_id: str, entry: CacheEntry) -> None:
         key = (model_version, user_id)

@@ -47,7 +47,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from core.errors import InvalidRequestError, RecsysError
-from core.experiment import Experiment, ExperimentConfigError, experiment_file, read_experiment, write_experiment
+from core.experiment import (
+    Experiment,
+    ExperimentConfigError,
+    bucket,
+    experiment_file,
+    read_experiment,
+    write_experiment,
+)
 from ranking.blender import BlendWeights
 from serving.shadow import ShadowScorer
 
@@ -109,6 +116,21 @@ class _State:
     models: dict[str, Any]            # version name → loaded model (versions other than the served one)
     layout: list[tuple[int, int, str]]
     shadow_model: Any = None          # None with a shadow = the served model
+    # user id → bucket(experiment.salt, user): a sha256 per request otherwise. Per state, so a new salt
+    # starts empty; cleared when it reaches _BUCKETS_KEPT users (a layout change needs no clearing).
+    buckets: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def arm_name(self, user_id: str) -> str:
+        """The user's arm under this state's layout (Experiment.assign, with the user's bucket remembered)."""
+        b = self.buckets.get(user_id)
+        if b is None:
+            if len(self.buckets) >= _BUCKETS_KEPT:
+                self.buckets.clear()
+            b = self.buckets[user_id] = bucket(self.experiment.salt, user_id)
+        return self.experiment.arm_at(b, self.layout)
+
+
+_BUCKETS_KEPT = 100_000
 
 
 class Experiments:
@@ -314,7 +336,7 @@ class Experiments:
                 raise InvalidRequestError(f"force_arm: {force_arm!r} is not an arm of experiment "
                                           f"{state.experiment.name} ({sorted(state.arms)})")
         else:
-            arm = state.arms[state.experiment.assign(user_id, state.layout)]
+            arm = state.arms[state.arm_name(user_id)]
         if arm.model is not None:
             model = arm.model
             defaults = model.default_weights
@@ -327,7 +349,7 @@ class Experiments:
     def arm_of(self, user_id: str) -> str:
         """The arm `user_id` is assigned to now ("" without an experiment): stamped on LogEvents events."""
         state = self._state
-        return "" if state is None else state.experiment.assign(user_id, state.layout)
+        return "" if state is None else state.arm_name(user_id)
 
     def after(self, arm: str, user_id: str, exclude: frozenset[str], weights: BlendWeights, item_ids: list[str] | None,
               seconds: float) -> None:

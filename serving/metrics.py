@@ -18,11 +18,21 @@ Metric names (all prefixed `recsys_`):
 """
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
+import itertools
 import json
 import logging
+import math
+import threading
+import time
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import metrics as _prometheus_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 SOURCES = ("cache", "precomputed", "online", "fallback", "error")
 # Latencies of interest run from ~100 µs (cache hit) to ~100 ms (a slow online path).
@@ -30,16 +40,20 @@ _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 
 
 class ServingMetrics:
-    """The serving metrics, registered in their own CollectorRegistry (one per server)."""
+    """The serving metrics, registered in their own CollectorRegistry (one per server).
+
+    The per-request series (request_latency_seconds, requests_total, cache_lookups_total) are not
+    prometheus_client Histogram/Counter objects: each handler thread adds to its own plain lists
+    (`_RequestStats`, no lock, no per-call label lookup) and a collector sums the threads' lists
+    when /metrics is scraped. The exposition (names, labels, bucket bounds, _created samples) is
+    what those objects produced (tests/serving/test_metrics.py compares them).
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.latency = Histogram("recsys_request_latency_seconds", "RPC latency by method and answer source",
-                                 ["method", "source"], buckets=_BUCKETS, registry=r)
-        self.requests = Counter("recsys_requests", "RPCs by method and status code", ["method", "code"], registry=r)
-        self.cache_lookups = Counter("recsys_cache_lookups", "Candidate-cache lookups by result and answering layer",
-                                     ["result", "layer"], registry=r)
+        self._stats = _RequestStats()
+        r.register(self._stats)
         self.fallbacks = Counter("recsys_fallbacks", "Unknown users answered with the popularity fallback",
                                  registry=r)
         self.redis_faults = Counter("recsys_redis_faults", "Redis operations that failed or were skipped",
@@ -51,35 +65,19 @@ class ServingMetrics:
         self.model_info = Gauge("recsys_model_info", "1 for the loaded model version", ["version"], registry=r)
         Gauge("recsys_cache_hit_ratio", "Cache hits (incl. precomputed) / lookups since start",
               registry=r).set_function(self._hit_ratio)
-        # Bound children: label lookups cost more than the increment itself on the hot path.
-        self._lookup_child = {(res, layer): self.cache_lookups.labels(res, layer)
-                              for res in ("hit", "precomputed", "miss") for layer in ("near", "store")}
-        self._latency_child: dict[tuple[str, str], object] = {}
-        self._requests_child: dict[tuple[str, str], object] = {}
-
-    def observe_request(self, method: str, source: str, code: str, seconds: float) -> None:
-        key = (method, source)
-        child = self._latency_child.get(key)
-        if child is None:
-            child = self._latency_child.setdefault(key, self.latency.labels(method, source))
-        child.observe(seconds)
-        key = (method, code)
-        child = self._requests_child.get(key)
-        if child is None:
-            child = self._requests_child.setdefault(key, self.requests.labels(method, code))
-        child.inc()
-
-    def cache_lookup(self, result: str, layer: str = "store") -> None:
-        """Counts one lookup: result hit, precomputed or miss; layer near (per-process) or store."""
-        self._lookup_child[result, layer].inc()
+        # The request path's entry points, bound once (a delegating method is measurable on a cache hit):
+        # observe_request(method, source, code, seconds): one finished RPC, latency by (method, source) and
+        #   a count by (method, code);
+        # count_request(method, code): one RPC refused before any servicer ran (token auth), no latency;
+        # cache_lookup(result, layer="store"): result hit / precomputed / miss, layer near or store.
+        self.observe_request: Callable[[str, str, str, float], None] = self._stats.observe
+        self.count_request: Callable[[str, str], None] = self._stats.count
+        self.cache_lookup: Callable[..., None] = self._stats.lookup
 
     def _hit_ratio(self) -> float:
-        hits = lookups = 0.0
-        for metric in self.cache_lookups.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    lookups += sample.value
-                    hits += sample.value if sample.labels["result"] != "miss" else 0.0
+        counts = self._stats.lookups()
+        lookups = sum(counts.values())
+        hits = sum(n for (result, _), n in counts.items() if result != "miss")
         return hits / lookups if lookups else 0.0
 
     def redis_fault(self, op: str, kind: str) -> None:
@@ -99,6 +97,133 @@ class ServingMetrics:
     def serve_http(self, port: int, addr: str = "0.0.0.0"):
         """Starts the /metrics HTTP endpoint in a daemon thread; returns (server, thread)."""
         return start_http_server(port, addr=addr, registry=self.registry)
+
+
+_LOOKUP_KEYS = tuple((result, layer) for result in ("hit", "precomputed", "miss") for layer in ("near", "store"))
+_BOUNDS = (*_BUCKETS, math.inf)
+_LE = tuple(floatToGoString(b) for b in _BOUNDS)
+# prometheus_client leaves out the _created series when PROMETHEUS_DISABLE_CREATED_SERIES is set; so does this.
+_USE_CREATED = getattr(_prometheus_metrics, "_use_created", True)
+
+
+class _RequestStats:
+    """request_latency_seconds, requests_total and cache_lookups_total, accumulated per thread.
+
+    Each thread that records gets its own dict of cells (created under a lock, once per thread and
+    label combination); after that a record is a dict lookup, a C bisect and two list increments by
+    the owning thread only, so no lock is taken and no increment is lost. A latency cell,
+    keyed (method, source, code), holds one count per bucket then the sum of seconds; a count-only
+    cell (method, code) holds [count]; a lookup cell (result, layer) holds [count]. `collect`
+    (scrape time) copies every thread's cells under the lock and sums them.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._shards: list[tuple[dict, dict, dict]] = []  # per thread: latency, count-only, lookup cells
+        now = time.time()
+        self._created: dict[tuple, float] = {("lookup", *key): now for key in _LOOKUP_KEYS}
+
+    def _shard(self) -> tuple[dict, dict, dict]:
+        shard: tuple[dict, dict, dict] = ({}, {}, {})
+        with self._lock:
+            self._shards.append(shard)
+        self._local.shard = shard
+        return shard
+
+    def _cell(self, cells: dict, key: tuple, size: int, created: tuple[tuple, ...]) -> list:
+        with self._lock:
+            for c in created:
+                self._created.setdefault(c, time.time())
+            return cells.setdefault(key, [0] * size)
+
+    def observe(self, method: str, source: str, code: str, seconds: float) -> None:
+        try:
+            cells = self._local.shard[0]
+        except AttributeError:
+            cells = self._shard()[0]
+        key = (method, source, code)
+        cell = cells.get(key)
+        if cell is None:
+            cell = self._cell(cells, key, len(_BOUNDS) + 1, (("latency", method, source), ("requests", method, code)))
+        cell[bisect.bisect_left(_BOUNDS, seconds)] += 1
+        cell[-1] += seconds
+
+    def count(self, method: str, code: str) -> None:
+        try:
+            cells = self._local.shard[1]
+        except AttributeError:
+            cells = self._shard()[1]
+        key = (method, code)
+        cell = cells.get(key)
+        if cell is None:
+            cell = self._cell(cells, key, 1, (("requests", method, code),))
+        cell[0] += 1
+
+    def lookup(self, result: str, layer: str = "store") -> None:
+        try:
+            cells = self._local.shard[2]
+        except AttributeError:
+            cells = self._shard()[2]
+        cell = cells.get((result, layer))
+        if cell is None:
+            if (result, layer) not in _LOOKUP_KEYS:
+                raise KeyError((result, layer))
+            cell = self._cell(cells, (result, layer), 1, ())
+        cell[0] += 1
+
+    def _snapshot(self) -> tuple[dict, dict, dict, dict]:
+        """(latency (method, source) → [bucket counts..., sum], requests (method, code) → n, lookups, created)."""
+        latency: dict[tuple[str, str], list] = {}
+        requests: dict[tuple[str, str], float] = {}
+        lookups: dict[tuple[str, str], float] = dict.fromkeys(_LOOKUP_KEYS, 0.0)
+        with self._lock:  # cells are only created under it, so no dict changes size while copied
+            copies = [([(k, list(c)) for k, c in lat.items()], [(k, c[0]) for k, c in cnt.items()],
+                       [(k, c[0]) for k, c in look.items()]) for lat, cnt, look in self._shards]
+            created = dict(self._created)
+        for lat, cnt, look in copies:
+            for (method, source, code), cell in lat:
+                total = latency.setdefault((method, source), [0] * len(cell))
+                for i, v in enumerate(cell):
+                    total[i] += v
+                requests[method, code] = requests.get((method, code), 0.0) + sum(cell[:-1])
+            for key, n in cnt:
+                requests[key] = requests.get(key, 0.0) + n
+            for key, n in look:
+                lookups[key] += n
+        return latency, requests, lookups, created
+
+    def lookups(self) -> dict[tuple[str, str], float]:
+        return self._snapshot()[2]
+
+    def describe(self) -> list:
+        return [HistogramMetricFamily(_LATENCY, _LATENCY_HELP, labels=["method", "source"]),
+                CounterMetricFamily(_REQUESTS, _REQUESTS_HELP, labels=["method", "code"]),
+                CounterMetricFamily(_LOOKUPS, _LOOKUPS_HELP, labels=["result", "layer"])]
+
+    def collect(self) -> list:
+        latency, requests, lookups, created = self._snapshot()
+        hist = HistogramMetricFamily(_LATENCY, _LATENCY_HELP, labels=["method", "source"])
+        for (method, source), cell in latency.items():
+            cumulative = list(itertools.accumulate(float(v) for v in cell[:-1]))
+            hist.add_metric([method, source], list(zip(_LE, cumulative)), float(cell[-1]))
+            if _USE_CREATED:
+                hist.samples.append(Sample(f"{_LATENCY}_created", {"method": method, "source": source},
+                                           created[("latency", method, source)]))
+        req = CounterMetricFamily(_REQUESTS, _REQUESTS_HELP, labels=["method", "code"])
+        for (method, code), n in requests.items():
+            req.add_metric([method, code], float(n),
+                           created=created[("requests", method, code)] if _USE_CREATED else None)
+        look = CounterMetricFamily(_LOOKUPS, _LOOKUPS_HELP, labels=["result", "layer"])
+        for (result, layer), n in lookups.items():
+            look.add_metric([result, layer], float(n),
+                            created=created[("lookup", result, layer)] if _USE_CREATED else None)
+        return [hist, req, look]
+
+
+_LATENCY, _LATENCY_HELP = "recsys_request_latency_seconds", "RPC latency by method and answer source"
+_REQUESTS, _REQUESTS_HELP = "recsys_requests", "RPCs by method and status code"
+_LOOKUPS, _LOOKUPS_HELP = "recsys_cache_lookups", "Candidate-cache lookups by result and answering layer"
 
 
 _RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}

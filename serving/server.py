@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -298,26 +299,27 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return self._handle("LogEvents", self._log_events, request, context)
 
     def _handle(self, method: str, fn: Callable, request, context: grpc.ServicerContext):
-        start = time.perf_counter()
-        source, code = "error", grpc.StatusCode.OK
+        start = perf_counter()
+        source, code = "error", "OK"
         try:
             response, source = fn(request, context)
             return response
         except RecsysError as e:
-            code = _STATUS.get(type(e), grpc.StatusCode.INTERNAL)
-            if code is grpc.StatusCode.INTERNAL:
+            status = _STATUS.get(type(e), grpc.StatusCode.INTERNAL)
+            code = status.name
+            if status is grpc.StatusCode.INTERNAL:
                 log.error("%s failed: %s", method, e, extra={"event": "rpc_error", "method": method})
-            context.abort(code, str(e))
+            context.abort(status, str(e))
         except Exception:
-            code = grpc.StatusCode.INTERNAL
+            code = "INTERNAL"
             log.exception("%s raised an unexpected error", method, extra={"event": "rpc_error", "method": method})
-            context.abort(code, f"internal error in {method}; see the server log")
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
         finally:
-            seconds = time.perf_counter() - start
-            self.metrics.observe_request(method, source, code.name, seconds)
+            seconds = perf_counter() - start
+            self.metrics.observe_request(method, source, code, seconds)
             if access_log.isEnabledFor(logging.DEBUG):
-                access_log.debug("%s %s", method, code.name, extra={
-                    "event": "rpc", "method": method, "code": code.name, "source": source,
+                access_log.debug("%s %s", method, code, extra={
+                    "event": "rpc", "method": method, "code": code, "source": source,
                     "latency_ms": round(seconds * 1e3, 3), "peer": context.peer()})
 
     def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> tuple[bytes, str]:
@@ -649,11 +651,11 @@ class RecommendServer:
         self.health = health.HealthServicer()
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
         self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
-        rejected = self.metrics.requests.labels  # refused by token auth, before any servicer runs
+        rejected = self.metrics.count_request  # refused by token auth, before any servicer runs
         self.server = grpc.server(self._executor,
                                   interceptors=server_interceptors(
                                       security, lambda method: rejected(method.rsplit("/", 1)[-1],
-                                                                        "UNAUTHENTICATED").inc()),
+                                                                        "UNAUTHENTICATED")),
                                   options=server_options(security),
                                   maximum_concurrent_rpcs=config.max_concurrent_rpcs)
         registrar = StrictDecoding(self.server)  # every handler parses its own request: bad bytes = INVALID_ARGUMENT

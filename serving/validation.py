@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 from core.errors import InvalidRequestError
 from ranking.blender import BlendWeights
@@ -64,9 +65,9 @@ class BlendRequest:
                                       f"{e}") from e
 
 
-@dataclasses.dataclass(frozen=True)
-class RecommendQuery:
-    """A validated Recommend request.
+class RecommendQuery(NamedTuple):
+    """A validated Recommend request (a named tuple: built on every cache hit, where a frozen
+    dataclass's __init__ costs more than the rest of the validation).
 
     Attributes:
       user_id: the user, as sent.

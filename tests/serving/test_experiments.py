@@ -114,6 +114,28 @@ def test_shares_on_10000_users(serve):
     assert abs(counts["B"] - 3000) < 4 * (10_000 * 0.3 * 0.7) ** 0.5, counts  # 4 standard deviations
 
 
+def test_remembered_buckets_assign_what_the_formula_assigns_through_a_ramp_and_a_new_salt(serve, root, monkeypatch):
+    """The request path remembers each user's bucket (serving/experiments.py): the arm must still be
+    Experiment.assign's under every layout (a canary ramping), for a new salt, and past the memory bound."""
+    import serving.experiments as se
+
+    monkeypatch.setattr(se, "_BUCKETS_KEPT", 500)
+    raw = {"name": "t", "salt": "one", "arms": [{"name": "A", "share": 0.6}, {"name": "B", "share": 0.4}]}
+    server, _ = serve(raw)
+    experiments = server.servicer.experiments
+    users = [f"x{n}" for n in range(1200)]
+    for _ in range(2):  # computed, then remembered (and the memory cleared once past 500 users)
+        assert [experiments.arm_of(u) for u in users] == [experiments.experiment.assign(u) for u in users]
+    state = experiments._state
+    assert 0 < len(state.buckets) <= 500
+    for layout in ([(0, 100, "B"), (100, 10_000, "A")], [(0, 9_000, "B"), (9_000, 10_000, "A")]):
+        state.layout = layout  # as the canary ramp replaces it
+        assert [experiments.arm_of(u) for u in users] == [experiments.experiment.assign(u, layout) for u in users]
+    write(experiment_file(root), {**raw, "salt": "two"})
+    wait_for(lambda: experiments.experiment.salt == "two", what="the new salt")
+    assert [experiments.arm_of(u) for u in users] == [experiments.experiment.assign(u) for u in users]
+
+
 def test_hot_reload_and_a_bad_file_refused_while_the_old_one_runs(serve, root, known_users, caplog):
     server, stub = serve(ab())
     user = known_users[0]

@@ -80,6 +80,7 @@ def serve_with(pipeline):
         server.set_model(pipeline)
         return f"127.0.0.1:{server.port}"
 
+    _serve.servers = servers
     yield _serve
     for server in servers:
         server.stop(grace=0)
@@ -133,6 +134,9 @@ def test_token_auth_refuses_missing_and_wrong_tokens_but_health_and_reflection_s
                 == grpc.StatusCode.UNAUTHENTICATED
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
         assert status == health_pb2.HealthCheckResponse.SERVING
+        metrics = serve_with.servers[-1].metrics  # refusals are counted by method, before any servicer ran
+        assert metrics.value("recsys_requests_total", {"method": "Recommend", "code": "UNAUTHENTICATED"}) == 5
+        assert metrics.value("recsys_requests_total", {"method": "SimilarItems", "code": "UNAUTHENTICATED"}) == 1
         answers = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
         assert "recsys.v1.Recommender" in {s.name for s in answers[0].list_services_response.service}
