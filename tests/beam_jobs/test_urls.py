@@ -14,8 +14,10 @@ from tests.beam_jobs.conftest import batch_score, in_memory
 
 
 def _job(output) -> dict:
+    """job.json without where it wrote and the Redis counters (the `scored` run also wrote Redis)."""
     body = json.loads((output / "job.json").read_text())
     body["config"] = {k: v for k, v in body["config"].items() if k not in ("output", "redis_url")}
+    body["counters"] = {k: v for k, v in body["counters"].items() if not k.startswith("redis_")}
     return body
 
 
@@ -59,3 +61,14 @@ def test_resolve_url_keeps_paths_and_maps_file_urls():
     assert resolve_url("--output", "file://localhost/tmp/x") == "/tmp/x"
     with pytest.raises(DataError, match="--users"):
         resolve_url("--users", "gs://b/ids.txt")
+
+
+def test_a_runner_without_counters_is_reported_as_such_not_as_zeros():
+    from beam_jobs import BatchScoreConfig
+    from beam_jobs.pipeline import BatchScoreResult
+
+    config = BatchScoreConfig(output="out", redis_url="redis://localhost:6379/0")
+    result = BatchScoreResult(config, "v1", "/a/v1", 100, {}, None, 12.0, "DONE", "SomeRunner")
+    text = result.summary()
+    assert "NO counters" in text and "unknown (not zero)" in text and "0 users" not in text
+    assert "failed_redis_users.txt" in text and result.ok  # losses cannot be counted; the file lists any
