@@ -61,8 +61,8 @@ JOB_FILE = "job.json"
 DEFAULT_DIRECT_RUNNING_MODE = "in_memory"
 DEFAULT_DIRECT_NUM_WORKERS = 2  # for --direct_running_mode multi_processing / multi_threading without a count
 LOCAL_RUNNER = "FnApiRunner"
-TRAIN_USER_SHARDS = 16
-DASK_SHIM = "beam_jobs.dask_runner.DaskRunner"  # parallel reads of the version's user list when --users is not given
+TRAIN_USER_SHARDS = 16  # parallel reads of the version's user list when --users is not given
+DASK_SHIM = "beam_jobs.dask_runner.DaskRunner"  # what --runner ...dask_runner.DaskRunner runs (see dask_runner.py)
 
 
 # -- the transform ---------------------------------------------------------------------------
