@@ -59,7 +59,7 @@ class Processes:
                 os.killpg(proc.pid, signal.SIGTERM)
         for _, proc in reversed(self.procs):
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
