@@ -105,10 +105,16 @@ class _Handler(ModelHandler):
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(len(b) for b in batch)  # users, the unit the job is sized in
 
+    def local_dir(self) -> pathlib.Path:
+        """The version as a local directory (a remote version is copied once per worker process)."""
+        from beam_jobs.files import local_version
+
+        return local_version(self.version_dir)
+
     def _features(self):
         quiet_worker_logs()  # every handler's load_model starts here, before the stage imports log
         from features import FeatureStore
-        return FeatureStore.load(layout.features_dir(self.version_dir))
+        return FeatureStore.load(layout.features_dir(self.local_dir()))
 
 
 # -- user tower --------------------------------------------------------------------------------
@@ -126,7 +132,7 @@ class UserTowerHandler(_Handler):
     def load_model(self) -> _TowerModel:
         from retrieval import UserTower
 
-        return _TowerModel(self._features(), UserTower.load(self.version_dir))
+        return _TowerModel(self._features(), UserTower.load(self.local_dir()))
 
     def run_inference(self, batch: Sequence[UserBatch], model: _TowerModel,
                       inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
@@ -159,7 +165,7 @@ class RetrievalHandler(_Handler):
     def load_model(self) -> _RetrievalModel:
         from retrieval import ItemIndex
 
-        return _RetrievalModel(self._features(), ItemIndex.load(layout.index_dir(self.version_dir)))
+        return _RetrievalModel(self._features(), ItemIndex.load(layout.index_dir(self.local_dir())))
 
     def run_inference(self, batch: Sequence[UserBatch], model: _RetrievalModel,
                       inference_args: dict[str, Any] | None = None) -> Iterator[UserBatch]:
@@ -181,14 +187,14 @@ class RankerHandler(_Handler):
 
     def __init__(self, version_dir: str | pathlib.Path, model_version: str = "") -> None:
         super().__init__(version_dir)
-        self.model_version = model_version or pathlib.Path(version_dir).name
+        self.model_version = model_version or str(version_dir).rstrip("/").rsplit("/", 1)[-1]
 
     def load_model(self):
         from pipeline import CandidateScorer
         from ranking import Ranker
 
         features = self._features()
-        ranker = Ranker.load(layout.ranking_dir(self.version_dir))
+        ranker = Ranker.load(layout.ranking_dir(self.local_dir()))
         return CandidateScorer(features, ranker, features.catalogue, self.model_version)
 
     def run_inference(self, batch: Sequence[UserBatch], model,

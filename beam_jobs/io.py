@@ -56,19 +56,38 @@ def counter(name: str) -> beam.metrics.metric.Metrics.DelegatingCounter:
 
 # -- reading user ids ----------------------------------------------------------------------------
 class ReadUsers(beam.PTransform):
-    """User ids from a file: text with one id per line (a first line `user_id` is a header), or a
-    Parquet file with a `user_id` column. Blank lines are dropped; ids are stripped."""
+    """User ids from a file (a path or a URL Beam's FileSystems can open: file://, gs://, s3://, ...): text
+    with one id per line (a first line `user_id` is a header), or a Parquet file with a `user_id` column.
+
+    Read in a ParDo through FileSystems rather than with ReadFromText/ReadFromParquet: Beam's Dask
+    runner cannot run Read sources (beam_jobs/dask_runner.py), and one reader serves every runner.
+    Text lines are bytes, decoded leniently in ValidateUsers: a stray non-UTF-8 line is one unknown id.
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
 
     def expand(self, pbegin):
-        if self.path.endswith(".parquet"):
-            return (pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self.path, columns=["user_id"])
-                    | "UserId" >> beam.Map(lambda row: "" if row["user_id"] is None else str(row["user_id"])))
-        # Bytes, decoded leniently in ValidateUsers: a stray non-UTF-8 line is one unknown id, not a crash.
-        return pbegin | "ReadText" >> beam.io.ReadFromText(self.path, coder=beam.coders.BytesCoder())
+        return pbegin | "File" >> beam.Create([self.path]) | "ReadIds" >> beam.FlatMap(read_id_lines)
+
+
+def read_id_lines(path: str) -> list:
+    """The raw ids of a --users file, as ReadUsers emits them: bytes per text line ('\n' or '\r\n' ends a
+    line, as ReadFromText splits), or str per Parquet row ("" for a null)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:  # compression by extension (.gz, .bz2, ...), as ReadFromText
+        data = f.read()
+    if path.endswith(".parquet"):
+        import io
+
+        column = pq.read_table(io.BytesIO(data), columns=["user_id"]).column("user_id").to_pylist()
+        return ["" if v is None else str(v) for v in column]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
 class TrainUsers(beam.DoFn):
@@ -80,9 +99,10 @@ class TrainUsers(beam.DoFn):
 
     def setup(self) -> None:
         quiet_worker_logs()
+        from beam_jobs.files import local_version
         from features import FeatureStore
 
-        self._users = FeatureStore.load(layout.features_dir(self.version_dir)).vocabularies["user_id"].tokens
+        self._users = FeatureStore.load(layout.features_dir(local_version(self.version_dir))).vocabularies["user_id"].tokens
 
     def process(self, shard):
         yield from self._users[shard::self.shards]
@@ -105,9 +125,10 @@ class ValidateUsers(beam.DoFn):
 
     def setup(self) -> None:
         quiet_worker_logs()
+        from beam_jobs.files import local_version
         from features import FeatureStore
 
-        store = FeatureStore.load(layout.features_dir(self.version_dir))
+        store = FeatureStore.load(layout.features_dir(local_version(self.version_dir)))
         self._known = frozenset(store.vocabularies["user_id"].tokens)
         self._logged = 0
 

@@ -26,6 +26,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_jobs.config import HELP, BatchScoreConfig
+from beam_jobs.files import is_remote, local_version, resolve_url, resolve_version
 from beam_jobs.handlers import RankerHandler, RetrievalHandler, UserBatch, UserTowerHandler, batch_index, num_batches
 from beam_jobs.io import (
     COUNTER_NAMESPACE,
@@ -61,6 +62,7 @@ DEFAULT_DIRECT_RUNNING_MODE = "in_memory"
 DEFAULT_DIRECT_NUM_WORKERS = 2  # for --direct_running_mode multi_processing / multi_threading without a count
 LOCAL_RUNNER = "FnApiRunner"
 TRAIN_USER_SHARDS = 16  # parallel reads of the version's user list when --users is not given
+DASK_SHIM = "beam_jobs.dask_runner.DaskRunner"  # what --runner ...dask_runner.DaskRunner runs (see dask_runner.py)
 
 
 # -- the transform ---------------------------------------------------------------------------
@@ -200,21 +202,35 @@ class BatchScoreResult:
     version_dir: str
     num_candidates: int
     weights: dict
-    counters: dict[str, int]
+    counters: dict[str, int] | None  # None: the runner reported no counters
     seconds: float
     state: str
+    runner: str = ""
 
     @property
     def ok(self) -> bool:
-        """False if any Redis write was lost (the job's exit status is then 1)."""
-        return self.counters.get("redis_failed", 0) == 0
+        """False if any Redis write was lost (the job's exit status is then 1); True when the runner reports no
+        counters (the summary then says the losses could not be counted)."""
+        return self.counters is None or self.counters.get("redis_failed", 0) == 0
 
     def summary(self) -> str:
+        if self.counters is None:
+            lines = [f"batch-score {self.version}: finished ({self.state}) in {self.seconds:.1f} s on {self.runner}; "
+                     "this runner reports NO counters, so users scored, skipped ids, rows and lost Redis writes are "
+                     "unknown (not zero)"]
+            if self.config.redis_url and self.config.output:
+                lines.append(f"  redis: users whose write was lost are listed in "
+                             f"{self.config.output.rstrip('/')}/{FAILED_USERS_FILE} (if any)")
+            if self.config.output:
+                lines.append(f"  parquet: written to {self.config.output}")
+            return "\n".join(lines)
         c = self.counters
         lines = [f"batch-score {self.version}: {c['users_scored']} users scored in {c['batches']} batches "
                  f"({self.seconds:.1f} s, {c['users_scored'] / max(self.seconds, 1e-9):.0f} users/s); "
                  f"read {c['users_read']}, skipped {c['users_unknown']} unknown, {c['users_invalid']} invalid, "
                  f"{c['users_duplicate']} repeated"]
+        if self.runner == DASK_SHIM:
+            lines.append("  counters: attempted (summed over the Dask workers; a retried task counts twice)")
         if self.config.redis_url:
             lines.append(f"  redis: {c['redis_writes']} entries written, {c['redis_retries']} retried writes, "
                          f"{c['redis_failed']} LOST")
@@ -238,6 +254,9 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     """
     options = PipelineOptions(list(beam_args))
     std = options.view_as(StandardOptions)
+    if std.runner in dask_runner_names():
+        _require_dask(std.runner)
+        std.runner = DASK_SHIM  # Beam's DaskRunner with the fixes this job needs (beam_jobs/dask_runner.py)
     if std.runner is None or std.runner.lower() in ("directrunner", "direct", "switchingdirectrunner"):
         std.runner = LOCAL_RUNNER
     if std.runner == LOCAL_RUNNER:
@@ -250,6 +269,19 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def dask_runner_names() -> tuple[str, ...]:
+    """--runner values that select the Dask runner: Beam's full name, its short name, or the shim's."""
+    return ("apache_beam.runners.dask.dask_runner.DaskRunner", "DaskRunner", DASK_SHIM)
+
+
+def _require_dask(runner: str) -> None:
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError as e:
+        raise RecsysError(f"--runner {runner} needs dask and distributed ({e}); install them with "
+                          "`pip install 'apache-beam[dask]'` (scripts/setup.sh does)") from None
+
+
 def _prepare_output(config: BatchScoreConfig) -> None:
     if not config.output:
         return
@@ -260,9 +292,14 @@ def _prepare_output(config: BatchScoreConfig) -> None:
         log.info("removed %d scores files of an earlier run with another --num-shards", len(stale))
 
 
-def _counters(result) -> dict[str, int]:
+def _counters(result) -> dict[str, int] | None:
+    """The job's counters summed over steps; None when the runner reports none (Beam's own DaskRunner)."""
     totals = dict.fromkeys(COUNTERS, 0)
-    for c in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]
+    except NotImplementedError:
+        return None
+    for c in found:
         value = c.committed if c.committed is not None else c.attempted
         totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
     return totals
@@ -277,8 +314,14 @@ def score_users(config: BatchScoreConfig, beam_args: Sequence[str] = ()) -> Batc
     """
     from pipeline import load_pipeline_config
 
+    config = dataclasses.replace(config, artifacts=resolve_url("--artifacts", config.artifacts),
+                                 users=resolve_url("--users", config.users), output=resolve_url("--output", config.output),
+                                 events=resolve_url("--events", config.events))
+    if is_remote(config.events):
+        raise DataError(f"--events {config.events}: the event table is read when the job is built; give a local path")
     root = config.artifacts or str(registry.default_root())
-    version_dir = registry.resolve_version(root, config.version)
+    version_url = resolve_version(root, config.version)  # a local path, or a URL the workers stage from
+    version_dir = local_version(version_url)
     if config.verify:
         registry.verify_version(version_dir)
     defaults = load_pipeline_config(version_dir)
@@ -295,11 +338,12 @@ def score_users(config: BatchScoreConfig, beam_args: Sequence[str] = ()) -> Batc
              config.batch_size, options.view_as(StandardOptions).runner)
     started = time.perf_counter()
     p = beam.Pipeline(options=options)
-    _ = p | "BatchScore" >> BatchScore(config, str(version_dir.resolve()), num_candidates, weights)
+    _ = p | "BatchScore" >> BatchScore(config, version_url, num_candidates, weights)
     result = p.run()
     state = result.wait_until_finish()
     out = BatchScoreResult(config, version_dir.name, str(version_dir), num_candidates, dataclasses.asdict(weights),
-                           _counters(result), time.perf_counter() - started, str(state))
+                           _counters(result), time.perf_counter() - started, str(state),
+                           str(options.view_as(StandardOptions).runner))
     if config.output:
         _write_job_file(out)
         _remove_temp_dirs(config.output)

@@ -16,6 +16,7 @@ ratios (not seconds) are the numbers to compare.
 
   .venv/bin/python bench/beam.py --artifacts /tmp/ml --version current          # an existing version
   .venv/bin/python bench/beam.py --synthetic-users 20000 --redis --json out.json  # trains a synthetic one first
+  .venv/bin/python bench/beam.py --artifacts A --configs in_memory:1,dask:2 --rounds 3  # Dask (2 worker processes) vs local
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import os
 import pathlib
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -71,7 +73,16 @@ def reference(version_dir: pathlib.Path, users: list[str], batch_size: int, num_
             "load_s": load_s, "users_per_s_with_load": scored / (seconds + load_s)}
 
 
-def run_job(version_dir: pathlib.Path, out: pathlib.Path, batch_size: int, mode: str, workers: int,
+DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
+
+
+def beam_flags(mode: str, workers: int, dask_address: str) -> list[str]:
+    if mode == "dask":
+        return ["--runner", DASK, "--dask_client_address", dask_address]
+    return ["--direct_running_mode", mode, "--direct_num_workers", str(workers)]
+
+
+def run_job(version_dir: pathlib.Path, out: pathlib.Path, batch_size: int, flags: list[str],
             redis_url: str, users_file: str = "") -> dict:
     from beam_jobs import BatchScoreConfig, score_users
 
@@ -80,7 +91,7 @@ def run_job(version_dir: pathlib.Path, out: pathlib.Path, batch_size: int, mode:
     config = BatchScoreConfig(artifacts=str(version_dir.parent), version=version_dir.name, output=str(out),
                               redis_url=redis_url, batch_size=batch_size, users=users_file, verify=False)
     t0 = time.perf_counter()
-    result = score_users(config, ["--direct_running_mode", mode, "--direct_num_workers", str(workers)])
+    result = score_users(config, flags)
     wall = time.perf_counter() - t0
     if not result.ok:
         raise SystemExit(f"the job lost Redis writes: {result.counters}")
@@ -96,7 +107,9 @@ def main() -> None:
     ap.add_argument("--interactions-per-user", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--configs", default="in_memory:1,multi_processing:1,multi_processing:2",
-                    help="comma-separated running_mode:direct_num_workers")
+                    help="comma-separated running_mode:direct_num_workers; dask:N = the DaskRunner on a local "
+                         "cluster of N single-thread worker processes (started here)")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every config this many times; medians reported")
     ap.add_argument("--redis", action="store_true", help="also write every entry to a real redis-server")
     ap.add_argument("--no-one-batch", action="store_true", help="skip the one-batch runs (no marginal rate)")
     ap.add_argument("--json", default="", help="write the results here")
@@ -104,6 +117,7 @@ def main() -> None:
 
     import logging
 
+    from beam_jobs import read_scores
     from beam_jobs.logs import quiet_beam_logs
     from core import layout, registry
     from pipeline import load_pipeline_config
@@ -145,26 +159,57 @@ def main() -> None:
               f"reference (in-process handlers): {ref['users_per_s']:.0f} users/s "
               f"({ref['seconds']:.1f} s, models load {ref['load_s']:.1f} s)", flush=True)
         rows = []
+        specs = [(m, int(w)) for m, w in (spec.split(":") for spec in args.configs.split(","))]
+        dask_workers = max((w for m, w in specs if m == "dask"), default=0)
+        if dask_workers:
+            from distributed import LocalCluster
+
+            cluster = LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            print(f"dask: a local cluster of {dask_workers} single-thread worker processes at "
+                  f"{cluster.scheduler_address}", flush=True)
+        baseline = None
         with quiet_beam_logs():
-            for spec in args.configs.split(","):
-                mode, workers = spec.split(":")
-                small = ({"users": 0, "seconds": float("nan")} if args.no_one_batch else
-                         run_job(version_dir, work / "out", args.batch_size, mode, int(workers), redis_url,
-                                 str(one_batch)))
-                full = run_job(version_dir, work / "out", args.batch_size, mode, int(workers), redis_url)
+            for mode, workers in specs:
+                flags = beam_flags(mode, workers, cluster.scheduler_address if mode == "dask" else "")
+                runs = []
+                for _ in range(args.rounds):
+                    small = ({"users": 0, "seconds": float("nan")} if args.no_one_batch else
+                             run_job(version_dir, work / "out", args.batch_size, flags, redis_url, str(one_batch)))
+                    full = run_job(version_dir, work / "out", args.batch_size, flags, redis_url)
+                    runs.append((small, full))
+                    table = read_scores(work / "out")
+                    if baseline is None:
+                        baseline = table
+                    elif not table.equals(baseline):  # every config writes the same rows
+                        raise SystemExit(f"{mode}:{workers} wrote different Parquet rows than {specs[0]}")
+                small_s = statistics.median(r[0]["seconds"] for r in runs)
+                full_s = statistics.median(r[1]["seconds"] for r in runs)
+                full = {"users": runs[0][1]["users"], "seconds": full_s}
+                small = {"users": runs[0][0]["users"], "seconds": small_s}
                 e2e = full["users"] / full["seconds"]
                 marginal_s = full["seconds"] - small["seconds"]
                 marginal = (full["users"] - small["users"]) / marginal_s if marginal_s > 0 else float("nan")
                 row = {"mode": mode, "workers": int(workers), "users": full["users"], "seconds": full["seconds"],
+                       "rounds_seconds": [r[1]["seconds"] for r in runs],
                        "one_batch_seconds": small["seconds"], "end_to_end_users_per_s": e2e,
                        "end_to_end_ratio": e2e / ref["users_per_s"],
                        "end_to_end_ratio_vs_ref_with_load": e2e / ref["users_per_s_with_load"],
-                       "marginal_users_per_s": marginal, "marginal_ratio": marginal / ref["users_per_s"]}
+                       "marginal_users_per_s": marginal, "marginal_ratio": marginal / ref["users_per_s"],
+                       "loadavg": os.getloadavg()}
+                if rows:
+                    row["end_to_end_vs_first_config"] = e2e / rows[0]["end_to_end_users_per_s"]
                 rows.append(row)
+                vs_first = (f"; {row['end_to_end_vs_first_config']:.2f}x the first config"
+                            if "end_to_end_vs_first_config" in row else "")
                 print(f"  {mode:17s} workers={workers}: {full['seconds']:6.1f} s end-to-end = {e2e:6.0f} users/s "
                       f"({row['end_to_end_ratio']:.2f}x ref, {row['end_to_end_ratio_vs_ref_with_load']:.2f}x ref "
-                      f"with load); one batch {small['seconds']:.1f} s → marginal {marginal:6.0f} users/s "
-                      f"({row['marginal_ratio']:.2f}x ref)", flush=True)
+                      f"with load{vs_first}); "
+                      f"one batch {small['seconds']:.1f} s → marginal {marginal:6.0f} users/s "
+                      f"({row['marginal_ratio']:.2f}x ref); identical rows; load average "
+                      f"{' '.join(f'{x:.1f}' for x in row['loadavg'])}", flush=True)
+        if dask_workers:
+            cluster.close()
         result = {"version": version_dir.name, "users": len(users), "items": n_items, "num_candidates": num_candidates,
                   "batch_size": args.batch_size, "redis": bool(args.redis), "reference": ref, "pipeline": rows,
                   "host": {"cpus": os.cpu_count(), "python": platform.python_version()}}

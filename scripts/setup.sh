@@ -59,7 +59,7 @@ if [ ! -f "$STAMP" ]; then
     grep -v '^WARNING: Location' .venv/pip-install.log | tail -30 >&2
     log "pip install failed (full log: .venv/pip-install.log)"; exit 1
   fi
-  .venv/bin/python -c "import core.tf_env, faiss, apache_beam, grpc, redis" || { log "install check failed"; exit 1; }
+  .venv/bin/python -c "import core.tf_env, faiss, apache_beam, grpc, redis, dask.distributed" || { log "install check failed"; exit 1; }
   rm -f .venv/.recsys-installed-*
   touch "$STAMP"
 fi

@@ -58,7 +58,10 @@ _EPILOG = """examples:
   recsys batch-score --redis-url redis://localhost:6379/0 --output scores/ --direct-running-mode multi_processing
   recsys batch-score --users ids.txt --redis-url redis://localhost:6379/0
   recsys batch-score --version v1 --output gs://bucket/scores --runner DataflowRunner -- \\
-      --project my-project --region europe-west1 --temp_location gs://bucket/tmp --requirements_file req.txt
+      --project my-project --region europe-west1 --temp_location gs://bucket/tmp \\
+      --extra_package dist/recsys_reference-0.1.0-py3-none-any.whl     # pip wheel --no-deps -w dist .
+  recsys batch-score --output file:///data/scores --runner apache_beam.runners.dask.dask_runner.DaskRunner -- \\
+      --dask_client_address tcp://scheduler:8786
   recsys batch-score --config job.toml --print-config                 # the effective settings as TOML
 
 Beam options other than those listed go after `--`; they are passed to PipelineOptions untouched.
@@ -72,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "batch-score", BatchScoreCommandConfig, run, help_text={
             "job": HELP,
             "beam": {"runner": "Beam runner (empty = the local direct runner; DataflowRunner, FlinkRunner, "
-                               "SparkRunner, PrismRunner, ...)",
+                               "SparkRunner, PortableRunner, PrismRunner, apache_beam.runners.dask.dask_runner."
+                               "DaskRunner (run through beam_jobs/dask_runner.py), ...)",
                      "direct_num_workers": "local runner: parallel workers (0 = 1 in_memory, else 2)",
                      "direct_running_mode": "local runner: in_memory (the default: one process, models loaded "
                                             "once), multi_threading or multi_processing (worker processes, each "
