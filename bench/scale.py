@@ -18,7 +18,8 @@ child's ru_maxrss from wait4, which covers its own waited-for children) are its 
 Sizes: users = interactions / `--interactions-per-user`, items = interactions /
 `--interactions-per-item` (defaults 1M → 30k users × 5k items, 10M → 300k × 50k); IVF lists
 grow with the catalogue (nlist = the power of two nearest 4·√items, nprobe = nlist / 8).
-Growth exponent per stage = least-squares slope of log(seconds) and log(peak RSS) against
+Growth exponent per stage = least-squares slope of log(wall seconds), log(CPU seconds: user + system
+of the stage's processes, less sensitive to a shared machine's load) and log(peak RSS) against
 log(interactions) over the sizes that finished. The machine is shared: `uptime` is recorded
 before and after every stage.
 """
@@ -358,23 +359,25 @@ def report(root: pathlib.Path, a: argparse.Namespace | None = None) -> str:
         if f.exists():
             runs[int(d.name[1:])] = json.loads(f.read_text())
     sizes = sorted(runs)
-    lines = ["| stage | " + " | ".join(f"{n / 1e6:g}M: s / peak RSS MiB / load" for n in sizes)
-             + " | exponent time | exponent RSS |", "|---|" + "---|" * len(sizes) + "---|---|"]
+    lines = ["| stage | " + " | ".join(f"{n / 1e6:g}M: wall s / CPU s / peak RSS MiB / load" for n in sizes)
+             + " | exponent wall | exponent CPU | exponent RSS |", "|---|" + "---|" * len(sizes) + "---|---|---|"]
     table = {}
     for stage in STAGES:
-        cells, xs, ts, rs = [], [], [], []
+        cells, xs, ts, cs, rs = [], [], [], [], []
         for n in sizes:
             r = runs[n].get(stage)
             if r is None or r["exit"] != 0:
                 cells.append("—" if r is None else f"failed (exit {r['exit']})")
                 continue
-            cells.append(f"{r['seconds']:.0f} / {r['peak_rss_mib']} / {r['load_before'].split()[0]}")
+            cells.append(f"{r['seconds']:.0f} / {r['cpu_s']:.0f} / {r['peak_rss_mib']} / {r['load_before'].split()[0]}")
             xs.append(n)
             ts.append(r["seconds"])
+            cs.append(r["cpu_s"])
             rs.append(r["peak_rss_mib"])
-        et, er = fit_exponent(xs, ts), fit_exponent(xs, rs)
-        table[stage] = {"time_exponent": et, "rss_exponent": er, "sizes": xs, "seconds": ts, "peak_rss_mib": rs}
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {_fmt(et)} | {_fmt(er)} |")
+        et, ec, er = fit_exponent(xs, ts), fit_exponent(xs, cs), fit_exponent(xs, rs)
+        table[stage] = {"time_exponent": et, "cpu_exponent": ec, "rss_exponent": er, "sizes": xs, "seconds": ts,
+                        "cpu_s": cs, "peak_rss_mib": rs}
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {_fmt(et)} | {_fmt(ec)} | {_fmt(er)} |")
     extra = []
     for n in sizes:
         r = runs[n]
