@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -58,16 +59,30 @@ class SyntheticConfig:
 
 def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int = 2_000_000) -> Dataset:
     """Generates the dataset; memory is O(rows) and work is vectorised in chunks."""
+    chunks = list(synthetic_chunks(cfg, chunk_rows))
+    interactions = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    users_df, items_df = synthetic_tables(cfg)
+    log.info("synthetic: %d rows, %d users, %d items, engaged %.1f%%", len(interactions), cfg.num_users,
+             cfg.num_items, 100 * interactions["engaged"].mean())
+    return Dataset("synthetic", interactions, users_df, items_df, SYNTHETIC_SPEC,
+                   provenance={"source": "synthetic", **dataclasses.asdict(cfg)})
+
+
+def synthetic_chunks(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int = 2_000_000) -> Iterator[pd.DataFrame]:
+    """The interactions of `generate_synthetic(cfg, chunk_rows)` as consecutive frames of <= chunk_rows
+    rows (the same draws: concatenated, they are its interactions), so a large log can be written to
+    disk without holding it whole (bench/scale.py)."""
     if min(cfg.num_users, cfg.num_items, cfg.num_interactions, cfg.dim) <= 0:
         raise ValueError(f"synthetic sizes must be positive, got {cfg}")
+    if chunk_rows <= 0:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     rng = np.random.default_rng(cfg.seed)
     d = cfg.dim
     t = _draw_truth(rng, cfg)
-    item_cat, user_seg, user_vec, item_vec, types = t.item_category, t.user_segment, t.user_vec, t.item_vec, t.item_type
+    user_vec, item_vec = t.user_vec, t.item_vec
     eng_bias, qual_bias, quality_factor, pop, activity = t.engagement_bias, t.quality_bias, t.quality_factor, \
         t.popularity, t.activity
-
-    users, items, ts, engaged, rating = [], [], [], [], []
+    uid, iid = _user_ids(cfg), _item_ids(cfg)
     remaining = cfg.num_interactions
     while remaining > 0:
         n = min(chunk_rows, remaining)
@@ -84,32 +99,32 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig(), chunk_rows: int
         e = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
         q = 3.0 + 0.9 * quality_factor[i] + qual_bias[i] + RATING_NOISE * rng.normal(size=n)
         r = np.where(e, np.clip(np.rint(q), 1, 5), np.nan)
-        users.append(u)
-        items.append(i)
-        ts.append(rng.integers(1_600_000_000, 1_700_000_000, n))
-        engaged.append(e.astype("int8"))
-        rating.append(r)
-    u = np.concatenate(users)
-    i = np.concatenate(items)
-    uid = np.array([f"u{k}" for k in range(cfg.num_users)], dtype=object)
-    iid = np.array([f"i{k}" for k in range(cfg.num_items)], dtype=object)
-    interactions = pd.DataFrame({
-        "user_id": uid[u], "item_id": iid[i], "timestamp": np.concatenate(ts),
-        "rating": np.concatenate(rating), "engaged": np.concatenate(engaged),
-    })
+        yield pd.DataFrame({"user_id": uid[u], "item_id": iid[i], "timestamp": rng.integers(1_600_000_000, 1_700_000_000, n),
+                            "rating": r, "engaged": e.astype("int8")})
+
+
+def synthetic_tables(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(users, items) side tables of `generate_synthetic(cfg)`, indexed by id; items carry `true_quality`
+    (for analysis only: it is the label, never a feature)."""
+    t = synthetic_truth(cfg)
     users_df = pd.DataFrame({
-        "user_id": uid, "segment": [f"s{s}" for s in user_seg],
-        "activity": np.log(activity * cfg.num_users),
+        "user_id": _user_ids(cfg), "segment": [f"s{s}" for s in t.user_segment],
+        "activity": np.log(t.activity * cfg.num_users),
     }).set_index("user_id")
     items_df = pd.DataFrame({
-        "item_id": iid, "category": [f"c{c}" for c in item_cat],
-        "item_type": [ITEM_TYPES[t] for t in types],
-        "true_quality": 3.0 + 0.9 * quality_factor + qual_bias,
+        "item_id": _item_ids(cfg), "category": [f"c{c}" for c in t.item_category],
+        "item_type": [ITEM_TYPES[k] for k in t.item_type],
+        "true_quality": t.true_quality,
     }).set_index("item_id")
-    log.info("synthetic: %d rows, %d users, %d items, engaged %.1f%%", len(interactions), cfg.num_users,
-             cfg.num_items, 100 * interactions["engaged"].mean())
-    return Dataset("synthetic", interactions, users_df, items_df, SYNTHETIC_SPEC,
-                   provenance={"source": "synthetic", **dataclasses.asdict(cfg)})
+    return users_df, items_df
+
+
+def _user_ids(cfg: SyntheticConfig) -> np.ndarray:
+    return np.array([f"u{k}" for k in range(cfg.num_users)], dtype=object)
+
+
+def _item_ids(cfg: SyntheticConfig) -> np.ndarray:
+    return np.array([f"i{k}" for k in range(cfg.num_items)], dtype=object)
 
 
 @dataclasses.dataclass(frozen=True)

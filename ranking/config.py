@@ -39,6 +39,10 @@ class RankerConfig:
     # instead of fusion + Platt when its out-of-fold validation ndcg@10 is at least the fused head's.
     stack: bool = True
     stack_l2: float = 1.0              # its ridge penalty (standardised weights, in examples)
+    # Validation users whose served candidates the choices above (β, calibration, stacking, blend)
+    # are made on: 0 = every validation user with an engagement; N = a seeded sample of N (each
+    # costs --pipeline-num-candidates ranker calls; for user bases at scale).
+    selection_max_users: int = 0
     l2: float = 1e-6                   # L2 penalty on embedding tables (per example)
     learning_rate: float = 2e-3        # Adam
     batch_size: int = 1024
@@ -50,8 +54,9 @@ class RankerConfig:
         for name in ("id_dim", "feature_dim", "wide_buckets", "batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.history_length < 0:
-            raise ValueError(f"--history-length must be >= 0, got {self.history_length}")
+        if self.history_length < 0 or self.selection_max_users < 0:
+            raise ValueError(f"--history-length and --selection-max-users must be >= 0, got {self.history_length}, "
+                             f"{self.selection_max_users}")
         if any(h <= 0 for h in self.hidden) or self.head_hidden < 0:
             raise ValueError(f"--hidden sizes must be positive and --head-hidden >= 0, got {self.hidden}, "
                              f"{self.head_hidden}")

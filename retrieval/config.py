@@ -28,6 +28,9 @@ class TwoTowerConfig:
     monitor: Literal["recall_at_100", "ndcg_at_10"] = "recall_at_100"  # validation metric to select epochs
     refit: bool = True               # after selecting epochs on fit/validation, retrain on all of train
     batch_size: int = 1024
+    # Users the validation/test metrics score against the whole catalogue (users × items work):
+    # 0 = every held-out user; N = a seeded sample of N (for catalogues and user bases at scale).
+    eval_max_users: int = 0
     learning_rate: float = 0.01      # Adam
     l2: float = 0.0                  # L2 penalty on embedding tables
     seed: int = 42
@@ -43,8 +46,8 @@ class TwoTowerConfig:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.user_id_dropout < 1.0:
             raise ValueError(f"--user-id-dropout must be in [0, 1), got {self.user_id_dropout}")
-        if self.patience < 0 or self.l2 < 0 or self.history_length < 0:
-            raise ValueError("--patience, --l2 and --history-length must be >= 0")
+        if self.patience < 0 or self.l2 < 0 or self.history_length < 0 or self.eval_max_users < 0:
+            raise ValueError("--patience, --l2, --history-length and --eval-max-users must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

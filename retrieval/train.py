@@ -66,11 +66,20 @@ def causal_histories(pairs: pd.DataFrame, length: int) -> np.ndarray:
     """[len(pairs)] for each engaged pair, the user's previous `length` items ("|"-joined,
     oldest first) — never the pair's own item or a later one, so training sees what
     serving will: the history before the moment of the recommendation."""
-    out = np.empty(len(pairs), dtype=object)
-    pos = np.arange(len(pairs))
-    for _, idx in pd.Series(pos).groupby(pairs["user_id"].to_numpy(), sort=False):
-        items = pairs["item_id"].to_numpy()[idx.to_numpy()]
-        out[idx.to_numpy()] = history_strings(items[max(0, i - length):i] for i in range(len(items)))
+    n = len(pairs)
+    out = np.empty(n, dtype=object)
+    if n == 0:
+        return out
+    # Vectorised over users (one pass over the rows, not one pandas selection per user): rows grouped
+    # by user in their original order; each row's history is the slice of its group before it.
+    codes = pd.factorize(pairs["user_id"].to_numpy())[0]
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    pos = np.arange(n)
+    lo = np.maximum(group_start, pos - length).tolist()
+    items = pairs["item_id"].to_numpy()[order].astype(str).tolist()
+    out[order] = history_strings(items[a:b] for a, b in zip(lo, pos.tolist()))
     return out
 
 
@@ -110,7 +119,7 @@ def _tf_values(v: np.ndarray) -> np.ndarray:
 
 # The metrics of a held-out ranking, injected: evaluation (a layer above retrieval) owns their
 # definitions, retrieval owns the model that produces the scores. Called as
-#   validator(scores [n, I] float, exclude [n, I] sparse, relevance [n, I] CSR)
+#   validator(scores [n, I] float (a ScoreRows: slice it by users), exclude [n, I] sparse, relevance [n, I] CSR)
 # with exclude = each user's earlier engaged items (never ranked) and relevance = the held-out
 # engaged items (binary gain); returns {"recall_at_100": ..., "ndcg_at_10": ...} (the keys
 # TwoTowerConfig.monitor names). `evaluation.retrieval_validator()` builds the one `recsys train` uses.
@@ -122,20 +131,29 @@ class RetrievalEvaluator:
 
     The model's scores are computed here; the metrics are `validator`'s (see `Validator`).
 
+    With `max_users` > 0 and more held-out users than that, a seeded sample of `max_users` of them
+    (`seed`) is scored instead: the work is users × catalogue, which grows with both at scale.
+
     Attributes:
-      user_ids: [n] the users with engaged held-out rows, sorted.
+      user_ids: [n] the users with engaged held-out rows (or the sample of them), sorted.
+      held_out_users: how many users had engaged held-out rows (before sampling).
       exclude: [n, I] CSR, 1 at each user's engaged `seen` items (columns of features.catalogue).
       relevance: [n, I] CSR, 1 at each user's engaged held-out items in the catalogue.
     """
 
     def __init__(self, features: FeatureStore, seen: pd.DataFrame, heldout: pd.DataFrame, history_length: int,
-                 validator: Validator) -> None:
+                 validator: Validator, max_users: int = 0, seed: int = 0) -> None:
         self.features = features
         self.validator = validator
         self.catalogue = np.asarray(features.catalogue, dtype=object)
         col = pd.Index(self.catalogue)
         heldout = engaged_pairs(heldout)
         self.user_ids = np.asarray(sorted(heldout["user_id"].unique()), dtype=object)
+        self.held_out_users = len(self.user_ids)
+        if 0 < max_users < len(self.user_ids):  # a seeded sample: scoring is users × catalogue
+            keep = np.random.default_rng(seed).choice(len(self.user_ids), max_users, replace=False)
+            self.user_ids = self.user_ids[np.sort(keep)]
+            heldout = heldout.loc[heldout["user_id"].isin(pd.Index(self.user_ids))]
         row = pd.Index(self.user_ids)
         seen = engaged_pairs(seen)
         seen = seen.loc[seen["user_id"].isin(row)]
@@ -148,14 +166,35 @@ class RetrievalEvaluator:
             self.user_features[HISTORY] = last_items(seen, self.user_ids, history_length)
         self.item_features = features.item_features(self.catalogue)
 
-    def scores(self, model: TwoTowerModel) -> np.ndarray:
-        """[n, I] float32 inner products of every held-out user with every catalogue item."""
+    def scores(self, model: TwoTowerModel) -> ScoreRows:
+        """[n, I] float32 inner products of every held-out user with every catalogue item, computed
+        a block of users at a time when sliced (never [n, I] at once: 200k users × 50k items is 40 GB)."""
         items = embed_in_batches(model.item_tower, self.item_features)
         users = embed_in_batches(model.user_tower, self.user_features)
-        return users @ items.T
+        return ScoreRows(users, items)
 
     def evaluate(self, model: TwoTowerModel) -> dict:
         return self.validator(self.scores(model), self.exclude, self.relevance)
+
+
+class ScoreRows:
+    """users @ items.T [n, I], computed on demand: `rows[lo:hi]` is the dense block of users lo..hi,
+    `np.asarray(rows)` the whole matrix (small problems only). What a `Validator` receives as scores."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray) -> None:
+        self.users, self.items = np.asarray(users), np.asarray(items)
+        self.shape = (len(self.users), len(self.items))
+        self.dtype = np.result_type(self.users.dtype, self.items.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.users[rows] @ self.items.T
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.users @ self.items.T
+        return out if dtype is None else out.astype(dtype)
 
 
 def _binary_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -228,9 +267,12 @@ def train_two_tower(features: FeatureStore, split: Split, config: TwoTowerConfig
         if init is not None:
             init(model, features)
         select = _SelectEpochs(RetrievalEvaluator(features, split.fit, split.validation, config.history_length,
-                                                  validator), config.monitor, config.patience)
-        log.info("two-tower: selecting epochs on %d fit pairs, validating on %d users", len(fit),
-                 len(select.evaluator.user_ids))
+                                                  validator, config.eval_max_users, config.seed),
+                               config.monitor, config.patience)
+        log.info("two-tower: selecting epochs on %d fit pairs, validating on %d users%s", len(fit),
+                 len(select.evaluator.user_ids),
+                 f" (a seeded sample of {select.evaluator.held_out_users}, --retrieval-eval-max-users)"
+                 if len(select.evaluator.user_ids) < select.evaluator.held_out_users else "")
         model.fit(make_dataset(features, fit, config), epochs=config.epochs, callbacks=[select], verbose=verbose)
         history, best_epoch, epochs_run, validation = (select.history, select.best_epoch, len(select.history),
                                                        select.best_metrics)

@@ -148,13 +148,16 @@ def train_retrieval(ctx: TrainContext) -> None:
     exported = export_model(result.model, ctx.features, ctx.version_dir)
     # Test metrics here are informational (nothing is selected on them); `recsys evaluate`
     # gives the full table through the FAISS index.
-    test = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test,
-                              config.history_length, validator).evaluate(result.model)
+    tester = RetrievalEvaluator(ctx.features, ctx.split.train, ctx.split.test, config.history_length, validator,
+                                config.eval_max_users, config.seed)
+    test = tester.evaluate(result.model)
     ctx.manifest["retrieval"] = {
         "config": config_to_dict(config),
         "metrics": {"validation": result.validation, "test_exact": test,
                     "definition": "binary gain over engaged held-out items, full catalogue, the user's earlier "
-                                  "items excluded; recall@k = hits/|relevant|"},
+                                  "items excluded; recall@k = hits/|relevant|",
+                    **({"test_users": len(tester.user_ids), "test_users_held_out": tester.held_out_users}
+                       if config.eval_max_users else {})},
         "training_seconds": round(result.training_seconds, 2),
         "epochs_run": result.epochs_run,
         **{k: v for k, v in result.summary().items() if k not in ("training_seconds", "epochs_run")},
@@ -308,6 +311,11 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
     validation = ctx.split.validation
     engaged = validation.loc[validation["engaged"] == 1].drop_duplicates(["user_id", "item_id"], keep="last")
     users = sorted(engaged["user_id"].astype(str).unique())
+    sampled_from = len(users)
+    if 0 < config.selection_max_users < len(users):  # a seeded sample of the validation users
+        keep = np.random.default_rng(config.seed).choice(len(users), config.selection_max_users, replace=False)
+        users = [users[k] for k in np.sort(keep)]
+        engaged = engaged.loc[engaged["user_id"].astype(str).isin(set(users))]
     ratings = {(str(u), str(i)): r for u, i, r in zip(engaged["user_id"], engaged["item_id"], engaged["rating"])}
     lists = [items for lo in range(0, len(users), 256) for items in fitted.generate(users[lo:lo + 256])]
     width = max((len(x) for x in lists), default=0)
@@ -362,7 +370,8 @@ def _select_on_validation(ctx: TrainContext, source: str) -> dict[str, Any]:
     beta, fusion = select_fusion(cands, grid)
     out: dict[str, Any] = {"retrieval_weight": beta, "fusion_table": fusion, "calibration": None,
                            "quality_residual_scale": gamma, "quality_table": quality_table,
-                           "users": len(users), "candidates": int(valid.sum()), "positives": int(flat_y.sum())}
+                           "users": len(users), "validation_users": sampled_from,
+                           "candidates": int(valid.sum()), "positives": int(flat_y.sum())}
     raw = np.where(valid, sigmoid(cands.fused_logit(beta)), 0.0)
     labels = cands.engaged[valid]
     out["uncalibrated_ece"] = expected_calibration_error(raw[valid], labels)

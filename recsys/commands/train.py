@@ -18,7 +18,10 @@ _HELP = {
             "epochs": "override every stage's maximum epochs (0 = each stage's own default); for smoke runs"},
     "retrieval": {"monitor": "validation metric that selects the epoch count",
                   "refit": "retrain on all of train for the selected epochs",
-                  "logq": "sampling-bias (logQ) correction"},
+                  "logq": "sampling-bias (logQ) correction",
+                  "eval_max_users": "held-out users the validation/test metrics score against the whole catalogue "
+                                    "(0 = all; N = a seeded sample of N: that work is users × items, for large "
+                                    "data)"},
     "index": {"factory": "faiss.index_factory string: Flat, IVF1024,Flat, HNSW32, IVF1024,PQ16 ..."},
     "ranking": {"crosses": "wide crossed features USER_COL*ITEM_COL (empty = every user × item categorical pair)",
                 "retrieval_weight": "β: served engagement = σ(a·(ranker logit + β·(retrieval score - 1)) + b), the "
@@ -28,6 +31,8 @@ _HELP = {
                                          "candidate lists)",
                 "calibrate": "Platt-calibrate the served engagement (a, b) on the validation carve's served "
                              "candidates, so it is P(engaged | user, candidate)",
+                "selection_max_users": "validation users whose served candidates β, calibration, stacking and the "
+                                       "blend are chosen on (0 = all; N = a seeded sample of N, for large data)",
                 "select_blend": "choose the version's default blend on validation (best NDCG@10 whose mean hit "
                                 "rating >= the engagement-only blend's); off = --pipeline-* weights"},
     "pipeline": {"num_candidates": "N: FAISS candidates the ranker scores per user"},

@@ -324,3 +324,18 @@ def test_every_selection_is_blind_to_test_labels(data):
     pb.fit(poisoned)
     assert b.selection.as_dict() == pb.selection.as_dict()
     assert b.diagnostics["bias_baseline_rmse"] != pytest.approx(pb.diagnostics["bias_baseline_rmse"])
+
+
+def test_fit_biases_by_conjugate_gradients_above_dense_max_match_the_dense_solve():
+    # Above dense_max users and items the system is solved by CG on the sparse normal equations
+    # (the dense Schur complement would be min(U, I)^2 floats: 20 GB at 50k items).
+    rng = np.random.default_rng(5)
+    n = 3000
+    df = pd.DataFrame({"user_id": [f"u{k}" for k in rng.integers(0, 300, n)],
+                       "item_id": [f"i{k}" for k in rng.integers(0, 200, n)],
+                       "rating": rng.integers(1, 6, n).astype(float)})
+    dense, iterative = fit_biases(df, 3.0), fit_biases(df, 3.0, dense_max=50)
+    assert dense.mu == iterative.mu
+    np.testing.assert_allclose(iterative.user_bias.to_numpy(), dense.user_bias.to_numpy(), atol=1e-8)
+    np.testing.assert_allclose(iterative.item_bias.to_numpy(), dense.item_bias.to_numpy(), atol=1e-8)
+    assert list(iterative.user_bias.index) == list(dense.user_bias.index)

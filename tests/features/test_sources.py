@@ -68,6 +68,21 @@ def test_synthetic_is_seeded_and_sized():
     assert not a.interactions["item_id"].equals(other.interactions["item_id"])
 
 
+def test_synthetic_chunks_are_the_generated_log_in_pieces():
+    from features.synthetic import synthetic_chunks, synthetic_tables
+
+    cfg = SyntheticConfig(num_users=300, num_items=120, num_interactions=5003, seed=7)
+    whole = generate_synthetic(cfg, chunk_rows=1000)
+    chunks = list(synthetic_chunks(cfg, chunk_rows=1000))
+    assert [len(c) for c in chunks] == [1000] * 5 + [3]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole.interactions)
+    users, items = synthetic_tables(cfg)
+    pd.testing.assert_frame_equal(users, whole.users)
+    pd.testing.assert_frame_equal(items, whole.items)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        next(synthetic_chunks(cfg, chunk_rows=0))
+
+
 def test_synthetic_plants_impressions_popularity_and_decoupled_quality():
     ds = generate_synthetic(SyntheticConfig(num_users=2000, num_items=400, num_interactions=100_000, seed=1))
     df = ds.interactions.join(ds.items, on="item_id")

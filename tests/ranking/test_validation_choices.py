@@ -91,3 +91,23 @@ def test_the_version_serves_what_validation_chose(tiny_version):
     assert [r for r in table if r["chosen"]][0]["ndcg@10"] == best["ndcg@10"]
     assert meta["calibration"]["method"] == ("stacked" if serving["stacked"] else "platt")
     assert meta["retrieval_weight"] == serving["retrieval_weight"]
+
+
+def test_selection_max_users_makes_the_choices_on_a_seeded_sample_of_validation_users(tiny_version):
+    from features import fit_feature_store
+    from workflows.data import load_split
+    from workflows.train import TrainConfig, TrainContext, _select_on_validation
+
+    config = parse_config(TrainConfig, _strip(TINY_TRAIN) + list(TINY_RANKING) + ["--ranking-selection-max-users", "20"])
+    assert config.ranking.selection_max_users == 20
+    dataset, split = load_split(config.data)
+    manifest = registry.read_manifest(tiny_version)
+    assert manifest["ranking"]["selection"]["users"] > 20  # the default scores every validation user
+    ctx = TrainContext(config, dataset, split, fit_feature_store(dataset, split.train), tiny_version,
+                       {"retrieval": manifest["retrieval"]})
+    got = _select_on_validation(ctx, "sampled")
+    assert got["users"] == 20 and got["validation_users"] == manifest["ranking"]["selection"]["users"]
+    assert 0 < got["candidates"] <= 20 * config.pipeline.num_candidates
+    assert set(got["fusion_table"]["retrieval_weight"]) == set(config.ranking.retrieval_weight_grid)
+    with pytest.raises(ValueError, match="selection-max-users"):
+        parse_config(TrainConfig, _strip(TINY_TRAIN) + ["--ranking-selection-max-users", "-1"])

@@ -92,6 +92,29 @@ def test_evaluation_through_flat_index_equals_brute_force_ranking(trained):
     assert not any(set(got[i]) & set(data.train[r].indices) for i, r in enumerate(rows))
 
 
+def test_evaluator_scores_blocks_of_users_and_samples_users_on_request(trained):
+    from retrieval import RetrievalEvaluator
+    from retrieval.train import ScoreRows
+
+    split, model = trained.split, trained.result.model
+    full = RetrievalEvaluator(trained.features, split.fit, split.validation, 0, VALIDATOR)
+    scores = full.scores(model)
+    assert isinstance(scores, ScoreRows) and scores.shape == (len(full.user_ids), len(trained.features.catalogue))
+    dense = np.asarray(scores)
+    np.testing.assert_array_equal(scores[5:17], dense[5:17])
+    assert full.evaluate(model) == VALIDATOR(dense, full.exclude, full.relevance)
+    # A seeded sample of the held-out users: the same metrics as the full matrix's rows of those users.
+    sampled = RetrievalEvaluator(trained.features, split.fit, split.validation, 0, VALIDATOR, max_users=40, seed=3)
+    assert len(sampled.user_ids) == 40 and sampled.held_out_users == len(full.user_ids)
+    rows = pd.Index(full.user_ids).get_indexer(sampled.user_ids)
+    assert (rows >= 0).all() and list(sampled.user_ids) == sorted(sampled.user_ids)
+    assert sampled.evaluate(model) == VALIDATOR(dense[rows], full.exclude[rows], full.relevance[rows])
+    again = RetrievalEvaluator(trained.features, split.fit, split.validation, 0, VALIDATOR, max_users=40, seed=3)
+    assert list(again.user_ids) == list(sampled.user_ids)
+    assert len(RetrievalEvaluator(trained.features, split.fit, split.validation, 0, VALIDATOR,
+                                  max_users=10**6).user_ids) == len(full.user_ids)
+
+
 def test_export_load_round_trips_to_identical_embeddings(trained):
     model, features = trained.result.model, trained.features
     users = ["u0", "u5", "u42", "u599"]
