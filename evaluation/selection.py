@@ -204,7 +204,7 @@ def select_new_user_mixture(histories: Mapping[str, Sequence[str]], item_ids: Se
     """(w, d) of the new-user scorer (features.cooccurrence) on simulated new users of the train split.
 
     Rule: the train users with more than `first_events` distinct catalogue items are eligible;
-    a seeded `simulated_share` of them (at least `min_simulated`) act as new users and are left
+    a seeded `simulated_share` of them (at least `min_simulated`, at most `max_simulated`) act as new users and are left
     out of the fit. P(j | i) and reach are fit on the other users' train histories; each
     simulated user's first `first_events` items (time order) are their events, the rest of
     their train items the relevant set. For every (w, d) of the grids the list is the catalogue
@@ -236,7 +236,7 @@ def select_new_user_mixture(histories: Mapping[str, Sequence[str]], item_ids: Se
 
     users = sorted(str(u) for u in histories)
     eligible = [u for u in users if len(distinct(histories[u])) > first]
-    size = max(config.min_simulated, int(round(config.simulated_share * len(eligible))))
+    size = min(config.max_simulated, max(config.min_simulated, int(round(config.simulated_share * len(eligible)))))
     rule = ("simulated new users: a seeded share of the train users with more than first_events items, held out "
             "of the fit; best NDCG@k of blend(mixture, quality prior) with the default blend, events excluded; "
             "ties -> smaller w, then the decay grid's order")

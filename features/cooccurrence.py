@@ -43,8 +43,9 @@ class NewUserConfig:
     enabled: fit and save it (off = unknown users with events use the model's OOV path).
     neighbors: P(j | i) entries kept per item (the sparse top-K).
     max_pairs: refuse to fit when Σ_u |train items of u|² exceeds this (the co-occurrence size).
-    simulated_share / min_simulated: train users held out of the fit to act as new users when
-      choosing (w, d): this share of the eligible users, at least min_simulated (else w = 0).
+    simulated_share / min_simulated / max_simulated: train users held out of the fit to act as new
+      users when choosing (w, d): this share of the eligible users, at least min_simulated (else
+      w = 0) and at most max_simulated (the choice costs simulated users × catalogue per grid point).
     first_events: events a simulated new user has logged; the rest of their train items are relevant.
     weight_grid / decay_grid: the (w, d) candidates; w = 0 (the fallback) always takes part.
     k: the cut-off of the NDCG that chooses (w, d).
@@ -56,6 +57,7 @@ class NewUserConfig:
     max_pairs: int = 200_000_000
     simulated_share: float = 0.1
     min_simulated: int = 20
+    max_simulated: int = 2_000
     first_events: int = 5
     weight_grid: tuple[float, ...] = DEFAULT_WEIGHT_GRID
     decay_grid: tuple[float, ...] = DEFAULT_DECAY_GRID
@@ -71,6 +73,9 @@ class NewUserConfig:
             raise ValueError(f"--newuser-simulated-share must be in (0, 1), got {self.simulated_share}")
         if self.min_simulated < 1:
             raise ValueError(f"--newuser-min-simulated must be >= 1, got {self.min_simulated}")
+        if self.max_simulated < self.min_simulated:
+            raise ValueError(f"--newuser-max-simulated must be >= --newuser-min-simulated ({self.min_simulated}), "
+                             f"got {self.max_simulated}")
         if self.first_events < 1:
             raise ValueError(f"--newuser-first-events must be >= 1, got {self.first_events}")
         if self.k < 1:

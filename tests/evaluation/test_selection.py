@@ -134,6 +134,21 @@ def test_new_user_mixture_is_chosen_when_the_events_are_informative():
     assert {r["weight"] for r in got["table"]} >= {0.0, 1.0}
 
 
+def test_new_user_mixture_simulates_at_most_max_simulated_users():
+    from evaluation.selection import select_new_user_mixture
+    from features.cooccurrence import NewUserConfig
+    from ranking import BlendWeights
+
+    histories, items = _two_taste_histories(n_users=400)
+    got = select_new_user_mixture(histories, items, np.full(len(items), 0.5),
+                                  BlendWeights(1.0, 1.0, "multiplicative", "identity"),
+                                  NewUserConfig(first_events=3, simulated_share=0.5, max_simulated=25))
+    assert got["simulated_users"] == 25 and got["fit_users"] == 375  # not 200: the cap binds
+    assert got["weight"] > 0
+    with pytest.raises(ValueError, match="--newuser-max-simulated"):
+        NewUserConfig(min_simulated=20, max_simulated=10)
+
+
 def test_new_user_mixture_falls_back_to_popularity_without_enough_users():
     from evaluation.selection import select_new_user_mixture
     from features.cooccurrence import NewUserConfig
