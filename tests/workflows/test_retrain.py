@@ -3,6 +3,7 @@ refused (CURRENT untouched, same decision on a rerun), the lock, a kill -9 mid-t
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -140,13 +141,16 @@ def test_worse_candidate_is_refused_and_a_rerun_decides_the_same(served, events_
     for name in ("worse1", "worse2"):
         code, out = retrain(root, events_dir, "--new-version", name, *WORSE, capsys=capsys)
         assert code == 3, out
-        assert "REFUSED" in out and "ndcg@10: candidate" in out
+        # Refused by the metric gate (which metric fails first is the tiny data's business: with untrained
+        # towers the stacked engagement still ranks by popularity, so NDCG may tie while ECE does not).
+        assert "REFUSED" in out and re.search(r"- (ndcg@10|mean_hit_rating@10|engagement_ece): candidate", out), out
         decisions.append(lineage(root, name))
     assert registry.current_version(root) == "first"
     assert registry.verify_version(root / "first")["checksums"] == before  # serving version untouched
     a, b = decisions
     assert a["decision"] == b["decision"] == "refused"
     assert [r["passed"] for r in a["gate"]["table"]] == [r["passed"] for r in b["gate"]["table"]]
+    assert a["gate"]["table"][0]["passed"] and not all(r["passed"] for r in a["gate"]["table"][1:])
     for metric in ("ndcg@10", "mean_hit_rating@10", "engagement_ece"):
         assert a["gate"]["candidate"][metric] == pytest.approx(b["gate"]["candidate"][metric], abs=1e-6)
     log = [json.loads(line) for line in (root / "retrain-log.jsonl").read_text().splitlines()]
