@@ -135,22 +135,28 @@ def channel(stream_key: str) -> str:
 # redis-py packs every argument in Python, and 3 declared keys + 16 arguments per event cost more client
 # time than the script costs Redis. The per-event keys are therefore built in the script, which standalone
 # Redis (and Sentinel) allow; Redis Cluster would need them declared and batches split by hash slot.
-_APPEND = """
+# Both scripts split a record on ITEM_SEP (0x1f) with this one function.
+_SPLIT = """
+local function split(rec)
+  local f, p = {}, 1
+  while true do
+    local e = string.find(rec, '\\031', p, true)
+    if e == nil then
+      f[#f + 1] = string.sub(rec, p)
+      return f
+    end
+    f[#f + 1] = string.sub(rec, p, e - 1)
+    p = e + 1
+  end
+end
+"""
+_APPEND = _SPLIT + """
 local stream = KEYS[1]
 local seen, rv, recent = ARGV[1], ARGV[2], ARGV[3]
 local maxlen, ttl, rlen, rttl, chan = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local accepted, duplicates, users, pushed = 0, 0, {}, {}
 for a = 9, #ARGV do
-  local rec, f, p = ARGV[a], {}, 1
-  while true do
-    local e = string.find(rec, '\\031', p, true)
-    if e == nil then
-      f[#f + 1] = string.sub(rec, p)
-      break
-    end
-    f[#f + 1] = string.sub(rec, p, e - 1)
-    p = e + 1
-  end
+  local f = split(ARGV[a])
   local id, user, item = f[3], f[7], f[9]
   if redis.call('SET', seen .. id, '1', 'NX', 'EX', ttl) then
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(f, 2))
@@ -191,21 +197,12 @@ assert state_key("P", "u") == state_key("P", "")[:-2] + "{u}"
 # Redis Cluster, step 2 (module docstring): one call per hash slot of a batch's users. KEYS[1] = the counter of
 # one user of the slot (it routes the call); ARGV = [seen prefix, counter prefix, recent prefix, dedupe_ttl,
 # recent_length, recent_ttl, then one record per event: "<engaged 1|0>\x1f<event id>\x1f<user>\x1f<item>"].
-_STATE = """
+_STATE = _SPLIT + """
 local seen, rv, recent = ARGV[1], ARGV[2], ARGV[3]
 local ttl, rlen, rttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local accepted, duplicates, users, pushed = 0, 0, {}, {}
 for a = 7, #ARGV do
-  local rec, f, p = ARGV[a], {}, 1
-  while true do
-    local e = string.find(rec, '\\031', p, true)
-    if e == nil then
-      f[#f + 1] = string.sub(rec, p)
-      break
-    end
-    f[#f + 1] = string.sub(rec, p, e - 1)
-    p = e + 1
-  end
+  local f = split(ARGV[a])
   local id, user, item = f[2], f[3], f[4]
   if redis.call('SET', seen .. '{' .. user .. '}:' .. id, '1', 'NX', 'EX', ttl) then
     accepted = accepted + 1
