@@ -135,7 +135,7 @@ def channel(stream_key: str) -> str:
 # redis-py packs every argument in Python, and 3 declared keys + 16 arguments per event cost more client
 # time than the script costs Redis. The per-event keys are therefore built in the script, which standalone
 # Redis (and Sentinel) allow; Redis Cluster would need them declared and batches split by hash slot.
-# Both scripts split a record on ITEM_SEP (0x1f) with this one function.
+# Shared by both scripts: split a record on ITEM_SEP (0x1f); apply a batch's engagements to its users' state.
 _SPLIT = """
 local function split(rec)
   local f, p = {}, 1
@@ -148,6 +148,29 @@ local function split(rec)
     f[#f + 1] = string.sub(rec, p, e - 1)
     p = e + 1
   end
+end
+
+-- Once per user of the batch: their engagements in batch order (LPUSH leaves the last one first), the
+-- list trimmed lazily (at twice its length; readers take the first recent_length), the counter bumped
+-- (and published on `chan` unless it is nil). Returns {user, counter, user, counter, ...}.
+local function apply_users(users, pushed, recent, rv, rlen, rttl, chan)
+  local bumped = {}
+  for _, user in ipairs(users) do
+    local tag = '{' .. user .. '}'
+    local items, rkey, vkey = pushed[user], recent .. tag, rv .. tag
+    if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
+      redis.call('LTRIM', rkey, 0, rlen - 1)
+    end
+    redis.call('EXPIRE', rkey, rttl)
+    local v = redis.call('INCRBY', vkey, #items)
+    redis.call('EXPIRE', vkey, rttl)
+    if chan ~= nil then
+      redis.call('PUBLISH', chan, v .. '\\t' .. user)
+    end
+    bumped[#bumped + 1] = user
+    bumped[#bumped + 1] = tostring(v)
+  end
+  return bumped
 end
 """
 _APPEND = _SPLIT + """
@@ -172,22 +195,7 @@ for a = 9, #ARGV do
     duplicates = duplicates + 1
   end
 end
--- Once per user of the batch: their engagements in batch order (LPUSH leaves the last one first), the
--- list trimmed lazily (at twice its length; readers take the first recent_length), the counter bumped.
-local bumped = {}
-for _, user in ipairs(users) do
-  local items, rkey, vkey = pushed[user], recent .. '{' .. user .. '}', rv .. '{' .. user .. '}'
-  if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
-    redis.call('LTRIM', rkey, 0, rlen - 1)
-  end
-  redis.call('EXPIRE', rkey, rttl)
-  local v = redis.call('INCRBY', vkey, #items)
-  redis.call('EXPIRE', vkey, rttl)
-  redis.call('PUBLISH', chan, v .. '\\t' .. user)
-  bumped[#bumped + 1] = user
-  bumped[#bumped + 1] = tostring(v)
-end
-return {accepted, duplicates, bumped}
+return {accepted, duplicates, apply_users(users, pushed, recent, rv, rlen, rttl, chan)}
 """
 # The scripts build recent_key(user) as this prefix + "{user}" (checked), state_key likewise.
 _RECENT_PREFIX = recent_key("")[:-2]
@@ -217,20 +225,7 @@ for a = 7, #ARGV do
     duplicates = duplicates + 1
   end
 end
-local bumped = {}
-for _, user in ipairs(users) do
-  local tag = '{' .. user .. '}'
-  local items, rkey, vkey = pushed[user], recent .. tag, rv .. tag
-  if redis.call('LPUSH', rkey, unpack(items)) > 2 * rlen then
-    redis.call('LTRIM', rkey, 0, rlen - 1)
-  end
-  redis.call('EXPIRE', rkey, rttl)
-  local v = redis.call('INCRBY', vkey, #items)
-  redis.call('EXPIRE', vkey, rttl)
-  bumped[#bumped + 1] = user
-  bumped[#bumped + 1] = tostring(v)
-end
-return {accepted, duplicates, bumped}
+return {accepted, duplicates, apply_users(users, pushed, recent, rv, rlen, rttl, nil)}
 """
 
 
