@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.tf_data import indexed_batches
 from core.tf_env import keras, set_seed, tf
 from features import MULTI_VALUE_SEP, FeatureStore, Split, SplitConfig
 from ranking.model import (
@@ -245,13 +246,9 @@ def _window_rows(split: Split, features: FeatureStore, neg: NegativeConfig, hist
 
 
 def _dataset(ex: Examples, batch_size: int, shuffle_seed: int | None) -> tf.data.Dataset:
-    x = {k: (tf.constant(v.astype(str)) if v.dtype == object else tf.constant(v)) for k, v in ex.inputs.items()}
     y = {"engagement": ex.engaged, "quality": ex.quality}
     w = {"engagement": ex.engagement_mask, "quality": ex.quality_mask}
-    ds = tf.data.Dataset.from_tensor_slices((x, y, w))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(ex), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(2)
+    return indexed_batches((dict(ex.inputs), y, w), batch_size, seed=shuffle_seed, prefetch=2)
 
 
 def train_ranker(rows: pd.DataFrame, features: FeatureStore, config: RankerConfig = RankerConfig(),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.tf_data import indexed_batches
 from core.tf_env import keras, set_seed, tf
 from features import FeatureStore, Split
 from retrieval.two_tower import HISTORY, TwoTowerConfig, TwoTowerModel, embed_in_batches, history_strings
@@ -108,13 +109,12 @@ def make_dataset(features: FeatureStore, pairs: pd.DataFrame, config: TwoTowerCo
         users[HISTORY] = causal_histories(pairs, config.history_length)
     users = {k: _tf_values(v) for k, v in users.items()}
     items = {k: _tf_values(v) for k, v in features.item_features(pairs["item_id"].to_numpy()).items()}
-    ds = tf.data.Dataset.from_tensor_slices({"user": users, "item": items, "log_q": np.log(q).astype(np.float32)})
-    return (ds.shuffle(len(pairs), seed=config.seed, reshuffle_each_iteration=True)
-            .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    return indexed_batches({"user": users, "item": items, "log_q": np.log(q).astype(np.float32)},
+                           config.batch_size, seed=config.seed)
 
 
 def _tf_values(v: np.ndarray) -> np.ndarray:
-    return v.astype(str) if v.dtype == object else v.astype(np.float32)
+    return v if v.dtype == object else v.astype(np.float32)  # strings: indexed_batches encodes them once
 
 
 # The metrics of a held-out ranking, injected: evaluation (a layer above retrieval) owns their
