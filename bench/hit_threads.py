@@ -8,7 +8,8 @@ alternate the call types, so a machine shared with other work loads them alike:
   null       NullRecommend: parses a RecommendRequest, answers fixed bytes of a hit's size
   redis_read one engagement-counter read through the server's cache store and nothing else: the Redis round
              trip from a handler thread that a validated near-cache hit adds to a Recommend
-  hit        Recommend answered from the near cache (validated: the counter read included)
+  hit        Recommend answered from the near cache (validated: the counter read included); with
+             --near-ttl-s 0 every hit is a Redis hit (one MGET of both entries and the counter, decoded reuse)
 
 For each round and call type the server's threads are read from /proc (utime + stime, voluntary context
 switches), grouped as grpc-worker (the handler pool), poller (grpc's Python thread that takes every
@@ -79,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--users", type=int, default=256)
-    p.add_argument("--cache-config", default="{}", help="JSON of CacheConfig fields for the server")
+    p.add_argument("--near-ttl-s", type=float, default=30.0, help="0 = near cache off: every hit reads Redis")
+    p.add_argument("--cache-config", default="{}", help="JSON of further CacheConfig fields for the server")
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     redis = LocalRedis(pathlib.Path(tempfile.mkdtemp(prefix="hit-threads-"))).start()
     requests = [pb.RecommendRequest(user_id=u, num_results=10)
                 for u in bs.known_users(a.version_dir, 10**9, 0)[:a.users]]
-    server = bs.ServerProcesses("sync", 1, a.version_dir, redis.url, a.workers, 30.0, {},
+    server = bs.ServerProcesses("sync", 1, a.version_dir, redis.url, a.workers, a.near_ttl_s, {},
                                 json.loads(a.cache_config), child_args=("--attribution",))
     pid = server.procs[0].pid
 
