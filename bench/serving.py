@@ -94,6 +94,28 @@ def _empty_handler():
     })
 
 
+REDIS_READ_METHOD = "/recsys.bench.Bench/RedisRead"
+THREADS_METHOD = "/recsys.bench.Bench/Threads"
+
+
+def _attribution_handler(started: list):
+    """RedisRead: one engagement-counter read through the server's cache store (what a validated near-cache hit
+    adds to a Recommend: a Redis round trip from a handler thread), answering nothing. Threads: this process's
+    threads as JSON {native thread id: name}, to attribute /proc's per-thread CPU (bench/hit_threads.py)."""
+    import grpc
+
+    def redis_read(request, context) -> bytes:
+        started[0].cache.store.read_counter("recsys:bench:rv:{attribution}")
+        return b""
+
+    def threads(request, context) -> bytes:
+        return json.dumps({str(t.native_id): t.name for t in threading.enumerate()}).encode()
+
+    return grpc.method_handlers_generic_handler("recsys.bench.Bench", {
+        "RedisRead": grpc.unary_unary_rpc_method_handler(redis_read),
+        "Threads": grpc.unary_unary_rpc_method_handler(threads)})
+
+
 def reference_main(argv: list[str]) -> int:
     """`bench/serving.py reference VERSION_DIR BATCH INTRA INTER`: for each line on stdin, one round of
     RecommendPipeline.candidates() over every train user, BATCH users per call; prints "<n> <seconds>"."""
@@ -152,6 +174,7 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--server-config", default="{}", help="JSON of further ServerConfig fields")
     p.add_argument("--cache-config", default="{}", help="JSON of further CacheConfig fields")
     p.add_argument("--events-config", default="{}", help="JSON of EventLogConfig fields")
+    p.add_argument("--attribution", action="store_true", help="also serve bench/hit_threads.py's RedisRead and Threads")
     a = p.parse_args(argv)
     if a.stack == "aio":
         import grpc
@@ -169,12 +192,15 @@ def child_main(argv: list[str]) -> int:
     from feedback import EventLogConfig
     from serving import CacheConfig, RecommendServer, ServerConfig
 
+    started: list = []  # the server, for the attribution handlers
+    extra = (_empty_handler(),) + ((_attribution_handler(started),) if a.attribution else ())
     server = RecommendServer(
         ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, max_concurrent_rpcs=a.max_concurrent_rpcs,
                      **{"metrics_port": 0, **json.loads(a.server_config)}),
         CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s,
                     **json.loads(a.cache_config)),
-        extra_handlers=(_empty_handler(),), events=EventLogConfig(**json.loads(a.events_config))).start()
+        extra_handlers=extra, events=EventLogConfig(**json.loads(a.events_config))).start()
+    started.append(server)
     if a.version_dir:
         server.load(a.version_dir, verify=False)
     print("READY", flush=True)
@@ -188,7 +214,8 @@ class ServerProcesses:
 
     def __init__(self, stack: str, processes: int, version_dir: str, redis_url: str, workers: int,
                  near_ttl_s: float = 30.0, server_config: dict | None = None,
-                 cache_config: dict | None = None, events_config: dict | None = None) -> None:
+                 cache_config: dict | None = None, events_config: dict | None = None,
+                 child_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.procs = []
         for _ in range(processes):
@@ -198,6 +225,7 @@ class ServerProcesses:
                    "--cache-config", json.dumps(cache_config or {}), "--events-config", json.dumps(events_config or {})]
             if version_dir:
                 cmd += ["--version-dir", version_dir]
+            cmd += list(child_args)
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
             self.procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                                env=env, cwd=ROOT))

@@ -249,53 +249,56 @@ class ThreadConnections:
         self._connections: list = []
         self._closed = False
 
-    def _connection(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    def _link(self) -> _Link:
+        link = getattr(self._local, "link", None)
+        if link is None:
             with self._lock:
                 if self._closed:
                     raise redis.ConnectionError("the Redis store is closed")
-                conn = self._local.conn = self._make()
-                self._local.sock = None
-                self._connections.append(conn)
-        return conn
+                link = self._local.link = _Link(self._make())
+                self._connections.append(link.conn)
+        return link
 
     def mget(self, keys: list[str] | tuple[str, ...]) -> list[bytes | None]:
-        """The values of `keys` (None where missing); raises redis.RedisError like `client.mget`."""
+        """The values of `keys` (None where missing); raises redis.RedisError like `client.mget`.
+
+        The usual call (this thread's connection is open) is one round trip with nothing around it: the
+        command packed by hiredis (what redis-py's packer calls), no retry wrapper. Only when that attempt
+        fails, or the connection must be (re)opened, does the client's retry policy run — with that failure
+        counted as its first, so the attempts, disconnects and backoffs are the policy's own.
+        """
         if self._closed:
             raise redis.ConnectionError("the Redis store is closed")
-        conn = self._connection()
-        return conn.retry.call_with_retry(lambda: self._mget(conn, keys), lambda error: conn.disconnect())
+        link = getattr(self._local, "link", None)
+        failed: list[BaseException] = []
+        if link is not None and link.sock is not None and link.conn._sock is link.sock:
+            try:
+                return _round_trip(link, hiredis.pack_command(("MGET", *keys)))
+            except Exception as e:  # handed to the retry policy below, which decides
+                failed.append(e)
+        link = link or self._link()
 
-    def _mget(self, conn, keys) -> list[bytes | None]:
-        local = self._local
+        def attempt() -> list[bytes | None]:
+            if failed:  # the fast attempt's failure, as the policy's first (it disconnects, backs off or raises)
+                raise failed.pop()
+            return self._mget(link, keys)
+
+        return link.conn.retry.call_with_retry(attempt, lambda error: link.conn.disconnect())
+
+    def _mget(self, link: _Link, keys) -> list[bytes | None]:
+        conn = link.conn
         sock = conn._sock  # redis-py's socket of this connection; None once disconnected
-        if sock is None or sock is not local.sock:
+        if sock is None or sock is not link.sock:
             conn.connect()  # redis-py's handshake (AUTH, SELECT, ...) with its own timeouts
             sock = conn._sock
             if isinstance(sock, ssl.SSLSocket):
+                link.sock = None
                 conn.send_command("MGET", *keys)
                 return conn.read_response()
             _kernel_timeouts(sock, conn.socket_timeout)
-            local.sock, local.buffer = sock, bytearray(self._BUFFER)
-            local.reader = hiredis.Reader(protocolError=redis.ConnectionError, replyError=redis.ResponseError)
-        reader, buffer = local.reader, local.buffer
-        try:
-            sock.sendall(b"".join(conn.pack_command("MGET", *keys)))
-            reply = False
-            while reply is False:
-                n = sock.recv_into(buffer)
-                if not n:
-                    raise redis.ConnectionError("Connection closed by server.")
-                reader.feed(buffer, 0, n)
-                reply = reader.gets()
-        except (BlockingIOError, TimeoutError) as e:  # the kernel timeout expired (EAGAIN)
-            raise redis.TimeoutError("Timeout reading from Redis") from e
-        except OSError as e:
-            raise redis.ConnectionError(f"Error while reading from Redis: {e}") from e
-        if isinstance(reply, redis.ResponseError):
-            raise reply
-        return reply
+            link.sock = sock
+            link.reader = hiredis.Reader(protocolError=redis.ConnectionError, replyError=redis.ResponseError)
+        return _round_trip(link, b"".join(conn.pack_command("MGET", *keys)))
 
     def close(self) -> None:
         with self._lock:
@@ -303,6 +306,40 @@ class ThreadConnections:
             connections, self._connections = self._connections, []
         for conn in connections:
             conn.disconnect()
+
+
+class _Link:
+    """One thread's Redis connection (redis-py's, for the handshake and the retry policy) and its socket switched
+    to blocking mode with kernel timeouts (None: not yet, or TLS), with the hiredis reader and receive buffer."""
+
+    __slots__ = ("conn", "sock", "reader", "buffer")
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.sock: socket.socket | None = None
+        self.reader = None
+        self.buffer = bytearray(ThreadConnections._BUFFER)
+
+
+def _round_trip(link: _Link, command: bytes):
+    """Sends one packed command on the link's socket and returns its parsed reply (redis-py's errors)."""
+    sock, reader, buffer = link.sock, link.reader, link.buffer
+    try:
+        sock.sendall(command)
+        reply = False
+        while reply is False:
+            n = sock.recv_into(buffer)
+            if not n:
+                raise redis.ConnectionError("Connection closed by server.")
+            reader.feed(buffer, 0, n)
+            reply = reader.gets()
+    except (BlockingIOError, TimeoutError) as e:  # the kernel timeout expired (EAGAIN)
+        raise redis.TimeoutError("Timeout reading from Redis") from e
+    except OSError as e:
+        raise redis.ConnectionError(f"Error while reading from Redis: {e}") from e
+    if isinstance(reply, redis.ResponseError):
+        raise reply
+    return reply
 
 
 def _kernel_timeouts(sock: socket.socket, timeout_s: float | None) -> None:

@@ -89,7 +89,7 @@ def test_thread_reads_on_a_blocking_socket_equal_the_clients_reads(redis_server,
     reader = ThreadConnections(client)
     for keys in (["small"], ["big", "missing", "small"], list(values) + ["missing"], [f"k{i}" for i in range(300)]):
         assert reader.mget(keys) == client.mget(keys)
-    sock = reader._local.sock  # redis-py's socket, switched to blocking mode with kernel timeouts
+    sock = reader._local.link.sock  # redis-py's socket, switched to blocking mode with kernel timeouts
     assert sock is reader._connections[0]._sock and sock.gettimeout() is None
     assert struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)) == (0, 500_000)
     reader.close()
@@ -120,5 +120,60 @@ def test_a_killed_connection_is_reconnected_by_the_retry_policy(redis_server, re
     assert reader.mget(["a"]) == [b"1"]
     redis_server.client().execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     assert reader.mget(["a"]) == [b"1"]  # the dead socket fails, the retry reconnects
+    reader.close()
+    client.close()
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_a_failed_read_makes_exactly_the_retry_policys_attempts(redis_server, redis_url, retries):
+    """A read on an open connection is one round trip outside the retry wrapper; when it fails, that failure is
+    the policy's first: `retries` more attempts (each a new connection), then the error — not one attempt more."""
+    timeout_s = 0.05
+    client = redis_client(CacheConfig(redis_url=redis_url, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s,
+                                      retries=retries, retry_backoff_s=0.001))
+    client.set("a", b"1")
+    reader = ThreadConnections(client)
+    assert reader.mget(["a"]) == [b"1"]  # the thread's connection is open: the next read takes the fast path
+    admin = redis_server.client()
+    before = int(admin.info("stats")["total_connections_received"])
+    admin.execute_command("CLIENT", "PAUSE", 400, "ALL")
+    start = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        reader.mget(["a"])
+    elapsed = time.monotonic() - start
+    time.sleep(max(0.0, 0.45 - elapsed))  # the pause is over
+    opened = int(admin.info("stats")["total_connections_received"]) - before
+    assert opened == retries  # attempt 1 on the open connection, then one new connection per retry
+    assert elapsed < 0.4
+    assert reader._connections[0]._sock is None  # disconnected: a late reply is never read
+    assert reader.mget(["a"]) == [b"1"]
+    reader.close()
+    client.close()
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_a_failing_redis_gets_one_plus_retries_round_trips(redis_server, redis_url, retries, monkeypatch):
+    """Every round trip fails (injected): the read raises after exactly 1 + `retries` of them, each retry on a
+    reconnected socket — the fast first attempt is the policy's first, not an extra one."""
+    import serving.cache as cache_module
+
+    client = redis_client(CacheConfig(redis_url=redis_url, socket_timeout_s=0.5, retries=retries,
+                                      retry_backoff_s=0.001))
+    client.set("a", b"1")
+    reader = ThreadConnections(client)
+    assert reader.mget(["a"]) == [b"1"]
+    sockets = []
+
+    def failing_round_trip(link, command):
+        sockets.append(link.sock)
+        raise redis.ConnectionError("injected")
+
+    monkeypatch.setattr(cache_module, "_round_trip", failing_round_trip)
+    with pytest.raises(redis.ConnectionError, match="injected"):
+        reader.mget(["a"])
+    assert len(sockets) == 1 + retries
+    assert len(set(map(id, sockets))) == 1 + retries  # each retry after a disconnect, on a new socket
+    monkeypatch.undo()
+    assert reader.mget(["a"]) == [b"1"]
     reader.close()
     client.close()
