@@ -334,7 +334,9 @@ def run_main(a: argparse.Namespace) -> int:
                 print(f"  {name} failed: see {out / (name + '.log')}; later stages of this size skipped", flush=True)
                 break
         report(root, a)
-    return 0
+    failed = [f"{n}:{name}" for n in a.sizes
+              for name, rec in json.loads((root / f"n{n}" / "stages.json").read_text()).items() if rec["exit"] != 0]
+    return 1 if failed else 0
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float | None:

@@ -33,6 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from evaluation.metrics import average_precision_at_k, ndcg_at_k
+from evaluation.protocol import top_k_excluding
 from features.cooccurrence import NewUserConfig, conditional_neighbors, engagement_matrix, mixed_engagement, profile
 from ranking import BlendWeights, blend_scores
 from ranking.calibration import PlattCalibration, fit_platt, sigmoid
@@ -261,14 +262,19 @@ def select_new_user_mixture(histories: Mapping[str, Sequence[str]], item_ids: Se
     q = np.clip(np.asarray(quality, dtype=np.float64), 0.0, 1.0)
     k = config.k
     rows = []
+    ev_rows = np.repeat(np.arange(len(simulated)), [len(e) for e in events])
+    excluded = sp.csr_matrix((np.ones(len(ev_rows)), (ev_rows, np.concatenate(events))),
+                             shape=(len(simulated), n_items))
+    block = 256  # users per top-k call: a [block, I] float64 score matrix, bounded at any catalogue size
     for d in config.decay_grid:
         profiles = np.stack([profile(cond, e, d) for e in events])
         for w in sorted(set(float(v) for v in config.weight_grid) | {0.0}):
             ranked = np.empty((len(simulated), k), dtype=np.int64)
-            for r, e in enumerate(events):
-                s = blend_scores(np.clip(mixed_engagement(reach, profiles[r], w), 0.0, 1.0), q, weights)
-                s[e] = -np.inf
-                ranked[r] = np.argsort(-s, kind="stable")[:k]
+            for lo in range(0, len(simulated), block):
+                hi = min(lo + block, len(simulated))
+                scores = np.stack([blend_scores(np.clip(mixed_engagement(reach, profiles[r], w), 0.0, 1.0), q, weights)
+                                   for r in range(lo, hi)])
+                ranked[lo:hi] = top_k_excluding(scores, excluded[lo:hi], k)  # ties: lower column first
             rows.append({"weight": w, "decay": float(d), f"ndcg@{k}": float(np.nanmean(ndcg_at_k(ranked, rel, k)))})
     metric = np.array([r[f"ndcg@{k}"] for r in rows])
     order = sorted(range(len(rows)), key=lambda i: (-np.nan_to_num(metric[i], nan=-np.inf), rows[i]["weight"], i))

@@ -158,3 +158,28 @@ def test_new_user_mixture_falls_back_to_popularity_without_enough_users():
     got = select_new_user_mixture(histories, items, np.full(len(items), 0.5),
                                   BlendWeights(1.0, 0.0, "additive", "identity"), NewUserConfig(min_simulated=20))
     assert got["weight"] == 0.0 and got["table"] == [] and "skipped" in got
+
+
+def test_new_user_mixture_ranks_like_a_full_stable_argsort_ties_included(monkeypatch):
+    """The top-k of each simulated user's scores (a partition, in blocks of users) is exactly the
+    first k of a stable argsort of the whole catalogue, ties by lower column: the table is the same."""
+    import evaluation.selection as selection
+    from features.cooccurrence import NewUserConfig
+    from ranking import BlendWeights
+
+    histories, items = _two_taste_histories(n_users=700, seed=3)
+    quality = np.full(len(items), 0.5)  # constant quality, 25 items: many equal scores
+    weights = BlendWeights(1.0, 1.0, "multiplicative", "identity")
+    config = NewUserConfig(first_events=3, simulated_share=0.45, max_simulated=300)  # > one 256-user block
+    got = selection.select_new_user_mixture(histories, items, quality, weights, config)
+
+    def full_argsort(scores, exclude, k):
+        scores = np.array(scores, dtype=np.float64, copy=True)
+        scores[exclude.nonzero()] = -np.inf
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+    monkeypatch.setattr(selection, "top_k_excluding", full_argsort)
+    reference = selection.select_new_user_mixture(histories, items, quality, weights, config)
+    assert got["simulated_users"] == 300
+    assert [r["ndcg@10"] for r in got["table"]] == [r["ndcg@10"] for r in reference["table"]]
+    assert (got["weight"], got["decay"]) == (reference["weight"], reference["decay"])
