@@ -28,6 +28,40 @@ def job_counters(output: pathlib.Path) -> dict[str, int]:
     return json.loads((output / "job.json").read_text())["counters"]
 
 
+def job_record(output: pathlib.Path, redis_counters: bool = True) -> dict:
+    """job.json without the two fields that name where the run wrote (and without the Redis counters unless
+    `redis_counters`): what two runs of the same job must agree on."""
+    body = json.loads((output / "job.json").read_text())
+    body["config"] = {k: v for k, v in body["config"].items() if k not in ("output", "redis_url")}
+    if not redis_counters:
+        body["counters"] = {k: v for k, v in body["counters"].items() if not k.startswith("redis_")}
+    return body
+
+
+def assert_writes_what_the_local_runner_writes(scored, version_dir: pathlib.Path, tmp_path: pathlib.Path,
+                                               *flags: str, diagnostics=lambda: "") -> pathlib.Path:
+    """Runs the job with `flags` (a runner and its options) into a fresh redis-server and Parquet directory and
+    asserts it wrote what the local runner's `scored` run wrote: Redis entries byte-identical, Parquet
+    row-identical, job.json (config and every counter) identical. `diagnostics()` is shown if the job fails.
+    Returns the run's output directory."""
+    from beam_jobs import read_scores
+
+    local_redis, local_out = scored
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        output = tmp_path / "scores"
+        code = batch_score(version_dir, "--redis-url", server.url, "--output", str(output), *flags)
+        assert code == 0, diagnostics()
+        assert redis_snapshot(server) == redis_snapshot(local_redis)
+    finally:
+        server.stop()
+    assert read_scores(output).equals(read_scores(local_out))
+    assert job_record(output) == job_record(local_out)
+    return output
+
+
 def redis_snapshot(server: RedisServer) -> dict[bytes, bytes]:
     """Every key and value in the server's db 0."""
     client = server.client()

@@ -15,9 +15,9 @@ import pytest
 
 from beam_jobs import read_scores
 from beam_jobs.pipeline import pipeline_options
-from tests.beam_jobs.conftest import batch_score, job_counters, redis_snapshot
+from tests.beam_jobs.conftest import assert_writes_what_the_local_runner_writes, batch_score, job_counters
 from tests.beam_jobs.distributed import DaskCluster
-from tests.conftest import RedisServer, integration_fixture
+from tests.conftest import integration_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -199,20 +199,9 @@ def test_the_job_on_dask_writes_what_the_local_runner_writes(scored, tiny_versio
     """Same version, same users: Redis entries byte-identical, Parquet row-identical (row order within a file
     follows the order batches reach the writer, which no runner fixes), job.json (config and every counter)
     identical."""
-    local_redis, local_out = scored
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        output = tmp_path / "scores"
-        code = batch_score(tiny_version, "--redis-url", server.url, "--output", str(output), "--runner", BEAM_DASK,
-                           "--", "--dask_client_address", dask_cluster.address)
-        assert code == 0
-        assert redis_snapshot(server) == redis_snapshot(local_redis)
-    finally:
-        server.stop()
-    assert read_scores(output).equals(read_scores(local_out))
-    assert _job(output) == _job(local_out)
+    output = assert_writes_what_the_local_runner_writes(scored, tiny_version, tmp_path, "--runner", BEAM_DASK, "--",
+                                                        "--dask_client_address", dask_cluster.address)
+    local_out = scored[1]
     assert {p.name for p in output.iterdir()} == {p.name for p in local_out.iterdir()}
     assert job_counters(output)["batches"] > 1
 
@@ -229,8 +218,3 @@ def test_a_users_file_by_file_url_on_dask(tiny_version, train_users, dask_cluste
     assert sorted(read_scores(output)["user_id"].unique()) == sorted(train_users[:7])
 
 
-def _job(output) -> dict:
-    """job.json without the two fields that name where this run wrote."""
-    body = json.loads((output / "job.json").read_text())
-    body["config"] = {k: v for k, v in body["config"].items() if k not in ("output", "redis_url")}
-    return body

@@ -3,14 +3,11 @@
 (`worker_pool_main`) starts — all started and stopped here. Output identical to the local runner."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from beam_jobs import read_scores
-from tests.beam_jobs.conftest import batch_score, redis_snapshot
+from tests.beam_jobs.conftest import assert_writes_what_the_local_runner_writes
 from tests.beam_jobs.distributed import PortableJobService
-from tests.conftest import RedisServer, integration_fixture
+from tests.conftest import integration_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -24,25 +21,7 @@ def job_service(tmp_path_factory):
         service.stop()
 
 
-def _job(output) -> dict:
-    body = json.loads((output / "job.json").read_text())
-    body["config"] = {k: v for k, v in body["config"].items() if k not in ("output", "redis_url")}
-    return body
-
-
 def test_the_job_on_the_portable_runner_writes_what_the_local_runner_writes(scored, tiny_version, job_service,
                                                                             tmp_path):
-    local_redis, local_out = scored
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        output = tmp_path / "scores"
-        code = batch_score(tiny_version, "--redis-url", server.url, "--output", str(output), "--",
-                           *job_service.flags())
-        assert code == 0, job_service.logs()
-        assert redis_snapshot(server) == redis_snapshot(local_redis)  # byte-identical entries
-    finally:
-        server.stop()
-    assert read_scores(output).equals(read_scores(local_out))
-    assert _job(output) == _job(local_out)  # config and every counter
+    assert_writes_what_the_local_runner_writes(scored, tiny_version, tmp_path, "--", *job_service.flags(),
+                                               diagnostics=job_service.logs)

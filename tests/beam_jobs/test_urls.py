@@ -10,15 +10,7 @@ import pytest
 from beam_jobs import read_scores
 from beam_jobs.files import resolve_url
 from core.errors import DataError
-from tests.beam_jobs.conftest import batch_score, in_memory
-
-
-def _job(output) -> dict:
-    """job.json without where it wrote and the Redis counters (the `scored` run also wrote Redis)."""
-    body = json.loads((output / "job.json").read_text())
-    body["config"] = {k: v for k, v in body["config"].items() if k not in ("output", "redis_url")}
-    body["counters"] = {k: v for k, v in body["counters"].items() if not k.startswith("redis_")}
-    return body
+from tests.beam_jobs.conftest import batch_score, in_memory, job_record
 
 
 @pytest.mark.integration
@@ -31,7 +23,7 @@ def test_file_urls_give_the_outputs_of_plain_paths(scored, tiny_version, tmp_pat
                        *in_memory())  # the version found under a file:// root too
     assert code == 0
     assert read_scores(output).equals(read_scores(local_out))
-    assert _job(output) == _job(local_out)
+    assert job_record(output, redis_counters=False) == job_record(local_out, redis_counters=False)
     assert json.loads((output / "job.json").read_text())["config"]["output"] == str(output)
 
 
