@@ -752,13 +752,14 @@ def select_bias_shrinkage(split: Split, reg: float, grid: Sequence[float] = (0.3
     def sq_err(user_reg: float, item_reg: float) -> np.ndarray:
         return (fit_biases(fit_rows, user_reg, item_reg).predict(valid["user_id"], valid["item_id"]) - truth) ** 2
 
+    def rmse(p: dict) -> float:
+        return float(np.sqrt(np.mean(sq_err(p["user_reg"], p["item_reg"]))))
+
     grid = tuple(sorted(set(float(g) for g in grid) | {float(reg)}))  # the shared (reg, reg) is a grid point
-    users = grid_search("bias shrinkage (users)", {"user_reg": grid, "item_reg": (float(reg),)},
-                        lambda p: float(np.sqrt(np.mean(sq_err(p["user_reg"], p["item_reg"])))), "rmse",
+    users = grid_search("bias shrinkage (users)", {"user_reg": grid, "item_reg": (float(reg),)}, rmse, "rmse",
                         lower_is_better=True, extend="user_reg", max_extensions=max_extensions)
     user_reg = float(users.chosen["user_reg"])
-    items = grid_search("bias shrinkage (items)", {"user_reg": (user_reg,), "item_reg": grid},
-                        lambda p: float(np.sqrt(np.mean(sq_err(p["user_reg"], p["item_reg"])))), "rmse",
+    items = grid_search("bias shrinkage (items)", {"user_reg": (user_reg,), "item_reg": grid}, rmse, "rmse",
                         lower_is_better=True, extend="item_reg", max_extensions=max_extensions)
     sel = Selection("bias shrinkage", "rmse", {"user_reg": user_reg, "item_reg": float(items.chosen["item_reg"])},
                     users.table + items.table, users.extensions + items.extensions, users.edges + items.edges)

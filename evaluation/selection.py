@@ -256,15 +256,14 @@ def select_new_user_mixture(histories: Mapping[str, Sequence[str]], item_ids: Se
         items = distinct(histories[u])
         events.append([col[i] for i in items[:first][::-1]])  # newest first
         relevant.append([col[i] for i in items[first:]])
-    rel_rows = np.repeat(np.arange(len(simulated)), [len(r) for r in relevant])
-    rel = sp.csr_matrix((np.ones(len(rel_rows)), (rel_rows, np.concatenate(relevant))),
-                        shape=(len(simulated), n_items))
+    def indicator(columns: list[list[int]]) -> sp.csr_matrix:  # [simulated, I], 1 at each user's columns
+        row = np.repeat(np.arange(len(columns)), [len(c) for c in columns])
+        return sp.csr_matrix((np.ones(len(row)), (row, np.concatenate(columns))), shape=(len(columns), n_items))
+
+    rel, excluded = indicator(relevant), indicator(events)
     q = np.clip(np.asarray(quality, dtype=np.float64), 0.0, 1.0)
     k = config.k
     rows = []
-    ev_rows = np.repeat(np.arange(len(simulated)), [len(e) for e in events])
-    excluded = sp.csr_matrix((np.ones(len(ev_rows)), (ev_rows, np.concatenate(events))),
-                             shape=(len(simulated), n_items))
     block = 256  # users per top-k call: a [block, I] float64 score matrix, bounded at any catalogue size
     for d in config.decay_grid:
         profiles = np.stack([profile(cond, e, d) for e in events])
