@@ -298,7 +298,7 @@ class ThreadConnections:
             _kernel_timeouts(sock, conn.socket_timeout)
             link.sock = sock
             link.reader = hiredis.Reader(protocolError=redis.ConnectionError, replyError=redis.ResponseError)
-        return _round_trip(link, b"".join(conn.pack_command("MGET", *keys)))
+        return _round_trip(link, hiredis.pack_command(("MGET", *keys)))  # the fast path's packer
 
     def close(self) -> None:
         with self._lock:
