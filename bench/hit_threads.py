@@ -8,8 +8,11 @@ alternate the call types, so a machine shared with other work loads them alike:
   null       NullRecommend: parses a RecommendRequest, answers fixed bytes of a hit's size
   redis_read one engagement-counter read through the server's cache store and nothing else: the Redis round
              trip from a handler thread that a validated near-cache hit adds to a Recommend
-  hit        Recommend answered from the near cache (validated: the counter read included); with
-             --near-ttl-s 0 every hit is a Redis hit (one MGET of both entries and the counter, decoded reuse)
+  spin       `--spin-us` of pure Python holding the GIL, answering nothing: what the same length of interpreted
+             work costs in the server when it does no I/O and takes no lock (the inflation of Python in-server)
+  hit        Recommend answered from the near cache (validated: by invalidation messages, or by a counter read
+             with --cache-config '{"near_invalidations": false}'); with --near-ttl-s 0 every hit is a Redis hit
+             (one MGET of both entries and the counter, decoded reuse)
 
 For each round and call type the server's threads are read from /proc (utime + stime, voluntary context
 switches), grouped as grpc-worker (the handler pool), poller (grpc's Python thread that takes every
@@ -43,7 +46,7 @@ _spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "bench" /
 bs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bs)
 
-CASES = ("empty", "null", "redis_read", "hit")
+CASES = ("empty", "null", "redis_read", "spin", "hit")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -82,13 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=256)
     p.add_argument("--near-ttl-s", type=float, default=30.0, help="0 = near cache off: every hit reads Redis")
     p.add_argument("--cache-config", default="{}", help="JSON of further CacheConfig fields for the server")
+    p.add_argument("--server-config", default="{}", help="JSON of ServerConfig fields, e.g. '{\"monitor\": false}'")
+    p.add_argument("--events-config", default="{}",
+                   help="JSON of EventLogConfig fields, e.g. '{\"log_served\": false}'")
+    p.add_argument("--spin-us", type=float, default=15.0,
+                   help="the spin call's pure Python per call, µs of thread CPU (default: a near hit's in-process "
+                        "cost, bench/hit_cpu.py)")
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     redis = LocalRedis(pathlib.Path(tempfile.mkdtemp(prefix="hit-threads-"))).start()
     requests = [pb.RecommendRequest(user_id=u, num_results=10)
                 for u in bs.known_users(a.version_dir, 10**9, 0)[:a.users]]
-    server = bs.ServerProcesses("sync", 1, a.version_dir, redis.url, a.workers, a.near_ttl_s, {},
-                                json.loads(a.cache_config), child_args=("--attribution",))
+    server = bs.ServerProcesses("sync", 1, a.version_dir, redis.url, a.workers, a.near_ttl_s,
+                                json.loads(a.server_config), json.loads(a.cache_config), json.loads(a.events_config),
+                                child_args=("--attribution",))
     pid = server.procs[0].pid
 
     async def empty(c, n: int) -> None:
@@ -105,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> None:
         client = bs.Client(server.port, 4)
         redis_read = [ch.unary_unary(bs.REDIS_READ_METHOD) for ch in client.channels]
+        spin = [ch.unary_unary(bs.SPIN_METHOD) for ch in client.channels]
+        spin_us = str(a.spin_us).encode()
         calls = {"empty": empty, "null": null, "hit": hit,
-                 "redis_read": lambda c, n: redis_read[n % len(redis_read)](b"", timeout=10)}
+                 "redis_read": lambda c, n: redis_read[n % len(redis_read)](b"", timeout=10),
+                 "spin": lambda c, n: spin[n % len(spin)](spin_us, timeout=10)}
         try:
             for case in CASES:  # warm-up: every worker thread exists afterwards
                 await bs.drive(lambda n, f=calls[case]: f(client, n), a.concurrency, 1.0)

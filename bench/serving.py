@@ -96,6 +96,7 @@ def _empty_handler():
 
 REDIS_READ_METHOD = "/recsys.bench.Bench/RedisRead"
 THREADS_METHOD = "/recsys.bench.Bench/Threads"
+SPIN_METHOD = "/recsys.bench.Bench/Spin"
 
 
 def _attribution_handler(started: list):
@@ -111,9 +112,16 @@ def _attribution_handler(started: list):
     def threads(request, context) -> bytes:
         return json.dumps({str(t.native_id): t.name for t in threading.enumerate()}).encode()
 
+    def spin(request, context) -> bytes:  # pure Python for the µs in the request, holding the GIL (no I/O, no locks)
+        end = time.thread_time() + float(request or b"0") * 1e-6
+        while time.thread_time() < end:
+            pass
+        return b""
+
     return grpc.method_handlers_generic_handler("recsys.bench.Bench", {
         "RedisRead": grpc.unary_unary_rpc_method_handler(redis_read),
-        "Threads": grpc.unary_unary_rpc_method_handler(threads)})
+        "Threads": grpc.unary_unary_rpc_method_handler(threads),
+        "Spin": grpc.unary_unary_rpc_method_handler(spin)})
 
 
 def reference_main(argv: list[str]) -> int:
@@ -491,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="/metrics scrape interval for the monitoring comparison (default: %(default)s)")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
     p.add_argument("--near-validation", action=argparse.BooleanOptionalAction, default=True,
-                   help="near-cache hits with the strict-freshness counter read vs without (CacheConfig.near_validate)")
+                   help="near-cache hits validated by invalidation messages, by a counter read, and not at all "
+                        "(CacheConfig.near_validate, near_invalidations), three servers, rounds alternating")
     p.add_argument("--served-logging", action=argparse.BooleanOptionalAction, default=True,
                    help="(b) with every served list logged as impressions vs not, two servers, rounds alternating")
     p.add_argument("--seed", type=int, default=0)
@@ -805,27 +814,31 @@ def main(argv: list[str] | None = None) -> int:
             results["served_logging"]["on_over_off_throughput_median_round"] = round(float(np.median(
                 results["served_logging"]["on_over_off_throughput_per_round"])), 3)
 
-        if a.near_validation:  # issue 13 strict freshness: a near-cache hit also reads the user's counter
+        if a.near_validation:  # issue 13 strict freshness: how a near-cache hit learns of a new engagement
             sources["hit"].clear()
-            validating = {on: ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
-                                              batching, cache_config={"near_validate": on}) for on in (True, False)}
+            modes = {"invalidations": {"near_validate": True},  # the default: Redis's messages, no read per hit
+                     "read": {"near_validate": True, "near_invalidations": False},  # a counter read per hit
+                     "off": {"near_validate": False}}  # not validated (lags another process's engagements)
+            validating = {m: ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
+                                             batching, cache_config=c) for m, c in modes.items()}
             try:
                 for srv in validating.values():
                     asyncio.run(_warm(srv.port, hit_requests))
-                got: dict[bool, list] = {True: [], False: []}
+                got: dict[str, list] = {m: [] for m in modes}
                 for _ in range(a.rounds):
-                    for on, srv in validating.items():
-                        got[on] += rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels,
-                                              warmup_s=0.5)["hit"]
+                    for m, srv in validating.items():
+                        got[m] += rpc_rounds(srv.port, {"hit": hit}, a.concurrency, a.seconds, 1, a.channels,
+                                             warmup_s=0.5)["hit"]
             finally:
                 for srv in validating.values():
                     srv.close()
-            on, off = merge(got[True]), merge(got[False])
-            per = per_round(got[False], got[True])
-            results["near_validation"] = {
-                "b_hit_validated": on, "b_hit_unvalidated": off,
-                "validated_over_unvalidated_throughput": round(on["throughput_rps"] / off["throughput_rps"], 3),
-                "per_round": per, "median_round": round(float(np.median(per)), 3)}
+            merged = {m: merge(got[m]) for m in modes}
+            results["near_validation"] = {f"b_hit_{m}": merged[m] for m in modes}
+            for m in ("invalidations", "read"):
+                per = per_round(got["off"], got[m])
+                results["near_validation"][f"{m}_over_unvalidated"] = {
+                    "throughput": round(merged[m]["throughput_rps"] / merged["off"]["throughput_rps"], 3),
+                    "per_round": per, "median_round": round(float(np.median(per)), 3)}
 
         if a.compare_stacks:
             stacks = {}
@@ -1054,10 +1067,11 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
               f"  target >= 0.95")
     if "near_validation" in results:
         nv = results["near_validation"]
-        print(f"near-cache hits validated by a counter read (strict freshness) / not validated: "
-              f"{nv['validated_over_unvalidated_throughput']} over all rounds, median round {nv['median_round']} "
-              f"({nv['b_hit_validated']['throughput_rps']} vs {nv['b_hit_unvalidated']['throughput_rps']} rps; "
-              f"per round {nv['per_round']})")
+        for m, label in (("invalidations", "by invalidation messages (the default)"), ("read", "by a counter read")):
+            r = nv[f"{m}_over_unvalidated"]
+            print(f"near-cache hits validated {label} / not validated: {r['throughput']} over all rounds, median "
+                  f"round {r['median_round']} ({nv[f'b_hit_{m}']['throughput_rps']} vs "
+                  f"{nv['b_hit_off']['throughput_rps']} rps; per round {r['per_round']})")
     if "served_logging" in results:
         sl = results["served_logging"]
         print(f"near-cache hits with every served list logged / without: {sl['on_over_off_throughput']} over all "

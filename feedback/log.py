@@ -284,7 +284,9 @@ class EventLog:
 
         Raises:
           EventLogUnavailableError when Redis fails; nothing of the batch was written then
-          (the script runs whole or not at all), so the caller retries the same batch.
+          (the script runs whole or not at all), so the caller retries the same batch — except
+          when Redis fails in the round trip after the script (`_flush_invalidations`), where the
+          batch was written and the retry is a replay that changes nothing.
         """
         if self.cluster:
             return self._append_cluster(events)
@@ -299,7 +301,20 @@ class EventLog:
                                            "batch was written, retry it") from e
         users: dict[str, int] = {}
         _bumped(bumped, users)
+        if users:
+            self._flush_invalidations()
         return int(accepted), int(duplicates), users
+
+    def _flush_invalidations(self) -> None:
+        """One more round trip after counters changed: Redis writes every client's pending output, the
+        invalidation messages its CLIENT TRACKING subscribers get for those counters included, before it reads
+        this command (serving/invalidation.py). So once append returns, every server process that tracks the
+        counters has the messages in its socket, and its very next near-cache hit sees them."""
+        try:
+            self.client.ping()
+        except REDIS_ERRORS as e:
+            raise EventLogUnavailableError(f"the event log (Redis) failed after writing the batch: {type(e).__name__}: "
+                                           f"{e}; retry it (a replay changes nothing)") from e
 
     def _append_cluster(self, events: Sequence[Event]) -> tuple[int, int, dict[str, int]]:
         """The two steps of the module docstring (Redis Cluster)."""

@@ -22,9 +22,12 @@ and the user's counter (one slot, so one round trip on a cluster too). A precomp
 the counter; anything else is a miss, computed with the history up to the counter read. So a
 Recommend that starts after a LogEvents engagement was acknowledged — by any process — never
 answers from an entry computed without it. A near-cache entry is checked the same way: its
-hit reads the counter (a one-key MGET) and is used only while the counter still equals its
-stamp (`near_validate`; false = near hits read nothing and may lag up to near_ttl_s behind
-another process's engagement; engagements this process acknowledged are never served stale).
+hit is used only while the counter still equals its stamp (`near_validate`; false = near hits
+check nothing and may lag up to near_ttl_s behind another process's engagement; engagements this
+process acknowledged are never served stale). On one Redis, Redis itself tells each process which
+counters changed (`near_invalidations`, serving/invalidation.py: CLIENT TRACKING BCAST, strict by
+construction), so a near hit reads nothing; it reads the counter (a one-key MGET) only when the
+messages cannot vouch for it (reconnecting, unread messages, TLS, Redis Cluster).
 
 In front of Redis sits a small per-process "near" cache (`near_ttl_s`, default 30 s) of
 decoded entries: a hot user's repeated requests skip the Redis round trip and the decode,
@@ -62,6 +65,7 @@ from redis.retry import Retry
 
 from core.redis_url import REDIS_ERRORS, connect
 from pipeline import CandidateSet, CorruptEntryError, cache_key, precomputed_key, stamp, unstamp
+from serving.invalidation import CounterInvalidations
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,11 @@ class CacheConfig:
     # unchanged, so another process's engagement is reflected at once. false = near hits read nothing (lag up
     # to near_ttl_s behind an engagement logged through another process).
     near_validate: bool = True
+    # How a validated near hit learns of a new engagement: Redis pushes every changed counter key to each
+    # process (CLIENT TRACKING BCAST, serving/invalidation.py), so a hit reads nothing and stays strictly
+    # fresh; it reads the counter whenever that cannot be certain (reconnecting, unread messages, TLS, Redis
+    # Cluster). false = every validated near hit reads the counter.
+    near_invalidations: bool = True
 
     def __post_init__(self) -> None:
         if self.ttl_s < 1:
@@ -139,12 +148,16 @@ class CacheEntry:
       memo: (weights, k) → (the finished response, its item ids, its serialized bytes), filled by the servicer
         (at most MEMO_SIZE).
       counter: the user's engagement counter (feedback/log.py) these candidates were computed at.
+      tracked: the invalidation snapshot (serving/invalidation.py) taken before the Redis read that last
+        confirmed `counter`; a near hit is valid without a read while no invalidation came after it.
     """
 
     candidates: CandidateSet
     source: str = CACHE
     memo: dict = dataclasses.field(default_factory=dict)
     counter: int = 0  # the user's engagement counter the candidates were computed at
+    # CounterInvalidations.snapshot() taken before the read `counter` was last confirmed by (-1 = never)
+    tracked: int = -1
 
     MEMO_SIZE = 8
 
@@ -544,10 +557,16 @@ class CandidateCache:
     """Near cache → store (Redis or in-process) → on a miss compute once (single-flight) → store."""
 
     def __init__(self, store: CandidateStore, metrics: ServingMetrics,
-                 near: LocalCandidateStore | None = None, near_validate: bool = True) -> None:
+                 near: LocalCandidateStore | None = None, near_validate: bool = True,
+                 near_invalidations: bool = True) -> None:
         self.store = store
         self.near = near
         self.near_validate = near_validate
+        self._near_invalidations = near_invalidations
+        # The layer a hit can come from without leaving the process: the near cache, or the store without Redis.
+        self._local = near if near is not None else (store if isinstance(store, LocalCandidateStore) else None)
+        # Set by track_counters: validated near hits read the counter only when these cannot vouch for it.
+        self.invalidations: CounterInvalidations | None = None
         self._metrics = metrics
         self._flight = SingleFlight()
         # user → the highest engagement counter this process has seen acknowledged (LogEvents here): an
@@ -562,7 +581,28 @@ class CandidateCache:
         if not config.redis_url:
             return cls(LocalCandidateStore(config.local_max_entries, config.ttl_s), metrics)
         near = LocalCandidateStore(config.near_max_entries, config.near_ttl_s) if config.near_ttl_s > 0 else None
-        return cls(RedisCandidateStore.from_config(config, metrics), metrics, near, config.near_validate)
+        return cls(RedisCandidateStore.from_config(config, metrics), metrics, near, config.near_validate,
+                   config.near_invalidations)
+
+    def track_counters(self, prefix: str) -> None:
+        """Validates near hits by Redis's invalidation messages for the counter keys under `prefix` (the event
+        log's, in this cache's Redis) instead of a read per hit, where that can work: a near cache, validation on,
+        `near_invalidations`, one Redis (not a cluster). Otherwise (or while it is down) hits read the counter."""
+        store = self.store
+        if (self.near is None or not self.near_validate or not self._near_invalidations or self.invalidations
+                is not None or not isinstance(store, RedisCandidateStore) or isinstance(store.client, redis.RedisCluster)):
+            return
+        pool = store.client.connection_pool
+        tracker = CounterInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), prefix,
+                                       max_keys=max(self.near.max_entries, 1024))
+        registry = self._metrics.registry
+        from prometheus_client import Gauge
+
+        Gauge("recsys_near_tracking_up", "1 while near-cache hits are validated by Redis's invalidation messages "
+              "(0: each reads the engagement counter)", registry=registry).set_function(lambda: float(tracker.up))
+        Gauge("recsys_near_invalidations", "Invalidation messages received for engagement counters since start",
+              registry=registry).set_function(lambda: tracker.messages)
+        self.invalidations = tracker.start()
 
     @property
     def counts_engagements(self) -> bool:
@@ -581,22 +621,15 @@ class CandidateCache:
         Raises concurrent.futures.TimeoutError if another request's computation of the
         same user does not finish within `timeout` seconds.
         """
-        local = self.near if self.near is not None else (
-            self.store if isinstance(self.store, LocalCandidateStore) else None)
+        local = self._local
         counting = counter_key is not None and self.counts_engagements
         counter: int | None = None
+        tracker = self.invalidations if counting else None
         if local is not None:
-            entry = local.get_entry(model_version, user_id)
-            if entry is not None and counting and self.near_validate:
-                counter = self.store.read_counter(counter_key)
-                if entry.counter != (counter or 0):  # computed before the latest engagement (fault: batch only)
-                    entry = None
-            elif entry is not None and counting and entry.counter < self._seen_counters.get(user_id, 0):
-                entry = None  # an engagement acknowledged by this process since (see note_engagements)
+            entry = self._local_hit(local, model_version, user_id, counter_key if counting else None)
             if entry is not None:
-                self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed",
-                                           "near" if local is self.near else "store")
                 return entry, entry.source
+        since = tracker.snapshot() if tracker is not None else -1  # before the read the counter comes from
         if local is not self.store:
             if counting:
                 entry, counter = self.store.lookup(model_version, user_id, counter_key)
@@ -608,6 +641,8 @@ class CandidateCache:
             if entry is not None:
                 self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed")
                 if self.near is not None:
+                    if counter is not None:
+                        entry.tracked = since
                     self.near.put_entry(model_version, user_id, entry)
                 return entry, entry.source
         self._metrics.cache_lookup("miss")
@@ -629,12 +664,50 @@ class CandidateCache:
             else:
                 self.store.put(model_version, user_id, entry.candidates)
             if self.near is not None:
+                if counter is not None:
+                    entry.tracked = since
                 self.near.put_entry(model_version, user_id, entry)
 
         entry, shared = self._flight.do((model_version, user_id, at), computed, timeout, after=store)
         if shared:
             self._metrics.singleflight_shared.inc()
         return entry, ONLINE
+
+    def near_hit(self, model_version: str, user_id: str, counter_key: str | None = None) -> CacheEntry | None:
+        """The entry get_or_compute would answer from without going past the process (near cache, or the
+        in-process store without Redis), validated the same way but not counted (`count_local_hit` once it
+        is used); None = ask get_or_compute."""
+        local = self._local
+        if local is None:
+            return None
+        return self._local_hit(local, model_version, user_id,
+                               counter_key if counter_key is not None and self.counts_engagements else None, False)
+
+    def count_local_hit(self, entry: CacheEntry) -> None:
+        """Counts an answer from `near_hit`'s entry as get_or_compute counts its hits."""
+        self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed",
+                                   "near" if self._local is self.near else "store")
+
+    def _local_hit(self, local: LocalCandidateStore, model_version: str, user_id: str,
+                   counter_key: str | None, count: bool = True) -> CacheEntry | None:
+        """`local`'s entry if still valid for the user's engagement counter (`counter_key`, None = not counting)."""
+        entry = local.get_entry(model_version, user_id)
+        if entry is None:
+            return None
+        if counter_key is not None and self.near_validate:
+            tracker = self.invalidations
+            if tracker is None or not tracker.fresh(counter_key, entry.tracked):
+                since = tracker.snapshot() if tracker is not None else -1
+                counter = self.store.read_counter(counter_key)
+                if entry.counter != (counter or 0):  # computed before the latest engagement (fault: batch only)
+                    return None
+                if counter is not None:
+                    entry.tracked = since  # confirmed: later hits need no read until a message says otherwise
+        elif counter_key is not None and entry.counter < self._seen_counters.get(user_id, 0):
+            return None  # an engagement acknowledged by this process since (see note_engagements)
+        if count:
+            self.count_local_hit(entry)
+        return entry
 
     def note_engagements(self, counters: Mapping[str, int]) -> None:
         """Users' new engagement counters acknowledged by this process's event log: their near entries
@@ -650,6 +723,8 @@ class CandidateCache:
                 self._seen_counters.popitem(last=False)
 
     def close(self) -> None:
+        if self.invalidations is not None:
+            self.invalidations.close()
         if self.near is not None:
             self.near.close()
         self.store.close()

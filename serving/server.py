@@ -196,6 +196,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.counter_key: Callable[[str], str] | None = None
         if events is not None and strict_freshness and cache.counts_engagements:
             self.counter_key = functools.partial(state_key, events.config.stream_key)
+            cache.track_counters(state_key(events.config.stream_key, "")[:-2])  # near hits: no read per hit
         if events is not None and self.counter_key is None and getattr(events, "cluster", False):
             raise ValueError("an event log on a Redis Cluster must be in the cache's Redis: give --redis-url and leave "
                              "--events-redis-url empty (its counters are read with the cached entries)")
@@ -323,8 +324,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     "latency_ms": round(seconds * 1e3, 3), "peer": context.peer()})
 
     def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> tuple[bytes, str]:
-        query = validate_recommend(request, self.limits)
-        response, wire, request_id, arm, source = self._answer_logged(query, _time_left(context), request.force_arm)
+        time_left = _time_left(context)
+        repeat = self._repeat(request, time_left)
+        if repeat is None:
+            query = validate_recommend(request, self.limits)
+            response, wire, request_id, arm, source = self._answer_logged(query, time_left, request.force_arm)
+        else:
+            response, source, weights, wire, item_ids = repeat
+            request_id, arm = self._log_served(request.user_id, response, wire, source, weights, item_ids, ""), ""
         # A memoized response was serialized once: this request's id (and arm) are appended to its bytes, which
         # gives the bytes of the stamped message without copying or re-serializing it (serving/wire.py).
         if wire is None:
@@ -336,8 +343,36 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if not context.is_active():
             raise DeadlineExceededError("the request was cancelled or its deadline passed")
         if self.monitor is not None:  # the monitor reads items and scores only, never the request id
-            self.monitor.record(query.user_id, query.num_results, response, source)
+            self.monitor.record(request.user_id, request.num_results, response, source)
         return wire, source
+
+    def _repeat(self, request: pb.RecommendRequest, time_left: float | None
+                ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes, list[str]] | None:
+        """A plain request (user and k only) whose answer is already memoized on the user's valid near-cache
+        entry: that answer, as `_answer` returns it, without validating, routing or blending again; None = the
+        full path.
+
+        Exactly the full path's answer: the entry is validated as get_or_compute validates it
+        (CandidateCache.near_hit); an entry exists only for a user id a request validated, and a memo only for
+        a k it validated; the blend is the version's default (no weights in the request). Requests the full path
+        treats differently never come here: any other field set, an experiment running, per-version cache keys
+        (the event log in another Redis), too little time left (the full path raises).
+        """
+        serving = self._serving
+        if (serving is None or self.versions is not None or request.HasField("weights") or request.exclude_item_ids
+                or request.explain or request.force_arm or request.context
+                or (self.experiments is not None and self.experiments.running)
+                or (time_left is not None and time_left <= self.config.min_deadline_s)):
+            return None
+        model, weights = serving
+        user = request.user_id
+        entry = self.cache.near_hit(model.model_version, user,
+                                    self.counter_key(user) if self.counter_key is not None else None)
+        memo = entry.memo.get((weights, request.num_results)) if entry is not None else None
+        if memo is None:
+            return None
+        self.cache.count_local_hit(entry)
+        return memo[0], entry.source if model.is_known_user(user) else EVENTS, weights, memo[2], memo[1]
 
     def answer(self, query: RecommendQuery, time_left: float | None = None,
                force_arm: str = "") -> tuple[pb.RecommendResponse, str]:
@@ -387,14 +422,20 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             experiments.after(arm, query.user_id, query.exclude, weights, item_ids, time.perf_counter() - start)
         else:
             response, source, weights, wire, item_ids = self._answer(query, time_left, serving)
+        return response, wire, self._log_served(query.user_id, response, wire, source, weights, item_ids, arm), arm, source
+
+    def _log_served(self, user_id: str, response: pb.RecommendResponse, wire: bytes | None, source: str,
+                    weights: BlendWeights, item_ids: list[str], arm: str) -> str:
+        """A new request id for this answer (set on `response` unless it is memoized: `wire` given), and its served
+        list queued for the event log."""
         request_id = f"{self._request_prefix}-{next(self._request_ids):x}"
         if wire is None:
             response.request_id = request_id
             if arm:
                 response.arm = arm  # per request like request_id: never part of a memoized (shared) message
         if self.served is not None:
-            self.served.log(request_id, query.user_id, item_ids, response.model_version, source, weights, arm)
-        return response, wire, request_id, arm, source
+            self.served.log(request_id, user_id, item_ids, response.model_version, source, weights, arm)
+        return request_id
 
     def _user_version(self, user_id: str) -> int:
         """The user's engagement counter (0 = none, or the event log is off or unreachable)."""

@@ -95,7 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "checkout per read; same timeouts and retries); off = the shared pool",
                   "near_validate": "a near-cache hit re-reads the user's engagement counter (one small round trip), "
                                    "so another process's engagement is reflected at once; off = up to --near-ttl-s "
-                                   "of lag"},
+                                   "of lag",
+                  "near_invalidations": "validated near hits learn of engagements from Redis's invalidation "
+                                        "messages (CLIENT TRACKING) instead of a read per hit, still strictly fresh; "
+                                        "one Redis only (a cluster or TLS reads per hit)"},
         "hotswap": {
             "watch_interval_s": "poll the registry pointer this often and swap to a new version (0 = off; SIGHUP "
                                 "always reloads)",

@@ -1,4 +1,5 @@
-"""The cache-hit fast path: memoized response bytes + the request id appended, against the slow path."""
+"""The cache-hit fast paths (memoized response bytes + the request id appended; plain repeats answered from the
+near entry's memo without re-validating) against the slow path."""
 from __future__ import annotations
 
 import grpc
@@ -54,6 +55,11 @@ def test_memoized_bytes_answer_what_the_message_path_answers(start, redis_url, k
         raw = channel.unary_unary(RECOMMEND, request_serializer=pb.RecommendRequest.SerializeToString,
                                   response_deserializer=None)
         rounds = [[raw(r, timeout=30) for r in requests] for _ in range(3)]  # computed, then memoized twice
+    # Every request looked the cache up exactly once (the unknown user too: it may have streamed events), whichever
+    # path answered it (plain repeats come from the servicer's memoized-repeat path, servicer._repeat).
+    assert server.metrics.value("recsys_cache_lookups_total") == 3 * len(requests)
+    if near_ttl_s:
+        assert server.metrics.value("recsys_cache_lookups_total", {"layer": "near"}) >= 2 * (len(requests) - 1)
     ids = set()
     for i, request in enumerate(requests):
         # The slow path: the servicer's message API stamps a copy of the memoized message.
