@@ -7,9 +7,11 @@ engaged item, and for how long (issue 13; ARCHITECTURE.md "Streaming features").
 Starts a redis-server and two `recsys serve` processes (A, B) on it. Per trial, a different known
 user: B's list is asked for twice (so B's near cache holds it), the top item is logged as an
 engagement through A (LogEvents; A bumps its own counter before it answers), then at once
-Recommend to B, then to A (the logging process: never stale). B learns the new counter by
-the counter read in the same MGET as its cached entry (serving/cache.py: strict by construction, so 0
-stale is expected; before that it heard it by Redis pub/sub, asynchronously); if its answer still holds the item, B is asked again every 1 ms
+Recommend to B, then to A (the logging process: never stale). B learns of the engagement from Redis's
+invalidation message for the counter, which LogEvents makes sure is in B's socket before it answers
+(serving/invalidation.py), or, where those cannot vouch (a Redis Cluster), by the counter read in the same
+MGET as its cached entry (serving/cache.py): strict by construction either way, so 0 stale is expected;
+before that it heard it by Redis pub/sub, asynchronously. If its answer still holds the item, B is asked again every 1 ms
 until it does not, and the time since A's acknowledgement is the observed window. No timing is
 asserted anywhere; this is the measurement the architecture notes quote.
 """
