@@ -99,9 +99,9 @@ class CacheConfig:
     # client's timeouts and retry policy but without redis-py's per-command pool checkout (a lock,
     # a readiness poll, timeout toggles: GIL hand-offs under gRPC's threads). false = the pool.
     thread_read_connections: bool = True
-    # A near-cache hit reads the user's engagement counter (one small round trip) and is used only while it is
-    # unchanged, so another process's engagement is reflected at once. false = near hits read nothing (lag up
-    # to near_ttl_s behind an engagement logged through another process).
+    # A near-cache hit is used only while the user's engagement counter is unchanged (known from Redis's invalidation
+    # messages, or read: near_invalidations), so another process's engagement is reflected at once. false = near
+    # hits check nothing (lag up to near_ttl_s behind an engagement logged through another process).
     near_validate: bool = True
     # How a validated near hit learns of a new engagement: Redis pushes every changed counter key to each
     # process (CLIENT TRACKING BCAST, serving/invalidation.py), so a hit reads nothing and stays strictly

@@ -93,9 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "reuses its decoded copy (0 = off)",
                   "thread_read_connections": "each request thread reads Redis on a connection of its own (no pool "
                                              "checkout per read; same timeouts and retries); off = the shared pool",
-                  "near_validate": "a near-cache hit re-reads the user's engagement counter (one small round trip), "
-                                   "so another process's engagement is reflected at once; off = up to --near-ttl-s "
-                                   "of lag",
+                  "near_validate": "a near-cache hit is checked against the user's engagement counter (by Redis's "
+                                   "invalidation messages, or a read: --near-invalidations), so another process's "
+                                   "engagement is reflected at once; off = up to --near-ttl-s of lag",
                   "near_invalidations": "validated near hits learn of engagements from Redis's invalidation "
                                         "messages (CLIENT TRACKING) instead of a read per hit, still strictly fresh; "
                                         "one Redis only (a cluster or TLS reads per hit)"},
