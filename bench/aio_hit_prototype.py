@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import pathlib
@@ -36,20 +37,12 @@ from protos.recsys.v1 import recommender_pb2 as pb  # noqa: E402
 from serving.local_redis import LocalRedis, free_port  # noqa: E402
 
 
-class _Context:
-    """What the servicer asks of a context on a hit: a deadline 10 s away, still active."""
-
-    def time_remaining(self) -> float:
-        return 10.0
-
-    def is_active(self) -> bool:
-        return True
-
-    def peer(self) -> str:
-        return ""
-
-    def abort(self, code, details):
-        raise RuntimeError(f"{code}: {details}")
+def _bench_module(name: str):
+    """bench/<name>.py as a module (bench/ is not on sys.path: its serving.py would shadow the package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def child_main(version_dir: str, port: int, redis_url: str) -> None:
@@ -61,26 +54,19 @@ def child_main(version_dir: str, port: int, redis_url: str) -> None:
     loaded = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=0),
                              CacheConfig(redis_url=redis_url, near_ttl_s=30.0), events=EventLogConfig())
     loaded.load(version_dir, verify=False)
-    recommend, context = loaded.servicer._recommend, _Context()
+    # the stand-in context bench/hit_cpu.py calls the handler with (a deadline 10 s away, still active)
+    recommend, context = loaded.servicer._recommend, _bench_module("hit_cpu")._Context()
 
-    async def main() -> None:
-        async def empty(request, _context) -> bytes:
-            return b""
+    async def empty(request, _context) -> bytes:
+        return b""
 
-        async def hit(request, _context) -> bytes:
-            return recommend(request, context)[0]
+    async def hit(request, _context) -> bytes:
+        return recommend(request, context)[0]
 
-        handlers = grpc.method_handlers_generic_handler("recsys.bench.Bench", {
-            "Empty": grpc.unary_unary_rpc_method_handler(empty),
-            "Recommend": grpc.unary_unary_rpc_method_handler(hit, request_deserializer=pb.RecommendRequest.FromString)})
-        server = grpc.aio.server(handlers=[handlers], maximum_concurrent_rpcs=256)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        print("READY", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        await server.stop(0)
-
-    asyncio.run(main())
+    handlers = grpc.method_handlers_generic_handler("recsys.bench.Bench", {
+        "Empty": grpc.unary_unary_rpc_method_handler(empty),
+        "Recommend": grpc.unary_unary_rpc_method_handler(hit, request_deserializer=pb.RecommendRequest.FromString)})
+    _bench_module("serving").serve_aio(port, [handlers])
     loaded.stop(0)
 
 
@@ -93,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=256)
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "bench" / "serving.py")
-    bs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bs)
+    bs = _bench_module("serving")
     redis = LocalRedis(pathlib.Path(tempfile.mkdtemp(prefix="aio-hit-"))).start()
     requests = [pb.RecommendRequest(user_id=u, num_results=10) for u in bs.known_users(a.version_dir, 10**9, 0)[:a.users]]
     port = free_port()

@@ -169,6 +169,22 @@ class ReferenceProcess:
             self.proc.wait(30)
 
 
+def serve_aio(port: int, handlers: list, max_concurrent_rpcs: int = 256) -> None:
+    """A grpc.aio server with `handlers` on 127.0.0.1:`port`: prints READY once listening, stops when stdin closes
+    (how ServerProcesses and the other benches drive their child servers)."""
+    import grpc
+
+    async def run() -> None:
+        server = grpc.aio.server(handlers=handlers, maximum_concurrent_rpcs=max_concurrent_rpcs)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.stop(0)
+
+    asyncio.run(run())
+
+
 def child_main(argv: list[str]) -> int:
     """`bench/serving.py child ...`: runs one server until stdin closes."""
     p = argparse.ArgumentParser()
@@ -185,17 +201,7 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--attribution", action="store_true", help="also serve bench/hit_threads.py's RedisRead and Threads")
     a = p.parse_args(argv)
     if a.stack == "aio":
-        import grpc
-
-        async def run_aio() -> None:
-            server = grpc.aio.server(handlers=[_empty_handler()], maximum_concurrent_rpcs=a.max_concurrent_rpcs)
-            server.add_insecure_port(f"127.0.0.1:{a.port}")
-            await server.start()
-            print("READY", flush=True)
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-            await server.stop(0)
-
-        asyncio.run(run_aio())
+        serve_aio(a.port, [_empty_handler()], a.max_concurrent_rpcs)
         return 0
     from feedback import EventLogConfig
     from serving import CacheConfig, RecommendServer, ServerConfig
