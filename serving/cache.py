@@ -565,6 +565,7 @@ class CandidateCache:
         self._near_invalidations = near_invalidations
         # The layer a hit can come from without leaving the process: the near cache, or the store without Redis.
         self._local = near if near is not None else (store if isinstance(store, LocalCandidateStore) else None)
+        self._counts_engagements = hasattr(store, "lookup")  # fixed with the store; read on every hit
         # Set by track_counters: validated near hits read the counter only when these cannot vouch for it.
         self.invalidations: CounterInvalidations | None = None
         self._metrics = metrics
@@ -607,7 +608,7 @@ class CandidateCache:
     @property
     def counts_engagements(self) -> bool:
         """True when lookups can read users' engagement counters with the entries (a Redis store)."""
-        return hasattr(self.store, "lookup")
+        return self._counts_engagements
 
     def get_or_compute(self, model_version: str, user_id: str, compute: Callable[..., CandidateSet],
                        timeout: float | None = None, counter_key: str | None = None) -> tuple[CacheEntry, str]:
@@ -622,7 +623,7 @@ class CandidateCache:
         same user does not finish within `timeout` seconds.
         """
         local = self._local
-        counting = counter_key is not None and self.counts_engagements
+        counting = counter_key is not None and self._counts_engagements
         counter: int | None = None
         tracker = self.invalidations if counting else None
         if local is not None:
@@ -681,7 +682,7 @@ class CandidateCache:
         if local is None:
             return None
         return self._local_hit(local, model_version, user_id,
-                               counter_key if counter_key is not None and self.counts_engagements else None, False)
+                               counter_key if counter_key is not None and self._counts_engagements else None, False)
 
     def count_local_hit(self, entry: CacheEntry) -> None:
         """Counts an answer from `near_hit`'s entry as get_or_compute counts its hits."""

@@ -112,7 +112,6 @@ class CounterInvalidations:
         self.messages = 0        # invalidation messages applied (metrics)
         self.reconnects = 0
         self._conn: redis.Connection | None = None
-        self._reader: hiredis.Reader | None = None
         self._thread = threading.Thread(target=self._run, name="near-invalidations", daemon=True)
 
     def start(self, wait_s: float = 2.0) -> CounterInvalidations:
@@ -160,9 +159,9 @@ class CounterInvalidations:
         failures = 0
         while not self._stop.is_set():
             try:
-                sock = self._subscribe()
+                sock, reader = self._subscribe()
                 failures = 0
-                self._listen(sock)
+                self._listen(sock, reader)
             except _Unsupported as e:
                 self._unsupported = str(e)
                 log.info("near-cache hits keep reading the engagement counter: %s", e,
@@ -179,7 +178,7 @@ class CounterInvalidations:
                 self._down()
             self._stop.wait(self._reconnect_s if failures else 0.0)
 
-    def _subscribe(self) -> socket.socket:
+    def _subscribe(self) -> tuple[socket.socket, hiredis.Reader]:
         conn = self._conn = self._make()
         conn.connect()  # redis-py's handshake (AUTH, SELECT, client name) on a fresh connection: nothing unread
         sock = conn._sock
@@ -203,7 +202,6 @@ class CounterInvalidations:
             if not (isinstance(reply, list) and reply[0] == b"subscribe"):
                 raise redis.ConnectionError(f"unexpected SUBSCRIBE reply {reply!r}")
         sock.setblocking(False)
-        self._reader = reader
         # Up: snapshots from here on see every later change; older ones may have missed messages.
         self._seq += 1
         self._floor = self._seq
@@ -212,13 +210,12 @@ class CounterInvalidations:
         if self.reconnects:
             log.info("near-cache invalidations back", extra={"event": "near_tracking_up"})
         self.reconnects += 1
-        return sock
+        return sock, reader
 
-    def _listen(self, sock: socket.socket) -> None:
+    def _listen(self, sock: socket.socket, reader: hiredis.Reader) -> None:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         buffer = bytearray(65536)
-        reader = self._reader
         while not self._stop.is_set():
             if not poller.poll(1000):
                 continue

@@ -368,11 +368,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         user = request.user_id
         entry = self.cache.near_hit(model.model_version, user,
                                     self.counter_key(user) if self.counter_key is not None else None)
-        memo = entry.memo.get((weights, request.num_results)) if entry is not None else None
-        if memo is None:
+        if entry is None:
             return None
-        self.cache.count_local_hit(entry)
-        return memo[0], entry.source if model.is_known_user(user) else EVENTS, weights, memo[2], memo[1]
+        answer = _memoized(entry, weights, request.num_results, entry.source if model.is_known_user(user) else EVENTS)
+        if answer is not None:
+            self.cache.count_local_hit(entry)
+        return answer
 
     def answer(self, query: RecommendQuery, time_left: float | None = None,
                force_arm: str = "") -> tuple[pb.RecommendResponse, str]:
@@ -531,9 +532,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         # serialized once, so a repeat is answered with their bytes (+ the request id).
         key = (weights, query.num_results) if not query.exclude and not query.explain else None
         if key is not None and source == entry.source:
-            memo = entry.memo.get(key)  # (response, its item ids, its bytes)
-            if memo is not None:
-                return memo[0], shown, weights, memo[2], memo[1]
+            memoized = _memoized(entry, weights, query.num_results, shown)
+            if memoized is not None:
+                return memoized
         items = _blended_items(model, entry.candidates, weights, query)
         item_ids = [item.item_id for item in items]
         response = pb.RecommendResponse(items=items, model_version=entry.candidates.model_version,
@@ -606,6 +607,13 @@ def _event_type(value: int) -> str:
     if known is not None:
         return known
     return pb.EventType.Name(value) if value in pb.EventType.values() else f"EventType {value}"
+
+
+def _memoized(entry, weights: BlendWeights, num_results: int, shown: str
+              ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes, list[str]] | None:
+    """The answer memoized on a cache entry for (weights, k), as `_answer` returns it; None if there is none yet."""
+    memo = entry.memo.get((weights, num_results))  # (response, its item ids, its bytes)
+    return None if memo is None else (memo[0], shown, weights, memo[2], memo[1])
 
 
 def _time_left(context: grpc.ServicerContext) -> float | None:
