@@ -674,15 +674,21 @@ class CandidateCache:
             self._metrics.singleflight_shared.inc()
         return entry, ONLINE
 
-    def near_hit(self, model_version: str, user_id: str, counter_key: str | None = None) -> CacheEntry | None:
+    def near_hit(self, model_version: str, user_id: str, counter_key: str | None = None,
+                 read: bool = True) -> CacheEntry | None:
         """The entry get_or_compute would answer from without going past the process (near cache, or the
         in-process store without Redis), validated the same way but not counted (`count_local_hit` once it
-        is used); None = ask get_or_compute."""
+        is used); None = ask get_or_compute.
+
+        read=False: never touches Redis (an event loop's inline path): an entry that only a read of its
+        counter could vouch for is None, as if absent.
+        """
         local = self._local
         if local is None:
             return None
         return self._local_hit(local, model_version, user_id,
-                               counter_key if counter_key is not None and self._counts_engagements else None, False)
+                               counter_key if counter_key is not None and self._counts_engagements else None, False,
+                               read)
 
     def count_local_hit(self, entry: CacheEntry) -> None:
         """Counts an answer from `near_hit`'s entry as get_or_compute counts its hits."""
@@ -690,14 +696,17 @@ class CandidateCache:
                                    "near" if self._local is self.near else "store")
 
     def _local_hit(self, local: LocalCandidateStore, model_version: str, user_id: str,
-                   counter_key: str | None, count: bool = True) -> CacheEntry | None:
-        """`local`'s entry if still valid for the user's engagement counter (`counter_key`, None = not counting)."""
+                   counter_key: str | None, count: bool = True, read: bool = True) -> CacheEntry | None:
+        """`local`'s entry if still valid for the user's engagement counter (`counter_key`, None = not counting);
+        read=False: None where validating would need a Redis read."""
         entry = local.get_entry(model_version, user_id)
         if entry is None:
             return None
         if counter_key is not None and self.near_validate:
             tracker = self.invalidations
             if tracker is None or not tracker.fresh(counter_key, entry.tracked):
+                if not read:
+                    return None
                 since = tracker.snapshot() if tracker is not None else -1
                 counter = self.store.read_counter(counter_key)
                 if entry.counter != (counter or 0):  # computed before the latest engagement (fault: batch only)

@@ -159,25 +159,18 @@ def _listen(spec: FleetSpec, config: ServerConfig, metrics: Any = None) -> Any:
         raise RecsysError(f"cannot listen on {config.host}:{config.port}: {str(e).split(';')[0]}") from e
 
 
-def _set_health(server: Any, status: int) -> None:
-    from serving.server import SERVICE_NAME
-
-    for service in ("", SERVICE_NAME):
-        server.health.set(service, status)
-
-
 def _start_gated(server: Any, ready, fleet_ready, stop: threading.Event) -> None:
     """Starts `server` (its model set) reporting NOT_SERVING, sets `ready`, and reports SERVING once the
     supervisor sets `fleet_ready` (every process of the fleet ready)."""
     from grpc_health.v1 import health_pb2
 
-    _set_health(server, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     ready.set()
     while not fleet_ready.wait(0.05):
         if stop.is_set():
             return
-    _set_health(server, health_pb2.HealthCheckResponse.SERVING)
+    server.set_health(health_pb2.HealthCheckResponse.SERVING)
 
 
 def _child_signals() -> tuple[threading.Event, threading.Event]:

@@ -13,6 +13,8 @@
   request!" grpcio gives when its own deserializer fails. It wraps each handler once, when it
   is registered: an interceptor did the same wrapping on every call, in gRPC's one polling
   thread that every RPC passes through (issue 14).
+- Both server models: on a grpc.aio server (serving/aio.py) the token check is
+  `AioTokenAuthInterceptor` and strict decoding wraps coroutine handlers in a coroutine.
 - Message size: `server_options` caps received and sent messages (gRPC answers
   RESOURCE_EXHAUSTED above the cap before any handler runs).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from core.errors import ArtifactError, InvalidRequestError
 
@@ -146,18 +150,23 @@ def load_tokens(config: SecurityConfig) -> tuple[bytes, ...]:
     return unique
 
 
-def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same arity as `handler` that only answers `code`."""
+def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+                   aio: bool = False) -> grpc.RpcMethodHandler:
+    """A handler of the same arity as `handler` that only answers `code` (a coroutine on a grpc.aio server)."""
     def abort(_request, context: grpc.ServicerContext):
         context.abort(code, message)
 
+    async def abort_async(_request, context: grpc.aio.ServicerContext):
+        await context.abort(code, message)
+
+    refuse = abort_async if aio else abort
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
+        return grpc.stream_stream_rpc_method_handler(refuse)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
+        return grpc.stream_unary_rpc_method_handler(refuse)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
@@ -189,8 +198,11 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return ok
 
     def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        return self._checked(continuation(handler_call_details), handler_call_details, aio=False)
+
+    def _checked(self, handler: grpc.RpcMethodHandler | None, handler_call_details: grpc.HandlerCallDetails,
+                 aio: bool) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        handler = continuation(handler_call_details)
         if handler is None or method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         header = next((v for k, v in (handler_call_details.invocation_metadata or ()) if k == AUTH_HEADER), None)
@@ -201,7 +213,14 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         reason = "missing" if header is None else "invalid"
         return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
                               f"{reason} credentials: send metadata 'authorization: Bearer <token>' "
-                              "with a token the server accepts")
+                              "with a token the server accepts", aio)
+
+
+class AioTokenAuthInterceptor(TokenAuthInterceptor, grpc.aio.ServerInterceptor):
+    """TokenAuthInterceptor for a grpc.aio server (serving/aio.py): the same check, an awaited continuation."""
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        return self._checked(await continuation(handler_call_details), handler_call_details, aio=True)
 
 
 def strict_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -216,19 +235,29 @@ def strict_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMetho
     decode, behaviour, serialize = handler.request_deserializer, handler.unary_unary, handler.response_serializer
     name = method.rsplit("/", 1)[-1]
 
+    def refusal(e: Exception) -> str:
+        return (f"the request is not a valid {name} message "
+                f"({type(e).__name__}: {str(e)[:200]}); string fields must be UTF-8")
+
     def strict(raw: bytes, context: grpc.ServicerContext):
         try:
             request = decode(raw)
         except Exception as e:  # protobuf raises DecodeError, upb sometimes other types
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"the request is not a valid {name} message "
-                          f"({type(e).__name__}: {str(e)[:200]}); string fields must be UTF-8")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(e))
         return behaviour(request, context)
+
+    async def strict_async(raw: bytes, context: grpc.aio.ServicerContext):  # a grpc.aio coroutine handler
+        try:
+            request = decode(raw)
+        except Exception as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(e))
+        return await behaviour(request, context)
 
     def serializer(response: Any) -> bytes:
         return response if response.__class__ is bytes else serialize(response)
 
-    return grpc.unary_unary_rpc_method_handler(strict, request_deserializer=None,
+    return grpc.unary_unary_rpc_method_handler(strict_async if inspect.iscoroutinefunction(behaviour) else strict,
+                                               request_deserializer=None,
                                                response_serializer=serializer if serialize is not None else None)
 
 
@@ -270,12 +299,12 @@ class StrictDecoding:
         self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h) for h in handlers))
 
 
-def server_interceptors(config: SecurityConfig,
-                        on_reject: Callable[[str], None] | None = None) -> list[grpc.ServerInterceptor]:
-    """The interceptors for `config`: token auth when configured, else none (gRPC then runs no interceptor
-    code per call; strict decoding is applied at registration, `StrictDecoding`)."""
+def server_interceptors(config: SecurityConfig, on_reject: Callable[[str], None] | None = None,
+                        aio: bool = False) -> list[grpc.ServerInterceptor]:
+    """The interceptors for `config` (for a grpc.aio server with `aio`): token auth when configured, else none
+    (gRPC then runs no interceptor code per call; strict decoding is applied at registration, `StrictDecoding`)."""
     if config.auth:
-        return [TokenAuthInterceptor(load_tokens(config), on_reject)]
+        return [(AioTokenAuthInterceptor if aio else TokenAuthInterceptor)(load_tokens(config), on_reject)]
     return []
 
 

@@ -1,10 +1,10 @@
 """The gRPC Recommender server: servicer, health, reflection, metrics and graceful shutdown.
 
-Server model: the synchronous gRPC server with a thread pool (`workers` threads) and
-`max_concurrent_rpcs`, above which gRPC answers RESOURCE_EXHAUSTED instead of queueing.
-Chosen by measurement (bench/serving.py, bench/RESULTS.md): the work is TensorFlow and
-FAISS calls that release the GIL plus blocking Redis I/O, which threads overlap well;
-`grpc.aio` was slower per RPC on the same stack.
+Server model (`aio`, chosen by measurement: bench/serving.py, bench/RESULTS.md issue 14): a
+`grpc.aio` server whose event loop answers near-cache hits itself and hands everything else
+(TensorFlow and FAISS calls that release the GIL, blocking Redis I/O) to a pool of `workers`
+threads (serving/aio.py); `--no-aio` is the synchronous gRPC server, every RPC in a pool thread.
+Above `max_concurrent_rpcs` gRPC answers RESOURCE_EXHAUSTED instead of queueing.
 
 Per Recommend: validate → unknown user? FALLBACK (the catalogue's popularity and quality
 priors blended with the request's weights, RecommendPipeline.popular_items) → cache (Redis or in-process)
@@ -36,9 +36,10 @@ from time import perf_counter
 from typing import Any
 
 import grpc
+import grpc.aio
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import Histogram
 
 from core.errors import ArtifactError, InvalidRequestError, ModelNotReadyError, RecsysError, UnknownItemError
@@ -57,6 +58,7 @@ from pipeline import CandidateSet
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking.blender import BlendWeights, rank_by_blend
+from serving.aio import AioRecommenderServicer, EventLoopThread
 from serving.batcher import CandidateBatcher
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
 from serving.experiments import Experiments, ExperimentsConfig
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+_REFLECTED = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
 FALLBACK = "fallback"
 EVENTS = "events"  # an unknown user personalised from their logged engagements
 _SOURCE_ENUM = {CACHE: pb.CACHE, PRECOMPUTED: pb.PRECOMPUTED, ONLINE: pb.ONLINE, FALLBACK: pb.FALLBACK,
@@ -121,6 +124,9 @@ class ServerConfig:
     # Server processes on the one port (SO_REUSEPORT), each with its own model copy: the
     # measured way past one Python process's GIL (bench/RESULTS.md, serving). `recsys serve` only.
     processes: int = 1
+    # Serve on a grpc.aio event loop (serving/aio.py): near-cache hits are answered on the loop, all other work in
+    # the `workers` thread pool. False = the synchronous gRPC server (every RPC handed to a pool thread).
+    aio: bool = True
     # Micro-batching of concurrent cache misses (serving/batcher.py): up to this many users share
     # one user-tower call, FAISS search and ranker call; 0 = off (each miss computes alone).
     batch_max_users: int = 64
@@ -301,27 +307,54 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def _handle(self, method: str, fn: Callable, request, context: grpc.ServicerContext):
         start = perf_counter()
-        source, code = "error", "OK"
+        response, source, status, message = self.call(method, fn, request, context)
+        self.observe(method, source, status, start, context.peer)
+        if status is not None:
+            context.abort(status, message)
+        return response
+
+    def call(self, method: str, fn: Callable, request, context: Any) -> tuple[Any, str, grpc.StatusCode | None, str]:
+        """(response, source, status, message): `fn(request, context)` with its errors mapped to a gRPC status
+        (None = OK) and a message for the caller; never raises. `context` needs only `time_remaining()` and
+        `is_active()` (serving/aio.py runs this in its thread pool with a stand-in)."""
         try:
             response, source = fn(request, context)
-            return response
+            return response, source, None, ""
         except RecsysError as e:
             status = _STATUS.get(type(e), grpc.StatusCode.INTERNAL)
-            code = status.name
             if status is grpc.StatusCode.INTERNAL:
                 log.error("%s failed: %s", method, e, extra={"event": "rpc_error", "method": method})
-            context.abort(status, str(e))
+            return None, "error", status, str(e)
         except Exception:
-            code = "INTERNAL"
             log.exception("%s raised an unexpected error", method, extra={"event": "rpc_error", "method": method})
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
-        finally:
-            seconds = perf_counter() - start
-            self.metrics.observe_request(method, source, code, seconds)
-            if access_log.isEnabledFor(logging.DEBUG):
-                access_log.debug("%s %s", method, code, extra={
-                    "event": "rpc", "method": method, "code": code, "source": source,
-                    "latency_ms": round(seconds * 1e3, 3), "peer": context.peer()})
+            return None, "error", grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log"
+
+    def observe(self, method: str, source: str, status: grpc.StatusCode | None, start: float,
+                peer: Callable[[], str]) -> None:
+        """Request metrics (and the DEBUG access log, naming `peer()`) of one RPC that started at perf_counter()
+        `start`."""
+        seconds = perf_counter() - start
+        code = "OK" if status is None else status.name
+        self.metrics.observe_request(method, source, code, seconds)
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug("%s %s", method, code, extra={
+                "event": "rpc", "method": method, "code": code, "source": source,
+                "latency_ms": round(seconds * 1e3, 3), "peer": peer()})
+
+    def recommend_inline(self, request: pb.RecommendRequest, time_remaining: float | None) -> tuple[bytes, str] | None:
+        """(wire, source) of a Recommend answerable without I/O, a model or a lock wait: a plain repeat whose
+        near-cache entry the invalidation messages vouch for (`_repeat` with read=False); None = call `_recommend`
+        off the event loop. The answer, its logging and its metrics are `_recommend`'s (serving/aio.py)."""
+        time_left = None if time_remaining is None or time_remaining > 1e6 else time_remaining
+        repeat = self._repeat(request, time_left, read=False)
+        if repeat is None:
+            return None
+        response, source, weights, wire, item_ids = repeat
+        wire += string_field(_REQUEST_ID_FIELD,
+                             self._log_served(request.user_id, response, wire, source, weights, item_ids, ""))
+        if self.monitor is not None:
+            self.monitor.record(request.user_id, request.num_results, response, source)
+        return wire, source
 
     def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> tuple[bytes, str]:
         time_left = _time_left(context)
@@ -346,7 +379,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             self.monitor.record(request.user_id, request.num_results, response, source)
         return wire, source
 
-    def _repeat(self, request: pb.RecommendRequest, time_left: float | None
+    def _repeat(self, request: pb.RecommendRequest, time_left: float | None, read: bool = True
                 ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes, list[str]] | None:
         """A plain request (user and k only) whose answer is already memoized on the user's valid near-cache
         entry: that answer, as `_answer` returns it, without validating, routing or blending again; None = the
@@ -367,7 +400,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         model, weights = serving
         user = request.user_id
         entry = self.cache.near_hit(model.model_version, user,
-                                    self.counter_key(user) if self.counter_key is not None else None)
+                                    self.counter_key(user) if self.counter_key is not None else None, read)
         if entry is None:
             return None
         answer = _memoized(entry, weights, request.num_results, entry.source if model.is_known_user(user) else EVENTS)
@@ -697,37 +730,84 @@ class RecommendServer:
                                             EventLog(events_url, events) if events_url else None,
                                             cache_config.circuit_open_s,
                                             strict_freshness=events_url == cache_config.redis_url)
-        self.health = health.HealthServicer()
         self._executor = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker")
         self.security = security  # TLS, token auth, strict decoding, message size: serving/security.py
-        rejected = self.metrics.count_request  # refused by token auth, before any servicer runs
-        self.server = grpc.server(self._executor,
-                                  interceptors=server_interceptors(
-                                      security, lambda method: rejected(method.rsplit("/", 1)[-1],
-                                                                        "UNAUTHENTICATED")),
-                                  options=server_options(security),
-                                  maximum_concurrent_rpcs=config.max_concurrent_rpcs)
-        registrar = StrictDecoding(self.server)  # every handler parses its own request: bad bytes = INVALID_ARGUMENT
-        if extra_handlers:
-            registrar.add_generic_rpc_handlers(extra_handlers)
-        pb_grpc.add_RecommenderServicer_to_server(self.servicer, registrar)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            registrar)
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = add_port(self.server, f"{config.host}:{config.port}", security)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.host}:{config.port} (in use?)")
+        # grpc.aio (serving/aio.py): the server lives on an event loop in its own thread; this class stays synchronous
+        self._loop = EventLoopThread() if config.aio else None
+        try:
+            if self._loop is not None:
+                self.health = health.aio.HealthServicer()
+                self.server, self.port = self._loop.run(self._build(extra_handlers))
+            else:
+                self.health = health.HealthServicer()
+                self.server, self.port = self._build_sync(extra_handlers)
+        except BaseException:
+            if self._loop is not None:
+                self._loop.close()
+            self._executor.shutdown(wait=False)
+            self.servicer.close()
+            self.cache.close()
+            raise
         self._metrics_http = None
         self._stopped = threading.Event()
+
+    def _interceptors(self) -> list:
+        rejected = self.metrics.count_request  # refused by token auth, before any servicer runs
+        return server_interceptors(self.security, lambda method: rejected(method.rsplit("/", 1)[-1], "UNAUTHENTICATED"),
+                                   aio=self._loop is not None)
+
+    def _register(self, server: Any, servicer: Any, reflection_servicer: Any,
+                  extra_handlers: tuple[grpc.GenericRpcHandler, ...]) -> int:
+        """Adds the services to `server` (every handler parses its own request: bad bytes = INVALID_ARGUMENT),
+        reports NOT_SERVING, and listens; returns the port."""
+        registrar = StrictDecoding(server)
+        if extra_handlers:
+            registrar.add_generic_rpc_handlers(extra_handlers)
+        pb_grpc.add_RecommenderServicer_to_server(servicer, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, registrar)
+        port = add_port(server, f"{self.config.host}:{self.config.port}", self.security)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port} (in use?)")
+        return port
+
+    def _build_sync(self, extra_handlers: tuple[grpc.GenericRpcHandler, ...]) -> tuple[grpc.Server, int]:
+        server = grpc.server(self._executor, interceptors=self._interceptors(), options=server_options(self.security),
+                             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        return server, self._register(server, self.servicer, reflection.ReflectionServicer(_REFLECTED),
+                                      extra_handlers)
+
+    async def _build(self, extra_handlers: tuple[grpc.GenericRpcHandler, ...]) -> tuple[grpc.aio.Server, int]:
+        """The grpc.aio server, created on the loop it will run on (extra sync handlers run in the pool)."""
+        server = grpc.aio.server(self._executor, interceptors=self._interceptors(),
+                                 options=server_options(self.security),
+                                 maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        return server, self._register(server, AioRecommenderServicer(self.servicer, self._executor),
+                                      reflection.aio.ReflectionServicer(_REFLECTED), extra_handlers)
+
+    def set_health(self, status: int) -> None:
+        """Reports `status` (a grpc.health.v1 ServingStatus) for the server and the Recommender service."""
+        if self._loop is not None:
+            self._loop.run(self._set_health_async(status))
+        else:
+            self._set_health(status)
 
     def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)
 
+    async def _set_health_async(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
     def start(self) -> RecommendServer:
-        self.server.start()
+        if self._loop is not None:
+            self._loop.run(self.server.start())
+        else:
+            self.server.start()
         if self.config.metrics_port:
             self._metrics_http = self.metrics.serve_http(self.config.metrics_port, self.config.host)
         log.info("listening on %s:%d", self.config.host, self.port,
@@ -737,7 +817,7 @@ class RecommendServer:
     def set_model(self, model: Any) -> None:
         """Serves `model` and reports SERVING."""
         self.servicer.set_model(model)
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def start_experiments(self, root: str | os.PathLike, config: ExperimentsConfig = ExperimentsConfig(),
                           loader: Callable[[pathlib.Path], Any] | None = None) -> Experiments:
@@ -766,9 +846,14 @@ class RecommendServer:
             return
         self._stopped.set()
         grace = self.config.grace_s if grace is None else grace
-        self.health.enter_graceful_shutdown()
         log.info("shutting down (grace %.1fs)", grace, extra={"event": "shutdown"})
-        self.server.stop(grace).wait()
+        if self._loop is not None:
+            self._loop.run(self.health.enter_graceful_shutdown())
+            self._loop.run(self.server.stop(grace))
+            self._loop.close()
+        else:
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace).wait()
         self._executor.shutdown(wait=False)
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
@@ -776,7 +861,11 @@ class RecommendServer:
         self.cache.close()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Blocks until the server has stopped."""
+        if self._loop is not None:
+            self._stopped.wait()
+        else:
+            self.server.wait_for_termination()
 
 
 def serve(version_dir: str | os.PathLike | Callable[[], pathlib.Path], config: ServerConfig = ServerConfig(),

@@ -63,7 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run": {**_RUN_HELP, "verify": "check the version's checksums before serving it",
                 "log_format": "json: one structured object per line; text: human-readable"},
         "server": {
-            "workers": "handler threads", "max_concurrent_rpcs": "RPCs in flight before RESOURCE_EXHAUSTED",
+            "workers": "threads for the work off the event loop (with --no-aio: handler threads)",
+            "aio": "serve on a grpc.aio event loop that answers near-cache hits itself and hands the rest to "
+                   "--workers threads (--no-aio = the synchronous gRPC server, every RPC in a thread)",
+            "max_concurrent_rpcs": "RPCs in flight before RESOURCE_EXHAUSTED",
             "metrics_port": "Prometheus /metrics port (0 = off)", "grace_s": "seconds in-flight RPCs get on SIGTERM",
             "engagement_weight": "default blend weight (< 0: the version's)",
             "quality_weight": "default blend weight (< 0: the version's)",

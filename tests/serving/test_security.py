@@ -67,13 +67,13 @@ def pki(tmp_path_factory) -> dict[str, str]:
     return files
 
 
-@pytest.fixture
-def serve_with(pipeline):
-    """serve_with(SecurityConfig) -> target; the server answers with the shared tiny pipeline."""
+@pytest.fixture(params=[True, False], ids=["aio", "threads"])
+def serve_with(pipeline, request):
+    """serve_with(SecurityConfig) -> target; the server answers with the shared tiny pipeline (both server models)."""
     servers = []
 
     def _serve(security: SecurityConfig) -> str:
-        server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=0),
+        server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=0, aio=request.param),
                                  security=security)
         servers.append(server)
         server.start()

@@ -18,10 +18,11 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def bare_server():
-    """A server on a loopback port with no model loaded (it is still 'starting')."""
-    server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=free_port()),
+@pytest.fixture(scope="module", params=[True, False], ids=["aio", "threads"])
+def bare_server(request):
+    """A server on a loopback port with no model loaded (it is still 'starting'); both server models."""
+    server = RecommendServer(ServerConfig(host="127.0.0.1", port=0, workers=2, metrics_port=free_port(),
+                                          aio=request.param),
                              limits=RequestLimits(max_num_results=20, max_exclude_ids=5)).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     yield server, channel

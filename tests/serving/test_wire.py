@@ -47,9 +47,10 @@ def _requests(users: list[str]) -> list[pb.RecommendRequest]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("aio", [True, False], ids=["aio", "threads"])
 @pytest.mark.parametrize("near_ttl_s", [30.0, 0.0], ids=["near-cache", "redis-hit"])
-def test_memoized_bytes_answer_what_the_message_path_answers(start, redis_url, known_users, near_ttl_s):
-    server, _ = start(redis_url, cache={"near_ttl_s": near_ttl_s})
+def test_memoized_bytes_answer_what_the_message_path_answers(start, redis_url, known_users, near_ttl_s, aio):
+    server, _ = start(redis_url, cache={"near_ttl_s": near_ttl_s}, aio=aio)
     requests = _requests(known_users[:40])
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         raw = channel.unary_unary(RECOMMEND, request_serializer=pb.RecommendRequest.SerializeToString,

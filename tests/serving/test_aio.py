@@ -1,0 +1,94 @@
+"""The grpc.aio server model (serving/aio.py): near-cache hits answered on the event loop, the rest in the pool."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from protos.recsys.v1 import recommender_pb2 as pb
+from serving.aio import EventLoopThread, ThreadContext
+from tests.serving.test_faults import GatedPipeline
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("aio", [True, False], ids=["aio", "threads"])
+def test_near_hits_do_not_wait_for_a_busy_thread_pool_on_the_loop(start, redis_url, pipeline, known_users, aio):
+    gated = GatedPipeline(pipeline)
+    server, stub = start(redis_url, model=gated, workers=1, aio=aio)
+    hot = pb.RecommendRequest(user_id=known_users[0], num_results=5)
+    first = stub.Recommend(hot, timeout=30)
+    assert first.source == pb.ONLINE
+    assert stub.Recommend(hot, timeout=30).source == pb.CACHE  # memoizes the answer on the near entry
+    gated.gate.clear()
+    gated.entered.clear()
+    busy = stub.Recommend.future(pb.RecommendRequest(user_id=known_users[1], num_results=5), timeout=30)
+    try:
+        assert gated.entered.wait(10)  # the one pool thread now waits inside a cache miss
+        if aio:  # the repeat is answered on the loop, with the same items
+            again = stub.Recommend(hot, timeout=10)
+            assert again.source == pb.CACHE and [i.item_id for i in again.items] == [i.item_id for i in first.items]
+            assert again.request_id != first.request_id
+        else:  # the synchronous server has no thread to give it
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Recommend(hot, timeout=1.0)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        gated.gate.set()
+    assert busy.result().source == pb.ONLINE
+
+
+@pytest.mark.integration
+def test_near_hits_that_need_a_counter_read_are_not_answered_on_the_loop(start, redis_url, pipeline, known_users):
+    gated = GatedPipeline(pipeline)
+    server, stub = start(redis_url, model=gated, workers=1, cache={"near_invalidations": False})
+    hot = pb.RecommendRequest(user_id=known_users[2], num_results=5)
+    stub.Recommend(hot, timeout=30)
+    assert stub.Recommend(hot, timeout=30).source == pb.CACHE
+    gated.gate.clear()
+    gated.entered.clear()
+    busy = stub.Recommend.future(pb.RecommendRequest(user_id=known_users[3], num_results=5), timeout=30)
+    try:
+        assert gated.entered.wait(10)
+        with pytest.raises(grpc.RpcError) as e:  # its Redis read would block the loop: it waits for the pool
+            stub.Recommend(hot, timeout=1.0)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        gated.gate.set()
+    assert busy.result().source == pb.ONLINE
+    assert stub.Recommend(hot, timeout=30).source == pb.CACHE
+
+
+def test_thread_context_reports_the_deadline_and_cancellation():
+    assert ThreadContext(None).time_remaining() is None and ThreadContext(None).is_active()
+    no_deadline = ThreadContext(1e9)  # what gRPC reports when the client set no deadline
+    assert no_deadline.time_remaining() is None and no_deadline.is_active()
+    later = ThreadContext(60.0)
+    assert 0 < later.time_remaining() <= 60.0 and later.is_active()
+    later.cancelled = True
+    assert not later.is_active()
+    passed = ThreadContext(-1.0)
+    assert passed.time_remaining() == 0.0 and not passed.is_active()
+
+
+def test_event_loop_thread_runs_coroutines_and_refuses_to_wait_on_itself():
+    loop = EventLoopThread("test-loop")
+    try:
+        async def double(x: int) -> int:
+            await asyncio.sleep(0)
+            return 2 * x
+
+        assert loop.run(double(21)) == 42
+
+        async def nested() -> None:
+            coroutine = double(1)
+            try:
+                loop.run(coroutine)
+            finally:
+                coroutine.close()
+
+        with pytest.raises(RuntimeError, match="own thread"):
+            loop.run(nested())
+    finally:
+        loop.close()
+    assert loop.loop.is_closed()
