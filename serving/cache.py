@@ -55,7 +55,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import hiredis
@@ -421,22 +421,36 @@ class RedisCandidateStore:
     def _mget(self, keys: tuple[str, ...]) -> list[bytes | None]:
         return self._reader.mget(keys) if self._reader is not None else self.client.mget(keys)
 
-    def lookup(self, model_version: str, user_id: str, counter_key: str | None = None
-               ) -> tuple[CacheEntry | None, int | None]:
+    def lookup_keys(self, model_version: str, user_id: str, counter_key: str | None = None) -> tuple[str, ...]:
+        """The keys `lookup` reads in one MGET: the precomputed entry, the cached entry[, the counter]."""
+        keys = (precomputed_key(model_version, user_id), cache_key(model_version, user_id))
+        return keys + (counter_key,) if counter_key else keys
+
+    @property
+    def circuit_open(self) -> bool:
+        """True while Redis is skipped after a failure (nothing counted: see `_skip`)."""
+        return bool(self._closed_until) and self._clock() < self._closed_until
+
+    def lookup(self, model_version: str, user_id: str, counter_key: str | None = None,
+               values: Sequence[bytes | None] | None = None) -> tuple[CacheEntry | None, int | None]:
         """(the user's valid entry or None, the user's engagement counter or None when it was not read).
 
         With `counter_key` the counter is read in the same MGET as both entries, and an entry is
         valid only for it (module docstring); without it (no event log) every entry is valid.
-        A fault (or the open circuit) is (None, None).
+        A fault (or the open circuit) is (None, None). `values`: the reply of that MGET (`lookup_keys`)
+        when the caller made it (serving/aio.py reads on its event loop); nothing is read then, and a corrupt
+        entry is neither logged nor counted: the caller's fallback, get_or_compute, reads it again and does both.
         """
-        if self._skip("get"):
-            return None, None
         keys = (precomputed_key(model_version, user_id), cache_key(model_version, user_id))
-        try:
-            values = self._mget(keys + (counter_key,) if counter_key else keys)
-        except REDIS_ERRORS as e:
-            self._fault("get", e)
-            return None, None
+        report = values is None
+        if values is None:
+            if self._skip("get"):
+                return None, None
+            try:
+                values = self._mget(keys + (counter_key,) if counter_key else keys)
+            except REDIS_ERRORS as e:
+                self._fault("get", e)
+                return None, None
         self._closed_until = 0.0
         counter = None
         if counter_key:
@@ -444,7 +458,8 @@ class RedisCandidateStore:
             try:
                 counter = int(raw_counter) if raw_counter is not None else 0
             except ValueError:
-                self._metrics.redis_fault("get", "corrupt")
+                if report:
+                    self._metrics.redis_fault("get", "corrupt")
                 return None, None
         for key, raw, source in ((keys[0], values[0], PRECOMPUTED), (keys[1], values[1], CACHE)):
             if raw is None:
@@ -462,12 +477,14 @@ class RedisCandidateStore:
             try:
                 candidates = CandidateSet.from_bytes(data)
             except CorruptEntryError as e:
-                log.warning("corrupt cache entry for user %r (%s); recomputing", user_id, e,
-                            extra={"event": "corrupt_entry"})
-                self._metrics.redis_fault("get", "corrupt")
+                if report:
+                    log.warning("corrupt cache entry for user %r (%s); recomputing", user_id, e,
+                                extra={"event": "corrupt_entry"})
+                    self._metrics.redis_fault("get", "corrupt")
                 continue
             if candidates.model_version != model_version:
-                self._metrics.redis_fault("get", "corrupt")
+                if report:
+                    self._metrics.redis_fault("get", "corrupt")
                 continue
             entry = CacheEntry(candidates, source, counter=at)
             if self._decoded_max:
@@ -589,13 +606,11 @@ class CandidateCache:
         """Validates near hits by Redis's invalidation messages for the counter keys under `prefix` (the event
         log's, in this cache's Redis) instead of a read per hit, where that can work: a near cache, validation on,
         `near_invalidations`, one Redis (not a cluster). Otherwise (or while it is down) hits read the counter."""
-        store = self.store
+        connect = self.connection_factory()
         if (self.near is None or not self.near_validate or not self._near_invalidations or self.invalidations
-                is not None or not isinstance(store, RedisCandidateStore) or isinstance(store.client, redis.RedisCluster)):
+                is not None or connect is None):
             return
-        pool = store.client.connection_pool
-        tracker = CounterInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), prefix,
-                                       max_keys=max(self.near.max_entries, 1024))
+        tracker = CounterInvalidations(connect, prefix, max_keys=max(self.near.max_entries, 1024))
         registry = self._metrics.registry
         from prometheus_client import Gauge
 
@@ -604,6 +619,16 @@ class CandidateCache:
         Gauge("recsys_near_invalidations", "Invalidation messages received for engagement counters since start",
               registry=registry).set_function(lambda: tracker.messages)
         self.invalidations = tracker.start()
+
+    def connection_factory(self) -> Callable[[], redis.connection.AbstractConnection] | None:
+        """A function making a new, unconnected redis-py connection with the store pool's settings (address, auth,
+        db, timeouts, protocol), for connections of their own (invalidation tracking, an event loop's reads); None
+        without a single Redis (in-process store, Redis Cluster)."""
+        store = self.store
+        if not isinstance(store, RedisCandidateStore) or isinstance(store.client, redis.RedisCluster):
+            return None
+        pool = store.client.connection_pool
+        return lambda: pool.connection_class(**pool.connection_kwargs)
 
     @property
     def counts_engagements(self) -> bool:
@@ -640,12 +665,7 @@ class CandidateCache:
                 hit = self.store.get(model_version, user_id)
                 entry = None if hit is None else CacheEntry(*hit)
             if entry is not None:
-                self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed")
-                if self.near is not None:
-                    if counter is not None:
-                        entry.tracked = since
-                    self.near.put_entry(model_version, user_id, entry)
-                return entry, entry.source
+                return self._store_hit(model_version, user_id, entry, counter, since), entry.source
         self._metrics.cache_lookup("miss")
         at = counter or 0
 
@@ -673,6 +693,41 @@ class CandidateCache:
         if shared:
             self._metrics.singleflight_shared.inc()
         return entry, ONLINE
+
+    def _store_hit(self, model_version: str, user_id: str, entry: CacheEntry, counter: int | None,
+                   since: int) -> CacheEntry:
+        """Counts a hit from the store and keeps it in the near cache (confirmed at `since` when a counter was
+        read with it)."""
+        self._metrics.cache_lookup("hit" if entry.source == CACHE else "precomputed")
+        if self.near is not None:
+            if counter is not None:
+                entry.tracked = since
+            self.near.put_entry(model_version, user_id, entry)
+        return entry
+
+    def remote_read(self, model_version: str, user_id: str, counter_key: str | None = None
+                    ) -> tuple[tuple[str, ...], int] | None:
+        """(keys, since) of the one MGET get_or_compute would make for this user past the near cache, for a
+        caller that makes it itself (serving/aio.py: on its event loop) and then calls `remote_hit`; None = no
+        such read (no Redis store, a Redis Cluster, the circuit open after a fault: use get_or_compute).
+        `since` is the invalidation snapshot taken before the read (CounterInvalidations)."""
+        store = self.store
+        if (self._local is store or not isinstance(store, RedisCandidateStore) or store.circuit_open
+                or isinstance(store.client, redis.RedisCluster)):
+            return None
+        counting = counter_key is not None and self._counts_engagements
+        tracker = self.invalidations if counting else None
+        since = tracker.snapshot() if tracker is not None else -1
+        return store.lookup_keys(model_version, user_id, counter_key if counting else None), since
+
+    def remote_hit(self, model_version: str, user_id: str, counter_key: str | None,
+                   values: Sequence[bytes | None], since: int) -> CacheEntry | None:
+        """What get_or_compute answers from `remote_read`'s MGET reply `values`: the valid entry (counted and
+        kept in the near cache as get_or_compute does), or None = not a hit (call get_or_compute: it reads again
+        and computes once)."""
+        counting = counter_key is not None and self._counts_engagements
+        entry, counter = self.store.lookup(model_version, user_id, counter_key if counting else None, values)
+        return None if entry is None else self._store_hit(model_version, user_id, entry, counter, since)
 
     def near_hit(self, model_version: str, user_id: str, counter_key: str | None = None,
                  read: bool = True) -> CacheEntry | None:

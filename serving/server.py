@@ -58,7 +58,7 @@ from pipeline import CandidateSet
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking.blender import BlendWeights, rank_by_blend
-from serving.aio import AioRecommenderServicer, EventLoopThread
+from serving.aio import AioRecommenderServicer, EventLoopThread, LoopRedis
 from serving.batcher import CandidateBatcher
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
 from serving.experiments import Experiments, ExperimentsConfig
@@ -127,6 +127,9 @@ class ServerConfig:
     # Serve on a grpc.aio event loop (serving/aio.py): near-cache hits are answered on the loop, all other work in
     # the `workers` thread pool. False = the synchronous gRPC server (every RPC handed to a pool thread).
     aio: bool = True
+    # With --aio and a Redis cache: a plain request's cache read is awaited on the loop (serving/aio.py LoopRedis)
+    # and a hit answered there; false = Redis hits are read in the thread pool.
+    aio_redis_reads: bool = True
     # Micro-batching of concurrent cache misses (serving/batcher.py): up to this many users share
     # one user-tower call, FAISS search and ranker call; 0 = off (each miss computes alone).
     batch_max_users: int = 64
@@ -345,16 +348,54 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """(wire, source) of a Recommend answerable without I/O, a model or a lock wait: a plain repeat whose
         near-cache entry the invalidation messages vouch for (`_repeat` with read=False); None = call `_recommend`
         off the event loop. The answer, its logging and its metrics are `_recommend`'s (serving/aio.py)."""
-        time_left = None if time_remaining is None or time_remaining > 1e6 else time_remaining
-        repeat = self._repeat(request, time_left, read=False)
-        if repeat is None:
+        repeat = self._repeat(request, _finite(time_remaining), read=False)
+        return None if repeat is None else (self._reply_plain(request, repeat), repeat[1])
+
+    def recommend_read(self, request: pb.RecommendRequest, time_remaining: float | None
+                       ) -> tuple[tuple[str, ...], tuple] | None:
+        """(keys, plan): the one Redis MGET that answers a plain request of a known user when the cache holds a
+        valid entry for them, for a caller that reads it itself (serving/aio.py: on its event loop), then calls
+        `recommend_from_read(request, plan, reply)`; None = call `_recommend` instead."""
+        time_left = _finite(time_remaining)
+        serving = self._plain(request, time_left)
+        if serving is None:
             return None
-        response, source, weights, wire, item_ids = repeat
-        wire += string_field(_REQUEST_ID_FIELD,
-                             self._log_served(request.user_id, response, wire, source, weights, item_ids, ""))
+        model, weights = serving
+        user = request.user_id
+        if not model.is_known_user(user):
+            return None  # streamed events or the fallback: the full path
+        try:
+            query = validate_recommend(request, self.limits)
+        except RecsysError:
+            return None  # the full path refuses it with its status
+        counter_key = self.counter_key(user) if self.counter_key is not None else None
+        read = self.cache.remote_read(model.model_version, user, counter_key)
+        if read is None:
+            return None
+        keys, since = read
+        return keys, (model, weights, query, counter_key, since)
+
+    def recommend_from_read(self, request: pb.RecommendRequest, plan: tuple, reply: list[bytes | None]
+                            ) -> tuple[bytes, str] | None:
+        """(wire, source) answered from `recommend_read`'s MGET reply as `_recommend` answers it from the cache
+        (its logging, memo and metrics); None = not a hit: call `_recommend` (it reads again and computes once)."""
+        model, weights, query, counter_key, since = plan
+        entry = self.cache.remote_hit(model.model_version, query.user_id, counter_key, reply, since)
+        if entry is None:
+            return None
+        answer = self._answer_entry(model, weights, query, entry, entry.source, True)
+        return self._reply_plain(request, answer), answer[1]
+
+    def _reply_plain(self, request: pb.RecommendRequest,
+                     answer: tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]) -> bytes:
+        """The bytes of a plain request's answer (`_answer`'s tuple) under a new request id, its served list queued
+        and the monitor told: `_recommend`'s tail without its deadline check (the loop's callers take µs)."""
+        response, source, weights, wire, item_ids = answer
+        request_id = self._log_served(request.user_id, response, wire, source, weights, item_ids, "")
+        wire = response.SerializeToString() if wire is None else wire + string_field(_REQUEST_ID_FIELD, request_id)
         if self.monitor is not None:
             self.monitor.record(request.user_id, request.num_results, response, source)
-        return wire, source
+        return wire
 
     def _recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> tuple[bytes, str]:
         time_left = _time_left(context)
@@ -391,11 +432,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         treats differently never come here: any other field set, an experiment running, per-version cache keys
         (the event log in another Redis), too little time left (the full path raises).
         """
-        serving = self._serving
-        if (serving is None or self.versions is not None or request.HasField("weights") or request.exclude_item_ids
-                or request.explain or request.force_arm or request.context
-                or (self.experiments is not None and self.experiments.running)
-                or (time_left is not None and time_left <= self.config.min_deadline_s)):
+        serving = self._plain(request, time_left)
+        if serving is None:
             return None
         model, weights = serving
         user = request.user_id
@@ -407,6 +445,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if answer is not None:
             self.cache.count_local_hit(entry)
         return answer
+
+    def _plain(self, request: pb.RecommendRequest, time_left: float | None) -> tuple[Any, BlendWeights] | None:
+        """(model, default weights) when `request` is plain — user and k only, answered by the served model's
+        default blend through the cache without experiments or per-version keys, with time left — else None."""
+        serving = self._serving
+        if (serving is None or self.versions is not None or request.HasField("weights") or request.exclude_item_ids
+                or request.explain or request.force_arm or request.context
+                or (self.experiments is not None and self.experiments.running)
+                or (time_left is not None and time_left <= self.config.min_deadline_s)):
+            return None
+        return serving
 
     def answer(self, query: RecommendQuery, time_left: float | None = None,
                force_arm: str = "") -> tuple[pb.RecommendResponse, str]:
@@ -558,6 +607,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                                                       counter_key=self.counter_key(user) if version < 0 else None)
         except concurrent.futures.TimeoutError as e:
             raise DeadlineExceededError("the deadline passed while this user's candidates were computed") from e
+        return self._answer_entry(model, weights, query, entry, source, known)
+
+    def _answer_entry(self, model: Any, weights: BlendWeights, query: RecommendQuery, entry, source: str, known: bool
+                      ) -> tuple[pb.RecommendResponse, str, BlendWeights, bytes | None, list[str]]:
+        """`_answer`'s tuple from the user's cache entry and where it came from (`source`)."""
         shown = source if known else EVENTS
         # With nothing excluded the answer depends only on (entry, weights, k), so a cached entry
         # memoizes its response per request shape: a repeat is neither re-blended nor rebuilt.
@@ -650,8 +704,15 @@ def _memoized(entry, weights: BlendWeights, num_results: int, shown: str
 
 
 def _time_left(context: grpc.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    # gRPC reports a huge number (not None) when the client set no deadline.
+    return _finite(context.time_remaining())
+
+
+async def _closed(loop_redis: LoopRedis) -> None:
+    loop_redis.close()
+
+
+def _finite(remaining: float | None) -> float | None:
+    """Seconds left, or None for no deadline: gRPC reports a huge number (not None) when the client set none."""
     return None if remaining is None or remaining > 1e6 else remaining
 
 
@@ -724,6 +785,8 @@ class RecommendServer:
 
             faiss.omp_set_num_threads(config.faiss_threads)
         self.metrics = metrics or ServingMetrics()
+        self._cache_config = cache_config
+        self._loop_redis: LoopRedis | None = None
         self.cache = CandidateCache.from_config(cache_config, self.metrics)
         events_url = events.redis_url or cache_config.redis_url  # no Redis at all = no event log
         self.servicer = RecommenderServicer(self.cache, self.metrics, config, limits,
@@ -785,7 +848,10 @@ class RecommendServer:
                                  maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        return server, self._register(server, AioRecommenderServicer(self.servicer, self._executor),
+        connect = self.cache.connection_factory() if self.config.aio_redis_reads else None
+        self._loop_redis = (LoopRedis(connect, self._cache_config.socket_timeout_s, self._executor,
+                                      self._cache_config.circuit_open_s) if connect is not None else None)
+        return server, self._register(server, AioRecommenderServicer(self.servicer, self._executor, self._loop_redis),
                                       reflection.aio.ReflectionServicer(_REFLECTED), extra_handlers)
 
     def set_health(self, status: int) -> None:
@@ -850,6 +916,8 @@ class RecommendServer:
         if self._loop is not None:
             self._loop.run(self.health.enter_graceful_shutdown())
             self._loop.run(self.server.stop(grace))
+            if self._loop_redis is not None:
+                self._loop.run(_closed(self._loop_redis))
             self._loop.close()
         else:
             self.health.enter_graceful_shutdown()

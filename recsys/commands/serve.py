@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "workers": "threads for the work off the event loop (with --no-aio: handler threads)",
             "aio": "serve on a grpc.aio event loop that answers near-cache hits itself and hands the rest to "
                    "--workers threads (--no-aio = the synchronous gRPC server, every RPC in a thread)",
+            "aio_redis_reads": "with --aio and a Redis cache, read a plain request's cache entry on the event loop "
+                               "and answer a hit there (--no-aio-redis-reads: read it in a --workers thread)",
             "max_concurrent_rpcs": "RPCs in flight before RESOURCE_EXHAUSTED",
             "metrics_port": "Prometheus /metrics port (0 = off)", "grace_s": "seconds in-flight RPCs get on SIGTERM",
             "engagement_weight": "default blend weight (< 0: the version's)",

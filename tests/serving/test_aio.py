@@ -39,20 +39,28 @@ def test_near_hits_do_not_wait_for_a_busy_thread_pool_on_the_loop(start, redis_u
 
 
 @pytest.mark.integration
-def test_near_hits_that_need_a_counter_read_are_not_answered_on_the_loop(start, redis_url, pipeline, known_users):
+@pytest.mark.parametrize("loop_reads", [True, False], ids=["loop-reads", "pool-reads"])
+@pytest.mark.parametrize("cache", [{"near_invalidations": False}, {"near_ttl_s": 0.0}],
+                         ids=["near-hit-read-per-hit", "redis-hit"])
+def test_cache_hits_that_need_a_redis_read_are_read_on_the_loop(start, redis_url, pipeline, known_users, loop_reads,
+                                                                 cache):
     gated = GatedPipeline(pipeline)
-    server, stub = start(redis_url, model=gated, workers=1, cache={"near_invalidations": False})
+    server, stub = start(redis_url, model=gated, workers=1, cache=cache, aio_redis_reads=loop_reads)
     hot = pb.RecommendRequest(user_id=known_users[2], num_results=5)
-    stub.Recommend(hot, timeout=30)
+    first = stub.Recommend(hot, timeout=30)
     assert stub.Recommend(hot, timeout=30).source == pb.CACHE
     gated.gate.clear()
     gated.entered.clear()
     busy = stub.Recommend.future(pb.RecommendRequest(user_id=known_users[3], num_results=5), timeout=30)
     try:
-        assert gated.entered.wait(10)
-        with pytest.raises(grpc.RpcError) as e:  # its Redis read would block the loop: it waits for the pool
-            stub.Recommend(hot, timeout=1.0)
-        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert gated.entered.wait(10)  # the one pool thread waits inside a cache miss
+        if loop_reads:  # the MGET is awaited on the loop and the hit answered there
+            again = stub.Recommend(hot, timeout=10)
+            assert again.source == pb.CACHE and [i.item_id for i in again.items] == [i.item_id for i in first.items]
+        else:  # read in the pool: it waits for the busy thread
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Recommend(hot, timeout=1.0)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         gated.gate.set()
     assert busy.result().source == pb.ONLINE
