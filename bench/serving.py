@@ -5,7 +5,8 @@
 
 Bounded concurrent load (`--concurrency` requests in flight, a grpc.aio client in this
 process, the server in child processes) for:
-  (a) an empty RPC on the same server stack (same grpc.server, thread pool, limits) — the reference
+  (a) an empty RPC on the same server stack (same server model, thread pool, limits) — the reference; on
+      the grpc.aio model (the default) a coroutine answered on the loop, its cheapest call
   (a0) NullRecommend on the same server: parses a RecommendRequest and answers fixed bytes of a hit's
       size, nothing else (attribution: what a Recommend-shaped call costs gRPC and the client)
   (b) Recommend answered from the server's near cache
@@ -19,6 +20,8 @@ process, the server in child processes) for:
   (e') the same in a process of its own with TensorFlow's and FAISS's default threads (both cores)
   paced: an open-loop load at `--paced-fraction` of (c)'s (and (c0)'s) measured throughput
   (a') / (b') a second server with the near cache off: every hit is a Redis MGET + decode + blend
+  (a-t) / (b-t), (a'-t) / (b'-t): with the grpc.aio model (the default), the same on --no-aio servers,
+      in the same rounds (`--no-threads-server` skips them)
   monitoring: (b) on a server with live drift monitoring on vs one with it off (`--no-monitor`), one
       process each, alternating rounds, both /metrics scraped every `--scrape-interval-s`; target >= 0.95
 Targets: (b)/(a) >= 0.8, (b')/(a') >= 0.6, (c)/(e) and (c)/(e') >= 0.6 in throughput; paced
@@ -78,19 +81,28 @@ def _null_response() -> bytes:
                                 ).SerializeToString()
 
 
-def _empty_handler():
+def _empty_handler(aio: bool = False):
     """Empty: no bytes in, none out. NullRecommend: parses a RecommendRequest (strictly, as Recommend does)
     and answers a fixed RecommendResponse of a hit's size, doing nothing else: the gRPC-side cost of a
-    Recommend-shaped call, to tell it apart from the servicer's own work (attribution only, no target)."""
+    Recommend-shaped call, to tell it apart from the servicer's own work (attribution only, no target).
+    With `aio` both are coroutines, answered on a grpc.aio server's loop: the cheapest call that stack has
+    (a plain function there would run in the thread pool and make the reference slower than it is)."""
     import grpc
 
     from protos.recsys.v1 import recommender_pb2 as pb
 
     null = _null_response()
+
+    async def empty_async(request, context) -> bytes:
+        return b""
+
+    async def null_async(request, context) -> bytes:
+        return null
+
     return grpc.method_handlers_generic_handler("recsys.bench.Bench", {
-        "Empty": grpc.unary_unary_rpc_method_handler(lambda request, context: b""),
+        "Empty": grpc.unary_unary_rpc_method_handler(empty_async if aio else (lambda request, context: b"")),
         "NullRecommend": grpc.unary_unary_rpc_method_handler(
-            lambda request, context: null, request_deserializer=pb.RecommendRequest.FromString),
+            null_async if aio else (lambda request, context: null), request_deserializer=pb.RecommendRequest.FromString),
     })
 
 
@@ -207,10 +219,11 @@ def child_main(argv: list[str]) -> int:
     from serving import CacheConfig, RecommendServer, ServerConfig
 
     started: list = []  # the server, for the attribution handlers
-    extra = (_empty_handler(),) + ((_attribution_handler(started),) if a.attribution else ())
+    config = ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, max_concurrent_rpcs=a.max_concurrent_rpcs,
+                          **{"metrics_port": 0, **json.loads(a.server_config)})
+    extra = (_empty_handler(config.aio),) + ((_attribution_handler(started),) if a.attribution else ())
     server = RecommendServer(
-        ServerConfig(host="127.0.0.1", port=a.port, workers=a.workers, max_concurrent_rpcs=a.max_concurrent_rpcs,
-                     **{"metrics_port": 0, **json.loads(a.server_config)}),
+        config,
         CacheConfig(redis_url=a.redis_url, max_connections=max(64, a.workers), near_ttl_s=a.near_ttl_s,
                     **json.loads(a.cache_config)),
         extra_handlers=extra, events=EventLogConfig(**json.loads(a.events_config))).start()
@@ -503,6 +516,10 @@ def main(argv: list[str] | None = None) -> int:
                         "each, alternating rounds, both scraped every --scrape-interval-s)")
     p.add_argument("--scrape-interval-s", type=float, default=1.0,
                    help="/metrics scrape interval for the monitoring comparison (default: %(default)s)")
+    p.add_argument("--aio", action=argparse.BooleanOptionalAction, default=None,
+                   help="servers on a grpc.aio loop (default: ServerConfig's)")
+    p.add_argument("--threads-server", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --aio, also measure (a)/(b) and (a')/(b') on --no-aio servers in the same rounds")
     p.add_argument("--compare-stacks", action="store_true", help="also measure aio and multi-process servers")
     p.add_argument("--near-validation", action=argparse.BooleanOptionalAction, default=True,
                    help="near-cache hits validated by invalidation messages, by a counter read, and not at all "
@@ -525,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tf_inter_op_threads": (a.tf_inter_op_threads if a.tf_inter_op_threads is not None
                                         else defaults.tf_inter_op_threads),
                 "gil_switch_interval_s": (a.gil_switch_interval_s if a.gil_switch_interval_s is not None
-                                          else defaults.gil_switch_interval_s)}
+                                          else defaults.gil_switch_interval_s),
+                "aio": a.aio if a.aio is not None else defaults.aio}
     tmp = tempfile.mkdtemp(prefix="bench-serving-")
     try:
         local_redis = LocalRedis(tmp).start()
@@ -606,9 +624,15 @@ def main(argv: list[str] | None = None) -> int:
         hit_servers = {"near": ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, a.near_ttl_s,
                                                batching)}
         try:
+            if a.threads_server and batching["aio"]:  # the synchronous server model, same rounds
+                hit_servers["threads"] = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers,
+                                                         a.near_ttl_s, {**batching, "aio": False})
             if a.redis_hits:
                 hit_servers["redis"] = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
                                                        batching)
+                if a.threads_server and batching["aio"]:
+                    hit_servers["redis-threads"] = ServerProcesses("sync", a.processes, version_dir, redis_url,
+                                                                   a.workers, 0.0, {**batching, "aio": False})
                 hit_servers["redis0"] = ServerProcesses("sync", a.processes, version_dir, redis_url, a.workers, 0.0,
                                                         batching, {"decoded_max_entries": 0})
             for srv in hit_servers.values():
@@ -738,6 +762,22 @@ def main(argv: list[str] | None = None) -> int:
                     results["ratios"][f"paced_{label}_p99_over_p50"] = round(r["p99_ms"] / r["p50_ms"], 3)
         if sweep:
             results["tf_threads_sweep"] = sweep
+
+        for label, base, key in (("threads", "b_cache_hit", "threads_server"),
+                                 ("redis-threads", None, "redis_threads_server")):
+            if f"{label}:hit" not in hit_rounds:  # the same hits on the synchronous server (--no-aio)
+                continue
+            th = {"a_empty_rpc": merge(hit_rounds[f"{label}:empty"], **cpu_summary(hit_cpu[f"{label}:empty"])),
+                  "b_cache_hit": merge(hit_rounds[f"{label}:hit"], **cpu_summary(hit_cpu[f"{label}:hit"]))}
+            th["b_over_a_throughput"] = round(th["b_cache_hit"]["throughput_rps"] / th["a_empty_rpc"]["throughput_rps"],
+                                              3)
+            th["b_over_a_throughput_per_round"] = per_round(hit_rounds[f"{label}:empty"], hit_rounds[f"{label}:hit"])
+            aio_hit = merge(hit_rounds["near:hit" if base else "redis:hit"])["throughput_rps"]
+            aio_empty = merge(hit_rounds["near:empty" if base else "redis:empty"])["throughput_rps"]
+            th["aio_hit_over_threads_hit"] = round(aio_hit / th["b_cache_hit"]["throughput_rps"], 3)
+            th["aio_hit_over_threads_empty"] = round(aio_hit / th["a_empty_rpc"]["throughput_rps"], 3)
+            th["aio_empty_over_threads_empty"] = round(aio_empty / th["a_empty_rpc"]["throughput_rps"], 3)
+            results[key] = th
 
         if a.redis_hits:  # every hit a Redis round trip + decode (near cache off); measured with (a)/(b) above
             out = {"empty": hit_rounds["redis:empty"], "hit": hit_rounds["redis:hit"]}
@@ -1003,8 +1043,8 @@ def _row(label: str, r: dict) -> str:
 
 def print_table(results: dict, a: argparse.Namespace) -> None:
     cfg = results["server_config"]
-    print(f"\nconcurrency {a.concurrency} (hits) / {a.miss_concurrency} (misses), {a.rounds} rounds, server: sync "
-          f"thread pool x {a.workers} workers, {a.processes} process(es), batching {cfg['batch_max_users']} users / "
+    print(f"\nconcurrency {a.concurrency} (hits) / {a.miss_concurrency} (misses), {a.rounds} rounds, server: "
+          f"{'grpc.aio loop +' if cfg.get('aio') else 'sync'} thread pool x {a.workers} workers, {a.processes} process(es), batching {cfg['batch_max_users']} users / "
           f"{cfg['batch_max_wait_s'] * 1e3:g} ms / {cfg['batch_workers']} workers, TF threads intra {cfg['tf_intra_op_threads']} inter "
           f"{cfg['tf_inter_op_threads']}")
     print("| case | requests | throughput (rps) | p50 ms | p95 ms | p99 ms | sources |")
@@ -1023,6 +1063,11 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
             print(_row(label, results[key]))
     for label, r in results.get("paced", {}).items():
         print(_row(f"paced {label} server at {r['offered_rps']} rps offered", r))
+    for key, tag, what in (("threads_server", "", "near-cache hit"), ("redis_threads_server", "'", "Redis hit")):
+        if key in results:
+            th = results[key]
+            print(_row(f"(a{tag}-t) empty RPC, synchronous server (--no-aio)", th["a_empty_rpc"]))
+            print(_row(f"(b{tag}-t) Recommend, {what}, synchronous server", th["b_cache_hit"]))
     if "redis_hits" in results:
         rh = results["redis_hits"]
         print(_row("(a') empty RPC, second server", rh["a_empty_rpc"]))
@@ -1043,6 +1088,13 @@ def print_table(results: dict, a: argparse.Namespace) -> None:
     print(f"\n(b)/(a) throughput: {ratios['b_over_a_throughput']} over all rounds, median round "
           f"{ratios['b_over_a_throughput_median_round']} (per round {ratios['b_over_a_throughput_per_round']})"
           f"  target >= 0.8")
+    for key, what in (("threads_server", "near-cache hits"), ("redis_threads_server", "Redis hits")):
+        if key in results:
+            th = results[key]
+            print(f"{what} on a synchronous server, same rounds: hit/empty {th['b_over_a_throughput']} (per round "
+                  f"{th['b_over_a_throughput_per_round']}); aio hit ÷ its hit {th['aio_hit_over_threads_hit']}, ÷ its "
+                  f"empty RPC {th['aio_hit_over_threads_empty']}; aio empty ÷ its empty "
+                  f"{th['aio_empty_over_threads_empty']}")
     if "redis_hits" in results:
         rh = results["redis_hits"]
         print(f"(b')/(a') throughput, every hit from Redis: {rh['b_over_a_throughput']} over all rounds, median "
