@@ -11,31 +11,39 @@ from serving.aio import EventLoopThread, ThreadContext
 from tests.serving.test_faults import GatedPipeline
 
 
+def _answered_while_the_pool_is_busy(stub, gated: GatedPipeline, hot: str, other: str) -> bool:
+    """Computes and memoizes `hot`'s answer, holds the server's one pool thread inside `other`'s cache miss, then
+    asks for `hot` again: True if it was answered (the same items, from the cache), False if it waited past its
+    1 s deadline for the pool."""
+    request = pb.RecommendRequest(user_id=hot, num_results=5)
+    first = stub.Recommend(request, timeout=30)
+    assert stub.Recommend(request, timeout=30).source == pb.CACHE  # memoizes the answer on the entry
+    gated.gate.clear()
+    gated.entered.clear()
+    busy = stub.Recommend.future(pb.RecommendRequest(user_id=other, num_results=5), timeout=30)
+    try:
+        assert gated.entered.wait(10)  # the one pool thread now waits inside a cache miss
+        try:
+            again = stub.Recommend(request, timeout=1.0)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            return False
+        assert again.source == pb.CACHE and [i.item_id for i in again.items] == [i.item_id for i in first.items]
+        assert again.request_id != first.request_id
+        return True
+    finally:
+        gated.gate.set()
+        assert busy.result().source == pb.ONLINE
+        assert stub.Recommend(request, timeout=30).source == pb.CACHE
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("aio", [True, False], ids=["aio", "threads"])
 def test_near_hits_do_not_wait_for_a_busy_thread_pool_on_the_loop(start, redis_url, pipeline, known_users, aio):
     gated = GatedPipeline(pipeline)
-    server, stub = start(redis_url, model=gated, workers=1, aio=aio)
-    hot = pb.RecommendRequest(user_id=known_users[0], num_results=5)
-    first = stub.Recommend(hot, timeout=30)
-    assert first.source == pb.ONLINE
-    assert stub.Recommend(hot, timeout=30).source == pb.CACHE  # memoizes the answer on the near entry
-    gated.gate.clear()
-    gated.entered.clear()
-    busy = stub.Recommend.future(pb.RecommendRequest(user_id=known_users[1], num_results=5), timeout=30)
-    try:
-        assert gated.entered.wait(10)  # the one pool thread now waits inside a cache miss
-        if aio:  # the repeat is answered on the loop, with the same items
-            again = stub.Recommend(hot, timeout=10)
-            assert again.source == pb.CACHE and [i.item_id for i in again.items] == [i.item_id for i in first.items]
-            assert again.request_id != first.request_id
-        else:  # the synchronous server has no thread to give it
-            with pytest.raises(grpc.RpcError) as e:
-                stub.Recommend(hot, timeout=1.0)
-            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    finally:
-        gated.gate.set()
-    assert busy.result().source == pb.ONLINE
+    _, stub = start(redis_url, model=gated, workers=1, aio=aio)
+    # aio: answered on the loop; the synchronous server has no thread to give it
+    assert _answered_while_the_pool_is_busy(stub, gated, known_users[0], known_users[1]) is aio
 
 
 @pytest.mark.integration
@@ -45,26 +53,9 @@ def test_near_hits_do_not_wait_for_a_busy_thread_pool_on_the_loop(start, redis_u
 def test_cache_hits_that_need_a_redis_read_are_read_on_the_loop(start, redis_url, pipeline, known_users, loop_reads,
                                                                  cache):
     gated = GatedPipeline(pipeline)
-    server, stub = start(redis_url, model=gated, workers=1, cache=cache, aio_redis_reads=loop_reads)
-    hot = pb.RecommendRequest(user_id=known_users[2], num_results=5)
-    first = stub.Recommend(hot, timeout=30)
-    assert stub.Recommend(hot, timeout=30).source == pb.CACHE
-    gated.gate.clear()
-    gated.entered.clear()
-    busy = stub.Recommend.future(pb.RecommendRequest(user_id=known_users[3], num_results=5), timeout=30)
-    try:
-        assert gated.entered.wait(10)  # the one pool thread waits inside a cache miss
-        if loop_reads:  # the MGET is awaited on the loop and the hit answered there
-            again = stub.Recommend(hot, timeout=10)
-            assert again.source == pb.CACHE and [i.item_id for i in again.items] == [i.item_id for i in first.items]
-        else:  # read in the pool: it waits for the busy thread
-            with pytest.raises(grpc.RpcError) as e:
-                stub.Recommend(hot, timeout=1.0)
-            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    finally:
-        gated.gate.set()
-    assert busy.result().source == pb.ONLINE
-    assert stub.Recommend(hot, timeout=30).source == pb.CACHE
+    _, stub = start(redis_url, model=gated, workers=1, cache=cache, aio_redis_reads=loop_reads)
+    # loop reads: the MGET is awaited on the loop and the hit answered there; pool reads wait for the busy thread
+    assert _answered_while_the_pool_is_busy(stub, gated, known_users[2], known_users[3]) is loop_reads
 
 
 def test_thread_context_reports_the_deadline_and_cancellation():
