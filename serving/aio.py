@@ -234,8 +234,8 @@ class LoopRedis:
         sock.setblocking(False)
         return sock
 
-    def close(self) -> None:
-        """Closes the connection (call on the loop's thread, or after the loop stopped)."""
+    async def close(self) -> None:
+        """Closes the connection (on the loop, which owns it)."""
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol._transport is not None and not protocol.closed:
             protocol._transport.close()

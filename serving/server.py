@@ -707,10 +707,6 @@ def _time_left(context: grpc.ServicerContext) -> float | None:
     return _finite(context.time_remaining())
 
 
-async def _closed(loop_redis: LoopRedis) -> None:
-    loop_redis.close()
-
-
 def _finite(remaining: float | None) -> float | None:
     """Seconds left, or None for no deadline: gRPC reports a huge number (not None) when the client set none."""
     return None if remaining is None or remaining > 1e6 else remaining
@@ -812,7 +808,8 @@ class RecommendServer:
             self.cache.close()
             raise
         self._metrics_http = None
-        self._stopped = threading.Event()
+        self._stopped = threading.Event()     # stop() has begun
+        self._terminated = threading.Event()  # the gRPC server has stopped
 
     def _interceptors(self) -> list:
         rejected = self.metrics.count_request  # refused by token auth, before any servicer runs
@@ -821,8 +818,8 @@ class RecommendServer:
 
     def _register(self, server: Any, servicer: Any, reflection_servicer: Any,
                   extra_handlers: tuple[grpc.GenericRpcHandler, ...]) -> int:
-        """Adds the services to `server` (every handler parses its own request: bad bytes = INVALID_ARGUMENT),
-        reports NOT_SERVING, and listens; returns the port."""
+        """Adds the services to `server` (every handler parses its own request: bad bytes = INVALID_ARGUMENT) and
+        listens; returns the port."""
         registrar = StrictDecoding(server)
         if extra_handlers:
             registrar.add_generic_rpc_handlers(extra_handlers)
@@ -917,12 +914,13 @@ class RecommendServer:
             self._loop.run(self.health.enter_graceful_shutdown())
             self._loop.run(self.server.stop(grace))
             if self._loop_redis is not None:
-                self._loop.run(_closed(self._loop_redis))
+                self._loop.run(self._loop_redis.close())
             self._loop.close()
         else:
             self.health.enter_graceful_shutdown()
             self.server.stop(grace).wait()
         self._executor.shutdown(wait=False)
+        self._terminated.set()
         if self._metrics_http is not None:
             self._metrics_http[0].shutdown()
         self.servicer.close()
@@ -931,7 +929,7 @@ class RecommendServer:
     def wait(self) -> None:
         """Blocks until the server has stopped."""
         if self._loop is not None:
-            self._stopped.wait()
+            self._terminated.wait()
         else:
             self.server.wait_for_termination()
 

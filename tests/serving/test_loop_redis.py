@@ -35,10 +35,6 @@ def _reader(url: str, pool, timeout_s: float = 0.2, retry_after_s: float = 1.0) 
                      retry_after_s)
 
 
-async def _close(reader: LoopRedis) -> None:
-    reader.close()
-
-
 def test_concurrent_mgets_each_get_their_own_reply_in_one_connection(own_redis, loop, pool):
     admin = own_redis.client()
     admin.mset({f"k{i}": f"v{i}".encode() * (1 + i % 50) for i in range(300)})
@@ -52,7 +48,7 @@ def test_concurrent_mgets_each_get_their_own_reply_in_one_connection(own_redis, 
                        for i in range(299)]
     reader_clients = [c for c in admin.client_list() if c["cmd"] == "mget"]
     assert len(reader_clients) == 1  # all pipelined on one connection
-    loop.run(_close(reader))
+    loop.run(reader.close())
 
 
 def test_a_paused_redis_times_the_waiting_reads_out_and_the_next_read_reconnects(own_redis, loop, pool):
@@ -70,7 +66,7 @@ def test_a_paused_redis_times_the_waiting_reads_out_and_the_next_read_reconnects
         admin.execute_command("CLIENT", "UNPAUSE")
     assert [type(e) for e in errors] == [redis.TimeoutError, redis.TimeoutError]
     assert loop.run(reader.mget(("k",))) == [b"v"]  # a new connection: the late replies are never misread
-    loop.run(_close(reader))
+    loop.run(reader.close())
 
 
 def test_a_killed_connection_fails_its_reads_and_the_next_read_reconnects(own_redis, loop, pool):
@@ -88,7 +84,7 @@ def test_a_killed_connection_fails_its_reads_and_the_next_read_reconnects(own_re
             time.sleep(0.01)
     else:
         pytest.fail("the reader never reconnected")
-    loop.run(_close(reader))
+    loop.run(reader.close())
 
 
 def test_an_unreachable_redis_is_a_connection_error_retried_only_after_the_pause(loop, pool):
