@@ -77,6 +77,11 @@ class EventLoopThread:
             self.loop.close()
 
 
+def finite_time_left(remaining: float | None) -> float | None:
+    """Seconds left, or None for no deadline: gRPC reports a huge number (not None) when the client set none."""
+    return None if remaining is None or remaining > 1e6 else remaining
+
+
 class ThreadContext:
     """What RecommenderServicer uses of a gRPC context, for a call run off the loop: the deadline as the loop
     read it at the start of the RPC, and whether the RPC was cancelled since (set by the awaiting coroutine)."""
@@ -84,8 +89,8 @@ class ThreadContext:
     __slots__ = ("_deadline", "cancelled")
 
     def __init__(self, time_remaining: float | None) -> None:
-        # gRPC reports a huge number (not None) when the client set no deadline
-        self._deadline = None if time_remaining is None or time_remaining > 1e6 else time.monotonic() + time_remaining
+        left = finite_time_left(time_remaining)
+        self._deadline = None if left is None else time.monotonic() + left
         self.cancelled = False
 
     def time_remaining(self) -> float | None:
@@ -148,6 +153,11 @@ class _Pipelined(asyncio.Protocol):
         self._fail(error)
         if self._transport is not None:
             self._transport.abort()
+
+    def close(self) -> None:
+        """Closes the connection after writing what is buffered (waiting calls fail when it is lost)."""
+        if self._transport is not None and not self.closed:
+            self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(redis.ConnectionError(f"Redis connection lost: {exc or 'closed'}"))
@@ -237,8 +247,8 @@ class LoopRedis:
     async def close(self) -> None:
         """Closes the connection (on the loop, which owns it)."""
         protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol._transport is not None and not protocol.closed:
-            protocol._transport.close()
+        if protocol is not None:
+            protocol.close()
 
 
 class AioRecommenderServicer(pb_grpc.RecommenderServicer):

@@ -441,13 +441,13 @@ class RedisCandidateStore:
         when the caller made it (serving/aio.py reads on its event loop); nothing is read then, and a corrupt
         entry is neither logged nor counted: the caller's fallback, get_or_compute, reads it again and does both.
         """
-        keys = (precomputed_key(model_version, user_id), cache_key(model_version, user_id))
+        keys = self.lookup_keys(model_version, user_id, counter_key)
         report = values is None
         if values is None:
             if self._skip("get"):
                 return None, None
             try:
-                values = self._mget(keys + (counter_key,) if counter_key else keys)
+                values = self._mget(keys)
             except REDIS_ERRORS as e:
                 self._fault("get", e)
                 return None, None
@@ -583,6 +583,8 @@ class CandidateCache:
         # The layer a hit can come from without leaving the process: the near cache, or the store without Redis.
         self._local = near if near is not None else (store if isinstance(store, LocalCandidateStore) else None)
         self._counts_engagements = hasattr(store, "lookup")  # fixed with the store; read on every hit
+        # One Redis (not a cluster): connections of our own can be made like the pool's (connection_factory)
+        self._single_redis = isinstance(store, RedisCandidateStore) and not isinstance(store.client, redis.RedisCluster)
         # Set by track_counters: validated near hits read the counter only when these cannot vouch for it.
         self.invalidations: CounterInvalidations | None = None
         self._metrics = metrics
@@ -624,10 +626,9 @@ class CandidateCache:
         """A function making a new, unconnected redis-py connection with the store pool's settings (address, auth,
         db, timeouts, protocol), for connections of their own (invalidation tracking, an event loop's reads); None
         without a single Redis (in-process store, Redis Cluster)."""
-        store = self.store
-        if not isinstance(store, RedisCandidateStore) or isinstance(store.client, redis.RedisCluster):
+        if not self._single_redis:
             return None
-        pool = store.client.connection_pool
+        pool = self.store.client.connection_pool
         return lambda: pool.connection_class(**pool.connection_kwargs)
 
     @property
@@ -650,12 +651,11 @@ class CandidateCache:
         local = self._local
         counting = counter_key is not None and self._counts_engagements
         counter: int | None = None
-        tracker = self.invalidations if counting else None
         if local is not None:
             entry = self._local_hit(local, model_version, user_id, counter_key if counting else None)
             if entry is not None:
                 return entry, entry.source
-        since = tracker.snapshot() if tracker is not None else -1  # before the read the counter comes from
+        since = self._snapshot()  # before the read the counter comes from (used only where a counter was read)
         if local is not self.store:
             if counting:
                 entry, counter = self.store.lookup(model_version, user_id, counter_key)
@@ -694,6 +694,11 @@ class CandidateCache:
             self._metrics.singleflight_shared.inc()
         return entry, ONLINE
 
+    def _snapshot(self) -> int:
+        """The invalidation snapshot to take before a Redis read that confirms a counter (-1 without tracking)."""
+        tracker = self.invalidations
+        return tracker.snapshot() if tracker is not None else -1
+
     def _store_hit(self, model_version: str, user_id: str, entry: CacheEntry, counter: int | None,
                    since: int) -> CacheEntry:
         """Counts a hit from the store and keeps it in the near cache (confirmed at `since` when a counter was
@@ -711,14 +716,10 @@ class CandidateCache:
         caller that makes it itself (serving/aio.py: on its event loop) and then calls `remote_hit`; None = no
         such read (no Redis store, a Redis Cluster, the circuit open after a fault: use get_or_compute).
         `since` is the invalidation snapshot taken before the read (CounterInvalidations)."""
-        store = self.store
-        if (self._local is store or not isinstance(store, RedisCandidateStore) or store.circuit_open
-                or isinstance(store.client, redis.RedisCluster)):
+        if not self._single_redis or self.store.circuit_open:
             return None
         counting = counter_key is not None and self._counts_engagements
-        tracker = self.invalidations if counting else None
-        since = tracker.snapshot() if tracker is not None else -1
-        return store.lookup_keys(model_version, user_id, counter_key if counting else None), since
+        return self.store.lookup_keys(model_version, user_id, counter_key if counting else None), self._snapshot()
 
     def remote_hit(self, model_version: str, user_id: str, counter_key: str | None,
                    values: Sequence[bytes | None], since: int) -> CacheEntry | None:
@@ -762,7 +763,7 @@ class CandidateCache:
             if tracker is None or not tracker.fresh(counter_key, entry.tracked):
                 if not read:
                     return None
-                since = tracker.snapshot() if tracker is not None else -1
+                since = self._snapshot()
                 counter = self.store.read_counter(counter_key)
                 if entry.counter != (counter or 0):  # computed before the latest engagement (fault: batch only)
                     return None

@@ -58,7 +58,7 @@ from pipeline import CandidateSet
 from protos.recsys.v1 import recommender_pb2 as pb
 from protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from ranking.blender import BlendWeights, rank_by_blend
-from serving.aio import AioRecommenderServicer, EventLoopThread, LoopRedis
+from serving.aio import AioRecommenderServicer, EventLoopThread, LoopRedis, finite_time_left
 from serving.batcher import CandidateBatcher
 from serving.cache import CACHE, ONLINE, PRECOMPUTED, CacheConfig, CandidateCache
 from serving.experiments import Experiments, ExperimentsConfig
@@ -348,7 +348,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """(wire, source) of a Recommend answerable without I/O, a model or a lock wait: a plain repeat whose
         near-cache entry the invalidation messages vouch for (`_repeat` with read=False); None = call `_recommend`
         off the event loop. The answer, its logging and its metrics are `_recommend`'s (serving/aio.py)."""
-        repeat = self._repeat(request, _finite(time_remaining), read=False)
+        repeat = self._repeat(request, finite_time_left(time_remaining), read=False)
         return None if repeat is None else (self._reply_plain(request, repeat), repeat[1])
 
     def recommend_read(self, request: pb.RecommendRequest, time_remaining: float | None
@@ -356,7 +356,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """(keys, plan): the one Redis MGET that answers a plain request of a known user when the cache holds a
         valid entry for them, for a caller that reads it itself (serving/aio.py: on its event loop), then calls
         `recommend_from_read(request, plan, reply)`; None = call `_recommend` instead."""
-        time_left = _finite(time_remaining)
+        time_left = finite_time_left(time_remaining)
         serving = self._plain(request, time_left)
         if serving is None:
             return None
@@ -391,8 +391,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """The bytes of a plain request's answer (`_answer`'s tuple) under a new request id, its served list queued
         and the monitor told: `_recommend`'s tail without its deadline check (the loop's callers take µs)."""
         response, source, weights, wire, item_ids = answer
-        request_id = self._log_served(request.user_id, response, wire, source, weights, item_ids, "")
-        wire = response.SerializeToString() if wire is None else wire + string_field(_REQUEST_ID_FIELD, request_id)
+        wire = _stamped(response, wire, self._log_served(request.user_id, response, wire, source, weights, item_ids,
+                                                         ""), "")
         if self.monitor is not None:
             self.monitor.record(request.user_id, request.num_results, response, source)
         return wire
@@ -406,14 +406,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         else:
             response, source, weights, wire, item_ids = repeat
             request_id, arm = self._log_served(request.user_id, response, wire, source, weights, item_ids, ""), ""
-        # A memoized response was serialized once: this request's id (and arm) are appended to its bytes, which
-        # gives the bytes of the stamped message without copying or re-serializing it (serving/wire.py).
-        if wire is None:
-            wire = response.SerializeToString()
-        else:
-            wire += string_field(_REQUEST_ID_FIELD, request_id)
-            if arm:
-                wire += string_field(_ARM_FIELD, arm)
+        wire = _stamped(response, wire, request_id, arm)
         if not context.is_active():
             raise DeadlineExceededError("the request was cancelled or its deadline passed")
         if self.monitor is not None:  # the monitor reads items and scores only, never the request id
@@ -703,13 +696,20 @@ def _memoized(entry, weights: BlendWeights, num_results: int, shown: str
     return None if memo is None else (memo[0], shown, weights, memo[2], memo[1])
 
 
+def _stamped(response: pb.RecommendResponse, wire: bytes | None, request_id: str, arm: str) -> bytes:
+    """The bytes of this request's answer: `response` serialized (its own message, already stamped), or a memoized
+    message's bytes `wire` with this request's id (and arm) appended — the bytes of the stamped message without
+    copying or re-serializing it (serving/wire.py)."""
+    if wire is None:
+        return response.SerializeToString()
+    wire += string_field(_REQUEST_ID_FIELD, request_id)
+    if arm:
+        wire += string_field(_ARM_FIELD, arm)
+    return wire
+
+
 def _time_left(context: grpc.ServicerContext) -> float | None:
-    return _finite(context.time_remaining())
-
-
-def _finite(remaining: float | None) -> float | None:
-    """Seconds left, or None for no deadline: gRPC reports a huge number (not None) when the client set none."""
-    return None if remaining is None or remaining > 1e6 else remaining
+    return finite_time_left(context.time_remaining())
 
 
 def _ranks(order: np.ndarray) -> np.ndarray:
