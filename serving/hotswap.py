@@ -226,10 +226,11 @@ class SwapMetrics:
         self.refused_version.labels(version).set(1)
 
     def loaded(self, seconds: float) -> None:
-        """Counts a successful swap; the refused version (if any) is no longer current news."""
-        self.loads.labels("ok").inc()
-        self.load_seconds.set(seconds)
+        """Counts a successful swap; the refused version (if any) is no longer current news. Counted last, so
+        whoever sees the count move sees the rest of the swap's bookkeeping done."""
         self.refused_version.clear()
+        self.load_seconds.set(seconds)
+        self.loads.labels("ok").inc()
 
     @classmethod
     def of(cls, metrics: ServingMetrics) -> SwapMetrics:

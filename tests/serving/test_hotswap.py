@@ -123,7 +123,8 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(swap_server, r
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     registry.promote(registry_root, "v2")  # a good version swaps in: the refusal is no longer current
-    wait_for(lambda: watcher.served_version() == "v2", what="the swap to v2")
+    # served first (set_model), then counted (load_into): the swap is over once both show
+    wait_for(lambda: watcher.served_version() == "v2" and _loads(server, "ok") == 1, what="the swap to v2")
     assert server.metrics.value("recsys_model_refused_info", {"version": "v-corrupt"}) == 0
     assert _loads(server, "refused") == 1 and _loads(server, "ok") == 1  # the counters keep the history
 
